@@ -1,0 +1,37 @@
+"""Backends: where the answer's pieces come from.
+
+Heavy backends (the embedded model, the upstream client) are imported only by
+:func:`create_backend`, so ``import nbchat`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import LENGTH, Backend, Finish, GenerationRequest
+
+BACKEND_NAMES = ("smollm2", "echo", "openai")
+
+
+def create_backend(name: str, **options: Any) -> Backend:
+    """Make a backend by its command-line name.
+
+    Options: ``rate`` (echo); ``model``, ``base_url``, ``api_key`` (openai);
+    ``model_path``, ``n_threads`` (smollm2).
+    """
+    if name == "echo":
+        from .echo import EchoBackend
+
+        return EchoBackend(rate=float(options.get("rate", 20.0)))
+    if name == "smollm2":
+        from .smollm2 import SmolLM2Backend
+
+        return SmolLM2Backend(**{k: v for k, v in options.items() if k in ("model_path", "n_threads")})
+    if name == "openai":
+        from .upstream import OpenAIUpstreamBackend
+
+        return OpenAIUpstreamBackend(**{k: v for k, v in options.items() if k in ("model", "base_url", "api_key")})
+    raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKEND_NAMES)}")
+
+
+__all__ = ["BACKEND_NAMES", "LENGTH", "Backend", "Finish", "GenerationRequest", "create_backend"]

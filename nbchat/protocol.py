@@ -1,0 +1,284 @@
+"""The wire format, as pure sans-I/O code: no sockets, no asyncio.
+
+It owns the turn-request JSON, the chunk/error/status records, and their three
+encodings (WebSocket frames, NDJSON lines, Server-Sent Events; the SSE framing
+itself lives in :mod:`nbchat.sse`). The server encodes events with these
+functions and every client decodes with them, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from .errors import REQUEST_ERROR_CODES, ProtocolError, RequestError
+from .events import STATUS_STRINGS, Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
+from .sse import SSEMessage, encode_sse
+
+MAX_BODY_BYTES = 1024 * 1024
+ROLES = ("system", "user", "assistant")
+
+# Compact separators keep the bytes per chunk small; ensure_ascii=False keeps
+# Chinese and emoji as UTF-8 instead of six-byte escapes.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def dumps(obj: object) -> str:
+    """JSON as nbchat writes it everywhere: compact, UTF-8, no NaN."""
+    return _dumps(obj)
+
+
+# ---------------------------------------------------------------- requests
+
+
+def _message(obj: object, where: str) -> Message:
+    if not isinstance(obj, dict):
+        raise RequestError(f"{where} must be an object with 'role' and 'content'")
+    role, content = obj.get("role"), obj.get("content")
+    if role not in ROLES:
+        raise RequestError(f"{where}.role must be one of {', '.join(ROLES)}")
+    if not isinstance(content, str):
+        raise RequestError(f"{where}.content must be a string")
+    return Message(role=role, content=content)
+
+
+def _number(obj: Mapping[str, Any], key: str, default: float) -> float:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"'{key}' must be a finite number")
+    return float(value)
+
+
+def _optional_str(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RequestError(f"'{key}' must be a string")
+    return value
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Decode a request body; raise RequestError (invalid_utf8, invalid_json, payload_too_large)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError("the request body is over 1 MiB", code="payload_too_large", status=413)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError("the request body is not valid UTF-8", code="invalid_utf8") from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise RequestError(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+
+
+def parse_turn_request(obj: Any) -> TurnRequest:
+    """Validate a decoded turn request. Temperature is range-checked by the turn, not here:
+    out of 0..2 is a status (TEMPERATURE_THRESHOLD), not a rejected request."""
+    if not isinstance(obj, dict):
+        raise RequestError("a turn request must be a JSON object")
+    if "userMessage" not in obj:
+        raise RequestError("'userMessage' is required: {\"userMessage\": {\"role\": \"user\", \"content\": \"...\"}}")
+    user = _message(obj["userMessage"], "userMessage")
+    conv_raw = obj.get("conversation") or []
+    if not isinstance(conv_raw, list):
+        raise RequestError("'conversation' must be a list of messages")
+    conversation = tuple(_message(m, f"conversation[{i}]") for i, m in enumerate(conv_raw))
+    max_tokens = obj.get("maxTokens")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 1):
+        raise RequestError("'maxTokens' must be a positive integer")
+    return TurnRequest(
+        user_message=user,
+        conversation=conversation,
+        temperature=_number(obj, "temperature", 0.9),
+        max_tokens=max_tokens,
+        model=_optional_str(obj, "model"),
+        uid=_optional_str(obj, "uid"),
+    )
+
+
+def encode_turn_request(req: TurnRequest) -> dict[str, Any]:
+    """The JSON object for a request, as clients send it."""
+    out: dict[str, Any] = {
+        "userMessage": req.user_message.to_dict(),
+        "conversation": [m.to_dict() for m in req.conversation],
+        "temperature": req.temperature,
+    }
+    if req.max_tokens is not None:
+        out["maxTokens"] = req.max_tokens
+    if req.model is not None:
+        out["model"] = req.model
+    if req.uid is not None:
+        out["uid"] = req.uid
+    return out
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The JSON error shape of every 4xx answer and every error record."""
+    return {"error": {"code": code, "message": message}}
+
+
+# ---------------------------------------------------------------- records
+
+
+def chunk_record(chunk: Chunk) -> dict[str, Any]:
+    rec: dict[str, Any] = {"content": chunk.content, "seq": chunk.seq}
+    if chunk.server_time is not None:
+        rec["ts"] = round(chunk.server_time, 6)
+    return rec
+
+
+def record_to_event(rec: Any, received: float) -> Chunk | ErrorInfo:
+    """A decoded chunk or error record back into an event (status lines are handled by the caller)."""
+    if not isinstance(rec, dict):
+        raise ProtocolError(f"expected a JSON object, got {type(rec).__name__}")
+    if "error" in rec:
+        err = rec["error"]
+        if not isinstance(err, dict):
+            raise ProtocolError("an error record must hold an object")
+        return ErrorInfo(code=str(err.get("code", "error")), message=str(err.get("message", "")))
+    content, seq, ts = rec.get("content"), rec.get("seq"), rec.get("ts")
+    if not isinstance(content, str) or isinstance(seq, bool) or not isinstance(seq, int):
+        raise ProtocolError(f"a chunk record needs a string 'content' and an integer 'seq': {rec!r}")
+    server_time = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
+    return Chunk(content=content, seq=seq, server_time=server_time, received=received)
+
+
+def parse_status(text: str) -> Status:
+    if text not in STATUS_STRINGS:
+        raise ProtocolError(f"unknown status {text!r}")
+    return Status(text)
+
+
+class EventAssembler:
+    """Pairs an error record with the [ERROR] status that follows it and enforces
+    the contract's order: chunks, then exactly one status, nothing after."""
+
+    def __init__(self) -> None:
+        self._error: ErrorInfo | None = None
+        self.ended = False
+
+    def feed(self, item: Chunk | ErrorInfo | Status, received: float) -> Event | None:
+        if self.ended:
+            raise ProtocolError("data arrived after the turn's status")
+        if isinstance(item, ErrorInfo):
+            self._error = item
+            return None
+        if isinstance(item, Status):
+            self.ended = True
+            err, self._error = self._error, None
+            if err is not None and err.code in REQUEST_ERROR_CODES:
+                raise RequestError(err.message, code=err.code)
+            return End(status=item, error=err, received=received)
+        return item
+
+
+# ---------------------------------------------------------------- WebSocket
+
+
+def encode_ws(event: Event) -> list[str]:
+    """Text frames for an event: a chunk record, or [error record,] bare status string."""
+    if isinstance(event, Chunk):
+        return [dumps(chunk_record(event))]
+    frames = [] if event.error is None else [dumps({"error": event.error.to_dict()})]
+    return [*frames, event.status.value]
+
+
+def decode_ws(text: str, received: float) -> Chunk | ErrorInfo | Status:
+    """One server-to-client WebSocket text frame."""
+    if text in STATUS_STRINGS:
+        return Status(text)
+    try:
+        rec = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"a WebSocket frame is neither JSON nor a status: {text[:80]!r}") from exc
+    return record_to_event(rec, received)
+
+
+# ---------------------------------------------------------------- NDJSON
+
+
+def encode_ndjson(event: Event) -> bytes:
+    """Lines for an event: a chunk record, or [error record,] {"status": ...}."""
+    if isinstance(event, Chunk):
+        return (dumps(chunk_record(event)) + "\n").encode()
+    lines = [] if event.error is None else [dumps({"error": event.error.to_dict()})]
+    lines.append(dumps({"status": event.status.value}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+class LineDecoder:
+    """Splits a byte stream into lines on LF (and CR LF) *bytes*, decoding UTF-8 per whole
+    line, so a multi-byte character split across network chunks is never corrupted."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[str]:
+        self._buf += data
+        *lines, rest = self._buf.split(b"\n")
+        self._buf = bytearray(rest)
+        return [_utf8(line.removesuffix(b"\r")) for line in lines]
+
+    def flush(self) -> list[str]:
+        rest, self._buf = bytes(self._buf), bytearray()
+        return [_utf8(rest)] if rest.strip() else []
+
+
+def _utf8(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("the stream is not valid UTF-8") from exc
+
+
+def decode_ndjson_line(line: str, received: float) -> Chunk | ErrorInfo | Status | None:
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"an NDJSON line is not JSON: {line[:80]!r}") from exc
+    if isinstance(rec, dict) and "status" in rec:
+        return parse_status(str(rec["status"]))
+    return record_to_event(rec, received)
+
+
+def iter_ndjson(lines: Iterable[str], received: float) -> Iterator[Chunk | ErrorInfo | Status]:
+    for line in lines:
+        item = decode_ndjson_line(line, received)
+        if item is not None:
+            yield item
+
+
+# ---------------------------------------------------------------- SSE
+
+
+def encode_sse_event(event: Event) -> bytes:
+    """A chunk is ``id: <seq>`` + ``data: <record>``; the status is ``id: <status>`` +
+    ``data: <status>``. An error record goes as a data-only message (no id, so a
+    browser's Last-Event-ID stays at the last seq) right before the status."""
+    if isinstance(event, Chunk):
+        return encode_sse(SSEMessage(data=dumps(chunk_record(event)), id=str(event.seq)))
+    out = b"" if event.error is None else encode_sse(SSEMessage(data=dumps({"error": event.error.to_dict()})))
+    return out + encode_sse(SSEMessage(data=event.status.value, id=event.status.value))
+
+
+def decode_sse_message(msg: SSEMessage, received: float) -> Chunk | ErrorInfo | Status | None:
+    """An SSE message back into an item; messages of other event types are ignored."""
+    if msg.event not in ("", "message"):
+        return None
+    if msg.id is not None and msg.id in STATUS_STRINGS:
+        return Status(msg.id)
+    if not msg.data:
+        return None
+    try:
+        rec = json.loads(msg.data)
+    except ValueError as exc:
+        raise ProtocolError(f"an SSE data field is not JSON: {msg.data[:80]!r}") from exc
+    return record_to_event(rec, received)
+
+
