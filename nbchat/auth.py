@@ -1,0 +1,117 @@
+"""Security at the door: origin check, token check and CORS, as pure ASGI middleware.
+
+It wraps HTTP and WebSocket alike, so no route can forget it. Order of checks:
+a foreign ``Origin`` gets 403 (before the token, so a hostile page learns
+nothing about tokens); a CORS preflight from an allowed origin gets 204
+without a token (browsers never send credentials on preflight); then every
+path but ``/health`` needs the token, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterable
+from urllib.parse import parse_qs
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ALLOWED_HEADERS = "uid, token, authorization, content-type, last-event-id"
+EXPOSED_HEADERS = "X-NBChat-Turn"
+OPEN_PATHS = frozenset({"/health"})
+
+
+def _error(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+class SecurityMiddleware:
+    def __init__(self, app: ASGIApp, token: str, allow_origins: Iterable[str] = ()) -> None:
+        self.app = app
+        self.token = token.encode()
+        self.origins = frozenset(allow_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if origin is not None and not self.origin_allowed(origin, scope, headers):
+            await self._reject(scope, receive, send, 403, "origin_not_allowed",
+                               f"Origin {origin} is not allowed; start the server with --allow-origin {origin}")
+            return
+        if scope["type"] == "http" and scope["method"] == "OPTIONS" and origin is not None \
+                and "access-control-request-method" in headers:
+            await self._preflight(origin, send)
+            return
+        if scope["path"] not in OPEN_PATHS and not self.token_ok(scope, headers):
+            await self._reject(scope, receive, send, 401, "unauthorized",
+                               "missing or wrong token: pass the token printed by `nbchat serve` as header "
+                               "'Authorization: Bearer TOKEN', header 'token: TOKEN' or query '?token=TOKEN'")
+            return
+        if origin is not None and scope["type"] == "http":
+            send = self._with_cors(origin, send)
+        await self.app(scope, receive, send)
+
+    def origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
+        if "*" in self.origins or origin in self.origins:
+            return True
+        # The server's own origin: the page was served by this host and port.
+        scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
+        host = headers.get("host")
+        return host is not None and hmac.compare_digest(origin.encode(), f"{scheme}://{host}".encode())
+
+    def token_ok(self, scope: Scope, headers: Headers) -> bool:
+        if not self.token:
+            return True
+        candidates: list[str] = []
+        if "token" in headers:
+            candidates.append(headers["token"])
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            candidates.append(auth[7:].strip())
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        candidates.extend(query.get("token", []))
+        # compare every candidate, so the time taken does not depend on which one matched
+        ok = False
+        for candidate in candidates:
+            ok |= hmac.compare_digest(candidate.encode(), self.token)
+        return ok
+
+    def _cors_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
+        return [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin"),
+                (b"access-control-expose-headers", EXPOSED_HEADERS.encode())]
+
+    def _with_cors(self, origin: str, send: Send) -> Send:
+        extra = self._cors_headers(origin)
+
+        async def cors_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return cors_send
+
+    async def _preflight(self, origin: str, send: Send) -> None:
+        headers = [*self._cors_headers(origin),
+                   (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                   (b"access-control-allow-headers", ALLOWED_HEADERS.encode()),
+                   (b"access-control-max-age", b"600"), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
+        body = _error(code, message)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await receive()  # websocket.connect
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": code})

@@ -1,0 +1,86 @@
+"""The command line: ``nbchat serve`` (the contract's server) and ``nbchat bench``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from urllib.parse import quote
+
+from .backends import BACKEND_NAMES
+from .config import Settings
+
+
+def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the streaming chat server",
+                       description="Run the nbchat streaming chat server (WebSocket, SSE, NDJSON, OpenAI-compatible).")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    p.add_argument("--token", default=None,
+                   help="access token; without it a random one is made and printed; --token '' turns auth off")
+    p.add_argument("--backend", choices=BACKEND_NAMES, default="smollm2",
+                   help="smollm2 (embedded model, default), echo (deterministic), openai (OPENAI_BASE_URL)")
+    p.add_argument("--rate", type=float, default=20.0, help="echo backend: pieces per second (0 = as fast as possible)")
+    p.add_argument("--model", default=None, help="model id for the openai backend")
+    p.add_argument("--model-timeout", type=float, default=30.0,
+                   help="end a turn with [MODEL_TIMEOUT] when the backend yields nothing this long (seconds)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="also allow this Origin (repeatable; '*' allows any)")
+    p.add_argument("--grace-period", type=float, default=30.0,
+                   help="seconds a turn keeps generating after its last client leaves, for a reattach")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .serving import NBChatServer, make_server
+
+    if args.rate < 0:
+        print("nbchat serve: --rate must be >= 0", file=sys.stderr)
+        return 2
+    settings = Settings(host=args.host, port=args.port, token=args.token, backend=args.backend, rate=args.rate,
+                        model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
+                        allow_origins=tuple(args.allow_origin), grace_period=args.grace_period).with_token()
+    try:
+        server = make_server(settings, log_level=args.log_level)
+    except Exception as exc:  # a backend that cannot be built: one clear line
+        print(f"nbchat serve: {exc}", file=sys.stderr)
+        return 1
+
+    def announce(srv: NBChatServer) -> None:
+        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+        url = f"http://{host}:{srv.port}/"
+        if settings.token:
+            url += f"?token={quote(settings.token)}"
+        print(f"nbchat serving {settings.backend} at {url}", flush=True)
+
+    server.on_ready = announce
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve())
+    return 0 if server.started else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nbchat", description="Stream a language model's answer live into Jupyter.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_parser(sub)
+    try:
+        from .bench import add_bench_parser
+    except ImportError:
+        add_bench_parser = None
+    if add_bench_parser is not None:
+        add_bench_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return run_serve(args)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.error(f"unknown command {args.command}")
+    code: int = handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Server settings: one object, filled from the command line or by code."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    #: None makes a random token (printed at start); "" turns auth off
+    token: str | None = None
+    backend: str = "smollm2"
+    #: echo backend: pieces per second; 0 = as fast as possible
+    rate: float = 20.0
+    #: model id for the openai backend (and the name reported by /v1/models)
+    model: str | None = None
+    #: a backend that yields nothing for this long ends the turn with [MODEL_TIMEOUT]
+    model_timeout: float = 30.0
+    allow_origins: tuple[str, ...] = ()
+    #: how long a turn with nobody attached keeps generating so a client can reattach
+    grace_period: float = 30.0
+    #: how long an ended turn stays available for resume
+    retain_seconds: float = 120.0
+    #: a queued turn (POST /turns) that nobody starts is dropped after this long
+    pending_seconds: float = 300.0
+    #: replay buffer bounds per turn
+    replay_max_chunks: int = 100_000
+    replay_max_bytes: int = 8 * 1024 * 1024
+    #: turns kept at once (running, pending and ended)
+    max_turns: int = 10_000
+    #: SSE comment interval while nothing else goes out
+    keepalive_seconds: float = 15.0
+    #: WebSocket ping interval
+    ping_interval: float = 20.0
+    max_body_bytes: int = 1024 * 1024
+    #: add a server emit timestamp ("ts") to every chunk record
+    timestamps: bool = True
+    backend_options: dict[str, object] = field(default_factory=dict)
+
+    def with_token(self) -> Settings:
+        """A copy whose token is concrete: a random one when none was given."""
+        if self.token is None:
+            return replace(self, token=secrets.token_urlsafe(24))
+        return self

@@ -1,0 +1,87 @@
+"""The OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+A completion is an ordinary turn; these routes only translate the request and
+encode the turn's events with :mod:`nbchat.openai_wire`, so the official
+``openai`` client works unchanged against ``URL + "/v1"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .backends import Backend
+from .errors import RequestError
+from .events import Chunk, End, Status
+from .openai_wire import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
+from .protocol import dumps, parse_json_body
+from .server import read_body
+from .sse import SSEMessage, encode_sse
+from .turns import Subscription, TurnManager
+
+ERROR_HTTP = {Status.MODEL_TIMEOUT: 504, Status.ERROR: 502, Status.INTERRUPTED: 503}
+
+
+def _data(obj: object) -> bytes:
+    return encode_sse(SSEMessage(data=obj if isinstance(obj, str) else dumps(obj)))
+
+
+async def list_models(request: Request) -> Response:
+    backend: Backend = request.app.state.backend
+    return JSONResponse({"object": "list", "data": [
+        {"id": backend.model_name, "object": "model", "created": 0, "owned_by": "nbchat"}]})
+
+
+async def chat_completions(request: Request) -> Response:
+    try:
+        body = parse_json_body(await read_body(request, request.app.state.settings.max_body_bytes))
+        req = parse_completion_request(body)
+    except OpenAIRequestError as exc:
+        return JSONResponse(openai_error(str(exc), param=exc.param), status_code=400)
+    except RequestError as exc:
+        return JSONResponse(openai_error(str(exc), code=exc.code), status_code=exc.status or 400)
+    manager: TurnManager = request.app.state.turns
+    backend: Backend = request.app.state.backend
+    turn = manager.create(req.turn)
+    encoder = CompletionEncoder(turn.id, req.model or backend.model_name)
+    sub = turn.subscribe(0)
+    if req.stream:
+        return StreamingResponse(_stream(sub, encoder, req.include_usage),
+                                 headers={"content-type": "text/event-stream", "cache-control": "no-cache",
+                                          "x-accel-buffering": "no", "x-nbchat-turn": turn.id})
+    return await _complete(sub, encoder)
+
+
+async def _stream(sub: Subscription, encoder: CompletionEncoder, include_usage: bool) -> AsyncIterator[bytes]:
+    with sub:
+        yield _data(encoder.role_chunk())
+        while not sub.done:
+            out = []
+            for ev in await sub.next_batch():
+                if isinstance(ev, Chunk):
+                    out.append(_data(encoder.content_chunk(ev)))
+                else:
+                    out.append(_data(encoder.final_chunk(ev)))
+                    if include_usage and ev.status in (Status.DONE, Status.TOKENS):
+                        out.append(_data(encoder.usage_chunk()))
+                    out.append(_data("[DONE]"))
+            yield b"".join(out)
+
+
+async def _complete(sub: Subscription, encoder: CompletionEncoder) -> Response:
+    parts: list[str] = []
+    end: End | None = None
+    with sub:
+        async for ev in sub:
+            if isinstance(ev, Chunk):
+                parts.append(ev.content)
+                encoder.completion_tokens += 1
+            else:
+                end = ev
+    assert end is not None
+    if end.status in ERROR_HTTP:
+        err = encoder.final_chunk(end)
+        return JSONResponse(err, status_code=ERROR_HTTP[end.status], headers={"x-nbchat-turn": sub.turn.id})
+    return JSONResponse(encoder.completion("".join(parts), end), headers={"x-nbchat-turn": sub.turn.id})

@@ -1,0 +1,229 @@
+"""The ASGI app: routes of the seed's three transports, turns, health.
+
+:func:`create_app` builds everything per app (the backend, the turn manager,
+the security middleware); nothing lives at module level. Each route only
+*encodes* the events of a :class:`~nbchat.turns.Subscription` with
+:mod:`nbchat.protocol`; the WebSocket route lives in :mod:`nbchat.ws` and the
+OpenAI-compatible routes in :mod:`nbchat.openai_api`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+
+from . import __version__
+from .auth import SecurityMiddleware
+from .backends import Backend, create_backend
+from .config import Settings
+from .errors import PayloadTooLarge, RequestError, ResumeError
+from .events import STATUS_STRINGS, Event
+from .protocol import encode_ndjson, encode_sse_event, error_body, parse_json_body, parse_turn_request
+from .sse import encode_sse_comment
+from .turns import Subscription, Turn, TurnManager
+
+log = logging.getLogger("nbchat.server")
+
+SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
+               "x-accel-buffering": "no", "connection": "keep-alive"}
+NDJSON_HEADERS = {"content-type": "application/x-ndjson", "cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def error_response(code: str, message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=status)
+
+
+def manager_of(request: Request) -> TurnManager:
+    manager: TurnManager = request.app.state.turns
+    return manager
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes without reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is over {limit} bytes", code="payload_too_large", status=413)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body is over {limit} bytes", code="payload_too_large", status=413)
+    return bytes(body)
+
+
+async def read_json(request: Request) -> Any:
+    settings: Settings = request.app.state.settings
+    return parse_json_body(await read_body(request, settings.max_body_bytes))
+
+
+def stream_response(sub: Subscription, encode: Callable[[Event], bytes], headers: dict[str, str],
+                    keepalive: float | None = None) -> StreamingResponse:
+    """Encode a subscription's events as they come; a client that leaves detaches it
+    (Starlette cancels the body when the client disconnects)."""
+
+    async def body() -> AsyncIterator[bytes]:
+        with sub:
+            while not sub.done:
+                batch = await sub.next_batch(keepalive)
+                # many chunks ready at once go out in one write: fewer syscalls at high rates
+                yield b"".join(encode(ev) for ev in batch) if batch else encode_sse_comment("keep-alive")
+
+    return StreamingResponse(body(), headers={**headers, "x-nbchat-turn": sub.turn.id})
+
+
+def find_turn(manager: TurnManager, turn_id: str | None, uid: str | None) -> Turn | None:
+    if turn_id:
+        turn = manager.get(turn_id)
+        if turn is None:
+            raise ResumeError(f"unknown turn {turn_id!r} (it may have expired)")
+        return turn
+    return manager.latest(uid) if uid else None
+
+
+def parse_after(value: str | None) -> int | None:
+    """A last-seen seq from Last-Event-ID / lastEventId / after; None when it is a status (nothing left)."""
+    if value is None or value == "":
+        return 0
+    if value in STATUS_STRINGS:
+        return None
+    if not value.isdigit():
+        raise RequestError(f"the last event id must be a seq number or a status, not {value!r}")
+    return int(value)
+
+
+def subscribe_for_resume(turn: Turn | None, after: int | None) -> Subscription | None:
+    if turn is None or after is None:
+        return None
+    turn.start()  # a queued turn starts when its first stream attaches
+    return turn.subscribe(after)
+
+
+# ---------------------------------------------------------------- routes
+
+
+async def health(request: Request) -> Response:
+    backend: Backend = request.app.state.backend
+    return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
+                         "model": backend.model_name, "turns": len(manager_of(request))})
+
+
+async def post_turns(request: Request) -> Response:
+    req = parse_turn_request(await read_json(request))
+    if not req.uid:
+        raise RequestError("POST /turns needs a 'uid' in the body: the WebSocket or SSE GET that starts it names it")
+    turn = manager_of(request).create(req, start=False)
+    return JSONResponse({"id": turn.id, "uid": turn.uid})
+
+
+async def interrupt_turn(request: Request) -> Response:
+    turn = manager_of(request).get(request.path_params["turn_id"])
+    if turn is None:
+        return error_response("unknown_turn", "unknown turn id (it may have ended and expired)", 404)
+    turn.interrupt()
+    return JSONResponse({"id": turn.id, "interrupted": True, "state": turn.state.value})
+
+
+async def create_sse(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    if request.method == "POST":
+        sub = manager_of(request).create(parse_turn_request(await read_json(request))).subscribe(0)
+    else:
+        uid = request.headers.get("uid") or request.query_params.get("uid")
+        turn = find_turn(manager_of(request), request.query_params.get("turn"), uid)
+        last = request.headers.get("last-event-id", request.query_params.get("lastEventId"))
+        found = subscribe_for_resume(turn, parse_after(last))
+        if found is None:
+            return Response(status_code=204)  # nothing to stream: stops a browser's reconnect loop
+        sub = found
+    return stream_response(sub, encode_sse_event, SSE_HEADERS, keepalive=settings.keepalive_seconds)
+
+
+async def talk_by_stream(request: Request) -> Response:
+    if request.method == "POST":
+        sub = manager_of(request).create(parse_turn_request(await read_json(request))).subscribe(0)
+    else:
+        turn = find_turn(manager_of(request), request.query_params.get("turn"), request.query_params.get("uid"))
+        found = subscribe_for_resume(turn, parse_after(request.query_params.get("after")))
+        if found is None:
+            return Response(status_code=204)
+        sub = found
+    return stream_response(sub, encode_ndjson, NDJSON_HEADERS)
+
+
+# ---------------------------------------------------------------- errors
+
+
+async def on_request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return error_response(exc.code, str(exc), exc.status or 400)
+
+
+async def on_resume_error(request: Request, exc: Exception) -> Response:
+    return error_response("resume_unavailable", str(exc), 410)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code)
+    return error_response("http_" + str(exc.status_code), str(exc.detail), exc.status_code)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response("internal_error", "the server hit an unexpected error; see its log", 500)
+
+
+# ---------------------------------------------------------------- app
+
+
+def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
+    """The nbchat ASGI app. ``settings.token`` must be concrete (see Settings.with_token)."""
+    from .openai_api import chat_completions, list_models
+    from .ws import websocket_endpoint
+
+    settings = (settings or Settings()).with_token()
+    if backend is None:
+        backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
+                                 **settings.backend_options)
+    manager = TurnManager(backend, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await backend.start()
+        try:
+            yield
+        finally:
+            await manager.shutdown()
+            await backend.aclose()
+
+    routes = [
+        Route("/health", health),
+        Route("/turns", post_turns, methods=["POST"]),
+        Route("/turns/{turn_id}/interrupt", interrupt_turn, methods=["POST"]),
+        Route("/createSse", create_sse, methods=["GET", "POST"]),
+        Route("/talkByStream", talk_by_stream, methods=["GET", "POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", list_models),
+        WebSocketRoute("/websocket/{uid}", websocket_endpoint),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=settings.allow_origins)],
+        exception_handlers={RequestError: on_request_error, ResumeError: on_resume_error,
+                            HTTPException: on_http_error, Exception: on_unexpected},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.backend = backend
+    app.state.turns = manager
+    return app

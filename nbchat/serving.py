@@ -1,0 +1,130 @@
+"""Running the app under uvicorn: in the foreground (``nbchat serve``) or in a
+background thread (tests, the notebook's in-kernel server).
+
+Shutdown order matters for the contract: running turns are interrupted and
+their ``[INTERRUPTED]`` statuses flushed to every attached stream *before*
+uvicorn closes connections (it would otherwise cut WebSockets with 1012 and
+hold HTTP streams open until their turns end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+from .backends import Backend
+from .config import Settings
+from .server import create_app
+from .turns import TurnManager
+
+WS_MAX_SIZE = 1024 * 1024 + 1024  # a 1 MiB request plus frame slack; larger frames close with 1009
+
+
+class NBChatServer(uvicorn.Server):
+    """uvicorn.Server that ends turns first on shutdown and reports when it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+        #: called once the server accepts connections (``nbchat serve`` prints its URL there)
+        self.on_ready: Callable[[NBChatServer], None] | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            if self.on_ready is not None:
+                self.on_ready(self)
+            self.ready.set()
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        app = self.config.loaded_app if self.config.loaded else None
+        manager = _find_manager(app)
+        if manager is not None:
+            await manager.shutdown()
+            await manager.drain(5.0)
+        await super().shutdown(sockets)
+
+    @property
+    def port(self) -> int:
+        for server in self.servers:
+            for sock in server.sockets:
+                port: int = sock.getsockname()[1]
+                return port
+        return self.config.port
+
+
+def _find_manager(app: Any) -> TurnManager | None:
+    # uvicorn wraps the app in its own middleware; walk down to the Starlette app.
+    for _ in range(8):
+        if isinstance(app, Starlette):
+            manager: TurnManager = app.state.turns
+            return manager
+        app = getattr(app, "app", None)
+    return None
+
+
+def make_server(settings: Settings, backend: Backend | None = None, log_level: str = "warning") -> NBChatServer:
+    app = create_app(settings, backend)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",
+        ws="websockets-sansio", ws_max_size=WS_MAX_SIZE, ws_ping_interval=settings.ping_interval,
+        ws_ping_timeout=settings.ping_interval, timeout_graceful_shutdown=5, access_log=False,
+    )
+    return NBChatServer(config)
+
+
+@dataclass
+class ServerHandle:
+    """A server running in a background thread."""
+
+    url: str
+    token: str
+    server: NBChatServer
+    thread: threading.Thread
+    app: Starlette = field(repr=False)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server_thread(settings: Settings | None = None, backend: Backend | None = None,
+                        timeout: float = 120.0) -> ServerHandle:
+    """Start a server in a daemon thread; return once it accepts connections.
+
+    ``settings.port`` 0 picks a free port. The timeout covers loading the model."""
+    settings = (settings or Settings(port=0)).with_token()
+    server = make_server(settings, backend)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(server.serve())
+        except BaseException as exc:  # reported to the caller below
+            errors.append(exc)
+        finally:
+            server.ready.set()
+
+    thread = threading.Thread(target=run, name="nbchat-server", daemon=True)
+    thread.start()
+    if not server.ready.wait(timeout) or errors or not server.started:
+        server.should_exit = True
+        raise RuntimeError(f"the nbchat server did not start: {errors[0] if errors else 'timed out'}")
+    host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    app = server.config.loaded_app
+    while not isinstance(app, Starlette):
+        app = app.app
+    return ServerHandle(url=f"http://{host}:{server.port}", token=settings.token or "", server=server,
+                        thread=thread, app=app)

@@ -1,0 +1,382 @@
+"""Turns: one generation per turn, fanned out to any number of attached streams.
+
+A :class:`Turn` runs its backend in one task and appends each piece to a
+bounded replay buffer; every stream attached to it is a :class:`Subscription`
+that reads the buffer from its own position, so a late or reattaching client
+gets everything after the seq it saw, nothing lost and nothing repeated.
+
+The turn owns the rules of the contract that do not depend on a transport:
+the temperature range, ``maxTokens``, the model-timeout watchdog, interrupts,
+and the grace period after the last stream detaches. :class:`TurnManager`
+owns the registry (by id and by uid) and the expiry of old turns. All state
+lives on these objects, made per app; nothing is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+
+from .backends.base import LENGTH, Backend, GenerationRequest
+from .config import Settings
+from .errors import BackendError, RequestError, ResumeError
+from .events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
+
+log = logging.getLogger("nbchat.turns")
+
+
+class TurnState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+class Turn:
+    def __init__(self, manager: TurnManager, request: TurnRequest, uid: str | None) -> None:
+        self.id = secrets.token_urlsafe(12)
+        self.uid = uid
+        self.request = request
+        self.state = TurnState.PENDING
+        self.created = time.monotonic()
+        self.end: End | None = None
+        self._manager = manager
+        self._settings = manager.settings
+        self._chunks: list[Chunk] = []
+        self._first_seq = 1
+        self._next_seq = 1
+        self._bytes = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._cancel_reason = Status.INTERRUPTED
+        self._attached = 0
+        self._grace: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        #: called with the turn when generation is cancelled (tests observe it)
+        self.on_cancel: Callable[[Turn], None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    @property
+    def attached(self) -> int:
+        return self._attached
+
+    def start(self) -> None:
+        """Begin generating (idempotent)."""
+        if self.state is not TurnState.PENDING:
+            return
+        self.state = TurnState.RUNNING
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"nbchat-turn-{self.id}")
+        if self._attached == 0:
+            self._detach_grace()  # started by a request whose stream never attaches: still bounded
+
+
+    def interrupt(self, reason: Status = Status.INTERRUPTED) -> None:
+        """Stop at once; the turn ends with ``reason`` (``[INTERRUPTED]`` unless a watchdog fired)."""
+        if self.state is TurnState.PENDING:
+            self._finish(End(status=reason))
+        elif self.state is TurnState.RUNNING and self._task is not None:
+            self._cancel_reason = reason
+            self._task.cancel()
+
+    async def wait_ended(self) -> End:
+        while self.end is None:
+            await self._wait_change(None)
+        return self.end
+
+    # ------------------------------------------------------------ generation
+
+    async def _run(self) -> None:
+        req = self.request
+        if not 0.0 <= req.temperature <= 2.0:
+            self._finish(End(status=Status.TEMPERATURE_THRESHOLD))
+            return
+        gen = GenerationRequest(messages=req.messages, temperature=req.temperature,
+                                max_tokens=req.max_tokens, model=req.model)
+        pieces = self._manager.backend.generate(gen)
+        try:
+            self._arm_watchdog()
+            self._finish(End(status=await self._pump(pieces)))
+        except asyncio.CancelledError:
+            if self.on_cancel is not None:
+                self.on_cancel(self)
+            self._finish(End(status=self._cancel_reason))
+        except BackendError as exc:
+            self._finish(End(status=Status.ERROR, error=ErrorInfo(exc.code, str(exc))))
+        except Exception as exc:  # a backend bug must end the turn, not kill the server
+            log.exception("backend %s failed", self._manager.backend.name)
+            self._finish(End(status=Status.ERROR, error=ErrorInfo("backend_error", f"the backend failed: {exc}")))
+        finally:
+            self._disarm_watchdog()
+            await _aclose(pieces)
+
+    async def _pump(self, pieces: AsyncIterator[str | object]) -> Status:
+        async for piece in pieces:
+            self._arm_watchdog()
+            if piece is LENGTH:
+                return Status.TOKENS
+            if isinstance(piece, str) and piece:
+                self._append(piece)
+        return Status.DONE
+
+    def _arm_watchdog(self) -> None:
+        # Re-armed on every piece: cheaper than wait_for, which wraps each
+        # __anext__ in a new task on Python 3.11.
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        timeout = self._settings.model_timeout
+        if timeout > 0:
+            self._watchdog = asyncio.get_running_loop().call_later(
+                timeout, self.interrupt, Status.MODEL_TIMEOUT)
+
+    def _disarm_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    # ------------------------------------------------------------ buffer
+
+    def _append(self, content: str) -> None:
+        ts = time.time() if self._settings.timestamps else None
+        chunk = Chunk(content=content, seq=self._next_seq, server_time=ts)
+        self._next_seq += 1
+        self._chunks.append(chunk)
+        self._bytes += len(content)
+        if len(self._chunks) > self._settings.replay_max_chunks or self._bytes > self._settings.replay_max_bytes:
+            self._trim()
+        self._pulse()
+
+    def _trim(self) -> None:
+        # Trim to nine tenths of the bounds at once, so that deleting from the
+        # front of a list stays amortised O(1) per chunk.
+        keep_chunks = self._settings.replay_max_chunks * 9 // 10
+        keep_bytes = self._settings.replay_max_bytes * 9 // 10
+        n, drop, size = len(self._chunks), 0, self._bytes
+        while drop < n - 1 and (n - drop > keep_chunks or size > keep_bytes):
+            size -= len(self._chunks[drop].content)
+            drop += 1
+        self._bytes = size
+        self._first_seq = self._chunks[drop].seq
+        del self._chunks[:drop]
+
+    def _finish(self, end: End) -> None:
+        if self.end is not None:
+            return
+        self.end = end
+        self.state = TurnState.ENDED
+        self._cancel_grace()
+        self._pulse()
+        self._manager._turn_ended(self)
+
+    def events_after(self, seq: int) -> list[Event]:
+        """Everything buffered after ``seq``: chunks, then the End once the turn has ended."""
+        if seq + 1 < self._first_seq:
+            raise ResumeError(f"seq {seq + 1} of turn {self.id} is no longer buffered (oldest is {self._first_seq})")
+        start = seq + 1 - self._first_seq
+        out: list[Event] = list(self._chunks[start:])
+        if self.end is not None:
+            out.append(self.end)
+        return out
+
+    def _pulse(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait_change(self, timeout: float | None) -> bool:
+        """Wait until the buffer changes; False on timeout."""
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------ attach / grace
+
+    def subscribe(self, after: int = 0) -> Subscription:
+        if after > self.last_seq and self.end is None and after > 0:
+            raise ResumeError(f"turn {self.id} has not reached seq {after} yet")
+        return Subscription(self, after)
+
+    def _attach(self) -> None:
+        self._attached += 1
+        self._cancel_grace()
+
+    def _detach(self) -> None:
+        self._attached -= 1
+        self._manager._detached()
+        if self._attached == 0 and self.state is TurnState.RUNNING:
+            self._detach_grace()
+
+    def _detach_grace(self) -> None:
+        self._cancel_grace()
+        self._grace = asyncio.get_running_loop().call_later(self._settings.grace_period, self._grace_expired)
+
+    def _grace_expired(self) -> None:
+        self._grace = None
+        if self._attached == 0:
+            log.info("turn %s: nobody reattached within the grace period; cancelling", self.id)
+            self.interrupt()
+
+    def _cancel_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+
+class Subscription:
+    """One stream's view of a turn: events after its position, live once caught up."""
+
+    def __init__(self, turn: Turn, after: int) -> None:
+        self.turn = turn
+        self.pos = after
+        self.done = False
+
+    def __enter__(self) -> Subscription:
+        self.turn._attach()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.turn._detach()
+
+    async def next_batch(self, timeout: float | None = None) -> list[Event]:
+        """The next events (all that are ready, in order); [] when ``timeout`` passes first."""
+        if self.done:
+            return []
+        while True:
+            events = self.turn.events_after(self.pos)
+            if events:
+                for ev in events:
+                    if isinstance(ev, Chunk):
+                        self.pos = ev.seq
+                    else:
+                        self.done = True
+                return events
+            if not await self.turn._wait_change(timeout):
+                return []
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while not self.done:
+            for ev in await self.next_batch():
+                yield ev
+
+
+async def _aclose(it: object) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(aclose())
+
+
+class TurnManager:
+    """The registry of turns for one app: by id, and the latest by uid."""
+
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self._turns: dict[str, Turn] = {}
+        self._by_uid: dict[str, Turn] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._drained: asyncio.Event | None = None
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    def create(self, request: TurnRequest, uid: str | None = None, *, start: bool = True) -> Turn:
+        if self.closing:
+            raise RequestError("the server is shutting down", code="shutting_down", status=503)
+        self._make_room()
+        uid = uid if uid is not None else request.uid
+        turn = Turn(self, request, uid)
+        self._turns[turn.id] = turn
+        if uid is not None:
+            previous = self._by_uid.get(uid)
+            if previous is not None and previous.end is None:
+                previous.interrupt()  # one current turn per uid: a new question supersedes the old
+            self._by_uid[uid] = turn
+        if start:
+            turn.start()
+        else:
+            self._expire_later(turn, self.settings.pending_seconds)
+        return turn
+
+    def get(self, turn_id: str) -> Turn | None:
+        return self._turns.get(turn_id)
+
+    def latest(self, uid: str) -> Turn | None:
+        return self._by_uid.get(uid)
+
+    def running(self) -> list[Turn]:
+        return [t for t in self._turns.values() if t.end is None]
+
+    def _make_room(self) -> None:
+        if len(self._turns) < self.settings.max_turns:
+            return
+        for turn in sorted((t for t in self._turns.values() if t.end is not None), key=lambda t: t.created):
+            self._forget(turn.id)
+            if len(self._turns) < self.settings.max_turns:
+                return
+        raise RequestError("too many turns at once; try again shortly", code="too_many_turns", status=429)
+
+    def _turn_ended(self, turn: Turn) -> None:
+        self._expire_later(turn, self.settings.retain_seconds)
+
+    def _expire_later(self, turn: Turn, seconds: float) -> None:
+        old = self._expiry.pop(turn.id, None)
+        if old is not None:
+            old.cancel()
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
+            self._expiry[turn.id] = asyncio.get_running_loop().call_later(seconds, self._expire, turn.id)
+
+    def _expire(self, turn_id: str) -> None:
+        turn = self._turns.get(turn_id)
+        if turn is None:
+            return
+        if turn.state is TurnState.PENDING:
+            turn.interrupt()
+        if turn.end is not None and turn.attached == 0:
+            self._forget(turn_id)
+
+    def _forget(self, turn_id: str) -> None:
+        turn = self._turns.pop(turn_id, None)
+        handle = self._expiry.pop(turn_id, None)
+        if handle is not None:
+            handle.cancel()
+        if turn is not None and turn.uid is not None and self._by_uid.get(turn.uid) is turn:
+            del self._by_uid[turn.uid]
+
+    async def shutdown(self) -> None:
+        """End every running or pending turn with [INTERRUPTED] and wait for the generations to stop."""
+        self.closing = True
+        turns = self.running()
+        for turn in turns:
+            turn.interrupt()
+        tasks = [t._task for t in turns if t._task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        for handle in self._expiry.values():
+            handle.cancel()
+        self._expiry.clear()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most ``timeout``) until no stream is attached: the last statuses went out."""
+        if not any(t.attached for t in self._turns.values()):
+            return
+        self._drained = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), timeout)
+
+    def _detached(self) -> None:
+        if self._drained is not None and not any(t.attached for t in self._turns.values()):
+            self._drained.set()

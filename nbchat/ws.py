@@ -1,0 +1,139 @@
+"""The WebSocket transport: ``/websocket/{uid}``.
+
+One socket carries any number of turns, one at a time. A receive loop reads
+client frames (a turn request, ``""`` for the queued turn, ``[INTERRUPT]``, a
+resume request) while a pump task sends the current turn's events, so an
+interrupt is read even while an answer streams. Frames follow
+:func:`nbchat.protocol.encode_ws`. A request the server rejects is answered
+with an error record and ``[ERROR]`` (the socket stays open), so every
+request gets exactly one status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from .config import Settings
+from .errors import RequestError, ResumeError
+from .events import End, ErrorInfo, Status
+from .protocol import encode_ws, parse_turn_request
+from .turns import Subscription, Turn, TurnManager, TurnState
+
+INTERRUPT = "[INTERRUPT]"
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+
+
+class Session:
+    """The state of one socket: its uid, the turn it streams and the pump task."""
+
+    def __init__(self, websocket: WebSocket, manager: TurnManager, settings: Settings) -> None:
+        self.ws = websocket
+        self.uid: str = websocket.path_params["uid"]
+        self.manager = manager
+        self.settings = settings
+        self.turn: Turn | None = None
+        self.pump: asyncio.Task[None] | None = None
+
+    async def handle(self, text: str) -> None:
+        if len(text.encode()) > self.settings.max_body_bytes:
+            await self.ws.close(CLOSE_TOO_BIG, "message over 1 MiB")
+            return
+        if text == INTERRUPT:
+            if self.turn is not None:
+                self.turn.interrupt()
+            return
+        try:
+            await self._dispatch(text)
+        except ResumeError as exc:
+            await self.reject("resume_unavailable", str(exc))
+        except RequestError as exc:
+            await self.reject(exc.code, str(exc))
+
+    async def _dispatch(self, text: str) -> None:
+        if text == "":
+            turn = self.manager.latest(self.uid)
+            if turn is None or turn.state is TurnState.ENDED:
+                raise RequestError(f"no queued turn for uid {self.uid!r}: POST /turns first, or send a turn request",
+                                   code="no_pending_turn")
+            await self.switch_to(turn, 0)
+            return
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise RequestError(f"a frame must be a JSON turn request, \"\" or {INTERRUPT}: {exc}",
+                               code="invalid_json") from exc
+        if isinstance(obj, dict) and "resume" in obj:
+            await self.resume(obj["resume"])
+            return
+        request = parse_turn_request(obj)
+        await self.stop_current()
+        await self.switch_to(self.manager.create(request, uid=self.uid), 0)
+
+    async def resume(self, spec: object) -> None:
+        if not isinstance(spec, dict) or not isinstance(spec.get("after", 0), int):
+            raise RequestError('resume takes {"resume": {"after": SEQ, "turn": "optional id"}}')
+        turn_id = spec.get("turn")
+        turn = self.manager.get(turn_id) if isinstance(turn_id, str) else self.manager.latest(self.uid)
+        if turn is None:
+            raise ResumeError(f"no turn to resume for uid {self.uid!r}")
+        await self.stop_current(interrupt=False)
+        await self.switch_to(turn, int(spec.get("after", 0)))
+
+    async def stop_current(self, interrupt: bool = True) -> None:
+        """End the pump of the current turn; a new question interrupts the one still streaming."""
+        if self.turn is not None and interrupt:
+            self.turn.interrupt()
+        if self.pump is not None:
+            if not interrupt:
+                self.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.pump
+            self.pump = None
+
+    async def switch_to(self, turn: Turn, after: int) -> None:
+        sub = turn.subscribe(after)
+        turn.start()
+        self.turn = turn
+        self.pump = asyncio.get_running_loop().create_task(self._pump(sub))
+
+    async def _pump(self, sub: Subscription) -> None:
+        with sub:
+            while not sub.done:
+                for event in await sub.next_batch():
+                    for frame in encode_ws(event):
+                        await self.ws.send_text(frame)
+        if self.manager.closing:
+            await self.ws.close(CLOSE_GOING_AWAY, "server shutting down")
+
+    async def reject(self, code: str, message: str) -> None:
+        for frame in encode_ws(End(status=Status.ERROR, error=ErrorInfo(code, message))):
+            await self.ws.send_text(frame)
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    session = Session(websocket, websocket.app.state.turns, websocket.app.state.settings)
+    await websocket.accept()
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                await session.reject("unsupported_frame", "send text frames: a JSON turn request, \"\" or [INTERRUPT]")
+                continue
+            await session.handle(text)
+            if websocket.application_state is WebSocketState.DISCONNECTED:
+                break
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if session.pump is not None:
+            session.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await session.pump
