@@ -82,7 +82,8 @@ def parse_turn_request(obj: Any) -> TurnRequest:
     if "userMessage" not in obj:
         raise RequestError("'userMessage' is required: {\"userMessage\": {\"role\": \"user\", \"content\": \"...\"}}")
     user = _message(obj["userMessage"], "userMessage")
-    conv_raw = obj.get("conversation") or []
+    conv_raw = obj.get("conversation")
+    conv_raw = [] if conv_raw is None else conv_raw
     if not isinstance(conv_raw, list):
         raise RequestError("'conversation' must be a list of messages")
     conversation = tuple(_message(m, f"conversation[{i}]") for i, m in enumerate(conv_raw))

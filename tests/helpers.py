@@ -1,0 +1,72 @@
+"""Backends made for the tests: they are real backends, only with behaviour
+chosen to reach a status (stall, fail) or to observe cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+from nbchat.backends.base import Backend, Finish, GenerationRequest
+from nbchat.errors import BackendError
+
+
+class RecordingBackend(Backend):
+    """Yields ``count`` numbered pieces every ``interval`` s and records what happened
+    (thread-safe: the server runs on another thread's loop)."""
+
+    name = "recording"
+
+    def __init__(self, count: int = 1000, interval: float = 0.02) -> None:
+        self.count = count
+        self.interval = interval
+        self.produced = 0
+        self.cancelled = threading.Event()
+        self.finished = threading.Event()
+
+    @property
+    def model_name(self) -> str:
+        return "recording"
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
+        try:
+            for i in range(self.count):
+                await asyncio.sleep(self.interval)
+                self.produced += 1
+                yield f"<{i}>"
+            self.finished.set()
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled.set()
+            raise
+
+
+class StallBackend(Backend):
+    """Yields ``before`` pieces, then nothing (until cancelled)."""
+
+    name = "stall"
+
+    def __init__(self, before: int = 1) -> None:
+        self.before = before
+
+    @property
+    def model_name(self) -> str:
+        return "stall"
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
+        for i in range(self.before):
+            yield f"piece{i} "
+        await asyncio.Event().wait()
+
+
+class FailBackend(Backend):
+    """Yields one piece and then fails."""
+
+    name = "fail"
+
+    @property
+    def model_name(self) -> str:
+        return "fail"
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
+        yield "partial "
+        raise BackendError("the test backend failed on purpose")
