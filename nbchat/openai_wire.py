@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RequestError
-from .events import Chunk, End, Message, Status, TurnRequest
-from .protocol import ROLES
+from .events import Chunk, End, Message, Role, Status, TurnRequest
 
 FINISH_REASONS = {Status.DONE: "stop", Status.TOKENS: "length"}
 # How a turn that ended without an answer is reported inside a stream.
 ERROR_CODES = {Status.INTERRUPTED: "interrupted", Status.MODEL_TIMEOUT: "model_timeout",
                Status.ERROR: "backend_error", Status.TEMPERATURE_THRESHOLD: "temperature_threshold"}
+
+
+# OpenAI's newer "developer" role plays the part of "system".
+_ROLES: dict[Any, Role] = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 class OpenAIRequestError(RequestError):
@@ -63,9 +66,9 @@ def _messages(raw: Any) -> list[Message]:
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise OpenAIRequestError(f"messages[{i}] must be an object", "messages")
-        role = "system" if m.get("role") == "developer" else m.get("role")
-        if role not in ROLES:
-            raise OpenAIRequestError(f"messages[{i}].role must be one of {', '.join(ROLES)}", "messages")
+        role = _ROLES.get(m.get("role"))
+        if role is None:
+            raise OpenAIRequestError(f"messages[{i}].role must be system, user, assistant or developer", "messages")
         out.append(Message(role=role, content=_content(m.get("content"), f"messages[{i}]")))
     return out
 

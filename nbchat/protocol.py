@@ -222,7 +222,7 @@ class LineDecoder:
         self._buf += data
         *lines, rest = self._buf.split(b"\n")
         self._buf = bytearray(rest)
-        return [_utf8(line.removesuffix(b"\r")) for line in lines]
+        return [_utf8(bytes(line.removesuffix(b"\r"))) for line in lines]
 
     def flush(self) -> list[str]:
         rest, self._buf = bytes(self._buf), bytearray()
