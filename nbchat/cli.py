@@ -66,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nbchat", description="Stream a language model's answer live into Jupyter.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_parser(sub)
+    from .chat_cli import add_chat_parser
+
+    add_chat_parser(sub)
     try:
         from .bench import add_bench_parser
     except ImportError:

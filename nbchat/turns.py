@@ -19,6 +19,7 @@ import contextlib
 import enum
 import logging
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -50,7 +51,7 @@ class Turn:
         self._first_seq = 1
         self._next_seq = 1
         self._bytes = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cancel_reason = Status.INTERRUPTED
         self._attached = 0
@@ -187,16 +188,23 @@ class Turn:
         return out
 
     def _pulse(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        # set() resolves every current waiter's own future; clearing at once
+        # leaves them woken and makes the next wait block again.
+        self._changed.set()
+        self._changed.clear()
 
     async def _wait_change(self, timeout: float | None) -> bool:
         """Wait until the buffer changes; False on timeout."""
-        if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
+        if timeout is None:
+            await self._changed.wait()
+            return True
         try:
-            await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
+            if sys.version_info >= (3, 11):
+                # asyncio.timeout cancels in place; wait_for would wrap each wait in a new task
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
+            else:
+                await asyncio.wait_for(self._changed.wait(), timeout)
         except TimeoutError:
             return False
         return True

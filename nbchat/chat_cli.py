@@ -1,0 +1,86 @@
+"""``nbchat chat``: stream one answer to the terminal.
+
+With no ``--server`` it starts a server in this process on a free loopback
+port (the embedded model by default), so one command on a fresh machine shows
+a real answer streaming.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from .config import Settings
+from .errors import NBChatError
+from .events import Chunk, End, Message, TurnRequest
+
+
+def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("chat", help="stream one answer to the terminal",
+                       description="Ask one question and stream the answer as it arrives.")
+    p.add_argument("message", help="the question")
+    p.add_argument("--server", default=os.environ.get("NBCHAT_URL"),
+                   help="a running nbchat server (default: start one in this process)")
+    p.add_argument("--token", default=os.environ.get("NBCHAT_TOKEN"), help="the server's token")
+    p.add_argument("--transport", "-t", default="ws", choices=["ws", "sse", "stream", "openai"])
+    p.add_argument("--backend", default="smollm2", choices=["smollm2", "echo", "openai"],
+                   help="backend of the in-process server (ignored with --server)")
+    p.add_argument("--system", default=None, help="a system prompt")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.set_defaults(handler=run_chat)
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from .clients import connect
+
+    handle = None
+    url, token = args.server, args.token
+    try:
+        if url is None:
+            from .serving import start_server_thread
+
+            print(f"starting an in-process server with the {args.backend} backend ...", file=sys.stderr)
+            handle = start_server_thread(Settings(port=0, backend=args.backend))
+            url, token = handle.url, handle.token
+        conversation = (Message("system", args.system),) if args.system else ()
+        request = TurnRequest(user_message=Message("user", args.message), conversation=conversation,
+                              temperature=args.temperature, max_tokens=args.max_tokens)
+        with connect(url, token=token, transport=args.transport) as client:
+            return _print_stream(client.stream(request), args.transport)
+    except NBChatError as exc:
+        print(f"nbchat chat: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # the in-process server could not start
+        print(f"nbchat chat: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if handle is not None:
+            handle.stop()
+
+
+def _print_stream(turn: object, transport: str) -> int:
+    start = time.perf_counter()
+    first: float | None = None
+    chunks = 0
+    end: End | None = None
+    try:
+        for event in turn:  # type: ignore[attr-defined]
+            if isinstance(event, Chunk):
+                first = first if first is not None else time.perf_counter() - start
+                chunks += 1
+                print(event.content, end="", flush=True)
+            elif isinstance(event, End):
+                end = event
+    except KeyboardInterrupt:
+        turn.interrupt()  # type: ignore[attr-defined]
+        print("\n[INTERRUPTED]", file=sys.stderr)
+        return 130
+    total = time.perf_counter() - start
+    status = end.status.value if end else "?"
+    detail = f": {end.error.message}" if end and end.error else ""
+    ttft = f"{first * 1000:.0f} ms" if first is not None else "-"
+    print(f"\n\n[{status}{detail}] {transport}, first token {ttft}, {chunks} chunks in {total:.2f} s", file=sys.stderr)
+    return 0 if end is not None and end.status.value in ("[DONE]", "[TOKENS]") else 1
