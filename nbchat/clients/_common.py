@@ -1,0 +1,330 @@
+"""What every client shares: the turn streams that turn decoded wire items into
+events, the client base classes, and the mapping of failures onto nbchat's
+error tree.
+
+A transport only has to supply an iterator of decoded items (chunks, error
+records, statuses, as :mod:`nbchat.protocol` decodes them) and a way to ask
+the server to interrupt; :class:`TurnStream` and :class:`AsyncTurnStream` do
+the rest, so every transport yields the same events and raises the same errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeAlias
+
+from ..errors import (
+    AuthError,
+    NBChatConnectionError,
+    NBChatError,
+    PayloadTooLarge,
+    RequestError,
+    ResumeError,
+    StreamTimeout,
+)
+from ..events import Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
+from ..protocol import EventAssembler
+
+Item: TypeAlias = Chunk | ErrorInfo | Status
+"""One decoded wire item, before an error record is paired with its status."""
+
+# Error codes that mean "this turn (or this seq) cannot be resumed".
+RESUME_CODES = frozenset({"resume_unavailable", "unknown_turn"})
+
+
+def as_request(request: TurnRequest | str, uid: str | None = None) -> TurnRequest:
+    """A string is a user message with an empty conversation; the client's uid is
+    added so that a resume by uid finds the turn."""
+    if isinstance(request, str):
+        request = TurnRequest(user_message=Message("user", request))
+    if uid is not None and request.uid is None:
+        request = dataclasses.replace(request, uid=uid)
+    return request
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+# ---------------------------------------------------------------- errors
+
+
+def cannot_connect(url: str, exc: BaseException) -> NBChatConnectionError:
+    return NBChatConnectionError(
+        f"cannot connect to {url} ({exc or type(exc).__name__}): is the server running at {url}? "
+        "Start one with `nbchat serve` and pass the URL it prints."
+    )
+
+
+def broken(url: str, exc: BaseException | str) -> NBChatConnectionError:
+    return NBChatConnectionError(
+        f"the connection to {url} broke mid-stream ({exc or type(exc).__name__}); "
+        "reattach with client.resume(after=turn.last_seq, turn_id=turn.turn_id)"
+    )
+
+
+def timed_out(url: str, timeout: float | None) -> StreamTimeout:
+    return StreamTimeout(
+        f"nothing arrived from {url} for {timeout} s: the model may be slow or stuck; "
+        "pass a larger timeout= to connect() or check the server's log"
+    )
+
+
+def _error_fields(body: bytes) -> tuple[str | None, str]:
+    """(code, message) from nbchat's or OpenAI's error body; the raw text otherwise."""
+    try:
+        obj: Any = json.loads(body)
+    except ValueError:
+        return None, body.decode("utf-8", errors="replace")[:200]
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(err, dict):
+        return None, str(obj)[:200]
+    code = err.get("code") or err.get("type")
+    return (str(code) if code else None), str(err.get("message", ""))
+
+
+def error_from_status(status: int, body: bytes, url: str, *, resuming: bool = False) -> NBChatError:
+    """The nbchat error for a non-2xx HTTP answer (or a refused WebSocket handshake)."""
+    code, message = _error_fields(body)
+    if status in (401, 403):
+        hint = ("check the token printed by `nbchat serve` (connect(url, token=...))" if status == 401
+                else "the server does not allow this Origin (see `nbchat serve --allow-origin`)")
+        return AuthError(f"{url} answered {status}: {message}; {hint}")
+    if status == 413:
+        return PayloadTooLarge(f"{message or 'the request is too large'} ({status}): send less than 1 MiB",
+                               code=code or "payload_too_large", status=status)
+    if resuming and (status in (404, 410) or code in RESUME_CODES):
+        return ResumeError(f"cannot resume ({status}): {message}; start a new turn instead")
+    if 400 <= status < 500:
+        return RequestError(f"{url} rejected the request ({status}): {message}",
+                            code=code or "invalid_request", status=status)
+    if status in (502, 503, 504):
+        return NBChatConnectionError(f"{url} is unavailable ({status}): {message}; is the server running?")
+    return NBChatError(f"{url} answered {status}: {message}; see the server's log")
+
+
+# ---------------------------------------------------------------- turn streams
+
+
+class _TurnState:
+    """What the sync and async turn streams share: pairing items into events,
+    the last seq seen, and the end of a turn whose connection was cut by an interrupt."""
+
+    def __init__(self, turn_id: str | None, resuming: bool) -> None:
+        self.turn_id = turn_id
+        self.last_seq = 0
+        self.end: End | None = None
+        self._resuming = resuming
+        self._assembler = EventAssembler()
+        # an Event, not a bool: interrupt() may run on another thread (a kernel interrupt, a Stop button)
+        self._interrupt_asked = threading.Event()
+
+    def _feed(self, item: Item) -> Event | None:
+        try:
+            event = self._assembler.feed(item, time.time())
+        except RequestError as exc:
+            if self._resuming and exc.code in RESUME_CODES:
+                raise ResumeError(f"cannot resume: {exc}; start a new turn instead") from exc
+            raise
+        if isinstance(event, Chunk):
+            self.last_seq = event.seq
+        elif isinstance(event, End):
+            self.end = event
+        return event
+
+    def _cut(self, exc: NBChatConnectionError) -> End:
+        """The stream stopped before its status. After an interrupt that is the
+        interrupt taking effect (a read cut by Ctrl-C, a connection closed on
+        purpose); otherwise the connection broke and ``exc`` says so."""
+        if self._interrupt_asked.is_set():
+            self.end = End(status=Status.INTERRUPTED, received=time.time())
+            return self.end
+        raise exc
+
+
+def ended_early() -> NBChatConnectionError:
+    return NBChatConnectionError(
+        "the stream ended before the turn's status: the connection broke; "
+        "reattach with client.resume(after=turn.last_seq, turn_id=turn.turn_id)"
+    )
+
+
+class TurnStream(_TurnState):
+    """One turn's events as they arrive: :class:`Chunk` ... then exactly one :class:`End`.
+
+    Iterate it from one thread; :meth:`interrupt` may be called from any thread,
+    after which the stream ends with ``End(INTERRUPTED)``. ``turn_id`` is the
+    server's id when the transport told it; ``last_seq`` is the seq to resume after.
+    """
+
+    def __init__(self, items: Iterator[Item], *, interrupt: Callable[[], None], close: Callable[[], None],
+                 turn_id: str | None = None, resuming: bool = False) -> None:
+        super().__init__(turn_id, resuming)
+        self._items = items
+        self._send_interrupt = interrupt
+        self._close = close
+        self._closed = False
+
+    def __iter__(self) -> TurnStream:
+        return self
+
+    def __next__(self) -> Event:
+        if self.end is not None:
+            raise StopIteration
+        try:
+            event: Event | None = None
+            while event is None:
+                item = next(self._items, None)
+                if item is None:
+                    raise ended_early()
+                event = self._feed(item)
+        except NBChatConnectionError as exc:
+            self.close()
+            event = self._cut(exc)  # raises it again unless an interrupt explains it
+        except NBChatError:
+            self.close()
+            raise
+        if isinstance(event, End):
+            self.close()
+        return event
+
+    def interrupt(self) -> None:
+        """Ask the server to stop this turn (thread-safe, idempotent)."""
+        if self.end is None and not self._interrupt_asked.is_set():
+            self._interrupt_asked.set()
+            self._send_interrupt()
+
+    def close(self) -> None:
+        """Stop reading; a running turn goes on for the server's grace period, so it can be resumed."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> TurnStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTurnStream(_TurnState):
+    """The asyncio twin of :class:`TurnStream`: ``async for event in turn``,
+    ``await turn.interrupt()``, ``await turn.aclose()``."""
+
+    def __init__(self, items: AsyncIterator[Item], *, interrupt: Callable[[], Awaitable[None]],
+                 close: Callable[[], Awaitable[None]], turn_id: str | None = None, resuming: bool = False) -> None:
+        super().__init__(turn_id, resuming)
+        self._items = items
+        self._send_interrupt = interrupt
+        self._close = close
+        self._closed = False
+
+    def __aiter__(self) -> AsyncTurnStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self.end is not None:
+            raise StopAsyncIteration
+        try:
+            event: Event | None = None
+            while event is None:
+                item = await anext(self._items, None)
+                if item is None:
+                    raise ended_early()
+                event = self._feed(item)
+        except NBChatConnectionError as exc:
+            await self.aclose()
+            event = self._cut(exc)
+        except NBChatError:
+            await self.aclose()
+            raise
+        if isinstance(event, End):
+            await self.aclose()
+        return event
+
+    async def interrupt(self) -> None:
+        """Ask the server to stop this turn (idempotent)."""
+        if self.end is None and not self._interrupt_asked.is_set():
+            self._interrupt_asked.set()
+            await self._send_interrupt()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._close()
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncTurnStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+# ---------------------------------------------------------------- clients
+
+
+class _ClientConfig:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, uid: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        #: names this client's turns on the server, so a resume by uid finds them
+        self.uid = uid or uuid.uuid4().hex
+        #: the id of the last turn streamed, when the transport tells it (the default for resume)
+        self.last_turn_id: str | None = None
+
+
+class ChatClient(_ClientConfig, ABC):
+    """A connection to an nbchat server over one transport (made by :func:`nbchat.clients.connect`)."""
+
+    transport: str = ""
+
+    @abstractmethod
+    def stream(self, request: TurnRequest | str) -> TurnStream:
+        """Start a turn; a string is a user message with an empty conversation."""
+
+    @abstractmethod
+    def resume(self, after: int, *, turn_id: str | None = None) -> TurnStream:
+        """Reattach to a turn (by default this client's last one) and stream everything after seq ``after``."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncChatClient(_ClientConfig, ABC):
+    """The asyncio twin of :class:`ChatClient` (made by :func:`nbchat.clients.aconnect`):
+    ``turn = await client.stream(request)`` sends the request and returns the stream."""
+
+    transport: str = ""
+
+    @abstractmethod
+    async def stream(self, request: TurnRequest | str) -> AsyncTurnStream: ...
+
+    @abstractmethod
+    async def resume(self, after: int, *, turn_id: str | None = None) -> AsyncTurnStream: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> AsyncChatClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()

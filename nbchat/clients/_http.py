@@ -1,0 +1,231 @@
+"""The I/O shared by the HTTP transports (SSE, NDJSON, OpenAI stream), sync and async.
+
+Each transport module only says which request starts or resumes a turn and
+which sans-I/O :class:`ItemDecoder` turns the response bytes into items; the
+loops here feed it whatever byte chunks httpx delivers, map httpx's failures
+onto nbchat's errors, and interrupt through ``POST /turns/{id}/interrupt``
+with the id from the ``X-NBChat-Turn`` response header.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from ..errors import ResumeError
+from ..events import TurnRequest
+from ..protocol import dumps
+from ._common import (
+    AsyncChatClient,
+    AsyncTurnStream,
+    ChatClient,
+    Item,
+    TurnStream,
+    as_request,
+    auth_headers,
+    broken,
+    cannot_connect,
+    error_from_status,
+    timed_out,
+)
+
+TURN_HEADER = "x-nbchat-turn"
+
+
+class ItemDecoder(Protocol):
+    """Sans-I/O: bytes in any split -> decoded items."""
+
+    def feed(self, data: bytes, received: float) -> list[Item]: ...
+
+    def flush(self, received: float) -> list[Item]: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """One streaming request: what to send and how to decode the answer."""
+
+    method: str
+    path: str
+    decoder: Callable[[], ItemDecoder]
+    body: Any = None
+    params: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class HTTPTransport:
+    """What a transport module fills in: the requests to start and to resume a turn."""
+
+    def turn_target(self, request: TurnRequest) -> Target:
+        raise NotImplementedError
+
+    def resume_target(self, after: int, turn_id: str | None, uid: str) -> Target:
+        raise NotImplementedError
+
+
+def _timeout(timeout: float) -> httpx.Timeout:
+    # the read timeout is the gap allowed between two pieces; connecting should be quick on loopback
+    return httpx.Timeout(timeout, connect=min(timeout, 10.0))
+
+
+def _build(http: httpx.Client | httpx.AsyncClient, target: Target) -> httpx.Request:
+    headers = dict(target.headers)
+    content = None
+    if target.body is not None:
+        content = dumps(target.body).encode()
+        headers["content-type"] = "application/json"
+    return http.build_request(target.method, target.path, content=content, params=target.params or None,
+                              headers=headers)
+
+
+def _stream_error(url: str, timeout: float, exc: Exception) -> Exception:
+    if isinstance(exc, httpx.TimeoutException):
+        return timed_out(url, timeout)
+    return broken(url, exc)
+
+
+class HTTPChatClient(HTTPTransport, ChatClient):
+    """A sync client over one httpx.Client (its pool is thread-safe, so interrupt() may run on any thread)."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, uid: str | None = None) -> None:
+        super().__init__(url, token=token, timeout=timeout, uid=uid)
+        self._http = httpx.Client(base_url=self.url, headers=auth_headers(token), timeout=_timeout(timeout))
+
+    def stream(self, request: TurnRequest | str) -> TurnStream:
+        return self._open(self.turn_target(as_request(request, self.uid)), resuming=False)
+
+    def resume(self, after: int, *, turn_id: str | None = None) -> TurnStream:
+        return self._open(self.resume_target(after, turn_id or self.last_turn_id, self.uid), resuming=True)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _open(self, target: Target, *, resuming: bool) -> TurnStream:
+        response = self._send(target, resuming)
+        turn_id = response.headers.get(TURN_HEADER)
+        self.last_turn_id = turn_id or self.last_turn_id
+
+        def interrupt() -> None:
+            self._interrupt(turn_id, response)
+
+        items = self._items(response, target.decoder())
+
+        def close() -> None:
+            items.close()
+            response.close()
+
+        return TurnStream(items, interrupt=interrupt, close=close, turn_id=turn_id, resuming=resuming)
+
+    def _send(self, target: Target, resuming: bool) -> httpx.Response:
+        try:
+            response = self._http.send(_build(self._http, target), stream=True)
+        except httpx.TransportError as exc:
+            raise cannot_connect(self.url, exc) from exc
+        if response.is_success and response.status_code != 204:
+            return response
+        try:
+            body = response.read()
+        except httpx.TransportError as exc:
+            raise broken(self.url, exc) from exc
+        finally:
+            response.close()
+        if resuming and response.status_code == 204:
+            raise ResumeError("nothing to resume: no turn for this client, or it already ended; start a new turn")
+        raise error_from_status(response.status_code, body, self.url, resuming=resuming)
+
+    def _items(self, response: httpx.Response, decoder: ItemDecoder) -> Generator[Item, None, None]:
+        try:
+            for data in response.iter_bytes():
+                yield from decoder.feed(data, time.time())
+            yield from decoder.flush(time.time())
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise _stream_error(self.url, self.timeout, exc) from exc
+        finally:
+            response.close()
+
+    def _interrupt(self, turn_id: str | None, response: httpx.Response) -> None:
+        if turn_id is None:
+            response.close()  # a server that did not name the turn: dropping the stream is all we can do
+            return
+        try:
+            answer = self._http.post(f"/turns/{turn_id}/interrupt")
+        except httpx.TransportError as exc:
+            raise cannot_connect(self.url, exc) from exc
+        # 404: the turn already ended and expired, which is what the caller wanted
+        if answer.status_code not in (200, 404):
+            raise error_from_status(answer.status_code, answer.content, self.url)
+
+
+class AsyncHTTPChatClient(HTTPTransport, AsyncChatClient):
+    """The asyncio twin of :class:`HTTPChatClient`, over one httpx.AsyncClient."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, uid: str | None = None) -> None:
+        super().__init__(url, token=token, timeout=timeout, uid=uid)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=auth_headers(token), timeout=_timeout(timeout))
+
+    async def stream(self, request: TurnRequest | str) -> AsyncTurnStream:
+        return await self._open(self.turn_target(as_request(request, self.uid)), resuming=False)
+
+    async def resume(self, after: int, *, turn_id: str | None = None) -> AsyncTurnStream:
+        return await self._open(self.resume_target(after, turn_id or self.last_turn_id, self.uid), resuming=True)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _open(self, target: Target, *, resuming: bool) -> AsyncTurnStream:
+        response = await self._send(target, resuming)
+        turn_id = response.headers.get(TURN_HEADER)
+        self.last_turn_id = turn_id or self.last_turn_id
+        items = self._items(response, target.decoder())
+
+        async def interrupt() -> None:
+            await self._interrupt(turn_id, response)
+
+        async def close() -> None:
+            await items.aclose()
+            await response.aclose()
+
+        return AsyncTurnStream(items, interrupt=interrupt, close=close, turn_id=turn_id, resuming=resuming)
+
+    async def _send(self, target: Target, resuming: bool) -> httpx.Response:
+        try:
+            response = await self._http.send(_build(self._http, target), stream=True)
+        except httpx.TransportError as exc:
+            raise cannot_connect(self.url, exc) from exc
+        if response.is_success and response.status_code != 204:
+            return response
+        try:
+            body = await response.aread()
+        except httpx.TransportError as exc:
+            raise broken(self.url, exc) from exc
+        finally:
+            await response.aclose()
+        if resuming and response.status_code == 204:
+            raise ResumeError("nothing to resume: no turn for this client, or it already ended; start a new turn")
+        raise error_from_status(response.status_code, body, self.url, resuming=resuming)
+
+    async def _items(self, response: httpx.Response, decoder: ItemDecoder) -> AsyncGenerator[Item, None]:
+        try:
+            async for data in response.aiter_bytes():
+                for item in decoder.feed(data, time.time()):
+                    yield item
+            for item in decoder.flush(time.time()):
+                yield item
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise _stream_error(self.url, self.timeout, exc) from exc
+        finally:
+            await response.aclose()
+
+    async def _interrupt(self, turn_id: str | None, response: httpx.Response) -> None:
+        if turn_id is None:
+            await response.aclose()
+            return
+        try:
+            answer = await self._http.post(f"/turns/{turn_id}/interrupt")
+        except httpx.TransportError as exc:
+            raise cannot_connect(self.url, exc) from exc
+        if answer.status_code not in (200, 404):
+            raise error_from_status(answer.status_code, answer.content, self.url)
