@@ -6,6 +6,8 @@ and the notebook layer are imported only when used.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import (
     AuthError,
     BackendError,
@@ -22,9 +24,32 @@ from .events import Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ip: Any) -> None:
+    """``%load_ext nbchat``: registers ``%%chat`` and ``%chat`` (IPython is imported only now)."""
+    from .magics import load_ipython_extension as _load
+
+    _load(ip)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    from .magics import unload_ipython_extension as _unload
+
+    _unload(ip)
+
+
+def __getattr__(name: str) -> Any:
+    # ChatWidget needs anywidget and ipywidgets: import them only when asked for.
+    if name == "ChatWidget":
+        from .widget import ChatWidget
+
+        return ChatWidget
+    raise AttributeError(f"module 'nbchat' has no attribute {name!r}")
+
 __all__ = [
     "AuthError",
     "BackendError",
+    "ChatWidget",
     "Chunk",
     "End",
     "ErrorInfo",

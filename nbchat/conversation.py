@@ -1,0 +1,107 @@
+"""The conversation the magic and the widget share: its messages, its
+defaults (transport, server, sampling), and how a new user message becomes a
+:class:`~nbchat.events.TurnRequest`.
+
+A conversation is an object, never module state: each ``%%chat`` magic
+instance owns one, and a widget made with ``%chat widget`` shares it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .events import Message, Status, TurnRequest
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """Per-turn settings; ``None`` means "the server's (or the environment's) default"."""
+
+    transport: str = "ws"
+    server: str | None = None
+    token: str | None = None
+    model: str | None = None
+    temperature: float = 0.7
+    max_tokens: int | None = 512
+    system: str | None = None
+
+    def merged(self, **overrides: Any) -> ChatOptions:
+        """A copy with the given options replaced; ``None`` values are ignored (not given)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown chat options: {', '.join(sorted(unknown))}")
+        return replace(self, **given)
+
+    def describe(self) -> str:
+        token = "set" if self.token else None
+        shown = {**{f.name: getattr(self, f.name) for f in fields(self)}, "token": token}
+        return "\n".join(f"{name:12} {value!r}" for name, value in shown.items())
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One finished turn: what was asked, what came back, how it ended."""
+
+    user: str
+    answer: str
+    status: str
+
+
+class Conversation:
+    """The messages so far, oldest first, plus the defaults for the next turn."""
+
+    def __init__(self, options: ChatOptions | None = None) -> None:
+        self.options = options or ChatOptions()
+        self.exchanges: list[Exchange] = []
+
+    def __len__(self) -> int:
+        return len(self.exchanges)
+
+    @property
+    def messages(self) -> list[Message]:
+        """The history as the model sees it (without the system prompt)."""
+        out: list[Message] = []
+        for exchange in self.exchanges:
+            out += [Message("user", exchange.user), Message("assistant", exchange.answer)]
+        return out
+
+    @property
+    def last_answer(self) -> str | None:
+        return self.exchanges[-1].answer if self.exchanges else None
+
+    def request(self, text: str, options: ChatOptions | None = None) -> TurnRequest:
+        """The request for a new user message, carrying the history and the system prompt."""
+        opts = options or self.options
+        system = (Message("system", opts.system),) if opts.system else ()
+        return TurnRequest(user_message=Message("user", text), conversation=(*system, *self.messages),
+                           temperature=opts.temperature, max_tokens=opts.max_tokens, model=opts.model)
+
+    def record(self, user: str, answer: str, status: Status | str) -> bool:
+        """Keep a finished turn in the history; returns whether it was kept.
+
+        A turn that produced nothing (an error, a rejected temperature) is not
+        kept: the next turn would otherwise send two user messages in a row.
+        An interrupted turn keeps its partial answer, as the user saw it.
+        """
+        if not answer:
+            return False
+        self.exchanges.append(Exchange(user, answer, str(status)))
+        return True
+
+    def reset(self) -> None:
+        self.exchanges.clear()
+
+    def transcript(self) -> str:
+        """The history as plain text, for ``%chat history``."""
+        if not self.exchanges:
+            return "(no messages yet)"
+        lines: list[str] = []
+        if self.options.system:
+            lines.append(f"system: {self.options.system}")
+        for exchange in self.exchanges:
+            lines += [f"user: {exchange.user}", f"assistant: {exchange.answer}"]
+            if exchange.status != Status.DONE.value:
+                lines.append(f"  ({exchange.status})")
+        return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""The nbchat server a kernel starts for itself when none is configured.
+
+Where a chat goes, in order: an explicit ``--server``, the ``NBCHAT_URL``
+environment variable (with ``NBCHAT_TOKEN``), or a server started inside the
+kernel process on a free loopback port with a random token and the embedded
+model. That in-kernel server starts on first use, is reused after that, and
+stops when the kernel exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .serving import ServerHandle
+
+ENV_URL = "NBCHAT_URL"
+ENV_TOKEN = "NBCHAT_TOKEN"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to send a turn."""
+
+    url: str
+    token: str | None
+
+
+class KernelServer:
+    """Starts one in-process nbchat server on first use and stops it at exit.
+
+    ``start`` is the server starter (``start_server_thread``), a seam for
+    tests; ``backend`` and ``rate`` choose the backend (the embedded
+    ``smollm2`` model by default).
+    """
+
+    def __init__(self, backend: str = "smollm2", rate: float = 20.0,
+                 start: Callable[[Settings], ServerHandle] | None = None) -> None:
+        self.backend = backend
+        self.rate = rate
+        self._start = start
+        self._handle: ServerHandle | None = None
+        self._lock = threading.Lock()
+        #: seconds the last start took (reported by ``%chat``)
+        self.start_seconds: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def endpoint(self) -> Endpoint:
+        """The running server's endpoint, starting the server on first call."""
+        with self._lock:  # a widget task and a cell may ask at once: start one server only
+            if self._handle is None:
+                self._handle = self._launch()
+            return Endpoint(self._handle.url, self._handle.token)
+
+    def _launch(self) -> ServerHandle:
+        from .config import Settings
+
+        start = self._start
+        if start is None:
+            from .serving import start_server_thread
+
+            start = start_server_thread
+        began = time.perf_counter()
+        handle = start(Settings(host="127.0.0.1", port=0, token=None, backend=self.backend, rate=self.rate))
+        self.start_seconds = time.perf_counter() - began
+        # A daemon thread would die mid-turn at exit; stopping first ends turns cleanly.
+        atexit.register(self.stop)
+        return handle
+
+    def stop(self) -> None:
+        with self._lock:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            atexit.unregister(self.stop)
+            handle.stop()
+
+
+def resolve_endpoint(server: str | None, token: str | None, kernel: KernelServer) -> Endpoint:
+    """The endpoint for a turn: the given server, else ``NBCHAT_URL``, else the kernel's own."""
+    if server:
+        return Endpoint(server, token if token is not None else os.environ.get(ENV_TOKEN))
+    env_url = os.environ.get(ENV_URL)
+    if env_url:
+        return Endpoint(env_url, token if token is not None else os.environ.get(ENV_TOKEN))
+    endpoint = kernel.endpoint()
+    return endpoint if token is None else Endpoint(endpoint.url, token)

@@ -1,0 +1,304 @@
+"""The ``%%chat`` cell magic and the ``%chat`` line magic.
+
+The cell body is the user's message; the answer streams into the cell as
+Markdown that grows live (at most ~20 updates a second) and ends as a plain
+``text/markdown`` output, so it stays in the saved notebook and renders on
+GitHub. All state lives on the :class:`ChatMagics` instance: its
+:class:`~nbchat.conversation.Conversation` and its in-kernel server.
+
+The magic uses the synchronous clients: the cell blocks while the answer
+streams, and a kernel interrupt (KeyboardInterrupt) interrupts the turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+
+from .conversation import ChatOptions, Conversation
+from .errors import NBChatConnectionError, NBChatError
+from .events import Chunk, End, Status
+from .kernel_server import KernelServer, resolve_endpoint
+from .render import Throttle, TurnStats, answer_markdown
+
+LINE_ACTIONS = ("show", "history", "reset", "last", "widget", "stop")
+
+
+class StreamView:
+    """The cell's live output: one display that grows, updated at most ~20 times a second.
+
+    Updates are coalesced by time (:class:`~nbchat.render.Throttle`), not by
+    sleeping: a chunk that arrives within the interval waits for the next one
+    or for the end, so a fast stream of thousands of chunks costs a bounded
+    number of display messages.
+    """
+
+    def __init__(self, throttle: Throttle | None = None) -> None:
+        self.throttle = throttle or Throttle()
+        self.updates = 0
+        self._handle: Any = None
+        self._pieces: list[str] = []
+
+    @property
+    def started(self) -> bool:
+        return self._handle is not None
+
+    def start(self) -> None:
+        from IPython.display import display
+
+        self._handle = display(  # type: ignore[no-untyped-call]
+            self._bundle("*waiting for the first token…*", ""), raw=True, display_id=True)
+
+    def add(self, content: str) -> None:
+        self._pieces.append(content)
+        if self.throttle.due():
+            text = "".join(self._pieces)
+            self._update(self._bundle(answer_markdown(text), text))
+
+    def finish(self, answer: str, footer: str) -> None:
+        self._update(self._bundle(answer_markdown(answer, footer), f"{answer}\n\n{footer}".lstrip()))
+
+    def _update(self, bundle: dict[str, str]) -> None:
+        self.updates += 1
+        self._handle.update(bundle, raw=True)
+
+    @staticmethod
+    def _bundle(markdown: str, plain: str) -> dict[str, str]:
+        return {"text/markdown": markdown, "text/plain": plain}
+
+
+# IPython prints exactly UsageError (not a subclass) as one line without a traceback, and
+# marks the cell failed so that "Run all" stops there: the right shape for a chat that cannot run.
+ChatError = UsageError
+
+
+@dataclass
+class ChatResult:
+    """What one ``%%chat`` cell produced."""
+
+    answer: str
+    status: str
+    stats: TurnStats
+
+
+def interpolate(text: str, namespace: dict[str, Any]) -> str:
+    """Fill ``{name}`` (and ``{name.attr}``, ``{name[0]}``, ``{name!r}``) from the namespace;
+    ``{{`` and ``}}`` are literal braces, as in ``str.format``."""
+    try:
+        return string.Formatter().vformat(text, (), namespace)
+    except KeyError as exc:
+        raise ChatError(f"{{{exc.args[0]}}} is not defined in the notebook: define it, write {{{{ and }}}} "
+                        "for literal braces, or use --raw") from None
+    except (ValueError, IndexError, AttributeError) as exc:
+        raise ChatError(f"cannot fill in the message: {exc}; write {{{{ and }}}} for literal braces, "
+                        "or use --raw") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option line as one ChatError line instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ChatError(f"{self.prog}: {message}")
+
+
+def _parser(prog: str, cell: bool) -> _Parser:
+    parser = _Parser(prog=prog, add_help=False)
+    if not cell:
+        parser.add_argument("action", nargs="?", default="show", help=" | ".join(LINE_ACTIONS))
+    # The same options for %%chat (this cell) and %chat (the defaults for later cells).
+    parser.add_argument("--transport", "-t", help="ws, sse, stream or openai")
+    parser.add_argument("--server", help="URL of a running nbchat server (default: $NBCHAT_URL, else one in "
+                        "this kernel)")
+    parser.add_argument("--token", help="the server's token (default: $NBCHAT_TOKEN)")
+    parser.add_argument("--model", help="model name, for servers with several")
+    parser.add_argument("--temperature", type=float, help="0 to 2")
+    parser.add_argument("--max-tokens", type=int, help="stop after this many tokens")
+    parser.add_argument("--system", help="system prompt")
+    if cell:
+        parser.add_argument("--new", action="store_true", help="start a fresh conversation")
+        parser.add_argument("--raw", action="store_true", help="send the cell as is: no {name} interpolation")
+        parser.add_argument("--out", "-o", help="also store the answer in this variable")
+    return parser
+
+
+def _parse(parser: _Parser, line: str) -> argparse.Namespace:
+    try:
+        return parser.parse_args(shlex.split(line))
+    except ValueError as exc:  # shlex: an unclosed quote
+        raise ChatError(f"{parser.prog}: {exc}") from None
+
+
+CELL_PARSER = _parser("%%chat", cell=True)
+LINE_PARSER = _parser("%chat", cell=False)
+
+
+@magics_class
+class ChatMagics(Magics):
+    """``%%chat`` and ``%chat``, with the conversation and the in-kernel server they share."""
+
+    def __init__(self, shell: InteractiveShell | None = None, kernel_server: KernelServer | None = None) -> None:
+        super().__init__(shell)  # type: ignore[no-untyped-call]
+        self.conversation = Conversation()
+        self.kernel_server = kernel_server or KernelServer()
+        self.last: ChatResult | None = None
+        #: makes the cell's live output; a seam for tests (count updates, interrupt mid-stream)
+        self.view_factory: Callable[[], StreamView] = StreamView
+        #: client connector (``nbchat.clients.connect``); a seam for tests
+        self.connect: Callable[..., Any] | None = None
+
+    @cell_magic("chat")  # type: ignore[untyped-decorator]  # IPython's decorators are untyped
+    def chat_cell(self, line: str, cell: str) -> None:
+        """Send the cell to the model and stream the answer here.
+
+        ``{name}`` in the cell is replaced by the notebook variable ``name``
+        (``{{`` and ``}}`` are literal braces; ``--raw`` turns this off). The
+        answer is also in ``_chat`` (and ``%chat last``).
+        """
+        args = _parse(CELL_PARSER, line)
+        options = self._options(args)
+        text = cell.strip("\n") if args.raw else interpolate(cell.strip("\n"), self._user_ns)
+        if not text.strip():
+            raise ChatError("the cell is empty: write the message below %%chat")
+        if args.new:
+            self.conversation.reset()
+        result = self._run_turn(text, options)
+        self._user_ns["_chat"] = result.answer
+        if args.out:
+            self._user_ns[args.out] = result.answer
+
+    @line_magic("chat")  # type: ignore[untyped-decorator]
+    def chat_line(self, line: str) -> Any:
+        """Show or change the chat defaults, or act on the conversation.
+
+        ``%chat`` shows the defaults, options change them (``%chat -t sse
+        --temperature 0.2``); ``%chat history`` prints the conversation,
+        ``%chat reset`` forgets it, ``%chat last`` returns the last answer,
+        ``%chat widget`` returns a chat widget sharing this conversation,
+        ``%chat stop`` stops the server this kernel started.
+        """
+        args = _parse(LINE_PARSER, line)
+        if args.action not in LINE_ACTIONS:
+            raise ChatError(f"unknown action {args.action!r}: use one of {', '.join(LINE_ACTIONS)}")
+        self.conversation.options = self._options(args)
+        if args.action == "history":
+            print(self.conversation.transcript())
+        elif args.action == "reset":
+            self.conversation.reset()
+            print("nbchat: conversation cleared")
+        elif args.action == "last":
+            return self.conversation.last_answer
+        elif args.action == "widget":
+            from .widget import ChatWidget
+
+            return ChatWidget(conversation=self.conversation, kernel_server=self.kernel_server)
+        elif args.action == "stop":
+            self.kernel_server.stop()
+        elif args.action == "show":
+            self._show()
+        return None
+
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None, "ChatMagics needs a shell"
+        namespace: dict[str, Any] = self.shell.user_ns
+        return namespace
+
+    def _show(self) -> None:
+        server = "running" if self.kernel_server.running else "not started"
+        print(f"{self.conversation.options.describe()}\n{'history':12} {len(self.conversation)} exchanges\n"
+              f"{'kernel server':12} {server}")
+
+    def _options(self, args: Any) -> ChatOptions:
+        from .clients import TRANSPORTS
+
+        options = self.conversation.options.merged(
+            transport=args.transport, server=args.server, token=args.token, model=args.model,
+            temperature=args.temperature, max_tokens=args.max_tokens, system=args.system)
+        if options.transport not in TRANSPORTS:
+            raise ChatError(f"unknown transport {options.transport!r}: use one of {', '.join(TRANSPORTS)}")
+        return options
+
+    def _connector(self) -> Callable[..., Any]:
+        if self.connect is None:
+            from .clients import connect
+
+            return connect
+        return self.connect
+
+    def _run_turn(self, text: str, options: ChatOptions) -> ChatResult:
+        try:
+            endpoint = resolve_endpoint(options.server, options.token, self.kernel_server)
+        except RuntimeError as exc:  # the in-kernel server did not start
+            raise ChatError(str(exc)) from None
+        request = self.conversation.request(text, options)
+        stats = TurnStats(options.transport)
+        view = self.view_factory()
+        answer: list[str] = []
+        try:
+            with self._connector()(endpoint.url, token=endpoint.token, transport=options.transport) as client:
+                end = stream_turn(client.stream(request), view, stats, answer)
+        except (NBChatError, OSError) as exc:
+            if view.started:  # keep what arrived before the error
+                stats.on_end(None, "[ERROR]")
+                view.finish("".join(answer), stats.footer())
+            raise ChatError(f"nbchat ({options.transport}): {_describe(exc)}") from None
+        result = ChatResult("".join(answer), stats.status or end.status.value, stats)
+        self.conversation.record(text, result.answer, result.status)
+        self.last = result
+        return result
+
+
+def stream_turn(turn: Any, view: StreamView, stats: TurnStats, answer: list[str]) -> End:
+    """Feed the turn's events to the view until its End; a KeyboardInterrupt interrupts the turn.
+
+    The partial answer stays: after ``turn.interrupt()`` the stream still
+    delivers what was generated and then ``End(INTERRUPTED)``.
+    """
+    view.start()
+    try:
+        end = _consume(turn, view, stats, answer)
+    except KeyboardInterrupt:
+        turn.interrupt()
+        try:
+            end = _consume(turn, view, stats, answer) or End(Status.INTERRUPTED)
+        except (KeyboardInterrupt, NBChatError):  # a second interrupt, or the stream broke: stop waiting
+            end = End(Status.INTERRUPTED)
+    if end is None:
+        raise NBChatConnectionError("the stream ended without a status")
+    stats.on_end(end)
+    view.finish("".join(answer), stats.footer())
+    return end
+
+
+def _consume(turn: Any, view: StreamView, stats: TurnStats, answer: list[str]) -> End | None:
+    for event in turn:
+        if isinstance(event, Chunk):
+            stats.on_chunk(event.content)
+            answer.append(event.content)
+            view.add(event.content)
+        elif isinstance(event, End):
+            return event
+    return None
+
+
+def _describe(exc: Exception) -> str:
+    message = str(exc).strip().splitlines()
+    return message[0] if message else type(exc).__name__
+
+
+def load_ipython_extension(ip: InteractiveShell) -> None:
+    ip.register_magics(ChatMagics(ip))  # type: ignore[no-untyped-call]
+
+
+def unload_ipython_extension(ip: InteractiveShell) -> None:
+    magics = ip.magics_manager.registry.get("ChatMagics") if ip.magics_manager is not None else None
+    if isinstance(magics, ChatMagics):
+        magics.kernel_server.stop()

@@ -1,0 +1,217 @@
+"""``ChatWidget``: a chat panel for the notebook (an anywidget).
+
+Traffic is shaped so that streaming costs the browser what the answer costs
+and no more: while an answer streams, the kernel sends only custom messages
+``{"type": "delta", "text": ...}`` holding the *new* text, coalesced to one
+per ~50 ms; the full history (the ``messages`` traitlet) is synced once per
+turn, at its end. Generation runs as an asyncio task on the kernel's own
+loop with the async client, so the kernel stays free to receive the Stop
+click while an answer streams.
+
+The browser side (``widget.js``) renders Markdown itself, from text nodes
+only: model output never becomes live HTML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anywidget
+import traitlets
+
+from .conversation import Conversation
+from .errors import NBChatError
+from .events import Chunk, End, Status
+from .kernel_server import KernelServer, resolve_endpoint
+from .render import Throttle, TurnStats
+
+_HERE = pathlib.Path(__file__).parent
+
+#: custom messages carry at most this much time's worth of new text
+DELTA_INTERVAL = 0.05
+
+
+class _DeltaBuffer:
+    """Coalesces new text into one message per interval; a timer flushes the tail."""
+
+    def __init__(self, send: Callable[[str], None], interval: float = DELTA_INTERVAL) -> None:
+        self._send = send
+        self._throttle = Throttle(interval)
+        self._pending: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, text: str) -> None:
+        self._pending.append(text)
+        if self._throttle.due():
+            self.flush()
+        elif self._timer is None:
+            # Without a timer the tail would wait for the next chunk, however late it comes.
+            self._timer = asyncio.get_running_loop().call_later(self._throttle.remaining(), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._throttle.mark()
+        self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._send(text)
+
+
+class ChatWidget(anywidget.AnyWidget):
+    """A conversation view with an input, Send, Stop, a transport picker and a stats line.
+
+    ``ChatWidget()`` talks to ``server`` (else ``$NBCHAT_URL``, else a server
+    started in this kernel with the embedded model). ``%chat widget`` makes one
+    that shares the magic's conversation and server.
+    """
+
+    _esm = _HERE / "widget.js"
+    _css = _HERE / "widget.css"
+
+    #: the conversation so far: [{"role", "content", "status"?}]; synced at turn ends only
+    messages = traitlets.List(traitlets.Dict()).tag(sync=True)
+    transport = traitlets.Unicode("ws").tag(sync=True)
+    transports = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    busy = traitlets.Bool(False).tag(sync=True)
+    stats = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, conversation: Conversation | None = None, *, server: str | None = None,
+                 token: str | None = None, transport: str | None = None,
+                 kernel_server: KernelServer | None = None, **kwargs: Any) -> None:
+        from .clients import TRANSPORTS
+
+        self.conversation = conversation or Conversation()
+        options = self.conversation.options
+        super().__init__(transport=transport or options.transport, transports=list(TRANSPORTS),
+                         messages=self._history(), **kwargs)
+        self._server = server or options.server
+        self._token = token if token is not None else options.token
+        self._kernel_server = kernel_server or _shared_kernel_server() or KernelServer()
+        self._task: asyncio.Task[None] | None = None
+        self._turn: Any = None
+        self._stop_requested = False
+        #: what the last turn ended with (an :class:`End`), for callers and tests
+        self.last_end: End | None = None
+        self.on_msg(self._on_frontend_msg)
+
+    # ------------------------------------------------------------ control
+
+    def _on_frontend_msg(self, _widget: Any, content: dict[str, Any], _buffers: Any) -> None:
+        kind = content.get("type")
+        if kind == "send":
+            self.ask(str(content.get("text", "")))
+        elif kind == "stop":
+            self.stop()
+
+    def ask(self, text: str) -> asyncio.Task[None] | None:
+        """Start a turn with ``text`` on the running loop; returns its task (None if busy or empty)."""
+        if not text.strip() or (self._task is not None and not self._task.done()):
+            return None
+        self._stop_requested = False
+        self._task = _spawn(self._run(text))
+        return self._task
+
+    def stop(self) -> None:
+        """Interrupt the answer being streamed; it ends with ``[INTERRUPTED]`` and keeps its text."""
+        self._stop_requested = True
+        turn = self._turn
+        if turn is not None:
+            _spawn(turn.interrupt())
+
+    async def wait(self) -> End | None:
+        """Wait for the current turn, if any, to end."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        return self.last_end
+
+    # ------------------------------------------------------------ a turn
+
+    async def _run(self, text: str) -> None:
+        options = self.conversation.options.merged(transport=self.transport)
+        stats = TurnStats(options.transport)
+        pieces: list[str] = []
+        deltas = _DeltaBuffer(lambda t: self.send({"type": "delta", "text": t}))
+        self.busy = True
+        self.send({"type": "start", "user": text})
+        end: End | None = None
+        error: str | None = None
+        try:
+            end = await self._stream(text, options.merged(server=self._server, token=self._token),
+                                     stats, pieces, deltas)
+        except (NBChatError, OSError, RuntimeError) as exc:
+            error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        finally:
+            deltas.flush()
+            self._turn = None
+            self._finish(text, "".join(pieces), stats, end, error)
+
+    async def _stream(self, text: str, options: Any, stats: TurnStats, pieces: list[str],
+                      deltas: _DeltaBuffer) -> End:
+        from .clients import aconnect
+
+        # Starting the in-kernel server can take seconds: do it off the kernel's loop.
+        endpoint = await asyncio.to_thread(resolve_endpoint, options.server, options.token, self._kernel_server)
+        request = self.conversation.request(text, options)
+        async with aconnect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
+            turn = await client.stream(request)
+            self._turn = turn
+            if self._stop_requested:  # Stop was clicked while connecting
+                await turn.interrupt()
+            async for event in turn:
+                if isinstance(event, Chunk):
+                    stats.on_chunk(event.content)
+                    pieces.append(event.content)
+                    deltas.add(event.content)
+                elif isinstance(event, End):
+                    return event
+        raise NBChatError("the stream ended without a status")
+
+    def _finish(self, text: str, answer: str, stats: TurnStats, end: End | None, error: str | None) -> None:
+        stats.on_end(end, None if end is not None else "[ERROR]")
+        status = stats.status or Status.ERROR.value
+        self.last_end = end
+        self.conversation.record(text, answer, end.status if end is not None else Status.ERROR)
+        footer = stats.footer() if error is None else f"{stats.footer()} · {error}"
+        self.send({"type": "end", "status": status, "error": error})
+        # One full sync per turn: the history, then the stats line.
+        self.messages = self._history()
+        self.stats = footer
+        self.busy = False
+
+    def _history(self) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        for exchange in self.conversation.exchanges:
+            out.append({"role": "user", "content": exchange.user})
+            out.append({"role": "assistant", "content": exchange.answer, "status": exchange.status})
+        return out
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    # The kernel's loop is running whenever a cell or a comm message is handled.
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        coro.close()
+        raise RuntimeError("ChatWidget needs a running event loop (a Jupyter kernel, or an async test)") from None
+    return loop.create_task(coro)
+
+
+def _shared_kernel_server() -> KernelServer | None:
+    """The ``%%chat`` magic's in-kernel server, when the extension is loaded, so both share one model."""
+    try:
+        from IPython.core.getipython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()  # type: ignore[no-untyped-call]
+    magics = shell.magics_manager.registry.get("ChatMagics") if shell is not None else None
+    server = getattr(magics, "kernel_server", None)
+    return server if isinstance(server, KernelServer) else None
