@@ -11,10 +11,14 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .errors import NBChatError
 from .events import Chunk, End, Message, TurnRequest
+
+if TYPE_CHECKING:
+    from .clients import TurnStream
 
 
 def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,13 +65,13 @@ def run_chat(args: argparse.Namespace) -> int:
             handle.stop()
 
 
-def _print_stream(turn: object, transport: str) -> int:
+def _print_stream(turn: TurnStream, transport: str) -> int:
     start = time.perf_counter()
     first: float | None = None
     chunks = 0
     end: End | None = None
     try:
-        for event in turn:  # type: ignore[attr-defined]
+        for event in turn:
             if isinstance(event, Chunk):
                 first = first if first is not None else time.perf_counter() - start
                 chunks += 1
@@ -75,12 +79,13 @@ def _print_stream(turn: object, transport: str) -> int:
             elif isinstance(event, End):
                 end = event
     except KeyboardInterrupt:
-        turn.interrupt()  # type: ignore[attr-defined]
+        turn.interrupt()
         print("\n[INTERRUPTED]", file=sys.stderr)
         return 130
     total = time.perf_counter() - start
     status = end.status.value if end else "?"
     detail = f": {end.error.message}" if end and end.error else ""
     ttft = f"{first * 1000:.0f} ms" if first is not None else "-"
-    print(f"\n\n[{status}{detail}] {transport}, first token {ttft}, {chunks} chunks in {total:.2f} s", file=sys.stderr)
+    print(f"\n\n-- {status}{detail} | {transport} | first token {ttft} | {chunks} chunks in {total:.2f} s",
+          file=sys.stderr)
     return 0 if end is not None and end.status.value in ("[DONE]", "[TOKENS]") else 1
