@@ -88,6 +88,7 @@ def test_error_status_carries_the_error(make_server: ServerFactory, transport: s
 def test_interrupted_status_and_the_backend_stops(make_server: ServerFactory, transport: str) -> None:
     backend = RecordingBackend(count=100_000, interval=0.01)
     server = make_server(backend)
+    stopper: threading.Thread | None = None
     with connect(server.url, token=TOKEN, transport=transport, timeout=20) as client:
         turn = client.stream("go")
         events: list[Event] = []
@@ -95,7 +96,10 @@ def test_interrupted_status_and_the_backend_stops(make_server: ServerFactory, tr
             events.append(event)
             if len(events) == 5:
                 # from another thread, as the notebook's Stop button or a kernel interrupt would
-                threading.Thread(target=turn.interrupt).start()
+                stopper = threading.Thread(target=turn.interrupt)
+                stopper.start()
+        assert stopper is not None
+        stopper.join(5)
     chunks, end = split(events)
     assert end.status is Status.INTERRUPTED
     assert backend.cancelled.wait(2)
