@@ -26,8 +26,8 @@ function node(tag, cls, text) {
 
 function renderInline(parent, text) {
   let last = 0;
-  INLINE.lastIndex = 0;
-  for (let m = INLINE.exec(text); m !== null; m = INLINE.exec(text)) {
+  const re = new RegExp(INLINE.source, "g"); // a fresh lastIndex: emphasis recurses
+  for (let m = re.exec(text); m !== null; m = re.exec(text)) {
     if (m.index > last) parent.append(document.createTextNode(text.slice(last, m.index)));
     if (m[1] !== undefined) parent.append(node("code", null, m[2].replace(/^ (.*) $/s, "$1")));
     else if (m[3] !== undefined) renderInline(parent.appendChild(node("strong")), m[3]);
@@ -40,7 +40,7 @@ function renderInline(parent, text) {
       a.rel = "noopener noreferrer";
       parent.append(a);
     }
-    last = INLINE.lastIndex;
+    last = re.lastIndex;
   }
   if (last < text.length) parent.append(document.createTextNode(text.slice(last)));
 }
@@ -124,6 +124,7 @@ class MarkdownStream {
 
   line(line) {
     if (this.fence) {
+      this.fence.partial.data = ""; // the line is complete now: it replaces its partial text
       const closing = line.trim();
       if (closing.length >= this.fence.marker.length && closing === closing[0].repeat(closing.length)
           && closing[0] === this.fence.marker[0]) {

@@ -89,7 +89,7 @@ class ChatWidget(anywidget.AnyWidget):
                  kernel_server: KernelServer | None = None, **kwargs: Any) -> None:
         from .clients import TRANSPORTS
 
-        self.conversation = conversation or Conversation()
+        self.conversation = conversation if conversation is not None else Conversation()
         options = self.conversation.options
         super().__init__(transport=transport or options.transport, transports=list(TRANSPORTS),
                          messages=self._history(), **kwargs)
