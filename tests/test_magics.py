@@ -1,0 +1,261 @@
+"""``%%chat`` and ``%chat`` in IPython's test shell, against real servers on every transport.
+
+Display traffic is recorded at the shell's display publisher, the same place
+a kernel sends ``display_data`` / ``update_display_data`` from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.core.getipython import get_ipython
+from IPython.testing.globalipapp import start_ipython
+
+from conftest import TOKEN, ServerFactory
+from helpers import RecordingBackend
+from nbchat.backends.base import Backend, Finish, GenerationRequest
+from nbchat.clients import TRANSPORTS
+from nbchat.kernel_server import KernelServer
+from nbchat.magics import ChatMagics, StreamView, interpolate
+from nbchat.render import TurnStats, answer_markdown, open_fence, safe_markdown
+from nbchat.serving import ServerHandle
+
+MESSAGE = "Hello 你好 🚀 <b>bold</b> " * 40
+
+
+class CountingBackend(Backend):
+    """Answers with how many messages the model was given, to observe the history sent."""
+
+    name = "counting"
+
+    @property
+    def model_name(self) -> str:
+        return "counting"
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
+        roles = ",".join(m.role for m in request.messages)
+        yield f"{len(request.messages)} messages: {roles}"
+
+
+class Published:
+    """Every display message the shell publishes: (bundle, update?)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[dict[str, Any], bool]] = []
+
+    def __call__(self, data: dict[str, Any], metadata: Any = None, **kwargs: Any) -> None:
+        self.messages.append((data, bool(kwargs.get("update"))))
+
+    @property
+    def last_markdown(self) -> str:
+        return str(self.messages[-1][0]["text/markdown"])
+
+
+@pytest.fixture
+def ip(monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    # start_ipython makes the shell once per process and returns None afterwards.
+    shell = start_ipython() or get_ipython()
+    assert isinstance(shell, InteractiveShell)
+    monkeypatch.delenv("NBCHAT_URL", raising=False)
+    monkeypatch.delenv("NBCHAT_TOKEN", raising=False)
+    yield shell
+
+
+@pytest.fixture
+def published(ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> Published:
+    recorder = Published()
+    monkeypatch.setattr(ip.display_pub, "publish", recorder)
+    return recorder
+
+
+@pytest.fixture
+def magics(ip: InteractiveShell) -> Iterator[ChatMagics]:
+    # A fresh instance per test: its conversation and kernel server start empty.
+    instance = ChatMagics(ip, kernel_server=KernelServer(backend="echo", rate=0.0))
+    ip.register_magics(instance)
+    yield instance
+    instance.kernel_server.stop()
+
+
+def chat(ip: InteractiveShell, server: ServerHandle, body: str, options: str = "") -> Any:
+    return ip.run_cell(f"%%chat --server {server.url} --token {TOKEN} {options}\n{body}")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_answer_streams_into_a_markdown_output(ip: InteractiveShell, magics: ChatMagics, published: Published,
+                                               echo_server: ServerHandle, transport: str) -> None:
+    result = chat(ip, echo_server, MESSAGE, f"-t {transport} --max-tokens 100000")
+    assert result.success, result.error_in_exec
+    assert ip.user_ns["_chat"] == MESSAGE.strip("\n")
+    first, *updates = published.messages
+    assert not first[1] and all(update for _, update in updates)  # one output, then updates of it
+    final = published.last_markdown
+    assert "&lt;b>bold&lt;/b>" in final and "<b>" not in final  # the model's HTML stays text
+    assert f"*{transport} · first token" in final and "\\[DONE\\]*" in final
+    assert magics.last is not None and magics.last.status == "[DONE]"
+
+
+def test_fast_stream_updates_are_coalesced(ip: InteractiveShell, magics: ChatMagics, published: Published,
+                                           make_server: ServerFactory) -> None:
+    server = make_server(rate=400.0)  # 400 chunks a second for ~1.5 s
+    began = time.monotonic()
+    result = chat(ip, server, "abcd" * 600, "--max-tokens 100000")
+    elapsed = time.monotonic() - began
+    assert result.success
+    assert magics.last is not None and magics.last.stats.chunks == 600
+    updates = len(published.messages)
+    # At most ~20 updates a second (plus the first output and the final one), yet still live.
+    assert 10 <= updates <= elapsed * 20 + 3, (updates, elapsed)
+
+
+def test_unpaced_stream_costs_a_few_display_messages(ip: InteractiveShell, magics: ChatMagics,
+                                                     published: Published, echo_server: ServerHandle) -> None:
+    result = chat(ip, echo_server, "x" * 20_000, "--max-tokens 100000")
+    assert result.success and magics.last is not None and magics.last.stats.chunks == 5000
+    assert len(published.messages) <= 10
+
+
+def test_history_carries_across_cells_and_new_resets(ip: InteractiveShell, magics: ChatMagics,
+                                                     published: Published, make_server: ServerFactory) -> None:
+    server = make_server(CountingBackend())
+    chat(ip, server, "first")
+    chat(ip, server, "second", "--system 'be brief'")
+    assert ip.user_ns["_chat"] == "4 messages: system,user,assistant,user"
+    chat(ip, server, "third", "--new")
+    assert ip.user_ns["_chat"] == "1 messages: user"
+    assert len(magics.conversation) == 1
+
+
+def test_line_magic_shows_and_changes_defaults(ip: InteractiveShell, magics: ChatMagics, published: Published,
+                                               echo_server: ServerHandle, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("chat", f"-t sse --server {echo_server.url} --token {TOKEN} --temperature 0.2")
+    assert magics.conversation.options.transport == "sse"
+    assert ip.run_cell("%%chat -o answer\nping").success
+    assert ip.user_ns["answer"] == "ping" and "*sse · " in published.last_markdown
+    assert ip.run_line_magic("chat", "last") == "ping"
+    ip.run_line_magic("chat", "history")
+    ip.run_line_magic("chat", "")
+    out = capsys.readouterr().out
+    assert "user: ping\nassistant: ping" in out and "'sse'" in out and "temperature" in out
+    ip.run_line_magic("chat", "reset")
+    assert len(magics.conversation) == 0 and ip.run_line_magic("chat", "last") is None
+
+
+def test_interpolation_fills_variables_and_keeps_double_braces(ip: InteractiveShell, magics: ChatMagics,
+                                                               published: Published,
+                                                               echo_server: ServerHandle) -> None:
+    ip.user_ns.update(name="Ada", scores=[3, 4])
+    assert chat(ip, echo_server, "hi {name}, {scores[1]} {{literal}}").success
+    assert ip.user_ns["_chat"] == "hi Ada, 4 {literal}"
+    assert chat(ip, echo_server, "{untouched}", "--raw").success
+    assert ip.user_ns["_chat"] == "{untouched}"
+
+
+def test_interpolation_errors_say_what_to_do() -> None:
+    with pytest.raises(UsageError, match=r"\{nobody\} is not defined.*\{\{"):
+        interpolate("hi {nobody}", {})
+    with pytest.raises(UsageError, match="literal braces"):
+        interpolate("a } b", {})
+
+
+def _error_line(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: str) -> str:
+    result = ip.run_cell(cell)
+    captured = capsys.readouterr()
+    assert type(result.error_in_exec) is UsageError  # IPython prints exactly this type without a traceback
+    message = str(result.error_in_exec)
+    assert "\n" not in message and "Traceback" not in captured.out + captured.err
+    return message
+
+
+def test_errors_are_one_clear_line(ip: InteractiveShell, magics: ChatMagics, published: Published,
+                                   echo_server: ServerHandle, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "cannot connect" in _error_line(ip, capsys, "%%chat --server http://127.0.0.1:9\nhi")
+    wrong = _error_line(ip, capsys, f"%%chat -t sse --server {echo_server.url} --token nope\nhi")
+    assert "401" in wrong and "token" in wrong
+    unknown = _error_line(ip, capsys, f"%%chat -t pigeon --server {echo_server.url}\nhi")
+    assert "unknown transport 'pigeon'" in unknown and "ws, sse" in unknown
+    assert "is not defined" in _error_line(ip, capsys, f"%%chat --server {echo_server.url}\n{{ghost}}")
+    assert "--max-tokens" in _error_line(ip, capsys, "%%chat --max-tokens many\nhi")
+    assert not magics.conversation.exchanges and published.messages == []
+
+
+class InterruptingView(StreamView):
+    """Raises KeyboardInterrupt (as a kernel interrupt would) after a few chunks."""
+
+    after = 5
+
+    def add(self, content: str) -> None:
+        super().add(content)
+        self.after -= 1
+        if self.after == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "stream"])
+def test_kernel_interrupt_keeps_the_partial_answer(ip: InteractiveShell, magics: ChatMagics, published: Published,
+                                                   make_server: ServerFactory, transport: str) -> None:
+    backend = RecordingBackend(count=1000, interval=0.01)
+    server = make_server(backend)
+    magics.view_factory = InterruptingView
+    result = chat(ip, server, "count", f"-t {transport}")
+    assert result.success, result.error_in_exec
+    assert magics.last is not None and magics.last.status == "[INTERRUPTED]"
+    assert magics.last.answer.startswith("<0><1><2><3><4>") and backend.produced < 1000
+    assert "\\[INTERRUPTED\\]" in published.last_markdown and "&lt;4>" in published.last_markdown
+    assert backend.cancelled.wait(5)  # the server stopped generating
+    assert magics.conversation.exchanges[-1].status == "[INTERRUPTED]"
+
+
+def test_first_use_starts_a_server_in_the_kernel_and_reuses_it(ip: InteractiveShell, magics: ChatMagics,
+                                                               published: Published) -> None:
+    assert not magics.kernel_server.running
+    assert ip.run_cell("%%chat\none").success and ip.user_ns["_chat"] == "one"
+    url = magics.kernel_server.endpoint().url
+    assert ip.run_cell("%%chat -t stream\ntwo").success and ip.user_ns["_chat"] == "two"
+    assert magics.kernel_server.endpoint().url == url
+    ip.run_line_magic("chat", "stop")
+    assert not magics.kernel_server.running
+
+
+def test_environment_url_is_used_when_no_server_is_given(ip: InteractiveShell, magics: ChatMagics,
+                                                         published: Published, echo_server: ServerHandle,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBCHAT_URL", echo_server.url)
+    monkeypatch.setenv("NBCHAT_TOKEN", TOKEN)
+    assert ip.run_cell("%%chat\nfrom the environment").success
+    assert not magics.kernel_server.running
+
+
+def test_load_ext_registers_the_magics(ip: InteractiveShell) -> None:
+    ip.run_line_magic("load_ext", "nbchat")
+    assert "chat" in ip.magics_manager.magics["cell"] and "chat" in ip.magics_manager.magics["line"]
+
+
+# ---------------------------------------------------------------- rendering (pure)
+
+
+def test_safe_markdown_escapes_html_outside_code() -> None:
+    text = "a <img src=x onerror=alert(1)> & `<b>` b\n```html\n<script>x</script>\n```\n<script>y</script>"
+    out = safe_markdown(text)
+    assert "&lt;img src=x" in out and "&amp; `<b>`" in out
+    assert "\n<script>x</script>\n" in out  # inside a fence: shown literally by Markdown already
+    assert out.endswith("&lt;script>y&lt;/script>")
+
+
+def test_interrupted_code_block_is_closed_before_the_footer() -> None:
+    answer = "Here:\n```python\nprint(1)"
+    assert open_fence(answer) == "```"
+    final = answer_markdown(answer, "ws · [INTERRUPTED]")
+    assert final.endswith("print(1)\n```\n\n*ws · \\[INTERRUPTED\\]*")
+    assert open_fence("```\nx\n```\n") is None
+
+
+def test_footer_reports_transport_first_token_chunks_and_rate() -> None:
+    stats = TurnStats("sse", started=0.0)
+    stats.first_token, stats.chunks, stats.ended, stats.status = 0.25, 11, 1.25, "[DONE]"
+    assert stats.footer() == "sse · first token 0.25 s · 11 chunks · 10.0 tok/s · [DONE]"
