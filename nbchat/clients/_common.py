@@ -1,6 +1,5 @@
 """What every client shares: the turn streams that turn decoded wire items into
-events, the client base classes, and the mapping of failures onto nbchat's
-error tree.
+events, and the client base classes (failures are mapped in :mod:`._errors`).
 
 A transport only has to supply an iterator of decoded items (chunks, error
 records, statuses, as :mod:`nbchat.protocol` decodes them) and a way to ask
@@ -11,32 +10,21 @@ the rest, so every transport yields the same events and raises the same errors.
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
-from ..errors import (
-    AuthError,
-    NBChatConnectionError,
-    NBChatError,
-    PayloadTooLarge,
-    RequestError,
-    ResumeError,
-    StreamTimeout,
-)
+from ..errors import NBChatConnectionError, NBChatError, RequestError, ResumeError
 from ..events import Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
 from ..protocol import EventAssembler
+from ._errors import RESUME_CODES
 
 Item: TypeAlias = Chunk | ErrorInfo | Status
 """One decoded wire item, before an error record is paired with its status."""
-
-# Error codes that mean "this turn (or this seq) cannot be resumed".
-RESUME_CODES = frozenset({"resume_unavailable", "unknown_turn"})
 
 
 def as_request(request: TurnRequest | str, uid: str | None = None) -> TurnRequest:
@@ -51,63 +39,6 @@ def as_request(request: TurnRequest | str, uid: str | None = None) -> TurnReques
 
 def auth_headers(token: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
-
-
-# ---------------------------------------------------------------- errors
-
-
-def cannot_connect(url: str, exc: BaseException) -> NBChatConnectionError:
-    return NBChatConnectionError(
-        f"cannot connect to {url} ({exc or type(exc).__name__}): is the server running at {url}? "
-        "Start one with `nbchat serve` and pass the URL it prints."
-    )
-
-
-def broken(url: str, exc: BaseException | str) -> NBChatConnectionError:
-    return NBChatConnectionError(
-        f"the connection to {url} broke mid-stream ({exc or type(exc).__name__}); "
-        "reattach with client.resume(after=turn.last_seq, turn_id=turn.turn_id)"
-    )
-
-
-def timed_out(url: str, timeout: float | None) -> StreamTimeout:
-    return StreamTimeout(
-        f"nothing arrived from {url} for {timeout} s: the model may be slow or stuck; "
-        "pass a larger timeout= to connect() or check the server's log"
-    )
-
-
-def _error_fields(body: bytes) -> tuple[str | None, str]:
-    """(code, message) from nbchat's or OpenAI's error body; the raw text otherwise."""
-    try:
-        obj: Any = json.loads(body)
-    except ValueError:
-        return None, body.decode("utf-8", errors="replace")[:200]
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if not isinstance(err, dict):
-        return None, str(obj)[:200]
-    code = err.get("code") or err.get("type")
-    return (str(code) if code else None), str(err.get("message", ""))
-
-
-def error_from_status(status: int, body: bytes, url: str, *, resuming: bool = False) -> NBChatError:
-    """The nbchat error for a non-2xx HTTP answer (or a refused WebSocket handshake)."""
-    code, message = _error_fields(body)
-    if status in (401, 403):
-        hint = ("check the token printed by `nbchat serve` (connect(url, token=...))" if status == 401
-                else "the server does not allow this Origin (see `nbchat serve --allow-origin`)")
-        return AuthError(f"{url} answered {status}: {message}; {hint}")
-    if status == 413:
-        return PayloadTooLarge(f"{message or 'the request is too large'} ({status}): send less than 1 MiB",
-                               code=code or "payload_too_large", status=status)
-    if resuming and (status in (404, 410) or code in RESUME_CODES):
-        return ResumeError(f"cannot resume ({status}): {message}; start a new turn instead")
-    if 400 <= status < 500:
-        return RequestError(f"{url} rejected the request ({status}): {message}",
-                            code=code or "invalid_request", status=status)
-    if status in (502, 503, 504):
-        return NBChatConnectionError(f"{url} is unavailable ({status}): {message}; is the server running?")
-    return NBChatError(f"{url} answered {status}: {message}; see the server's log")
 
 
 # ---------------------------------------------------------------- turn streams
@@ -162,14 +93,21 @@ class TurnStream(_TurnState):
     Iterate it from one thread; :meth:`interrupt` may be called from any thread,
     after which the stream ends with ``End(INTERRUPTED)``. ``turn_id`` is the
     server's id when the transport told it; ``last_seq`` is the seq to resume after.
+
+    A ``KeyboardInterrupt`` may cut a read short (a kernel interrupt in a
+    notebook); call :meth:`interrupt` and keep iterating: a transport whose read
+    cannot continue reattaches through ``reattach(last_seq)`` for the rest of the
+    turn, up to its ``[INTERRUPTED]``.
     """
 
     def __init__(self, items: Iterator[Item], *, interrupt: Callable[[], None], close: Callable[[], None],
-                 turn_id: str | None = None, resuming: bool = False) -> None:
+                 turn_id: str | None = None, resuming: bool = False,
+                 reattach: Callable[[int], Iterator[Item]] | None = None) -> None:
         super().__init__(turn_id, resuming)
         self._items = items
         self._send_interrupt = interrupt
         self._close = close
+        self._reattach = reattach
         self._closed = False
 
     def __iter__(self) -> TurnStream:
@@ -178,22 +116,35 @@ class TurnStream(_TurnState):
     def __next__(self) -> Event:
         if self.end is not None:
             raise StopIteration
-        try:
-            event: Event | None = None
-            while event is None:
+        while True:
+            try:
                 item = next(self._items, None)
                 if item is None:
                     raise ended_early()
                 event = self._feed(item)
-        except NBChatConnectionError as exc:
-            self.close()
-            event = self._cut(exc)  # raises it again unless an interrupt explains it
+            except NBChatConnectionError as exc:
+                if self._reattached():
+                    continue
+                self.close()
+                event = self._cut(exc)  # raises it again unless an interrupt explains it
+            except NBChatError:
+                self.close()
+                raise
+            if isinstance(event, End):
+                self.close()
+            if event is not None:
+                return event
+
+    def _reattached(self) -> bool:
+        """After an interrupt, a stream cut short is picked up again once, after the last seq seen."""
+        if self._reattach is None or not self._interrupt_asked.is_set():
+            return False
+        reattach, self._reattach = self._reattach, None
+        try:
+            self._items = reattach(self.last_seq)
         except NBChatError:
-            self.close()
-            raise
-        if isinstance(event, End):
-            self.close()
-        return event
+            return False  # the turn is gone: the interrupt has taken effect all the same
+        return True
 
     def interrupt(self) -> None:
         """Ask the server to stop this turn (thread-safe, idempotent)."""

@@ -10,7 +10,7 @@ with the id from the ``X-NBChat-Turn`` response header.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,11 +27,8 @@ from ._common import (
     TurnStream,
     as_request,
     auth_headers,
-    broken,
-    cannot_connect,
-    error_from_status,
-    timed_out,
 )
+from ._errors import broken, cannot_connect, error_from_status, timed_out
 
 TURN_HEADER = "x-nbchat-turn"
 
@@ -107,17 +104,27 @@ class HTTPChatClient(HTTPTransport, ChatClient):
         response = self._send(target, resuming)
         turn_id = response.headers.get(TURN_HEADER)
         self.last_turn_id = turn_id or self.last_turn_id
+        # every response this turn reads from, so that close() ends whichever is current
+        attached = [(self._items(response, target.decoder()), response)]
 
         def interrupt() -> None:
             self._interrupt(turn_id, response)
 
-        items = self._items(response, target.decoder())
+        def reattach(after: int) -> Iterator[Item]:
+            if not turn_id:
+                raise ResumeError("the server did not name the turn, so it cannot be reattached")
+            again = self.resume_target(after, turn_id, self.uid)
+            resp = self._send(again, True)
+            attached.append((self._items(resp, again.decoder()), resp))
+            return attached[-1][0]
 
         def close() -> None:
-            items.close()
-            response.close()
+            for items, resp in attached:
+                items.close()
+                resp.close()
 
-        return TurnStream(items, interrupt=interrupt, close=close, turn_id=turn_id, resuming=resuming)
+        return TurnStream(attached[0][0], interrupt=interrupt, close=close, turn_id=turn_id, resuming=resuming,
+                          reattach=reattach)
 
     def _send(self, target: Target, resuming: bool) -> httpx.Response:
         try:

@@ -36,11 +36,8 @@ from ._common import (
     TurnStream,
     as_request,
     auth_headers,
-    broken,
-    cannot_connect,
-    error_from_status,
-    timed_out,
 )
+from ._errors import broken, cannot_connect, error_from_status, timed_out
 
 INTERRUPT = "[INTERRUPT]"
 MAX_FRAME = 16 * 1024 * 1024
@@ -155,28 +152,38 @@ class WebSocketClient(ChatClient):
 
     def _start(self, frame: str, *, resuming: bool) -> TurnStream:
         with self._lock:
+            reader = self._send(frame)
+
+        def interrupt() -> None:
+            # only while this turn is the socket's current one: an abandoned turn must not stop the next
+            if self._reader is reader and not reader.done:
+                with contextlib.suppress(ConnectionClosed):  # a closed socket ends the stream anyway
+                    reader.ws.send(INTERRUPT)
+
+        def close() -> None:
+            # Mid-turn, dropping the socket is the only way to stop reading without leaving
+            # frames to the next turn; the server keeps the turn for its grace period.
+            if self._reader is reader and not reader.done:
+                reader.ws.close()
+
+        return TurnStream(reader, interrupt=interrupt, close=close, resuming=resuming)
+
+    def _send(self, frame: str) -> _FrameReader:
+        """Send on the open socket; a socket found closed on sending is reopened once."""
+        for attempt in (1, 2):
             ws = self._socket()
             # an earlier turn left unread: the server ends it ([INTERRUPTED]) before this one starts
-            reader = _FrameReader(ws, self.url, self.timeout, int(self._reader is not None and not self._reader.done))
+            unfinished = int(self._reader is not None and not self._reader.done)
+            reader = _FrameReader(ws, self.url, self.timeout, unfinished)
             try:
                 ws.send(frame)
             except ConnectionClosed as exc:
-                raise closed_error(exc, self.url) from exc
+                if attempt == 2:
+                    raise closed_error(exc, self.url) from exc
+                continue
             self._reader = reader
-
-        def interrupt() -> None:
-            if not reader.done:
-                # a socket that already closed ends the stream anyway
-                with contextlib.suppress(ConnectionClosed):
-                    ws.send(INTERRUPT)
-
-        def close() -> None:
-            # Mid-turn, dropping the socket is the only way to stop reading without losing
-            # frames to the next turn; the server keeps the turn for its grace period.
-            if not reader.done:
-                ws.close()
-
-        return TurnStream(reader, interrupt=interrupt, close=close, resuming=resuming)
+            return reader
+        raise AssertionError("unreachable")
 
 
 def _resume_spec(after: int, turn_id: str | None) -> dict[str, Any]:
@@ -242,21 +249,30 @@ class AsyncWebSocketClient(AsyncChatClient):
         return self._ws
 
     async def _start(self, frame: str, *, resuming: bool) -> AsyncTurnStream:
-        ws = await self._socket()
-        reader = _AsyncFrameReader(ws, self.url, self.timeout, int(self._reader is not None and not self._reader.done))
-        try:
-            await ws.send(frame)
-        except ConnectionClosed as exc:
-            raise closed_error(exc, self.url) from exc
-        self._reader = reader
+        reader = await self._send(frame)
 
         async def interrupt() -> None:
-            if not reader.done:
+            if self._reader is reader and not reader.done:
                 with contextlib.suppress(ConnectionClosed):
-                    await ws.send(INTERRUPT)
+                    await reader.ws.send(INTERRUPT)
 
         async def close() -> None:
-            if not reader.done:
-                await ws.close()
+            if self._reader is reader and not reader.done:
+                await reader.ws.close()
 
         return AsyncTurnStream(reader, interrupt=interrupt, close=close, resuming=resuming)
+
+    async def _send(self, frame: str) -> _AsyncFrameReader:
+        for attempt in (1, 2):
+            ws = await self._socket()
+            unfinished = int(self._reader is not None and not self._reader.done)
+            reader = _AsyncFrameReader(ws, self.url, self.timeout, unfinished)
+            try:
+                await ws.send(frame)
+            except ConnectionClosed as exc:
+                if attempt == 2:
+                    raise closed_error(exc, self.url) from exc
+                continue
+            self._reader = reader
+            return reader
+        raise AssertionError("unreachable")
