@@ -114,6 +114,9 @@ class CannedHTTP(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client closing its keep-alive connection is expected here, not worth a traceback
+
 
 @pytest.fixture
 def http() -> Iterator[CannedHTTP]:
@@ -255,6 +258,34 @@ def test_interrupt_posts_to_the_turn_and_the_stream_ends_interrupted(http: Canne
     assert [r.path for r in http.requests if r.method == "POST"][-1] == "/turns/t1/interrupt"
 
 
+@pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
+def test_a_stream_cut_after_an_interrupt_reattaches_for_the_rest(http: CannedHTTP, transport: str) -> None:
+    stopped = threading.Event()
+    path = PATHS[transport]
+    rest = body_of("sse" if transport == "sse" else "stream", [*CHUNKS[2:4], End(Status.INTERRUPTED)])
+
+    def route(h: Handler) -> None:
+        if h.command == "POST":  # the turn: two chunks, then the connection drops (as a Ctrl-C cuts a read)
+            h.stream([body_of(transport, CHUNKS[:2])], wait=stopped, end=False)
+        else:
+            h.stream([rest])
+
+    def interrupt(h: Handler) -> None:
+        h.answer(200, {"id": "t1", "interrupted": True})
+        stopped.set()
+
+    http.routes[path] = http.routes["/talkByStream"] = route
+    http.routes["/turns/t1/interrupt"] = interrupt
+    with connect(http.url, transport=transport) as client:
+        turn = client.stream("hi")
+        events = [next(turn), next(turn)]
+        turn.interrupt()
+        events += list(turn)
+    assert events == [*CHUNKS[:4], End(Status.INTERRUPTED)]
+    resumed = [r for r in http.requests if r.method == "GET"]
+    assert len(resumed) == 1 and resumed[0].path == ("/createSse" if transport == "sse" else "/talkByStream")
+
+
 @pytest.mark.parametrize("transport", ["sse", "stream"])
 def test_resume_asks_for_the_seqs_after(http: CannedHTTP, transport: str) -> None:
     http.routes[PATHS[transport]] = lambda h: h.stream([body_of(transport, [*CHUNKS[3:], End(Status.DONE)])])
@@ -388,6 +419,21 @@ def test_websocket_skips_what_is_left_of_an_abandoned_turn(wsserver: CannedWS) -
         first = client.stream("a")
         assert next(first) == CHUNKS[0]
         assert list(client.stream("b")) == [*CHUNKS[:2], End(Status.DONE)]
+
+
+def test_websocket_closing_a_turn_mid_way_drops_the_socket_and_the_next_turn_reopens_it(wsserver: CannedWS) -> None:
+    def script(ws: ServerConnection) -> None:
+        wsserver.recv(ws)
+        send_turn(ws, CHUNKS[:2], status=None if wsserver.connections == 1 else "[DONE]")
+        ws.wait_closed()
+
+    wsserver.script = script
+    with connect(wsserver.url, transport="ws") as client:
+        turn = client.stream("a")
+        assert next(turn) == CHUNKS[0]
+        turn.close()
+        assert list(client.stream("b")) == [*CHUNKS[:2], End(Status.DONE)]
+    assert wsserver.connections == 2
 
 
 def test_websocket_interrupt_and_resume_frames(wsserver: CannedWS) -> None:
