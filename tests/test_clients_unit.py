@@ -290,7 +290,9 @@ def test_a_stream_cut_after_an_interrupt_reattaches_for_the_rest(http: CannedHTT
 def test_resume_asks_for_the_seqs_after(http: CannedHTTP, transport: str) -> None:
     http.routes[PATHS[transport]] = lambda h: h.stream([body_of(transport, [*CHUNKS[3:], End(Status.DONE)])])
     with connect(http.url, transport=transport) as client:
-        events = list(client.resume(3, turn_id="t9"))
+        resumed = client.resume(3, turn_id="t9")
+        assert resumed.last_seq == 3  # until more arrives, the seq it resumed after
+        events = list(resumed)
         list(client.resume(5))  # no id given: the last turn this client streamed
     assert events == [*CHUNKS[3:], End(Status.DONE)]
     first, second = http.requests

@@ -48,11 +48,12 @@ class _TurnState:
     """What the sync and async turn streams share: pairing items into events,
     the last seq seen, and the end of a turn whose connection was cut by an interrupt."""
 
-    def __init__(self, turn_id: str | None, resuming: bool) -> None:
+    def __init__(self, turn_id: str | None, after: int | None) -> None:
         self.turn_id = turn_id
-        self.last_seq = 0
+        #: the last seq received (on a resumed stream, the seq it resumed after until more arrives)
+        self.last_seq = after or 0
         self.end: End | None = None
-        self._resuming = resuming
+        self._resuming = after is not None
         self._assembler = EventAssembler()
         # an Event, not a bool: interrupt() may run on another thread (a kernel interrupt, a Stop button)
         self._interrupt_asked = threading.Event()
@@ -101,9 +102,9 @@ class TurnStream(_TurnState):
     """
 
     def __init__(self, items: Iterator[Item], *, interrupt: Callable[[], None], close: Callable[[], None],
-                 turn_id: str | None = None, resuming: bool = False,
+                 turn_id: str | None = None, after: int | None = None,
                  reattach: Callable[[int], Iterator[Item]] | None = None) -> None:
-        super().__init__(turn_id, resuming)
+        super().__init__(turn_id, after)
         self._items = items
         self._send_interrupt = interrupt
         self._close = close
@@ -170,8 +171,8 @@ class AsyncTurnStream(_TurnState):
     ``await turn.interrupt()``, ``await turn.aclose()``."""
 
     def __init__(self, items: AsyncIterator[Item], *, interrupt: Callable[[], Awaitable[None]],
-                 close: Callable[[], Awaitable[None]], turn_id: str | None = None, resuming: bool = False) -> None:
-        super().__init__(turn_id, resuming)
+                 close: Callable[[], Awaitable[None]], turn_id: str | None = None, after: int | None = None) -> None:
+        super().__init__(turn_id, after)
         self._items = items
         self._send_interrupt = interrupt
         self._close = close

@@ -61,7 +61,8 @@ def error_from_status(status: int, body: bytes, url: str, *, resuming: bool = Fa
     if status in (401, 403):
         hint = ("check the token printed by `nbchat serve` (connect(url, token=...))" if status == 401
                 else "the server does not allow this Origin (see `nbchat serve --allow-origin`)")
-        return AuthError(f"{url} answered {status}: {message}; {hint}")
+        # nbchat's own 401 already says where the token comes from
+        return AuthError(f"{url} answered {status}: {message}" + ("" if "nbchat serve" in message else f"; {hint}"))
     if status == 413:
         return PayloadTooLarge(f"{message or 'the request is too large'} ({status}): send less than 1 MiB",
                                code=code or "payload_too_large", status=status)

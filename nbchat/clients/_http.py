@@ -92,16 +92,16 @@ class HTTPChatClient(HTTPTransport, ChatClient):
         self._http = httpx.Client(base_url=self.url, headers=auth_headers(token), timeout=_timeout(timeout))
 
     def stream(self, request: TurnRequest | str) -> TurnStream:
-        return self._open(self.turn_target(as_request(request, self.uid)), resuming=False)
+        return self._open(self.turn_target(as_request(request, self.uid)))
 
     def resume(self, after: int, *, turn_id: str | None = None) -> TurnStream:
-        return self._open(self.resume_target(after, turn_id or self.last_turn_id, self.uid), resuming=True)
+        return self._open(self.resume_target(after, turn_id or self.last_turn_id, self.uid), after=after)
 
     def close(self) -> None:
         self._http.close()
 
-    def _open(self, target: Target, *, resuming: bool) -> TurnStream:
-        response = self._send(target, resuming)
+    def _open(self, target: Target, *, after: int | None = None) -> TurnStream:
+        response = self._send(target, resuming=after is not None)
         turn_id = response.headers.get(TURN_HEADER)
         self.last_turn_id = turn_id or self.last_turn_id
         # every response this turn reads from, so that close() ends whichever is current
@@ -114,7 +114,7 @@ class HTTPChatClient(HTTPTransport, ChatClient):
             if not turn_id:
                 raise ResumeError("the server did not name the turn, so it cannot be reattached")
             again = self.resume_target(after, turn_id, self.uid)
-            resp = self._send(again, True)
+            resp = self._send(again, resuming=True)
             attached.append((self._items(resp, again.decoder()), resp))
             return attached[-1][0]
 
@@ -123,10 +123,10 @@ class HTTPChatClient(HTTPTransport, ChatClient):
                 items.close()
                 resp.close()
 
-        return TurnStream(attached[0][0], interrupt=interrupt, close=close, turn_id=turn_id, resuming=resuming,
+        return TurnStream(attached[0][0], interrupt=interrupt, close=close, turn_id=turn_id, after=after,
                           reattach=reattach)
 
-    def _send(self, target: Target, resuming: bool) -> httpx.Response:
+    def _send(self, target: Target, *, resuming: bool) -> httpx.Response:
         try:
             response = self._http.send(_build(self._http, target), stream=True)
         except httpx.TransportError as exc:
@@ -174,16 +174,16 @@ class AsyncHTTPChatClient(HTTPTransport, AsyncChatClient):
         self._http = httpx.AsyncClient(base_url=self.url, headers=auth_headers(token), timeout=_timeout(timeout))
 
     async def stream(self, request: TurnRequest | str) -> AsyncTurnStream:
-        return await self._open(self.turn_target(as_request(request, self.uid)), resuming=False)
+        return await self._open(self.turn_target(as_request(request, self.uid)))
 
     async def resume(self, after: int, *, turn_id: str | None = None) -> AsyncTurnStream:
-        return await self._open(self.resume_target(after, turn_id or self.last_turn_id, self.uid), resuming=True)
+        return await self._open(self.resume_target(after, turn_id or self.last_turn_id, self.uid), after=after)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _open(self, target: Target, *, resuming: bool) -> AsyncTurnStream:
-        response = await self._send(target, resuming)
+    async def _open(self, target: Target, *, after: int | None = None) -> AsyncTurnStream:
+        response = await self._send(target, resuming=after is not None)
         turn_id = response.headers.get(TURN_HEADER)
         self.last_turn_id = turn_id or self.last_turn_id
         items = self._items(response, target.decoder())
@@ -195,9 +195,9 @@ class AsyncHTTPChatClient(HTTPTransport, AsyncChatClient):
             await items.aclose()
             await response.aclose()
 
-        return AsyncTurnStream(items, interrupt=interrupt, close=close, turn_id=turn_id, resuming=resuming)
+        return AsyncTurnStream(items, interrupt=interrupt, close=close, turn_id=turn_id, after=after)
 
-    async def _send(self, target: Target, resuming: bool) -> httpx.Response:
+    async def _send(self, target: Target, *, resuming: bool) -> httpx.Response:
         try:
             response = await self._http.send(_build(self._http, target), stream=True)
         except httpx.TransportError as exc:

@@ -125,10 +125,10 @@ class WebSocketClient(ChatClient):
         self._lock = threading.Lock()  # one socket, opened once, even if two threads start turns
 
     def stream(self, request: TurnRequest | str) -> TurnStream:
-        return self._start(dumps(encode_turn_request(as_request(request, self.uid))), resuming=False)
+        return self._start(dumps(encode_turn_request(as_request(request, self.uid))))
 
     def resume(self, after: int, *, turn_id: str | None = None) -> TurnStream:
-        return self._start(dumps({"resume": _resume_spec(after, turn_id)}), resuming=True)
+        return self._start(dumps({"resume": _resume_spec(after, turn_id)}), after=after, turn_id=turn_id)
 
     def close(self) -> None:
         with self._lock:
@@ -150,7 +150,7 @@ class WebSocketClient(ChatClient):
             raise handshake_error(exc, self.url) from exc
         return self._ws
 
-    def _start(self, frame: str, *, resuming: bool) -> TurnStream:
+    def _start(self, frame: str, *, after: int | None = None, turn_id: str | None = None) -> TurnStream:
         with self._lock:
             reader = self._send(frame)
 
@@ -166,7 +166,7 @@ class WebSocketClient(ChatClient):
             if self._reader is reader and not reader.done:
                 reader.ws.close()
 
-        return TurnStream(reader, interrupt=interrupt, close=close, resuming=resuming)
+        return TurnStream(reader, interrupt=interrupt, close=close, turn_id=turn_id, after=after)
 
     def _send(self, frame: str) -> _FrameReader:
         """Send on the open socket; a socket found closed on sending is reopened once."""
@@ -225,10 +225,10 @@ class AsyncWebSocketClient(AsyncChatClient):
         self._reader: _AsyncFrameReader | None = None
 
     async def stream(self, request: TurnRequest | str) -> AsyncTurnStream:
-        return await self._start(dumps(encode_turn_request(as_request(request, self.uid))), resuming=False)
+        return await self._start(dumps(encode_turn_request(as_request(request, self.uid))))
 
     async def resume(self, after: int, *, turn_id: str | None = None) -> AsyncTurnStream:
-        return await self._start(dumps({"resume": _resume_spec(after, turn_id)}), resuming=True)
+        return await self._start(dumps({"resume": _resume_spec(after, turn_id)}), after=after, turn_id=turn_id)
 
     async def aclose(self) -> None:
         await self._stack.aclose()
@@ -248,7 +248,8 @@ class AsyncWebSocketClient(AsyncChatClient):
             raise handshake_error(exc, self.url) from exc
         return self._ws
 
-    async def _start(self, frame: str, *, resuming: bool) -> AsyncTurnStream:
+    async def _start(self, frame: str, *, after: int | None = None,
+                     turn_id: str | None = None) -> AsyncTurnStream:
         reader = await self._send(frame)
 
         async def interrupt() -> None:
@@ -260,7 +261,7 @@ class AsyncWebSocketClient(AsyncChatClient):
             if self._reader is reader and not reader.done:
                 await reader.ws.close()
 
-        return AsyncTurnStream(reader, interrupt=interrupt, close=close, resuming=resuming)
+        return AsyncTurnStream(reader, interrupt=interrupt, close=close, turn_id=turn_id, after=after)
 
     async def _send(self, frame: str) -> _AsyncFrameReader:
         for attempt in (1, 2):
