@@ -234,6 +234,12 @@ def test_a_stalled_stream_times_out(http: CannedHTTP, transport: str) -> None:
         list(client.stream("hi"))
 
 
+def test_no_answer_at_all_times_out_rather_than_failing_to_connect(http: CannedHTTP) -> None:
+    http.routes["/talkByStream"] = lambda h: h.server.release.wait(10) and None
+    with connect(http.url, transport="stream", timeout=0.3) as client, pytest.raises(StreamTimeout):
+        client.stream("hi")
+
+
 @pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
 def test_interrupt_posts_to_the_turn_and_the_stream_ends_interrupted(http: CannedHTTP, transport: str) -> None:
     stopped = threading.Event()

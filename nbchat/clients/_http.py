@@ -78,6 +78,15 @@ def _build(http: httpx.Client | httpx.AsyncClient, target: Target) -> httpx.Requ
                               headers=headers)
 
 
+def _send_error(url: str, timeout: float, exc: httpx.TransportError) -> Exception:
+    """A request that got no answer: never connected, no answer in time, or dropped."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return cannot_connect(url, exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return timed_out(url, timeout)
+    return broken(url, exc)
+
+
 def _stream_error(url: str, timeout: float, exc: Exception) -> Exception:
     if isinstance(exc, httpx.TimeoutException):
         return timed_out(url, timeout)
@@ -130,7 +139,7 @@ class HTTPChatClient(HTTPTransport, ChatClient):
         try:
             response = self._http.send(_build(self._http, target), stream=True)
         except httpx.TransportError as exc:
-            raise cannot_connect(self.url, exc) from exc
+            raise _send_error(self.url, self.timeout, exc) from exc
         if response.is_success and response.status_code != 204:
             return response
         try:
@@ -201,7 +210,7 @@ class AsyncHTTPChatClient(HTTPTransport, AsyncChatClient):
         try:
             response = await self._http.send(_build(self._http, target), stream=True)
         except httpx.TransportError as exc:
-            raise cannot_connect(self.url, exc) from exc
+            raise _send_error(self.url, self.timeout, exc) from exc
         if response.is_success and response.status_code != 204:
             return response
         try:
