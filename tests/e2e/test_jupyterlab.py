@@ -1,0 +1,250 @@
+"""The notebook layer in a real JupyterLab, driven in headless Chromium.
+
+A JupyterLab server runs on loopback in a temporary directory with a notebook
+written here; Playwright opens it in the system's Chromium (never a
+downloaded browser) and runs cells through JupyterLab's own commands. The
+answers come from the embedded model through the server the kernel starts for
+itself, and from an echo server for the hostile-HTML checks. Screenshots go
+to ``artifacts/e2e/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
+START_TIMEOUT = 90.0
+XSS = 'Hi <img src=x onerror="window.__xss=1"> and <script>window.__xss=2</script> **bold** done'
+
+CELLS = [
+    "%load_ext nbchat",
+    "%%chat --max-tokens 160\nIn three sentences, why is the sky blue?",
+    "%%chat --new --max-tokens 400\nWrite a long story about a lighthouse keeper and a storm.",
+    "from nbchat import ChatWidget\nw = ChatWidget()\nw",
+    "from nbchat.config import Settings\nfrom nbchat.serving import start_server_thread\n"
+    "echo = start_server_thread(Settings(port=0, backend='echo', rate=50))",
+    "%%chat --server {echo.url} --token {echo.token}\n" + XSS,
+    "xss_widget = ChatWidget(server=echo.url, token=echo.token)\nxss_widget",
+]
+(LOAD, SKY, STORY, WIDGET, ECHO, XSS_CELL, XSS_WIDGET) = range(len(CELLS))
+
+
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _write_notebook(path: Path) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def _quiet_settings(root: Path) -> Path:
+    # No news or update check: nothing reaches out, and no notification covers the screenshots.
+    settings = root / "settings"
+    target = settings / "@jupyterlab" / "apputils-extension"
+    target.mkdir(parents=True)
+    (target / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    return settings
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if shutil.which("jupyter") is None or not Path(CHROMIUM).exists():
+        pytest.skip("needs JupyterLab and /usr/bin/chromium")
+    root = tmp_path_factory.mktemp("lab")
+    _write_notebook(root / "chat.ipynb")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if k not in ("NBCHAT_URL", "NBCHAT_TOKEN")}
+    env.update(JUPYTERLAB_SETTINGS_DIR=str(_quiet_settings(root)), JUPYTERLAB_WORKSPACES_DIR=str(root / "ws"),
+               JUPYTER_RUNTIME_DIR=str(root / "runtime"), IPYTHONDIR=str(root / "ipython"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--IdentityProvider.token={token}",
+         f"--port={port}", "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
+         "--LabApp.expose_app_in_browser=True", "--LabApp.extension_manager=readonly"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ready = threading.Event()
+    log: list[str] = []
+
+    def watch() -> None:  # JupyterLab logs its URL once it serves
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.append(line)
+            if f"127.0.0.1:{port}/lab" in line:
+                ready.set()
+        ready.set()  # the process ended: stop waiting, the check below reports it
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        if not ready.wait(START_TIMEOUT) or proc.poll() is not None:
+            pytest.fail("JupyterLab did not start:\n" + "".join(log[-30:]))
+        yield Lab(f"http://127.0.0.1:{port}", token, root)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab: Lab) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        tab = browser.new_page(viewport={"width": 1280, "height": 1000})
+        errors: list[str] = []
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        tab.goto(f"{lab.url}/lab/tree/chat.ipynb?token={lab.token}")
+        tab.wait_for_function(
+            "() => { const nb = window.jupyterapp && jupyterapp.shell.currentWidget;"
+            " const k = nb && nb.sessionContext && nb.sessionContext.session && nb.sessionContext.session.kernel;"
+            " return !!k && k.status === 'idle'; }", timeout=START_TIMEOUT * 1000)
+        tab.nbchat_errors = errors
+        yield tab
+        tab.screenshot(path=str(ARTIFACTS / "final.png"), full_page=True)
+        browser.close()
+
+
+def run_cell(page: Any, index: int) -> float:
+    """Start running a cell (without waiting for it); returns the start time."""
+    page.evaluate("i => { const nb = jupyterapp.shell.currentWidget; nb.content.activeCellIndex = i;"
+                  " jupyterapp.commands.execute('notebook:run-cell'); }", index)
+    return time.monotonic()
+
+
+def cell_done(page: Any, index: int) -> bool:
+    return bool(page.evaluate("i => { const c = jupyterapp.shell.currentWidget.content.widgets[i];"
+                              " return c.model.executionCount !== null && !c.promptNode.textContent.includes('*'); }",
+                              index))
+
+
+def wait_cell(page: Any, index: int, timeout: float = 120.0) -> None:
+    page.wait_for_function("i => { const c = jupyterapp.shell.currentWidget.content.widgets[i];"
+                           " return c.model.executionCount !== null && !c.promptNode.textContent.includes('*'); }",
+                           arg=index, timeout=timeout * 1000)
+
+
+def output(page: Any, index: int) -> Any:
+    return page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output").last
+
+
+def sample_growth(read: Any, until: Any, timeout: float = 120.0) -> list[int]:
+    """Lengths of the answer seen while it streams, one sample every ~100 ms."""
+    lengths: list[int] = []
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline:
+        lengths.append(len(read()))
+        time.sleep(0.1)  # sampling the page at a steady pace is the point here
+    return lengths
+
+
+def test_chat_cell_streams_live_and_ends_as_markdown(page: Any) -> None:
+    run_cell(page, LOAD)
+    wait_cell(page, LOAD)
+    began = run_cell(page, SKY)
+    out = output(page, SKY)
+    page.wait_for_function("i => { const c = jupyterapp.shell.currentWidget.content.widgets[i];"
+                           " const t = c.node.querySelector('.jp-OutputArea-output');"
+                           " return !!t && t.innerText.trim() && !t.innerText.includes('waiting for the first token'); }",
+                           arg=SKY, timeout=120_000)
+    first_token = time.monotonic() - began
+    lengths = sample_growth(lambda: out.inner_text(), lambda: cell_done(page, SKY))
+    text = out.inner_text()
+    print(f"\nfirst %%chat in a fresh kernel: first token after {first_token:.2f} s; samples {lengths}")
+    assert len({n for n in lengths if 0 < n < len(text)}) >= 3, lengths  # it grew in steps, not all at once
+    assert re.search(r"ws · first token [\d.]+ s · \d+ chunks .*\[(DONE|TOKENS)\]", text), text
+    assert page.locator(".jp-Notebook .jp-Cell").nth(SKY).locator(".jp-RenderedMarkdown").count() == 1
+    page.locator(".jp-Notebook .jp-Cell").nth(SKY).screenshot(path=str(ARTIFACTS / "chat-cell.png"))
+
+
+def test_kernel_interrupt_stops_a_chat_cell_and_keeps_the_partial_answer(page: Any) -> None:
+    run_cell(page, STORY)
+    out = output(page, STORY)
+    page.wait_for_function("i => { const t = jupyterapp.shell.currentWidget.content.widgets[i]"
+                           ".node.querySelector('.jp-OutputArea-output');"
+                           " return !!t && t.innerText.length > 80 && !t.innerText.includes('waiting'); }",
+                           arg=STORY, timeout=120_000)
+    page.evaluate("() => jupyterapp.commands.execute('kernelmenu:interrupt')")
+    wait_cell(page, STORY, 60)
+    text = out.inner_text()
+    assert "[INTERRUPTED]" in text and "Traceback" not in text and "KeyboardInterrupt" not in text
+    assert len(text.split("[INTERRUPTED]")[0]) > 80  # the partial answer stays
+
+
+def test_widget_streams_and_stop_interrupts(page: Any) -> None:
+    run_cell(page, WIDGET)
+    wait_cell(page, WIDGET)
+    widget = page.locator(".jp-Notebook .jp-Cell").nth(WIDGET).locator(".nbchat-widget")
+    widget.locator(".nbchat-input").fill("Tell me a long story about a cat who learns to sail.")
+    widget.locator(".nbchat-send").click()
+    answer = widget.locator(".nbchat-assistant").last
+    page.wait_for_function("() => { const a = [...document.querySelectorAll('.nbchat-assistant')].pop();"
+                           " return !!a && a.innerText.length > 10; }", timeout=120_000)
+    lengths = sample_growth(lambda: answer.inner_text(), lambda: len(answer.inner_text()) > 250, timeout=90)
+    assert len(set(lengths)) >= 3, lengths
+    widget.locator(".nbchat-stop").click()  # the kernel is idle: the click reaches it while the task streams
+    status = widget.locator(".nbchat-status").last
+    status.wait_for(timeout=30_000)
+    assert status.inner_text() == "[INTERRUPTED]"
+    page.wait_for_function("() => [...document.querySelectorAll('.nbchat-stats')].pop().innerText"
+                           ".includes('[INTERRUPTED]')", timeout=30_000)
+    assert not widget.locator(".nbchat-send").is_disabled()
+    widget.screenshot(path=str(ARTIFACTS / "widget.png"))
+
+
+def test_hostile_html_in_answers_renders_as_inert_text(page: Any) -> None:
+    for index in (ECHO, XSS_CELL, XSS_WIDGET):
+        run_cell(page, index)
+        wait_cell(page, index)
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(XSS_CELL)
+    assert "<img src=x onerror=" in cell.locator(".jp-OutputArea-output").inner_text()
+    widget = page.locator(".jp-Notebook .jp-Cell").nth(XSS_WIDGET).locator(".nbchat-widget")
+    widget.locator(".nbchat-input").fill(XSS)
+    widget.locator(".nbchat-send").click()
+    page.wait_for_function("() => [...document.querySelectorAll('.nbchat-stats')].pop().innerText"
+                           ".includes('[DONE]')", timeout=30_000)
+    assert "<script>window.__xss=2</script>" in widget.locator(".nbchat-assistant").last.inner_text()
+    assert widget.locator(".nbchat-assistant strong").last.inner_text() == "bold"  # Markdown still works
+    for scope in (cell.locator(".jp-OutputArea"), widget):
+        assert scope.locator("img").count() == 0 and scope.locator("script").count() == 0
+    assert page.evaluate("() => window.__xss") is None
+    assert not page.nbchat_errors, page.nbchat_errors
+    widget.screenshot(path=str(ARTIFACTS / "widget-xss.png"))
