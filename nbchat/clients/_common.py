@@ -274,6 +274,9 @@ class AsyncChatClient(_ClientConfig, ABC):
     @abstractmethod
     async def aclose(self) -> None: ...
 
+    async def close(self) -> None:
+        await self.aclose()
+
     async def __aenter__(self) -> AsyncChatClient:
         return self
 
