@@ -10,6 +10,7 @@ hold HTTP streams open until their turns end).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,7 +70,19 @@ def _find_manager(app: Any) -> TurnManager | None:
     return None
 
 
+class _RefusedHandshakeFilter(logging.Filter):
+    """uvicorn's sans-I/O WebSocket protocol logs an error when an app refuses a
+    handshake with an HTTP response (our 401/403), although that is the ASGI
+    extension's intended use; drop that one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing handshake" not in record.getMessage()
+
+
 def make_server(settings: Settings, backend: Backend | None = None, log_level: str = "warning") -> NBChatServer:
+    error_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _RefusedHandshakeFilter) for f in error_log.filters):
+        error_log.addFilter(_RefusedHandshakeFilter())
     app = create_app(settings, backend)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",
