@@ -13,6 +13,7 @@ streams, and a kernel interrupt (KeyboardInterrupt) interrupts the turn.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import string
 from collections.abc import Callable
@@ -26,10 +27,10 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from .conversation import ChatOptions, Conversation
 from .errors import NBChatConnectionError, NBChatError
 from .events import Chunk, End, Status
-from .kernel_server import KernelServer, resolve_endpoint
+from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
 from .render import Throttle, TurnStats, answer_markdown
 
-LINE_ACTIONS = ("show", "history", "reset", "last", "widget", "stop")
+LINE_ACTIONS = ("show", "history", "reset", "last", "widget", "start", "stop")
 
 
 class StreamView:
@@ -51,11 +52,13 @@ class StreamView:
     def started(self) -> bool:
         return self._handle is not None
 
-    def start(self) -> None:
+    def start(self, note: str = "*waiting for the first token…*") -> None:
         from IPython.display import display
 
-        self._handle = display(  # type: ignore[no-untyped-call]
-            self._bundle("*waiting for the first token…*", ""), raw=True, display_id=True)
+        if self._handle is None:
+            self._handle = display(self._bundle(note, ""), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+        else:
+            self._update(self._bundle(note, ""))
 
     def add(self, content: str) -> None:
         self._pieces.append(content)
@@ -182,7 +185,8 @@ class ChatMagics(Magics):
         --temperature 0.2``); ``%chat history`` prints the conversation,
         ``%chat reset`` forgets it, ``%chat last`` returns the last answer,
         ``%chat widget`` returns a chat widget sharing this conversation,
-        ``%chat stop`` stops the server this kernel started.
+        ``%chat start`` starts the in-kernel server now (ahead of the first
+        chat), ``%chat stop`` stops it.
         """
         args = _parse(LINE_PARSER, line)
         if args.action not in LINE_ACTIONS:
@@ -199,6 +203,9 @@ class ChatMagics(Magics):
             from .widget import ChatWidget
 
             return ChatWidget(conversation=self.conversation, kernel_server=self.kernel_server)
+        elif args.action == "start":
+            endpoint = self.kernel_server.endpoint()
+            print(f"nbchat: the server in this kernel runs at {endpoint.url}")
         elif args.action == "stop":
             self.kernel_server.stop()
         elif args.action == "show":
@@ -234,13 +241,16 @@ class ChatMagics(Magics):
         return self.connect
 
     def _run_turn(self, text: str, options: ChatOptions) -> ChatResult:
+        # Timed from here: on first use the footer's "first token" includes starting the server.
+        stats = TurnStats(options.transport)
+        view = self.view_factory()
+        if not (options.server or os.environ.get(ENV_URL) or self.kernel_server.running):
+            view.start("*starting the nbchat server in this kernel (first use)…*")
         try:
             endpoint = resolve_endpoint(options.server, options.token, self.kernel_server)
         except RuntimeError as exc:  # the in-kernel server did not start
             raise ChatError(str(exc)) from None
         request = self.conversation.request(text, options)
-        stats = TurnStats(options.transport)
-        view = self.view_factory()
         answer: list[str] = []
         try:
             with self._connector()(endpoint.url, token=endpoint.token, transport=options.transport) as client:

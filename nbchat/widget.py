@@ -161,10 +161,12 @@ class ChatWidget(anywidget.AnyWidget):
         # Starting the in-kernel server can take seconds: do it off the kernel's loop.
         endpoint = await asyncio.to_thread(resolve_endpoint, options.server, options.token, self._kernel_server)
         request = self.conversation.request(text, options)
+        if self._stop_requested:  # Stop was clicked before anything was sent: nothing to interrupt
+            return End(Status.INTERRUPTED)
         async with aconnect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
             turn = await client.stream(request)
             self._turn = turn
-            if self._stop_requested:  # Stop was clicked while connecting
+            if self._stop_requested:  # Stop was clicked while the request was being sent
                 await turn.interrupt()
             async for event in turn:
                 if isinstance(event, Chunk):
