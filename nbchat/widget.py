@@ -147,8 +147,8 @@ class ChatWidget(anywidget.AnyWidget):
         try:
             end = await self._stream(text, options.merged(server=self._server, token=self._token),
                                      stats, pieces, deltas)
-        except (NBChatError, OSError, RuntimeError) as exc:
-            error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except Exception as exc:  # the task is the UI's boundary: every failure ends up in the stats line
+            error = _one_line(exc)
         finally:
             deltas.flush()
             self._turn = None
@@ -195,6 +195,12 @@ class ChatWidget(anywidget.AnyWidget):
             out.append({"role": "user", "content": exchange.user})
             out.append({"role": "assistant", "content": exchange.answer, "status": exchange.status})
         return out
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    return line if isinstance(exc, NBChatError) and line else f"{type(exc).__name__}: {line}".rstrip(": ")
 
 
 def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -163,6 +163,10 @@ async def test_transport_picker_and_errors(make_widget: Callable[..., tuple[Chat
     assert end["status"] == "[ERROR]" and "401" in end["error"] and "\n" not in end["error"]
     assert not widget.busy and "401" in widget.stats
     assert len(widget.conversation) == 1  # the failed turn is not part of the history
+    widget.set_state({"transport": "pigeon"})
+    click(widget, {"type": "send", "text": "by pigeon"})
+    await widget.wait()
+    assert "unknown transport 'pigeon'" in comm.custom("end")[-1]["error"] and not widget.busy
 
 
 async def test_a_busy_widget_ignores_a_second_send(make_widget: Callable[..., tuple[ChatWidget, RecordingComm]],
