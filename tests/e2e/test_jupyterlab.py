@@ -148,6 +148,87 @@ def page(lab: Lab) -> Iterator[Any]:
         browser.close()
 
 
+HARNESS = """<!doctype html><html><body><div id=root></div><script type=module>
+const mod = await import("data:text/javascript;base64,%s");
+const handlers = {};
+const state = {messages: [], transport: "ws", transports: ["ws", "sse"], busy: false, stats: ""};
+window.model = {sent: [], get: (k) => state[k], set: (k, v) => { state[k] = v; }, save_changes() {},
+  send(m) { this.sent.push(m); }, on(n, f) { (handlers[n] ||= []).push(f); }, off() {}};
+window.emit = (n, m) => (handlers[n] || []).forEach((f) => f(m));
+window.frame = () => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+mod.default.render({model: window.model, el: document.getElementById("root")});
+window.ready = true;
+</script></body></html>"""
+
+MARKDOWN = ("# Notes\n\nSome **bold** and *soft* text with `code <b>` and a [link](https://example.com).\n\n"
+            "```python\nprint('<b>hi</b>')\nx = 1\n```\n\n- one\n- two\n\n1. first\n2. second\n\n> quoted\n\n"
+            "<img src=x onerror=\"window.__xss=1\"> [bad](javascript:alert(1))\n")
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[Any]:
+    """The widget's front end alone in a page, with a stand-in model: no JupyterLab, no kernel."""
+    import base64
+
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs /usr/bin/chromium")
+    source = (Path(__file__).resolve().parents[2] / "nbchat" / "widget.js").read_bytes()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        tab = browser.new_page()
+        errors: list[str] = []
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        tab.set_content(HARNESS % base64.b64encode(source).decode())
+        tab.wait_for_function("() => window.ready === true")
+        yield tab
+        browser.close()
+        assert not errors, errors
+
+
+def stream_into(page: Any, text: str, piece: int) -> None:
+    page.evaluate("() => emit('msg:custom', {type: 'start', user: 'q'})")
+    page.evaluate("([text, n]) => { for (let i = 0; i < text.length; i += n)"
+                  " emit('msg:custom', {type: 'delta', text: text.slice(i, i + n)}); }", [text, piece])
+    page.evaluate("() => frame()")
+    page.evaluate("() => emit('msg:custom', {type: 'end', status: '[DONE]'})")
+
+
+def test_streamed_markdown_renders_like_the_whole_and_stays_inert(harness: Any) -> None:
+    rendered = []
+    for piece in (1, 3, 7, len(MARKDOWN)):
+        stream_into(harness, MARKDOWN, piece)
+        rendered.append(harness.evaluate("() => [...document.querySelectorAll('.nbchat-assistant')].pop().innerHTML"))
+    assert len(set(rendered)) == 1, rendered  # however the text was split, the result is the same
+    html = rendered[0]
+    for expected in ("<h1>Notes</h1>", "<strong>bold</strong>", "<em>soft</em>", "<code>code &lt;b&gt;</code>",
+                     '<code class="language-python">print(\'&lt;b&gt;hi&lt;/b&gt;\')\nx = 1\n</code>',
+                     "<li>one</li>", "<ol><li>first</li>", "<blockquote>quoted</blockquote>",
+                     '<a href="https://example.com"', "&lt;img src=x", "[bad](javascript:alert(1))"):
+        assert expected in html, (expected, html)
+    assert harness.evaluate("() => document.querySelectorAll('#root img, #root script').length") == 0
+    assert harness.evaluate("() => window.__xss") is None
+
+
+def test_finished_blocks_are_never_rendered_again(harness: Any) -> None:
+    harness.evaluate("() => emit('msg:custom', {type: 'start', user: 'q'})")
+    harness.evaluate("() => emit('msg:custom', {type: 'delta', text: 'First paragraph.\\n\\nSecond'}) || frame()")
+    harness.evaluate("() => frame()")
+    harness.evaluate("() => { window.first = [...document.querySelectorAll('.nbchat-assistant p')].at(-2); }")
+    costs = []
+    for _ in range(6):  # 6 x 400 more paragraphs: the cost per frame must not grow with the answer
+        began = time.perf_counter()
+        harness.evaluate("() => { for (let i = 0; i < 400; i++) emit('msg:custom', {type: 'delta',"
+                         " text: ` more text ${i}.\\n\\nNext`}); return frame(); }")
+        costs.append(time.perf_counter() - began)
+    assert harness.evaluate("() => window.first.isConnected && window.first.textContent") == "First paragraph."
+    harness.evaluate("() => emit('msg:custom', {type: 'end', status: '[DONE]'})")
+    assert harness.evaluate("() => [...document.querySelectorAll('.nbchat-assistant')].pop()"
+                            ".querySelectorAll('p').length") == 2402
+    assert max(costs[3:]) < 4 * max(min(costs[:3]), 0.02), costs
+
+
 def run_cell(page: Any, index: int) -> float:
     """Start running a cell (without waiting for it); returns the start time."""
     page.evaluate("i => { const nb = jupyterapp.shell.currentWidget; nb.content.activeCellIndex = i;"
