@@ -113,7 +113,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser(prog: str, cell: bool) -> _Parser:
-    parser = _Parser(prog=prog, add_help=False)
+    parser = _Parser(prog=prog, add_help=False)  # -h is handled by _parse: argparse's would exit
     if not cell:
         parser.add_argument("action", nargs="?", default="show", help=" | ".join(LINE_ACTIONS))
     # The same options for %%chat (this cell) and %chat (the defaults for later cells).
@@ -132,11 +132,16 @@ def _parser(prog: str, cell: bool) -> _Parser:
     return parser
 
 
-def _parse(parser: _Parser, line: str) -> argparse.Namespace:
+def _parse(parser: _Parser, line: str) -> argparse.Namespace | None:
+    """The parsed options, or None when ``-h``/``--help`` asked for (and got) the usage."""
     try:
-        return parser.parse_args(shlex.split(line))
-    except ValueError as exc:  # shlex: an unclosed quote
+        words = shlex.split(line)
+    except ValueError as exc:  # an unclosed quote
         raise ChatError(f"{parser.prog}: {exc}") from None
+    if "-h" in words or "--help" in words:
+        print(parser.format_help())
+        return None
+    return parser.parse_args(words)
 
 
 CELL_PARSER = _parser("%%chat", cell=True)
@@ -154,8 +159,6 @@ class ChatMagics(Magics):
         self.last: ChatResult | None = None
         #: makes the cell's live output; a seam for tests (count updates, interrupt mid-stream)
         self.view_factory: Callable[[], StreamView] = StreamView
-        #: client connector (``nbchat.clients.connect``); a seam for tests
-        self.connect: Callable[..., Any] | None = None
 
     @cell_magic("chat")  # type: ignore[untyped-decorator]  # IPython's decorators are untyped
     def chat_cell(self, line: str, cell: str) -> None:
@@ -166,6 +169,8 @@ class ChatMagics(Magics):
         answer is also in ``_chat`` (and ``%chat last``).
         """
         args = _parse(CELL_PARSER, line)
+        if args is None:
+            return
         options = self._options(args)
         text = cell.strip("\n") if args.raw else interpolate(cell.strip("\n"), self._user_ns)
         if not text.strip():
@@ -189,6 +194,8 @@ class ChatMagics(Magics):
         chat), ``%chat stop`` stops it.
         """
         args = _parse(LINE_PARSER, line)
+        if args is None:
+            return None
         if args.action not in LINE_ACTIONS:
             raise ChatError(f"unknown action {args.action!r}: use one of {', '.join(LINE_ACTIONS)}")
         self.conversation.options = self._options(args)
@@ -233,13 +240,6 @@ class ChatMagics(Magics):
             raise ChatError(f"unknown transport {options.transport!r}: use one of {', '.join(TRANSPORTS)}")
         return options
 
-    def _connector(self) -> Callable[..., Any]:
-        if self.connect is None:
-            from .clients import connect
-
-            return connect
-        return self.connect
-
     def _run_turn(self, text: str, options: ChatOptions) -> ChatResult:
         # Timed from here: on first use the footer's "first token" includes starting the server.
         stats = TurnStats(options.transport)
@@ -249,11 +249,15 @@ class ChatMagics(Magics):
         try:
             endpoint = resolve_endpoint(options.server, options.token, self.kernel_server)
         except RuntimeError as exc:  # the in-kernel server did not start
-            raise ChatError(str(exc)) from None
+            if view.started:
+                view.finish("", "the nbchat server did not start")
+            raise ChatError(f"nbchat: {_describe(exc)}") from None
+        from .clients import connect
+
         request = self.conversation.request(text, options)
         answer: list[str] = []
         try:
-            with self._connector()(endpoint.url, token=endpoint.token, transport=options.transport) as client:
+            with connect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
                 end = stream_turn(client.stream(request), view, stats, answer)
         except (NBChatError, OSError) as exc:
             if view.started:  # keep what arrived before the error

@@ -20,6 +20,7 @@ from conftest import TOKEN, ServerFactory
 from helpers import RecordingBackend
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.clients import TRANSPORTS
+from nbchat.config import Settings
 from nbchat.kernel_server import KernelServer
 from nbchat.magics import ChatMagics, StreamView, interpolate
 from nbchat.render import TurnStats, answer_markdown, open_fence, safe_markdown
@@ -229,6 +230,24 @@ def test_environment_url_is_used_when_no_server_is_given(ip: InteractiveShell, m
     monkeypatch.setenv("NBCHAT_TOKEN", TOKEN)
     assert ip.run_cell("%%chat\nfrom the environment").success
     assert not magics.kernel_server.running
+
+
+def test_a_server_that_cannot_start_is_one_line(ip: InteractiveShell, published: Published,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    def fail(settings: Settings) -> ServerHandle:
+        raise RuntimeError("the nbchat server did not start: no model file")
+
+    ip.register_magics(ChatMagics(ip, kernel_server=KernelServer(start=fail)))
+    assert "no model file" in _error_line(ip, capsys, "%%chat\nhi")
+    assert "did not start" in published.last_markdown  # the "starting..." note does not linger
+
+
+def test_help_prints_the_options(ip: InteractiveShell, magics: ChatMagics,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert ip.run_cell("%%chat --help\nhi").success
+    assert ip.run_line_magic("chat", "-h") is None
+    out = capsys.readouterr().out
+    assert "%%chat" in out and "--transport" in out and "--new" in out and "action" in out
 
 
 def test_load_ext_registers_the_magics(ip: InteractiveShell) -> None:
