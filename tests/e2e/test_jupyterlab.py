@@ -128,24 +128,33 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="module")
-def page(lab: Lab) -> Iterator[Any]:
+def browser() -> Iterator[Any]:
+    """One headless Chromium for the module (Playwright's sync API allows one instance at a time)."""
     from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs /usr/bin/chromium")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        tab = browser.new_page(viewport={"width": 1280, "height": 1000})
-        errors: list[str] = []
-        tab.on("pageerror", lambda exc: errors.append(str(exc)))
-        tab.goto(f"{lab.url}/lab/tree/chat.ipynb?token={lab.token}")
-        tab.wait_for_function(
-            "() => { const nb = window.jupyterapp && jupyterapp.shell.currentWidget;"
-            " const k = nb && nb.sessionContext && nb.sessionContext.session && nb.sessionContext.session.kernel;"
-            " return !!k && k.status === 'idle'; }", timeout=START_TIMEOUT * 1000)
-        tab.nbchat_errors = errors
-        yield tab
-        tab.screenshot(path=str(ARTIFACTS / "final.png"), full_page=True)
-        browser.close()
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(lab: Lab, browser: Any) -> Iterator[Any]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab = browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.goto(f"{lab.url}/lab/tree/chat.ipynb?token={lab.token}")
+    tab.wait_for_function(
+        "() => { const nb = window.jupyterapp && jupyterapp.shell.currentWidget;"
+        " const k = nb && nb.sessionContext && nb.sessionContext.session && nb.sessionContext.session.kernel;"
+        " return !!k && k.status === 'idle'; }", timeout=START_TIMEOUT * 1000)
+    tab.nbchat_errors = errors
+    yield tab
+    tab.screenshot(path=str(ARTIFACTS / "final.png"), full_page=True)
+    tab.close()
 
 
 HARNESS = """<!doctype html><html><body><div id=root></div><script type=module>
@@ -166,25 +175,19 @@ MARKDOWN = ("# Notes\n\nSome **bold** and *soft* text with `code <b>` and a [lin
 
 
 @pytest.fixture(scope="module")
-def harness() -> Iterator[Any]:
+def harness(browser: Any) -> Iterator[Any]:
     """The widget's front end alone in a page, with a stand-in model: no JupyterLab, no kernel."""
     import base64
 
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs /usr/bin/chromium")
     source = (Path(__file__).resolve().parents[2] / "nbchat" / "widget.js").read_bytes()
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        tab = browser.new_page()
-        errors: list[str] = []
-        tab.on("pageerror", lambda exc: errors.append(str(exc)))
-        tab.set_content(HARNESS % base64.b64encode(source).decode())
-        tab.wait_for_function("() => window.ready === true")
-        yield tab
-        browser.close()
-        assert not errors, errors
+    tab = browser.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.set_content(HARNESS % base64.b64encode(source).decode())
+    tab.wait_for_function("() => window.ready === true")
+    yield tab
+    tab.close()
+    assert not errors, errors
 
 
 def stream_into(page: Any, text: str, piece: int) -> None:
