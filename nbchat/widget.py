@@ -22,7 +22,7 @@ from typing import Any
 import anywidget
 import traitlets
 
-from .conversation import Conversation
+from .conversation import ChatOptions, Conversation
 from .errors import NBChatError
 from .events import Chunk, End, Status
 from .kernel_server import KernelServer, resolve_endpoint
@@ -93,8 +93,9 @@ class ChatWidget(anywidget.AnyWidget):
         options = self.conversation.options
         super().__init__(transport=transport or options.transport, transports=list(TRANSPORTS),
                          messages=self._history(), **kwargs)
-        self._server = server or options.server
-        self._token = token if token is not None else options.token
+        # Explicit endpoints win; otherwise each turn reads the conversation's current defaults.
+        self._server = server
+        self._token = token
         self._kernel_server = kernel_server or _shared_kernel_server() or KernelServer()
         self._task: asyncio.Task[None] | None = None
         self._turn: Any = None
@@ -154,7 +155,7 @@ class ChatWidget(anywidget.AnyWidget):
             self._turn = None
             self._finish(text, "".join(pieces), stats, end, error)
 
-    async def _stream(self, text: str, options: Any, stats: TurnStats, pieces: list[str],
+    async def _stream(self, text: str, options: ChatOptions, stats: TurnStats, pieces: list[str],
                       deltas: _DeltaBuffer) -> End:
         from .clients import aconnect
 
