@@ -178,112 +178,135 @@ function renderMessage(log, message) {
   return bubble;
 }
 
-function render({ model, el }) {
-  const root = node("div", "nbchat-widget");
-  root.setAttribute("data-lm-suppress-shortcuts", "true"); // typing must not trigger notebook shortcuts
-  const log = node("div", "nbchat-log");
-  const bar = node("div", "nbchat-bar");
-  const input = node("textarea", "nbchat-input");
-  input.rows = 2;
-  input.placeholder = "Ask something (Enter sends, Shift+Enter for a new line)";
-  const picker = node("select", "nbchat-transport");
-  picker.title = "transport";
-  const send = node("button", "nbchat-send", "Send");
-  const stop = node("button", "nbchat-stop", "Stop");
-  const stats = node("div", "nbchat-stats");
-  bar.append(input, picker, send, stop);
-  root.append(log, bar, stats);
-  el.append(root);
+// One view of the widget: its DOM, the answer streaming into it, and its model bindings.
+class ChatView {
+  constructor(model, el) {
+    this.model = model;
+    this.live = null; // {md, bubble, chars} while an answer streams
+    this.frame = 0;
+    this.root = node("div", "nbchat-widget");
+    this.root.setAttribute("data-lm-suppress-shortcuts", "true"); // typing must not trigger notebook shortcuts
+    this.log = node("div", "nbchat-log");
+    this.input = node("textarea", "nbchat-input");
+    this.input.rows = 2;
+    this.input.placeholder = "Ask something (Enter sends, Shift+Enter for a new line)";
+    this.picker = node("select", "nbchat-transport");
+    this.picker.title = "transport";
+    this.sendButton = node("button", "nbchat-send", "Send");
+    this.stopButton = node("button", "nbchat-stop", "Stop");
+    this.stats = node("div", "nbchat-stats");
+    const bar = node("div", "nbchat-bar");
+    bar.append(this.input, this.picker, this.sendButton, this.stopButton);
+    this.root.append(this.log, bar, this.stats);
+    el.append(this.root);
+  }
 
-  let live = null; // {md, bubble, chars} while an answer streams
-  let frame = 0;
+  // Once per animation frame at most, however many deltas arrived since the last one.
+  schedule() {
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.draw());
+  }
 
-  const draw = () => {
-    frame = 0;
-    if (!live) return;
-    live.md.render();
-    stats.textContent = `${model.get("transport")} · streaming… ${live.chars} characters`;
-    log.scrollTop = log.scrollHeight;
-  };
-  const schedule = () => { if (!frame) frame = requestAnimationFrame(draw); };
+  draw() {
+    this.frame = 0;
+    if (!this.live) return;
+    this.live.md.render();
+    this.stats.textContent = `${this.model.get("transport")} · streaming… ${this.live.chars} characters`;
+    this.log.scrollTop = this.log.scrollHeight;
+  }
 
-  const redrawHistory = () => {
-    const messages = model.get("messages");
-    if (live || log.childElementCount === messages.length) return;
-    log.replaceChildren();
-    for (const message of messages) renderMessage(log, message);
-    log.scrollTop = log.scrollHeight;
-  };
-  const syncControls = () => {
-    const busy = model.get("busy");
-    send.disabled = busy;
-    stop.disabled = !busy;
-    picker.disabled = busy;
-  };
-  const syncPicker = () => {
-    picker.replaceChildren(...model.get("transports").map((t) => node("option", null, t)));
-    picker.value = model.get("transport");
-  };
+  // The history traitlet changes once per turn; it is drawn only when the view does not show it yet.
+  drawHistory() {
+    const messages = this.model.get("messages");
+    if (this.live || this.log.childElementCount === messages.length) return;
+    this.log.replaceChildren();
+    for (const message of messages) renderMessage(this.log, message);
+    this.log.scrollTop = this.log.scrollHeight;
+  }
 
-  const startAnswer = (user) => {
-    if (user !== undefined) renderMessage(log, { role: "user", content: user });
+  syncControls() {
+    const busy = this.model.get("busy");
+    this.sendButton.disabled = busy;
+    this.stopButton.disabled = !busy;
+    this.picker.disabled = busy;
+  }
+
+  syncPicker() {
+    this.picker.replaceChildren(...this.model.get("transports").map((t) => node("option", null, t)));
+    this.picker.value = this.model.get("transport");
+  }
+
+  syncStats() {
+    if (!this.live) this.stats.textContent = this.model.get("stats");
+  }
+
+  startAnswer(user) {
+    if (user !== undefined) renderMessage(this.log, { role: "user", content: user });
     const bubble = node("div", "nbchat-msg nbchat-assistant nbchat-streaming");
-    log.append(bubble);
-    live = { md: new MarkdownStream(bubble), bubble, chars: 0 };
-  };
-  const onCustom = (msg) => {
-    if (msg.type === "start") startAnswer(msg.user);
+    this.log.append(bubble);
+    this.live = { md: new MarkdownStream(bubble), bubble, chars: 0 };
+  }
+
+  endAnswer(msg) {
+    if (this.frame) { cancelAnimationFrame(this.frame); this.frame = 0; }
+    const { md, bubble } = this.live;
+    md.finish();
+    bubble.classList.remove("nbchat-streaming");
+    if (msg.status !== "[DONE]") bubble.append(node("div", "nbchat-status", msg.status));
+    if (msg.error) bubble.append(node("div", "nbchat-error", msg.error));
+    this.live = null;
+  }
+
+  onCustom(msg) {
+    if (msg.type === "start") this.startAnswer(msg.user);
     else if (msg.type === "delta") {
-      if (!live) startAnswer();
-      live.md.append(msg.text);
-      live.chars += msg.text.length;
-      schedule();
-    } else if (msg.type === "end" && live) {
-      if (frame) { cancelAnimationFrame(frame); frame = 0; }
-      live.md.finish();
-      live.bubble.classList.remove("nbchat-streaming");
-      if (msg.status !== "[DONE]") live.bubble.append(node("div", "nbchat-status", msg.status));
-      if (msg.error) live.bubble.append(node("div", "nbchat-error", msg.error));
-      live = null;
-    }
-  };
+      if (!this.live) this.startAnswer(); // a view opened mid-answer
+      this.live.md.append(msg.text);
+      this.live.chars += msg.text.length;
+      this.schedule();
+    } else if (msg.type === "end" && this.live) this.endAnswer(msg);
+  }
 
-  const submit = () => {
-    const text = input.value;
-    if (!text.trim() || model.get("busy")) return;
-    input.value = "";
-    model.send({ type: "send", text });
-  };
-  send.addEventListener("click", submit);
-  stop.addEventListener("click", () => model.send({ type: "stop" }));
-  input.addEventListener("keydown", (e) => {
-    e.stopPropagation();
-    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); submit(); }
-  });
-  picker.addEventListener("change", () => { model.set("transport", picker.value); model.save_changes(); });
+  submit() {
+    const text = this.input.value;
+    if (!text.trim() || this.model.get("busy")) return;
+    this.input.value = "";
+    this.model.send({ type: "send", text });
+  }
 
-  const onMessages = () => redrawHistory();
-  const onBusy = () => syncControls();
-  const onStats = () => { if (!live) stats.textContent = model.get("stats"); };
-  model.on("msg:custom", onCustom);
-  model.on("change:messages", onMessages);
-  model.on("change:busy", onBusy);
-  model.on("change:stats", onStats);
-  model.on("change:transport", syncPicker);
-  model.on("change:transports", syncPicker);
-  syncPicker();
-  syncControls();
-  redrawHistory();
-  onStats();
-  return () => {
-    if (frame) cancelAnimationFrame(frame);
-    model.off("msg:custom", onCustom);
-    model.off("change:messages", onMessages);
-    model.off("change:busy", onBusy);
-    model.off("change:stats", onStats);
-    model.off("change:transport", syncPicker);
-    model.off("change:transports", syncPicker);
-  };
+  // Wires the controls and the model; returns the cleanup anywidget calls when the view goes.
+  bind() {
+    this.sendButton.addEventListener("click", () => this.submit());
+    this.stopButton.addEventListener("click", () => this.model.send({ type: "stop" }));
+    this.input.addEventListener("keydown", (e) => {
+      e.stopPropagation();
+      if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); this.submit(); }
+    });
+    this.picker.addEventListener("change", () => {
+      this.model.set("transport", this.picker.value);
+      this.model.save_changes();
+    });
+    const handlers = {
+      "msg:custom": (msg) => this.onCustom(msg),
+      "change:messages": () => this.drawHistory(),
+      "change:busy": () => this.syncControls(),
+      "change:stats": () => this.syncStats(),
+      "change:transport": () => this.syncPicker(),
+      "change:transports": () => this.syncPicker(),
+    };
+    for (const [name, handler] of Object.entries(handlers)) this.model.on(name, handler);
+    this.syncPicker();
+    this.syncControls();
+    this.drawHistory();
+    this.syncStats();
+    return () => {
+      if (this.frame) cancelAnimationFrame(this.frame);
+      for (const [name, handler] of Object.entries(handlers)) this.model.off(name, handler);
+    };
+  }
+}
+
+function render({ model, el }) {
+  return new ChatView(model, el).bind();
 }
 
 export default { render };
