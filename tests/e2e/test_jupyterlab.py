@@ -152,6 +152,8 @@ def page(lab: Lab, browser: Any) -> Iterator[Any]:
         " const k = nb && nb.sessionContext && nb.sessionContext.session && nb.sessionContext.session.kernel;"
         " return !!k && k.status === 'idle'; }", timeout=START_TIMEOUT * 1000)
     tab.nbchat_errors = errors
+    run_cell(tab, LOAD)  # every test below may use %%chat
+    wait_cell(tab, LOAD)
     yield tab
     tab.screenshot(path=str(ARTIFACTS / "final.png"), full_page=True)
     tab.close()
@@ -270,8 +272,6 @@ def sample_growth(read: Any, until: Any, timeout: float = 120.0) -> list[int]:
 
 
 def test_chat_cell_streams_live_and_ends_as_markdown(page: Any) -> None:
-    run_cell(page, LOAD)
-    wait_cell(page, LOAD)
     began = run_cell(page, SKY)
     out = output(page, SKY)
     page.wait_for_function(ANSWER_STARTED, arg=SKY, timeout=120_000)
@@ -308,7 +308,10 @@ def test_widget_streams_and_stop_interrupts(page: Any) -> None:
     answer = widget.locator(".nbchat-assistant").last
     page.wait_for_function("() => { const a = [...document.querySelectorAll('.nbchat-assistant')].pop();"
                            " return !!a && a.innerText.length > 10; }", timeout=120_000)
-    lengths = sample_growth(lambda: answer.inner_text(), lambda: len(answer.inner_text()) > 250, timeout=90)
+    send = widget.locator(".nbchat-send")
+    lengths = sample_growth(lambda: answer.inner_text(),
+                            lambda: len(answer.inner_text()) > 250 or not send.is_disabled(), timeout=90)
+    assert send.is_disabled(), "the answer ended before Stop could be clicked"
     assert len(set(lengths)) >= 3, lengths
     widget.locator(".nbchat-stop").click()  # the kernel is idle: the click reaches it while the task streams
     status = widget.locator(".nbchat-status").last
@@ -316,7 +319,7 @@ def test_widget_streams_and_stop_interrupts(page: Any) -> None:
     assert status.inner_text() == "[INTERRUPTED]"
     page.wait_for_function("() => [...document.querySelectorAll('.nbchat-stats')].pop().innerText"
                            ".includes('[INTERRUPTED]')", timeout=30_000)
-    assert not widget.locator(".nbchat-send").is_disabled()
+    assert not send.is_disabled()
     widget.screenshot(path=str(ARTIFACTS / "widget.png"))
 
 
@@ -326,6 +329,7 @@ def test_hostile_html_in_answers_renders_as_inert_text(page: Any) -> None:
         wait_cell(page, index)
     cell = page.locator(".jp-Notebook .jp-Cell").nth(XSS_CELL)
     assert "<img src=x onerror=" in cell.locator(".jp-OutputArea-output").inner_text()
+    assert cell.locator(".jp-RenderedMarkdown strong").inner_text() == "bold"
     widget = page.locator(".jp-Notebook .jp-Cell").nth(XSS_WIDGET).locator(".nbchat-widget")
     widget.locator(".nbchat-input").fill(XSS)
     widget.locator(".nbchat-send").click()
