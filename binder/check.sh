@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Builds the Binder environment the way repo2docker does, without Docker, and
+# runs every notebook in it:
+#
+#   1. the Debian packages of binder/apt.txt must be installed on this machine;
+#   2. a fresh virtual environment on the Python of binder/runtime.txt
+#      (no system site-packages, no PYTHONPATH);
+#   3. `pip install -r binder/requirements.txt` from the repository root, as
+#      repo2docker does, and nothing else;
+#   4. a kernel spec pointing at that environment's Python, in a private
+#      JUPYTER_PATH, and nbclient (installed by the requirements, with
+#      JupyterLab) running every notebooks/*.ipynb on that kernel, saving the
+#      executed copies into OUTDIR.
+#
+# usage: binder/check.sh [OUTDIR]
+#   NBCHAT_BINDER_NO_CACHE=1  install with --no-cache-dir, as repo2docker does:
+#                             llama-cpp-python is then compiled from source
+#                             (about 5 minutes on 2 cores) instead of reusing
+#                             a wheel pip built earlier
+#   NBCHAT_BINDER_PYTHON=...  the interpreter for the environment (default: pythonX.Y from runtime.txt)
+#   NBCHAT_BINDER_TIMEOUT=600 seconds a notebook cell may take
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+out=${1:-$(mktemp -d)}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+version=$(sed -n 's/^python-\([0-9.]*\)$/\1/p' binder/runtime.txt)
+[ -n "$version" ] || { echo "binder/runtime.txt must read python-X.Y" >&2; exit 2; }
+python=${NBCHAT_BINDER_PYTHON:-python$version}
+
+echo "::: binder/apt.txt"
+missing=()
+while read -r package; do
+    package=${package%%#*}
+    package=${package//[[:space:]]/}
+    [ -z "$package" ] && continue
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+done < binder/apt.txt
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "not installed: ${missing[*]} (apt-get install -y ${missing[*]})" >&2
+    exit 2
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+venv=$work/venv
+# The environment sees only what the requirements install: nothing from this shell's setup.
+unset PYTHONPATH PYTHONHOME VIRTUAL_ENV NBCHAT_URL NBCHAT_TOKEN
+
+echo "::: a fresh environment on $("$python" --version 2>&1) ($python)"
+"$python" -m venv "$venv"
+got=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[ "$got" = "$version" ] || { echo "the environment runs Python $got, runtime.txt says $version" >&2; exit 2; }
+
+echo "::: pip install -r binder/requirements.txt"
+began=$SECONDS
+cache=()
+[ "${NBCHAT_BINDER_NO_CACHE:-}" = 1 ] && cache=(--no-cache-dir)
+# (the filter drops a notice this machine's pip configuration prints for every package)
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "${cache[@]}" -r binder/requirements.txt \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+echo "installed in $((SECONDS - began)) s"
+
+echo "::: a kernel in that environment"
+spec=$work/jupyter/kernels/nbchat-binder
+mkdir -p "$spec"
+cat > "$spec/kernel.json" <<EOF
+{"argv": ["$venv/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+ "display_name": "nbchat (binder environment)", "language": "python"}
+EOF
+export JUPYTER_PATH=$work/jupyter
+
+echo "::: notebooks"
+"$venv/bin/python" - "$venv" "$out" "${NBCHAT_BINDER_TIMEOUT:-600}" notebooks/*.ipynb <<'EOF'
+import os
+import sys
+import time
+
+import nbformat
+from nbclient import NotebookClient
+
+venv, out, timeout, *paths = sys.argv[1:]
+
+
+def run(nb: nbformat.NotebookNode, cwd: str) -> nbformat.NotebookNode:
+    client = NotebookClient(nb, kernel_name="nbchat-binder", timeout=int(timeout), startup_timeout=120,
+                            resources={"metadata": {"path": cwd}})
+    return client.execute()
+
+
+# The kernel must run in the new environment, with nbchat installed there (not found through the repository).
+probe = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+    "import sys, nbchat, llama_cpp\nprint(sys.prefix)\nprint(nbchat.__file__)")])
+lines = run(probe, "notebooks").cells[0].outputs[0]["text"].split()
+prefix, module = os.path.realpath(lines[0]), os.path.realpath(lines[1])
+assert prefix == os.path.realpath(venv), f"the kernel runs in {prefix}, not in {venv}"
+assert module.startswith(prefix + os.sep), f"nbchat comes from {module}, not from the environment"
+print(f"kernel: {prefix}/bin/python, nbchat from {module}")
+
+for path in paths:
+    began = time.perf_counter()
+    nb = nbformat.read(path, as_version=4)
+    run(nb, os.path.dirname(path))
+    nbformat.write(nb, os.path.join(out, os.path.basename(path)))
+    print(f"{path}: {len(nb.cells)} cells ran in {time.perf_counter() - began:.0f} s")
+EOF
+echo "executed notebooks: $out"
