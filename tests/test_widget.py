@@ -8,7 +8,7 @@ import asyncio
 import json
 import pathlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ import pytest
 import nbchat
 from conftest import TOKEN, ServerFactory
 from helpers import RecordingBackend
+from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.conversation import ChatOptions, Conversation
 from nbchat.serving import ServerHandle
 from nbchat.widget import ChatWidget
@@ -114,6 +115,34 @@ async def test_history_is_synced_once_per_turn(make_widget: Callable[..., tuple[
     assert [s.get("busy") for s in comm.state_updates() if "busy" in s] == [True, False, True, False]
     assert comm.custom("start") == [{"type": "start", "user": "one"}, {"type": "start", "user": "two"}]
     assert widget.stats.startswith("ws · first token") and widget.stats.endswith("[DONE]")
+
+
+class BurstThenStall(Backend):
+    """Two pieces at once, then nothing: the second lands inside the coalescing window."""
+
+    name = "burst"
+
+    @property
+    def model_name(self) -> str:
+        return "burst"
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
+        yield "first "
+        yield "second"
+        await asyncio.Event().wait()
+
+
+async def test_a_coalesced_tail_is_sent_without_waiting_for_more(
+        make_widget: Callable[..., tuple[ChatWidget, RecordingComm]], make_server: ServerFactory) -> None:
+    widget, comm = make_widget(make_server(BurstThenStall()))
+    arrived = asyncio.Event()
+    comm.on_send = lambda m: arrived.set() if "second" in m.get("content", {}).get("text", "") else None
+    click(widget, {"type": "send", "text": "go"})
+    await asyncio.wait_for(arrived.wait(), 5)  # a timer flushed it: no third piece ever comes
+    assert "".join(d["text"] for d in comm.custom("delta")) == "first second" and widget.busy
+    click(widget, {"type": "stop"})
+    end = await widget.wait()
+    assert end is not None and end.status.value == "[INTERRUPTED]"
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse", "stream"])
