@@ -76,6 +76,7 @@ class Turn:
             return
         self.state = TurnState.RUNNING
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"nbchat-turn-{self.id}")
+        self._task.add_done_callback(self._task_done)
         if self._attached == 0:
             self._detach_grace()  # started by a request whose stream never attaches: still bounded
 
@@ -87,6 +88,12 @@ class Turn:
         elif self.state is TurnState.RUNNING and self._task is not None:
             self._cancel_reason = reason
             self._task.cancel()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never runs _run's handlers:
+        # the turn must still end, with the reason it was cancelled for.
+        if self.end is None:
+            self._finish(End(status=self._cancel_reason))
 
     async def wait_ended(self) -> End:
         while self.end is None:

@@ -141,3 +141,17 @@ def test_shutdown_ends_running_turns_with_interrupted(make_server: ServerFactory
     assert results["ws"] == "[INTERRUPTED]"
     assert results["ws_close"] == 1001
     assert not server.thread.is_alive()
+
+
+def test_interrupt_right_after_the_request_still_ends_the_turn(make_server: ServerFactory) -> None:
+    backend = RecordingBackend(count=100_000, interval=0.01)
+    server = make_server(backend)
+    url = server.url.replace("http://", "ws://") + f"/websocket/early?token={TOKEN}"
+    with ws_connect(url) as ws:
+        for _ in range(5):
+            ws.send(json.dumps(REQ))
+            ws.send("[INTERRUPT]")  # before the turn's task has run a single step
+            frames = []
+            while (frame := ws.recv(timeout=5)) not in ("[INTERRUPTED]", "[DONE]"):
+                frames.append(frame)
+            assert frame == "[INTERRUPTED]"
