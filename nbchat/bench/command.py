@@ -1,0 +1,85 @@
+"""The ``nbchat bench`` subcommand: options in, tables (and JSON/CSV) out.
+
+Only argparse at import: the command line builds this parser on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Benchmark nbchat's transports on loopback against a raw TCP stream measured in
+the same run: time to first token, one-way latency per chunk (p50/p99), the
+jitter each transport adds, the top chunk rate of one stream, bytes per chunk,
+and latency against concurrent streams (up to 500 at 20 chunks/s). Servers run
+as child processes (`nbchat serve --backend echo`), so client and server never
+share an event loop. --quick takes well under a minute."""
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") from exc
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("stream counts must be positive integers")
+    return values
+
+
+def _transports(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [n for n in names if n not in ("ws", "sse", "stream", "openai")]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"transports are ws, sse, stream, openai; not {', '.join(unknown)}")
+    return names
+
+
+def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("bench", help="benchmark the transports against raw TCP on loopback",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a short run (CI): fewer chunks, concurrency 1 and 50")
+    p.add_argument("--transports", type=_transports, default=None, metavar="LIST",
+                   help="comma-separated subset of ws,sse,stream,openai (default: all)")
+    p.add_argument("--concurrency", type=_ints, default=None, metavar="N,N,...",
+                   help="stream counts of the concurrency sweep (default 1,10,100,500; --quick 1,50)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="how long each concurrent stream runs (default 5; --quick 1.5)")
+    p.add_argument("--rate", type=float, default=None, help="chunks/s per concurrent stream (default 20)")
+    p.add_argument("--model", action="store_true",
+                   help="also measure the embedded smollm2 model's real cadence (skipped if unavailable)")
+    p.add_argument("--client", choices=["wire", "nbchat"], default="wire",
+                   help="wire: lean socket clients (default); nbchat: nbchat.clients (httpx, websockets)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--csv", metavar="PATH", help="also write the result rows as CSV")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_bench)
+
+
+def config_from_args(args: argparse.Namespace) -> object:
+    from .runner import BenchConfig
+
+    overrides: dict[str, object] = {"model": args.model, "client": args.client, "progress": not args.no_progress}
+    for key, value in (("transports", args.transports), ("concurrency", args.concurrency),
+                       ("concurrency_seconds", args.seconds), ("concurrency_rate", args.rate)):
+        if value is not None:
+            overrides[key] = value
+    return BenchConfig.quick(**overrides) if args.quick else BenchConfig(**overrides)  # type: ignore[arg-type]
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .runner import BenchConfig, run
+
+    config = config_from_args(args)
+    assert isinstance(config, BenchConfig)
+    try:
+        results = run(config)
+    except KeyboardInterrupt:
+        print("nbchat bench: interrupted", file=sys.stderr)
+        return 130
+    print(results.table())
+    if args.json:
+        results.write_json(args.json)
+    if args.csv:
+        results.write_csv(args.csv)
+    return 1 if any(r.errors for r in results.rows) else 0

@@ -1,0 +1,119 @@
+"""The processes a benchmark measures against: ``nbchat serve`` and the raw TCP floor.
+
+Both run as child processes, never in the measuring process: a server sharing
+the client's event loop (or its GIL, in a thread) would make every latency
+figure include the client's own work, and at 500 streams the two would
+starve each other. Each child prints one line once it accepts connections;
+the parent awaits that line (no polling) and kills the child on exit.
+CPU seconds are read from ``/proc`` so that a run can say which side was busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+START_TIMEOUT = 120.0  # the embedded model takes a while to load
+_URL = re.compile(rb"nbchat serving \S+ at (http://\S+?)/(?:\?token=\S*)?\s*$")
+_RAW = re.compile(rb"rawtcp listening on (\d+)")
+
+
+class ServerStartError(RuntimeError):
+    """A benchmark server did not come up; the message holds its last output."""
+
+
+@dataclass
+class Child:
+    """A running child process and where to reach it."""
+
+    process: asyncio.subprocess.Process
+    url: str = ""
+    token: str = ""
+    port: int = 0
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the child has used so far (0.0 where /proc is unavailable)."""
+        return cpu_seconds(self.process.pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # the command name may hold spaces: fields count from the closing parenthesis
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _announced(proc: asyncio.subprocess.Process, pattern: re.Pattern[bytes], timeout: float) -> re.Match[bytes]:
+    assert proc.stdout is not None
+    seen: list[bytes] = []
+
+    async def first_match() -> re.Match[bytes]:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            seen.append(line)
+            found = pattern.search(line)
+            if found:
+                return found
+        raise ServerStartError(f"exited with {await proc.wait()} before it was ready: {b''.join(seen[-5:])!r}")
+
+    try:
+        return await asyncio.wait_for(first_match(), timeout)
+    except TimeoutError as exc:
+        raise ServerStartError(f"not ready after {timeout:.0f} s: {b''.join(seen[-5:])!r}") from exc
+
+
+@contextlib.asynccontextmanager
+async def _child(args: list[str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def nbchat_server(backend: str = "echo", rate: float = 0.0,
+                        extra: tuple[str, ...] = ()) -> AsyncIterator[Child]:
+    """``nbchat serve`` on a free loopback port, in a child process."""
+    token = secrets.token_urlsafe(16)
+    args = ["-m", "nbchat.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--token", token,
+            "--backend", backend, "--rate", str(rate), "--log-level", "warning", *extra]
+    async with _child(args) as proc:
+        found = await _announced(proc, _URL, START_TIMEOUT)
+        # keep draining its output, so a chatty server never blocks on a full pipe
+        drain = asyncio.ensure_future(_drain(proc))
+        try:
+            yield Child(proc, url=found.group(1).decode(), token=token)
+        finally:
+            drain.cancel()
+
+
+@contextlib.asynccontextmanager
+async def raw_server() -> AsyncIterator[Child]:
+    """The raw TCP floor (:mod:`nbchat.bench.rawtcp`) in a child process."""
+    async with _child(["-m", "nbchat.bench.rawtcp"]) as proc:
+        found = await _announced(proc, _RAW, 30.0)
+        yield Child(proc, port=int(found.group(1)))
+
+
+async def _drain(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdout is not None
+    while await proc.stdout.read(65536):
+        pass

@@ -1,0 +1,82 @@
+"""The floor every transport is compared with: a bare asyncio TCP stream on loopback.
+
+The server sends newline-delimited JSON records shaped like nbchat's chunk
+records (``{"content", "seq", "ts"}``), paced on the same fixed schedule as
+the echo backend, with no HTTP, no framing and no turn machinery. It runs in
+its own process, like ``nbchat serve`` in the benchmark, so that what the
+client measures is the same kind of one-way latency between two processes.
+
+    python -m nbchat.bench.rawtcp      # prints "rawtcp listening on PORT"
+
+A client asks for a stream with one line, ``{"n": N, "rate": R, "piece": "abcd"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+
+from .stats import Trace
+
+# Leave the loop this often when sending flat out, as the echo backend does,
+# so that concurrent streams are served fairly.
+YIELD_EVERY = 64
+
+
+async def _serve_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        spec = json.loads(await reader.readline())
+        n, rate, piece = int(spec["n"]), float(spec["rate"]), str(spec.get("piece", "abcd"))
+        interval = 1.0 / rate if rate > 0 else 0.0
+        start = time.monotonic()
+        for seq in range(1, n + 1):
+            if interval:
+                await asyncio.sleep(max(start + seq * interval - time.monotonic(), 0.0))
+            elif seq % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            record = {"content": piece, "seq": seq, "ts": round(time.time(), 6)}
+            writer.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
+            await writer.drain()  # returns at once unless the client is behind
+    except (ConnectionError, ValueError, KeyError):
+        pass  # a client that left or sent nonsense: nothing to stream
+    finally:
+        writer.close()
+
+
+async def serve(host: str = "127.0.0.1", port: int = 0) -> None:
+    """Serve until cancelled; announce the port on stdout for the parent process."""
+    server = await asyncio.start_server(_serve_stream, host, port)
+    print(f"rawtcp listening on {server.sockets[0].getsockname()[1]}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+async def stream_raw(port: int, n: int, rate: float, piece: str = "abcd", host: str = "127.0.0.1") -> Trace:
+    """Read one raw stream of ``n`` records; the trace has the same meaning as an nbchat stream's."""
+    trace = Trace(sent=time.time())
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write((json.dumps({"n": n, "rate": rate, "piece": piece}) + "\n").encode())
+        while line := await reader.readline():
+            received = time.time()
+            # decoded like every nbchat client decodes its records, so the floor includes JSON parsing
+            record = json.loads(line)
+            trace.add(float(record["ts"]), received)
+            trace.wire_bytes += len(line)
+        trace.status = "eof"
+    finally:
+        writer.close()
+    return trace
+
+
+def main() -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

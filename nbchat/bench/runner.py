@@ -1,0 +1,232 @@
+"""The benchmark's scenarios and their order: what is measured against which server.
+
+- ``ttft``: a one-piece answer from an echo server at rate 0 on a warm
+  connection (the transport's and the turn's setup cost, nothing else);
+- ``latency``: one stream at a set rate: one-way latency per chunk and the
+  jitter the transport adds to the server's cadence;
+- ``max_rate``: one long stream from an echo server at rate 0 (chunks/s at the client);
+- ``concurrency``: 1..N streams at once, each at a set rate, starting at
+  random offsets within one interval (independent users do not start in step);
+- ``model``: the embedded model's real cadence (optional).
+
+Every scenario runs the raw TCP floor (:mod:`.rawtcp`) in the same run. The
+servers are child processes (:mod:`.procs`); streams are read with the lean
+clients of :mod:`.wire`, or with :mod:`nbchat.clients` (``client="nbchat"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .measure import Streamer, echo_message, open_streamer
+from .procs import Child, nbchat_server, raw_server
+from .rawtcp import stream_raw
+from .report import Results, summarize
+from .stats import Trace
+
+TRANSPORTS = ("ws", "sse", "stream", "openai")
+MODEL_PROMPT = "Explain in two sentences why the sky is blue."
+CONNECT_AT_ONCE = 50  # connections opened concurrently while a sweep point sets up
+
+
+@dataclass
+class BenchConfig:
+    """What to run; :meth:`quick` is the CI-sized run (well under a minute)."""
+
+    transports: tuple[str, ...] = TRANSPORTS
+    ttft_turns: int = 20
+    latency_rate: float = 100.0
+    latency_chunks: int = 300
+    max_rate_chunks: int = 50_000
+    concurrency: tuple[int, ...] = (1, 10, 100, 500)
+    concurrency_rate: float = 20.0
+    concurrency_seconds: float = 5.0
+    model: bool = False
+    model_turns: int = 2
+    model_max_tokens: int = 48
+    client: str = "wire"
+    progress: bool = True
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchConfig:
+        options: dict[str, Any] = {"ttft_turns": 5, "latency_chunks": 60, "max_rate_chunks": 10_000,
+                                   "concurrency": (1, 50), "concurrency_seconds": 1.5, **overrides}
+        return cls(**options)
+
+    def steps(self) -> int:
+        """How many measurements a run makes (for the progress bar)."""
+        per_transport = 3 + len(self.concurrency) + (1 if self.model else 0)
+        return (len(self.transports) + 1) * per_transport
+
+
+@dataclass
+class _Run:
+    config: BenchConfig
+    results: Results
+    advance: Callable[[str], None]
+    servers: dict[str, Child] = field(default_factory=dict)
+
+    def add(self, section: str, transport: str, traces: list[Trace], **extra: Any) -> None:
+        self.results.add(summarize(section, transport, traces, **extra))
+
+    def streamer(self, server: str, transport: str) -> Streamer:
+        child = self.servers[server]
+        return open_streamer(child.url, child.token, transport, self.config.client)
+
+
+async def run_benchmark(config: BenchConfig | None = None) -> Results:
+    """Run every scenario and return the results (``await`` it, e.g. in a notebook)."""
+    config = config or BenchConfig()
+    results = Results(config=_config_dict(config))
+    bar = _progress(config)
+    run = _Run(config, results, advance=lambda what: _step(bar, what))
+    try:
+        async with raw_server() as raw, nbchat_server(rate=0) as fast, \
+                nbchat_server(rate=config.latency_rate) as paced, \
+                nbchat_server(rate=config.concurrency_rate) as load:
+            run.servers.update(raw=raw, fast=fast, paced=paced, load=load)
+            await _ttft(run)
+            await _latency(run)
+            await _max_rate(run)
+            for streams in config.concurrency:
+                await _concurrency(run, streams)
+        if config.model:
+            await _model(run)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def run(config: BenchConfig | None = None) -> Results:
+    """The blocking twin of :func:`run_benchmark`, for scripts and the command line."""
+    return asyncio.run(run_benchmark(config))
+
+
+def _config_dict(config: BenchConfig) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+
+
+def _progress(config: BenchConfig) -> Any:
+    if not config.progress:
+        return None
+    import importlib
+
+    tqdm: Any = importlib.import_module("tqdm.auto").tqdm  # no type stubs
+    return tqdm(total=config.steps(), desc="nbchat bench", unit="step", leave=False)
+
+
+def _step(bar: Any, what: str) -> None:
+    if bar is not None:
+        bar.set_postfix_str(what)
+        bar.update(1)
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+async def _ttft(run: _Run) -> None:
+    n = run.config.ttft_turns
+    raw = run.servers["raw"]
+    run.add("ttft", "raw", [await stream_raw(raw.port, 1, 0.0) for _ in range(n)])
+    run.advance("ttft raw")
+    for transport in run.config.transports:
+        async with run.streamer("fast", transport) as streamer:
+            await streamer.turn(echo_message(1))  # warm: the connection is open, as in a conversation
+            run.add("ttft", transport, [await streamer.turn(echo_message(1)) for _ in range(n)])
+        run.advance(f"ttft {transport}")
+
+
+async def _latency(run: _Run) -> None:
+    n, rate = run.config.latency_chunks, run.config.latency_rate
+    run.add("latency", "raw", [await stream_raw(run.servers["raw"].port, n, rate)], rate=rate)
+    run.advance("latency raw")
+    for transport in run.config.transports:
+        async with run.streamer("paced", transport) as streamer:
+            await streamer.turn(echo_message(1))
+            run.add("latency", transport, [await streamer.turn(echo_message(n))], rate=rate)
+        run.advance(f"latency {transport}")
+
+
+async def _max_rate(run: _Run) -> None:
+    n = run.config.max_rate_chunks
+    run.add("max_rate", "raw", [await stream_raw(run.servers["raw"].port, n, 0.0)], rate=0.0)
+    run.advance("max rate raw")
+    for transport in run.config.transports:
+        async with run.streamer("fast", transport) as streamer:
+            await streamer.turn(echo_message(1))
+            run.add("max_rate", transport, [await streamer.turn(echo_message(n))], rate=0.0)
+        run.advance(f"max rate {transport}")
+
+
+async def _concurrency(run: _Run, streams: int) -> None:
+    rate = run.config.concurrency_rate
+    n = max(2, round(rate * run.config.concurrency_seconds))
+    raw_port = run.servers["raw"].port
+
+    async def raw_one() -> Trace:
+        await asyncio.sleep(random.uniform(0, 1 / rate))
+        return await stream_raw(raw_port, n, rate)
+
+    cpu0, wall0 = run.servers["raw"].cpu_seconds(), time.process_time()
+    traces = await asyncio.gather(*(raw_one() for _ in range(streams)))
+    run.add("concurrency", "raw", traces, rate=rate, streams=streams,
+            server_cpu=run.servers["raw"].cpu_seconds() - cpu0, client_cpu=time.process_time() - wall0)
+    run.advance(f"{streams} streams raw")
+    for transport in run.config.transports:
+        await _concurrency_point(run, transport, streams, n)
+        run.advance(f"{streams} streams {transport}")
+
+
+async def _concurrency_point(run: _Run, transport: str, streams: int, n: int) -> None:
+    rate = run.config.concurrency_rate
+    gate = asyncio.Semaphore(CONNECT_AT_ONCE)
+    opened: list[Streamer] = []
+
+    async def connect() -> Streamer:
+        async with gate:
+            streamer = await run.streamer("load", transport).__aenter__()
+            opened.append(streamer)
+            await streamer.turn(echo_message(1))
+            return streamer
+
+    async def one(streamer: Streamer) -> Trace:
+        await asyncio.sleep(random.uniform(0, 1 / rate))
+        return await streamer.turn(echo_message(n))
+
+    try:
+        ready = await asyncio.gather(*(connect() for _ in range(streams)))
+        server = run.servers["load"]
+        cpu0, wall0 = server.cpu_seconds(), time.process_time()
+        traces = await asyncio.gather(*(one(s) for s in ready))
+        run.add("concurrency", transport, list(traces), rate=rate, streams=streams,
+                server_cpu=server.cpu_seconds() - cpu0, client_cpu=time.process_time() - wall0)
+    finally:
+        await asyncio.gather(*(s.__aexit__(None, None, None) for s in opened), return_exceptions=True)
+
+
+async def _model(run: _Run) -> None:
+    from .procs import ServerStartError
+
+    try:
+        import llama_cpp  # noqa: F401  - only to say "not installed" early and plainly
+    except ImportError:
+        run.results.notes.append("model: skipped, llama-cpp-python is not installed")
+        return
+    try:
+        async with nbchat_server(backend="smollm2") as server:
+            run.servers["model"] = server
+            for transport in run.config.transports:
+                async with run.streamer("model", transport) as streamer:
+                    await streamer.turn(MODEL_PROMPT, run.config.model_max_tokens)  # loads and warms the model
+                    traces = [await streamer.turn(MODEL_PROMPT, run.config.model_max_tokens)
+                              for _ in range(run.config.model_turns)]
+                run.add("model", transport, traces)
+                run.advance(f"model {transport}")
+    except ServerStartError as exc:
+        run.results.notes.append(f"model: skipped, the smollm2 server did not start ({exc})")
