@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from nbchat.backends import LENGTH, Finish, GenerationRequest, create_backend
-from nbchat.backends.smollm2 import SmolLM2Backend, find_gguf
+from nbchat.backends.smollm2 import SmolLM2Backend, block_cuts, find_gguf
 from nbchat.errors import BackendError, QueueFull
 from nbchat.events import Message
 
@@ -64,10 +64,19 @@ async def test_streams_real_text(backend: SmolLM2Backend) -> None:
     assert backend.model_name == "SmolLM2-135M-Instruct"
 
 
+def test_prompts_are_cut_at_fixed_positions() -> None:
+    assert block_cuts(7) == []
+    assert block_cuts(40) == [8, 16, 24, 32, 40]
+    assert block_cuts(200) == [8, 16, 24, 32, 40, 48, 56, 64, 128, 192]
+    # a longer prompt only adds cuts: a shared start is cut the same way
+    assert block_cuts(1000)[: len(block_cuts(300))] == block_cuts(300)
+
+
 async def test_temperature_zero_is_deterministic(backend: SmolLM2Backend) -> None:
     request = ask("Write one sentence about the sea.")
     first = await collect(backend.generate(request))
-    # another prompt in between must not change the next answer (no KV-cache reuse)
+    # another prompt in between, sharing the prompt's start (its KV blocks are reused),
+    # must not change the next answer
     await collect(backend.generate(ask("Name a colour.", max_tokens=4)))
     second = await collect(backend.generate(request))
     assert first == second

@@ -150,7 +150,7 @@ class OpenAIUpstreamBackend(Backend):
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise upstream_error(
                 f"cannot connect to the upstream at {self.base_url} ({exc or type(exc).__name__}): "
-                "check OPENAI_BASE_URL (or --base-url) and that the server is running"
+                "check OPENAI_BASE_URL and that the server is running"
             ) from exc
         except httpx.HTTPError as exc:
             raise upstream_error(f"the upstream connection broke: {exc or type(exc).__name__}") from exc
