@@ -32,14 +32,14 @@ class ServerStartError(RuntimeError):
 class Child:
     """A running child process and where to reach it."""
 
-    process: asyncio.subprocess.Process
+    process: asyncio.subprocess.Process | None  # None: a server some other process runs
     url: str = ""
     token: str = ""
     port: int = 0
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the child has used so far (0.0 where /proc is unavailable)."""
-        return cpu_seconds(self.process.pid)
+        return cpu_seconds(self.process.pid) if self.process is not None else 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -72,9 +72,9 @@ async def _announced(proc: asyncio.subprocess.Process, pattern: re.Pattern[bytes
 
 
 @contextlib.asynccontextmanager
-async def _child(args: list[str]) -> AsyncIterator[asyncio.subprocess.Process]:
+async def _child(args: list[str], prefix: tuple[str, ...] = ()) -> AsyncIterator[asyncio.subprocess.Process]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        *prefix, sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         stdin=asyncio.subprocess.DEVNULL)
     try:
         yield proc
@@ -89,13 +89,13 @@ async def _child(args: list[str]) -> AsyncIterator[asyncio.subprocess.Process]:
 
 
 @contextlib.asynccontextmanager
-async def nbchat_server(backend: str = "echo", rate: float = 0.0,
-                        extra: tuple[str, ...] = ()) -> AsyncIterator[Child]:
-    """``nbchat serve`` on a free loopback port, in a child process."""
+async def nbchat_server(backend: str = "echo", rate: float = 0.0, host: str = "127.0.0.1",
+                        prefix: tuple[str, ...] = ()) -> AsyncIterator[Child]:
+    """``nbchat serve`` on a free port, in a child process (run through ``prefix``, e.g. ``ip netns exec NS``)."""
     token = secrets.token_urlsafe(16)
-    args = ["-m", "nbchat.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--token", token,
-            "--backend", backend, "--rate", str(rate), "--log-level", "warning", *extra]
-    async with _child(args) as proc:
+    args = ["-m", "nbchat.cli", "serve", "--host", host, "--port", "0", "--token", token,
+            "--backend", backend, "--rate", str(rate), "--log-level", "warning"]
+    async with _child(args, prefix) as proc:
         found = await _announced(proc, _URL, START_TIMEOUT)
         # keep draining its output, so a chatty server never blocks on a full pipe
         drain = asyncio.ensure_future(_drain(proc))
@@ -106,11 +106,12 @@ async def nbchat_server(backend: str = "echo", rate: float = 0.0,
 
 
 @contextlib.asynccontextmanager
-async def raw_server() -> AsyncIterator[Child]:
+async def raw_server(host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> AsyncIterator[Child]:
     """The raw TCP floor (:mod:`nbchat.bench.rawtcp`) in a child process."""
-    async with _child(["-m", "nbchat.bench.rawtcp"]) as proc:
+    async with _child(["-m", "nbchat.bench.rawtcp", host], prefix) as proc:
         found = await _announced(proc, _RAW, 30.0)
-        yield Child(proc, port=int(found.group(1)))
+        port = int(found.group(1))
+        yield Child(proc, url=f"tcp://{host}:{port}", port=port)
 
 
 async def _drain(proc: asyncio.subprocess.Process) -> None:

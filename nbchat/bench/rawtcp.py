@@ -6,7 +6,7 @@ the echo backend, with no HTTP, no framing and no turn machinery. It runs in
 its own process, like ``nbchat serve`` in the benchmark, so that what the
 client measures is the same kind of one-way latency between two processes.
 
-    python -m nbchat.bench.rawtcp      # prints "rawtcp listening on PORT"
+    python -m nbchat.bench.rawtcp [HOST]     # prints "rawtcp listening on PORT"
 
 A client asks for a stream with one line, ``{"n": N, "rate": R, "piece": "abcd"}``.
 """
@@ -74,7 +74,7 @@ async def stream_raw(port: int, n: int, rate: float, piece: str = "abcd", host: 
 
 def main() -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+        asyncio.run(serve(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"))
     return 0
 
 

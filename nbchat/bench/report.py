@@ -43,7 +43,14 @@ class Row:
     bytes_per_chunk: float = math.nan
     server_cpu_pct: float = math.nan  # of one core, while the streams ran
     client_cpu_pct: float = math.nan
+    server_us_per_chunk: float = math.nan  # server CPU per chunk delivered: its cost, whatever else ran
     errors: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Row:
+        """A row back from JSON (where unmeasured figures are null)."""
+        fields: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in data.items()}
+        return cls(**fields)
 
 
 def summarize(section: str, transport: str, traces: list[Trace], *, rate: float = math.nan, streams: int = 1,
@@ -64,6 +71,7 @@ def summarize(section: str, transport: str, traces: list[Trace], *, rate: float 
         bytes_per_chunk=sum(t.wire_bytes for t in traces) / chunks if chunks else math.nan,
         server_cpu_pct=100 * server_cpu / wall if wall > 0 else math.nan,
         client_cpu_pct=100 * client_cpu / wall if wall > 0 else math.nan,
+        server_us_per_chunk=1e6 * server_cpu / chunks if chunks else math.nan,
         errors=sum(1 for t in traces if t.status not in GOOD_STATUSES),
     )
     return row, traces

@@ -17,6 +17,7 @@ clients of :mod:`.wire`, or with :mod:`nbchat.clients` (``client="nbchat"``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from .procs import Child, nbchat_server, raw_server
 from .rawtcp import stream_raw
 from .report import Results, summarize
 from .stats import Trace
+from .wire import parse_host_port
 
 TRANSPORTS = ("ws", "sse", "stream", "openai")
 MODEL_PROMPT = "Explain in two sentences why the sky is blue."
@@ -42,6 +44,7 @@ class BenchConfig:
     ttft_turns: int = 20
     latency_rate: float = 100.0
     latency_chunks: int = 300
+    latency_rounds: int = 3
     max_rate_chunks: int = 50_000
     concurrency: tuple[int, ...] = (1, 10, 100, 500)
     concurrency_rate: float = 20.0
@@ -73,6 +76,10 @@ class _Run:
 
     def add(self, section: str, transport: str, traces: list[Trace], **extra: Any) -> None:
         self.results.add(summarize(section, transport, traces, **extra))
+
+    async def raw(self, n: int, rate: float) -> Trace:
+        host, port = parse_host_port(self.servers["raw"].url)
+        return await stream_raw(port, n, rate, host=host)
 
     def streamer(self, server: str, transport: str) -> Streamer:
         child = self.servers[server]
@@ -132,8 +139,7 @@ def _step(bar: Any, what: str) -> None:
 
 async def _ttft(run: _Run) -> None:
     n = run.config.ttft_turns
-    raw = run.servers["raw"]
-    run.add("ttft", "raw", [await stream_raw(raw.port, 1, 0.0) for _ in range(n)])
+    run.add("ttft", "raw", [await run.raw(1, 0.0) for _ in range(n)])
     run.advance("ttft raw")
     for transport in run.config.transports:
         async with run.streamer("fast", transport) as streamer:
@@ -143,19 +149,26 @@ async def _ttft(run: _Run) -> None:
 
 
 async def _latency(run: _Run) -> None:
-    n, rate = run.config.latency_chunks, run.config.latency_rate
-    run.add("latency", "raw", [await stream_raw(run.servers["raw"].port, n, rate)], rate=rate)
-    run.advance("latency raw")
-    for transport in run.config.transports:
-        async with run.streamer("paced", transport) as streamer:
+    # Rounds taking the transports in turn, so that load from elsewhere on the machine falls on all alike.
+    rate, rounds = run.config.latency_rate, run.config.latency_rounds
+    per_round = max(2, run.config.latency_chunks // rounds)
+    traces: dict[str, list[Trace]] = {t: [] for t in ("raw", *run.config.transports)}
+    async with contextlib.AsyncExitStack() as stack:
+        streamers = {t: await stack.enter_async_context(run.streamer("paced", t)) for t in run.config.transports}
+        for streamer in streamers.values():
             await streamer.turn(echo_message(1))
-            run.add("latency", transport, [await streamer.turn(echo_message(n))], rate=rate)
+        for _ in range(rounds):
+            traces["raw"].append(await run.raw(per_round, rate))
+            for transport, streamer in streamers.items():
+                traces[transport].append(await streamer.turn(echo_message(per_round)))
+    for transport, found in traces.items():
+        run.add("latency", transport, found, rate=rate)
         run.advance(f"latency {transport}")
 
 
 async def _max_rate(run: _Run) -> None:
     n = run.config.max_rate_chunks
-    run.add("max_rate", "raw", [await stream_raw(run.servers["raw"].port, n, 0.0)], rate=0.0)
+    run.add("max_rate", "raw", [await run.raw(n, 0.0)], rate=0.0)
     run.advance("max rate raw")
     for transport in run.config.transports:
         async with run.streamer("fast", transport) as streamer:
@@ -167,16 +180,15 @@ async def _max_rate(run: _Run) -> None:
 async def _concurrency(run: _Run, streams: int) -> None:
     rate = run.config.concurrency_rate
     n = max(2, round(rate * run.config.concurrency_seconds))
-    raw_port = run.servers["raw"].port
 
     async def raw_one() -> Trace:
         await asyncio.sleep(random.uniform(0, 1 / rate))
-        return await stream_raw(raw_port, n, rate)
+        return await run.raw(n, rate)
 
-    cpu0, wall0 = run.servers["raw"].cpu_seconds(), time.process_time()
+    server_cpu, client_cpu = run.servers["raw"].cpu_seconds(), time.process_time()
     traces = await asyncio.gather(*(raw_one() for _ in range(streams)))
     run.add("concurrency", "raw", traces, rate=rate, streams=streams,
-            server_cpu=run.servers["raw"].cpu_seconds() - cpu0, client_cpu=time.process_time() - wall0)
+            server_cpu=run.servers["raw"].cpu_seconds() - server_cpu, client_cpu=time.process_time() - client_cpu)
     run.advance(f"{streams} streams raw")
     for transport in run.config.transports:
         await _concurrency_point(run, transport, streams, n)
@@ -202,10 +214,10 @@ async def _concurrency_point(run: _Run, transport: str, streams: int, n: int) ->
     try:
         ready = await asyncio.gather(*(connect() for _ in range(streams)))
         server = run.servers["load"]
-        cpu0, wall0 = server.cpu_seconds(), time.process_time()
+        server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
         traces = await asyncio.gather(*(one(s) for s in ready))
         run.add("concurrency", transport, list(traces), rate=rate, streams=streams,
-                server_cpu=server.cpu_seconds() - cpu0, client_cpu=time.process_time() - wall0)
+                server_cpu=server.cpu_seconds() - server_cpu, client_cpu=time.process_time() - client_cpu)
     finally:
         await asyncio.gather(*(s.__aexit__(None, None, None) for s in opened), return_exceptions=True)
 
@@ -223,7 +235,7 @@ async def _model(run: _Run) -> None:
             run.servers["model"] = server
             for transport in run.config.transports:
                 async with run.streamer("model", transport) as streamer:
-                    await streamer.turn(MODEL_PROMPT, run.config.model_max_tokens)  # loads and warms the model
+                    await streamer.turn(MODEL_PROMPT, 4)  # warms the model and the connection
                     traces = [await streamer.turn(MODEL_PROMPT, run.config.model_max_tokens)
                               for _ in range(run.config.model_turns)]
                 run.add("model", transport, traces)

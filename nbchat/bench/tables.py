@@ -67,7 +67,10 @@ def _single(results: Results) -> str:
                      fmt(ratio), fmt(lat.jitter_p99_ms) if lat else "-",
                      fmt(top.rate_per_stream) if top else "-", fmt(lat.bytes_per_chunk, 1) if lat else "-"])
     rate = results.config.get("latency_rate", math.nan)
-    title = f"One stream on loopback (latency and jitter at {fmt(rate, 0)} chunks/s; max rate at rate 0)"
+    wan = results.config.get("wan")
+    where = (f"over an emulated WAN (netem {wan['delay_ms']:g} ms each way, {wan['loss_pct']:g}% loss)" if wan
+             else "on loopback")
+    title = f"One stream {where} (latency and jitter at {fmt(rate, 0)} chunks/s; max rate at rate 0)"
     header = ["transport", "TTFT p50 ms", "lat p50 ms", "lat p99 ms", "p50 x raw", "jitter p99 ms",
               "max chunks/s", "bytes/chunk"]
     return title + "\n" + grid(header, rows)
@@ -81,11 +84,11 @@ def _load_rows(results: Results, section: str) -> list[Row]:
 
 def _concurrency(results: Results) -> str:
     rows = [[_name(r.transport), str(r.streams), fmt(r.latency_p50_ms), fmt(r.latency_p99_ms),
-             fmt(r.rate_per_stream), fmt(r.total_rate), fmt(r.server_cpu_pct, 0), fmt(r.client_cpu_pct, 0),
-             str(r.errors)] for r in _load_rows(results, "concurrency")]
+             fmt(r.rate_per_stream), fmt(r.total_rate), fmt(r.server_cpu_pct, 0), fmt(r.server_us_per_chunk, 0),
+             fmt(r.client_cpu_pct, 0), str(r.errors)] for r in _load_rows(results, "concurrency")]
     rate = results.config.get("concurrency_rate", math.nan)
     header = ["transport", "streams", "lat p50 ms", "lat p99 ms", "per stream/s", "total/s", "server CPU%",
-              "client CPU%", "errors"]
+              "server us/chunk", "client CPU%", "errors"]
     return f"Concurrent streams at {fmt(rate, 0)} chunks/s each\n" + grid(header, rows)
 
 

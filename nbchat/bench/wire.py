@@ -106,10 +106,11 @@ def _add(trace: Trace, items: list[Item]) -> bool:
 class WireClient:
     """One connection to an nbchat server, streaming turns one after another over ``transport``."""
 
-    def __init__(self, host: str, port: int, token: str, transport: str) -> None:
+    def __init__(self, host: str, port: int, token: str, transport: str, timeout: float = 120.0) -> None:
         if transport not in (*HTTP_PATHS, "ws"):
             raise ValueError(f"unknown transport {transport!r}")
         self.host, self.port, self.token, self.transport = host, port, token, transport
+        self.timeout = timeout  # for a whole turn: a stalled server must not hang the benchmark
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._ws: ClientProtocol | None = None
@@ -123,6 +124,9 @@ class WireClient:
 
     async def turn(self, message: str, max_tokens: int | None = None) -> Trace:
         """Stream one turn; the trace's ``sent`` is taken just before the request is written."""
+        return await asyncio.wait_for(self._turn(message, max_tokens), self.timeout)
+
+    async def _turn(self, message: str, max_tokens: int | None) -> Trace:
         reader, writer = await self._open()
         trace = Trace(sent=time.time())
         if self.transport == "ws":
