@@ -93,12 +93,17 @@ def run(nb: nbformat.NotebookNode, cwd: str) -> nbformat.NotebookNode:
 
 # The kernel must run in the new environment, with nbchat installed there (not found through the repository).
 probe = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-    "import sys, nbchat, llama_cpp\nprint(sys.prefix)\nprint(nbchat.__file__)")])
-lines = run(probe, "notebooks").cells[0].outputs[0]["text"].split()
-prefix, module = os.path.realpath(lines[0]), os.path.realpath(lines[1])
+    "import sys, nbchat, llama_cpp\n"
+    "print(sys.prefix)\nprint(nbchat.__file__)\nprint(llama_cpp.llama_print_system_info().decode().strip())")])
+prefix, module, cpu = run(probe, "notebooks").cells[0].outputs[0]["text"].splitlines()
+prefix, module = os.path.realpath(prefix), os.path.realpath(module)
 assert prefix == os.path.realpath(venv), f"the kernel runs in {prefix}, not in {venv}"
 assert module.startswith(prefix + os.sep), f"nbchat comes from {module}, not from the environment"
 print(f"kernel: {prefix}/bin/python, nbchat from {module}")
+print(f"llama.cpp: {cpu}")
+if os.environ.get("NBCHAT_BINDER_NO_CACHE") == "1":
+    # Built here from binder/requirements.txt: GGML_NATIVE=OFF means no AVX-512, even on a CPU that has it.
+    assert "AVX512 = 1" not in cpu, "llama.cpp was built for this CPU (-march=native), not for a portable baseline"
 
 for path in paths:
     began = time.perf_counter()

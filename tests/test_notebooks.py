@@ -133,10 +133,11 @@ def check_clients(nb: Notebook) -> None:
     started = text_of(code_cell(nb, "from nbchat.config import Settings"))
     assert re.fullmatch(r"model: http://127\.0\.0\.1:\d+\necho:  http://127\.0\.0\.1:\d+\n", started)
 
-    streamed = text_of(code_cell(nb, "import time")).splitlines()
+    shown = text_of(code_cell(nb, "import time"))
+    streamed = shown.splitlines()
     chunks = [line for line in streamed if " seq " in line]
-    assert len(chunks) >= 2 and streamed[-1].endswith(("[DONE]", "[TOKENS]"))
-    assert [int(re.search(r"seq +(\d+)", line).group(1)) for line in chunks] == list(range(1, len(chunks) + 1))
+    assert len(chunks) >= 2 and streamed[-1].endswith(("[DONE]", "[TOKENS]")), shown
+    assert [int(re.findall(r"seq +(\d+)", line)[0]) for line in chunks] == list(range(1, len(chunks) + 1))
 
     every = text_of(code_cell(nb, "answers = {}"))
     for transport in TRANSPORTS:
@@ -147,7 +148,7 @@ def check_clients(nb: Notebook) -> None:
     interrupted = text_of(code_cell(nb, "story = ")).splitlines()
     assert [line.split()[0] for line in interrupted] == list(TRANSPORTS)
     for line in interrupted:
-        received = int(re.search(r"after (\d+) of at most 200", line).group(1))
+        received = int(re.findall(r"after (\d+) of at most 200", line)[0])
         assert "[INTERRUPTED]" in line and 6 <= received < 200, line
 
     resumed = text_of(code_cell(nb, "K = 5")).splitlines()
@@ -182,11 +183,15 @@ def test_committed_notebooks_show_their_results(path: Path) -> None:
     CHECKS[path.name](nbformat.read(path, as_version=4))
 
 
-def execute(path: Path) -> Notebook:
+def execute(path: Path, save_to: Path) -> Notebook:
+    """Run the notebook on a fresh kernel; the executed copy is kept in ``save_to`` for a failure's post-mortem."""
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, startup_timeout=120,
                                      resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, save_to / path.name)
     return nb
 
 
@@ -200,8 +205,8 @@ def fresh_kernel_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("fresh_kernel_env")
 @pytest.mark.parametrize("path", [QUICKSTART, CLIENTS], ids=lambda p: p.name)
-def test_notebook_runs_on_a_fresh_kernel(path: Path) -> None:
-    CHECKS[path.name](execute(path))
+def test_notebook_runs_on_a_fresh_kernel(path: Path, tmp_path: Path) -> None:
+    CHECKS[path.name](execute(path, tmp_path))
 
 
 @pytest.mark.slow
