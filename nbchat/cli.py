@@ -69,12 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .chat_cli import add_chat_parser
 
     add_chat_parser(sub)
-    try:
-        from .bench import add_bench_parser
-    except ImportError:
-        add_bench_parser = None
-    if add_bench_parser is not None:
-        add_bench_parser(sub)
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return run_serve(args)
