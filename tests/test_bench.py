@@ -199,3 +199,42 @@ def test_bench_quick_command(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert {r["section"] for r in data["rows"]} == {"ttft", "latency", "max_rate", "concurrency"}
     assert all(r["errors"] == 0 for r in data["rows"])
+
+
+# ---------------------------------------------------------------- notebook
+
+NOTEBOOK = ROOT / "notebooks" / "transport_comparison.ipynb"
+
+
+def check_comparison_notebook(nb: object) -> None:
+    """A run of the notebook shows the table, a figure per section and the buffering verdicts."""
+    cells = [c for c in nb.cells if c.cell_type == "code"]  # type: ignore[attr-defined]
+    outputs = [o for c in cells for o in c.outputs]
+    errors = [o for o in outputs if o.output_type == "error"]
+    assert not errors, f"{errors[0].ename}: {errors[0].evalue}"
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    for needle in ("raw TCP", "WebSocket", "NDJSON", "OpenAI SSE", "Concurrent streams", "Targets"):
+        assert needle in text
+    assert "direct:  live" in text and "proxied: BUFFERED" in text
+    assert "WAN section skipped" in text or "emulated WAN" in text
+    figures = [o for o in outputs if o.output_type in ("display_data", "execute_result") and "image/png" in o.data]
+    assert len(figures) >= 5  # TTFT, intervals, concurrency, bytes, emit vs receive
+
+
+def test_committed_notebook_shows_its_results() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    check_comparison_notebook(nbformat.read(NOTEBOOK, as_version=4))
+
+
+@pytest.mark.slow
+def test_notebook_runs_on_a_fresh_kernel(tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300, startup_timeout=120,
+                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, tmp_path / NOTEBOOK.name)  # kept for a failure's post-mortem
+    check_comparison_notebook(nb)

@@ -79,12 +79,17 @@ def wan_namespaces(link: WanLink) -> Iterator[None]:
         raise WanUnavailable("network namespaces need root")
     if shutil.which("ip") is None or shutil.which("tc") is None:
         raise WanUnavailable("iproute2 (ip, tc) is not installed")
+    _remove()  # what a run that was killed may have left behind (these names are this module's own)
     try:
         _setup(link)
         yield
     finally:
-        for ns in (NS_SERVER, NS_CLIENT):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        _remove()
+
+
+def _remove() -> None:
+    for ns in (NS_SERVER, NS_CLIENT):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
 async def run_wan(link: WanLink | None = None, config: Any = None) -> Results:
