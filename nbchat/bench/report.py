@@ -23,6 +23,7 @@ GOOD_STATUSES = {"[DONE]", "[TOKENS]", "eof"}
 LATENCY_RATIO = 2.0  # p50 latency at most twice the raw TCP floor
 MIN_CHUNK_RATE = 10_000.0  # chunks/s in one stream
 LOAD_STREAMS, LOAD_P99_MS = 500, 50.0  # 500 streams at 20/s with p99 under 50 ms
+MIN_CPU_SECONDS = 0.2
 
 
 @dataclass
@@ -71,7 +72,8 @@ def summarize(section: str, transport: str, traces: list[Trace], *, rate: float 
         bytes_per_chunk=sum(t.wire_bytes for t in traces) / chunks if chunks else math.nan,
         server_cpu_pct=100 * server_cpu / wall if wall > 0 else math.nan,
         client_cpu_pct=100 * client_cpu / wall if wall > 0 else math.nan,
-        server_us_per_chunk=1e6 * server_cpu / chunks if chunks else math.nan,
+        # /proc counts CPU in 10 ms ticks: a per-chunk cost from a handful of ticks would be noise
+        server_us_per_chunk=1e6 * server_cpu / chunks if chunks and server_cpu >= MIN_CPU_SECONDS else math.nan,
         errors=sum(1 for t in traces if t.status not in GOOD_STATUSES),
     )
     return row, traces
