@@ -12,7 +12,9 @@ against the number of concurrent streams. The layout:
 - :mod:`.procs` — the servers as child processes;
 - :mod:`.runner` — the scenarios (:class:`~.runner.BenchConfig`, :func:`~.runner.run_benchmark`);
 - :mod:`.report`, :mod:`.tables` — rows, tables, targets, JSON and CSV;
+- :mod:`.plots` — the figures (matplotlib, imported there only);
 - :mod:`.buffering` — spotting a buffering proxy from emit and receive times;
+- :mod:`.wan` — the comparison over an emulated WAN (network namespaces, netem);
 - :mod:`.command` — the ``bench`` subcommand.
 
 This module stays light: ``nbchat``'s command line imports it for the parser.

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .runner import BenchConfig
 
 DESCRIPTION = """\
 Benchmark nbchat's transports on loopback against a raw TCP stream measured in
@@ -56,24 +60,22 @@ def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(handler=run_bench)
 
 
-def config_from_args(args: argparse.Namespace) -> object:
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
     from .runner import BenchConfig
 
-    overrides: dict[str, object] = {"model": args.model, "client": args.client, "progress": not args.no_progress}
+    overrides: dict[str, Any] = {"model": args.model, "client": args.client, "progress": not args.no_progress}
     for key, value in (("transports", args.transports), ("concurrency", args.concurrency),
                        ("concurrency_seconds", args.seconds), ("concurrency_rate", args.rate)):
         if value is not None:
             overrides[key] = value
-    return BenchConfig.quick(**overrides) if args.quick else BenchConfig(**overrides)  # type: ignore[arg-type]
+    return BenchConfig.quick(**overrides) if args.quick else BenchConfig(**overrides)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .runner import BenchConfig, run
+    from .runner import run
 
-    config = config_from_args(args)
-    assert isinstance(config, BenchConfig)
     try:
-        results = run(config)
+        results = run(config_from_args(args))
     except KeyboardInterrupt:
         print("nbchat bench: interrupted", file=sys.stderr)
         return 130

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import random
 import time
 from collections.abc import Callable
@@ -63,8 +64,8 @@ class BenchConfig:
 
     def steps(self) -> int:
         """How many measurements a run makes (for the progress bar)."""
-        per_transport = 3 + len(self.concurrency) + (1 if self.model else 0)
-        return (len(self.transports) + 1) * per_transport
+        with_raw = (len(self.transports) + 1) * (3 + len(self.concurrency))
+        return with_raw + (len(self.transports) if self.model else 0)
 
 
 @dataclass
@@ -198,36 +199,35 @@ async def _concurrency(run: _Run, streams: int) -> None:
 async def _concurrency_point(run: _Run, transport: str, streams: int, n: int) -> None:
     rate = run.config.concurrency_rate
     gate = asyncio.Semaphore(CONNECT_AT_ONCE)
-    opened: list[Streamer] = []
-
-    async def connect() -> Streamer:
-        async with gate:
-            streamer = await run.streamer("load", transport).__aenter__()
-            opened.append(streamer)
-            await streamer.turn(echo_message(1))
-            return streamer
 
     async def one(streamer: Streamer) -> Trace:
         await asyncio.sleep(random.uniform(0, 1 / rate))
-        return await streamer.turn(echo_message(n))
+        sent = time.time()
+        try:
+            return await streamer.turn(echo_message(n))
+        except Exception as exc:  # one stream failing under load is a result (the errors column), not the end
+            return Trace(sent=sent, status=f"error: {exc}")
 
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def connect() -> Streamer:
+            async with gate:  # a bounded connection storm: the sweep measures streaming, not accept()
+                streamer = await stack.enter_async_context(run.streamer("load", transport))
+                await streamer.turn(echo_message(1))
+                return streamer
+
         ready = await asyncio.gather(*(connect() for _ in range(streams)))
         server = run.servers["load"]
         server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
         traces = await asyncio.gather(*(one(s) for s in ready))
         run.add("concurrency", transport, list(traces), rate=rate, streams=streams,
                 server_cpu=server.cpu_seconds() - server_cpu, client_cpu=time.process_time() - client_cpu)
-    finally:
-        await asyncio.gather(*(s.__aexit__(None, None, None) for s in opened), return_exceptions=True)
 
 
 async def _model(run: _Run) -> None:
     from .procs import ServerStartError
 
-    try:
-        import llama_cpp  # noqa: F401  - only to say "not installed" early and plainly
-    except ImportError:
+    if importlib.util.find_spec("llama_cpp") is None:  # say so plainly instead of a server that fails to start
         run.results.notes.append("model: skipped, llama-cpp-python is not installed")
         return
     try:
