@@ -132,6 +132,16 @@ def chunk_record(chunk: Chunk) -> dict[str, Any]:
     return rec
 
 
+def encode_chunk_record(chunk: Chunk) -> str:
+    """The chunk record as JSON text. Written from a template: the shape never
+    varies, and the generic encoder's dict walk was a tenth of the server's
+    time per chunk under load. Same text as ``dumps(chunk_record(chunk))``
+    up to the float format of ``ts`` (fixed to microseconds here)."""
+    if chunk.server_time is None:
+        return f'{{"content":{_dumps(chunk.content)},"seq":{chunk.seq:d}}}'
+    return f'{{"content":{_dumps(chunk.content)},"seq":{chunk.seq:d},"ts":{chunk.server_time:.6f}}}'
+
+
 def record_to_event(rec: Any, received: float) -> Chunk | ErrorInfo:
     """A decoded chunk or error record back into an event (status lines are handled by the caller)."""
     if not isinstance(rec, dict):
@@ -183,7 +193,7 @@ class EventAssembler:
 def encode_ws(event: Event) -> list[str]:
     """Text frames for an event: a chunk record, or [error record,] bare status string."""
     if isinstance(event, Chunk):
-        return [dumps(chunk_record(event))]
+        return [encode_chunk_record(event)]
     frames = [] if event.error is None else [dumps({"error": event.error.to_dict()})]
     return [*frames, event.status.value]
 
@@ -205,7 +215,7 @@ def decode_ws(text: str, received: float) -> Chunk | ErrorInfo | Status:
 def encode_ndjson(event: Event) -> bytes:
     """Lines for an event: a chunk record, or [error record,] {"status": ...}."""
     if isinstance(event, Chunk):
-        return (dumps(chunk_record(event)) + "\n").encode()
+        return (encode_chunk_record(event) + "\n").encode()
     lines = [] if event.error is None else [dumps({"error": event.error.to_dict()})]
     lines.append(dumps({"status": event.status.value}))
     return ("\n".join(lines) + "\n").encode()
@@ -263,7 +273,7 @@ def encode_sse_event(event: Event) -> bytes:
     ``data: <status>``. An error record goes as a data-only message (no id, so a
     browser's Last-Event-ID stays at the last seq) right before the status."""
     if isinstance(event, Chunk):
-        return encode_sse(SSEMessage(data=dumps(chunk_record(event)), id=str(event.seq)))
+        return encode_sse(SSEMessage(data=encode_chunk_record(event), id=str(event.seq)))
     out = b"" if event.error is None else encode_sse(SSEMessage(data=dumps({"error": event.error.to_dict()})))
     return out + encode_sse(SSEMessage(data=event.status.value, id=event.status.value))
 

@@ -57,6 +57,7 @@ class Turn:
         self._attached = 0
         self._grace: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._last_piece = 0.0
         #: called with the turn when generation is cancelled (tests observe it)
         self.on_cancel: Callable[[Turn], None] | None = None
 
@@ -127,8 +128,9 @@ class Turn:
             await _aclose(pieces)
 
     async def _pump(self, pieces: AsyncIterator[str | object]) -> Status:
+        loop = asyncio.get_running_loop()
         async for piece in pieces:
-            self._arm_watchdog()
+            self._last_piece = loop.time()
             if piece is LENGTH:
                 return Status.TOKENS
             if isinstance(piece, str) and piece:
@@ -136,14 +138,25 @@ class Turn:
         return Status.DONE
 
     def _arm_watchdog(self) -> None:
-        # Re-armed on every piece: cheaper than wait_for, which wraps each
-        # __anext__ in a new task on Python 3.11.
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        # One timer per turn, not one per piece: each piece only records its
+        # time, and the timer, when it fires, sleeps again for what is left.
+        # (A timer re-armed per piece cost a quarter of the server's CPU per
+        # chunk at 10,000 chunks/s; wait_for would cost a task per piece.)
         timeout = self._settings.model_timeout
-        if timeout > 0:
-            self._watchdog = asyncio.get_running_loop().call_later(
-                timeout, self.interrupt, Status.MODEL_TIMEOUT)
+        if timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._last_piece = loop.time()
+        self._watchdog = loop.call_later(timeout, self._check_watchdog)
+
+    def _check_watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
+        left = self._last_piece + self._settings.model_timeout - loop.time()
+        if left > 0:
+            self._watchdog = loop.call_later(left, self._check_watchdog)
+        else:
+            self._watchdog = None
+            self.interrupt(Status.MODEL_TIMEOUT)
 
     def _disarm_watchdog(self) -> None:
         if self._watchdog is not None:
