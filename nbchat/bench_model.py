@@ -1,0 +1,244 @@
+"""The model benchmark: what nbchat's streaming costs on top of the embedded model.
+
+One run, the same greedy prompts down every path, a table at the end:
+
+- ``in-process``: :class:`~nbchat.backends.smollm2.SmolLM2Backend` called
+  directly, no server (the floor);
+- ``nbchat/<transport>``: an ``nbchat serve`` subprocess, read with
+  :mod:`nbchat.clients` over WebSocket, SSE, NDJSON and the OpenAI stream;
+- ``llama_cpp.server``: llama-cpp-python's own OpenAI-compatible server on the
+  same model file and thread count, read with httpx and :class:`~nbchat.sse.SSEDecoder`.
+
+TTFT is measured by the client, from sending the request to the first
+non-empty piece; tokens/s is the decode rate after it, (pieces - 1) / (last -
+first), a piece being one streamed chunk (one token, except where the model
+holds back an incomplete character). Paths are taken in turn within each
+round, so that load from elsewhere on the machine falls on all of them alike.
+
+    python -m nbchat.bench_model --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import httpx
+
+from .backends.base import GenerationRequest
+from .backends.smollm2 import SmolLM2Backend, find_gguf
+from .clients import TRANSPORTS, ChatClient, connect
+from .events import Chunk, Message, TurnRequest
+from .sse import SSEDecoder
+
+PROMPTS = (
+    "Explain in a few sentences why the sky is blue.",
+    "Write a short poem about a lighthouse.",
+    "List five tips for writing clear Python code.",
+)
+START_TIMEOUT = 120.0
+
+
+@dataclass
+class Sample:
+    """One answer as a client saw it: arrival times of its pieces, and its text."""
+
+    started: float
+    arrivals: list[float] = field(default_factory=list)
+    text: str = ""
+
+    def add(self, piece: str) -> None:
+        if piece:
+            self.arrivals.append(time.perf_counter())
+            self.text += piece
+
+    @property
+    def ttft(self) -> float:
+        return self.arrivals[0] - self.started
+
+    @property
+    def rate(self) -> float:
+        span = self.arrivals[-1] - self.arrivals[0]
+        return (len(self.arrivals) - 1) / span if span > 0 else float("nan")
+
+
+Runner = Callable[[str], Sample]
+
+
+def in_process_runner(threads: int, max_tokens: int) -> tuple[Runner, Callable[[], None]]:
+    """The backend on a private event loop; returns (run one prompt, close)."""
+    loop = asyncio.new_event_loop()
+    backend = SmolLM2Backend(n_threads=threads)
+    loop.run_until_complete(backend.start())
+
+    async def answer(prompt: str) -> Sample:
+        request = GenerationRequest([Message("user", prompt)], temperature=0.0, max_tokens=max_tokens)
+        sample = Sample(time.perf_counter())
+        async for piece in backend.generate(request):
+            if isinstance(piece, str):
+                sample.add(piece)
+        return sample
+
+    def close() -> None:
+        loop.run_until_complete(backend.aclose())
+        loop.close()
+
+    return (lambda prompt: loop.run_until_complete(answer(prompt))), close
+
+
+def nbchat_runner(client: ChatClient, max_tokens: int) -> Runner:
+    """One client kept for the whole run, as a notebook keeps it: its connection is reused."""
+
+    def run(prompt: str) -> Sample:
+        request = TurnRequest(Message("user", prompt), temperature=0.0, max_tokens=max_tokens)
+        sample = Sample(time.perf_counter())
+        for event in client.stream(request):
+            if isinstance(event, Chunk):
+                sample.add(event.content)
+        return sample
+
+    return run
+
+
+def llama_server_runner(http: httpx.Client, base_url: str, max_tokens: int) -> Runner:
+    def run(prompt: str) -> Sample:
+        body = {"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "temperature": 0.0,
+                "max_tokens": max_tokens, "stream": True}
+        sample = Sample(time.perf_counter())
+        with http.stream("POST", f"{base_url}/chat/completions", json=body) as response:
+            response.raise_for_status()
+            decoder = SSEDecoder()
+            for data in response.iter_bytes():
+                for msg in decoder.feed(data):
+                    if msg.data != "[DONE]":
+                        for choice in json.loads(msg.data).get("choices") or []:
+                            sample.add((choice.get("delta") or {}).get("content") or "")
+        return sample
+
+    return run
+
+
+@contextmanager
+def subprocess_server(command: list[str], ready: Callable[[subprocess.Popen[str]], str], *,
+                      read_stdout: bool = False) -> Iterator[str]:
+    """Run a server; yield what ``ready`` returns once it serves; stop it afterwards."""
+    stdout = subprocess.PIPE if read_stdout else subprocess.DEVNULL
+    proc = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, text=True)
+    try:
+        yield ready(proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def nbchat_ready(proc: subprocess.Popen[str]) -> str:
+    """``nbchat serve`` prints its URL once it accepts connections: read lines until then."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("nbchat serving"):
+            return line.split(" at ", 1)[1].split("/?", 1)[0].rstrip("/")
+    raise RuntimeError("nbchat serve exited before serving")
+
+
+def llama_ready(port: int) -> Callable[[subprocess.Popen[str]], str]:
+    def ready(proc: subprocess.Popen[str]) -> str:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + START_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:  # it prints nothing reliable on readiness: ask, within a bound
+                if httpx.get(f"{base_url}/models", timeout=1.0).status_code == 200:
+                    return base_url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("llama_cpp.server did not start (is llama-cpp-python[server] installed?)")
+
+    return ready
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def measure(runners: dict[str, Runner], rounds: int) -> dict[str, list[Sample]]:
+    """Warm every path up once, then ``rounds`` rounds: every path in turn, all prompts each.
+
+    Each path sees the prompts in the same order, so each turn follows the same
+    previous turn on every path (the model's KV-cache reuse depends on it)."""
+    for run in runners.values():
+        run(PROMPTS[-1])
+    samples: dict[str, list[Sample]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            samples[name].extend(run(prompt) for prompt in PROMPTS)
+    return samples
+
+
+def report(samples: dict[str, list[Sample]]) -> str:
+    floor = samples["in-process"]
+    floor_ttft = statistics.median(s.ttft for s in floor)
+    floor_rate = statistics.median(s.rate for s in floor)
+    lines = [f"{'path':<18} {'TTFT ms':>8} {'tok/s':>7} {'TTFT/floor':>11} {'tok/s/floor':>12}  same text",
+             "-" * 70]
+    for name, got in samples.items():
+        ttft, rate = statistics.median(s.ttft for s in got), statistics.median(s.rate for s in got)
+        same = all(a.text == b.text for a, b in zip(got, floor, strict=True))
+        lines.append(f"{name:<18} {ttft * 1e3:>8.1f} {rate:>7.1f} {ttft / floor_ttft:>11.2f} "
+                     f"{rate / floor_rate:>12.2f}  {'yes' if same else 'NO'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nbchat.bench_model", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of all prompts down every path (default 5)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default 64)")
+    parser.add_argument("--no-llama-server", action="store_true", help="skip llama_cpp.server")
+    args = parser.parse_args(argv)
+    # A SIGTERM (a timeout, CI) still runs the cleanup below, so no server outlives the run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    token, port = secrets.token_urlsafe(16), free_port()
+    threads = os.cpu_count() or 1  # what nbchat serve's smollm2 backend uses
+    serve = [sys.executable, "-c", "from nbchat.cli import main; raise SystemExit(main())", "serve", "--port", "0",
+             "--token", token, "--backend", "smollm2", "--log-level", "warning"]
+    llama = [sys.executable, "-m", "llama_cpp.server", "--model", str(find_gguf()), "--host", "127.0.0.1",
+             "--port", str(port), "--n_threads", str(threads), "--n_ctx", "4096", "--model_alias", "smollm2",
+             "--verbose", "False"]
+    with ExitStack() as stack:
+        run_in_process, close = in_process_runner(threads, args.max_tokens)
+        stack.callback(close)
+        runners: dict[str, Runner] = {"in-process": run_in_process}
+        url = stack.enter_context(subprocess_server(serve, nbchat_ready, read_stdout=True))
+        for transport in TRANSPORTS:
+            client = stack.enter_context(connect(url, token=token, transport=transport))
+            runners[f"nbchat/{transport}"] = nbchat_runner(client, args.max_tokens)
+        if not args.no_llama_server:
+            base_url = stack.enter_context(subprocess_server(llama, llama_ready(port)))
+            http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(None, connect=10.0)))
+            runners["llama_cpp.server"] = llama_server_runner(http, base_url, args.max_tokens)
+        print(f"{len(PROMPTS)} prompts x {args.rounds} rounds, {args.max_tokens} tokens, greedy, "
+              f"{threads} model threads", flush=True)
+        print(report(measure(runners, args.rounds)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
