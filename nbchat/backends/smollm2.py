@@ -13,7 +13,9 @@ on the model's single worker thread:
   never blocks on the model;
 - a stop flag is checked by llama.cpp's stopping criterion after every
   sampled token: cancelling or closing :meth:`SmolLM2Backend.generate` halts
-  the model within one token, without the loop waiting for the thread.
+  the model within one token, without the loop waiting for the thread;
+- prompts are evaluated in blocks cut at fixed positions, so the previous
+  turn's KV cache is reused without making greedy answers depend on it.
 """
 
 from __future__ import annotations
