@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     token, port = secrets.token_urlsafe(16), free_port()
     threads = os.cpu_count() or 1  # what nbchat serve's smollm2 backend uses
     serve = [sys.executable, "-c", "from nbchat.cli import main; raise SystemExit(main())", "serve", "--port", "0",
-             "--token", token, "--backend", "smollm2", "--log-level", "warning"]
+             f"--token={token}", "--backend", "smollm2", "--log-level", "warning"]
     llama = [sys.executable, "-m", "llama_cpp.server", "--model", str(find_gguf()), "--host", "127.0.0.1",
              "--port", str(port), "--n_threads", str(threads), "--n_ctx", "4096", "--model_alias", "smollm2",
              "--verbose", "False"]

@@ -43,5 +43,5 @@ class Settings:
     def with_token(self) -> Settings:
         """A copy whose token is concrete: a random one when none was given."""
         if self.token is None:
-            return replace(self, token=secrets.token_urlsafe(24))
+            return replace(self, token=secrets.token_hex(24))  # hex: never read as an option, as Jupyter does
         return self
