@@ -16,8 +16,8 @@ from .backends import Backend
 from .errors import RequestError
 from .events import Chunk, End, Status
 from .openai_wire import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
-from .protocol import dumps, parse_json_body
-from .server import read_body
+from .protocol import dumps
+from .server import read_json
 from .sse import SSEMessage, encode_sse
 from .turns import Subscription, TurnManager
 
@@ -36,8 +36,7 @@ async def list_models(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     try:
-        body = parse_json_body(await read_body(request, request.app.state.settings.max_body_bytes))
-        req = parse_completion_request(body)
+        req = parse_completion_request(await read_json(request))
     except OpenAIRequestError as exc:
         return JSONResponse(openai_error(str(exc), param=exc.param), status_code=400)
     except RequestError as exc:

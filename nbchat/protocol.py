@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import REQUEST_ERROR_CODES, ProtocolError, RequestError
@@ -256,13 +256,6 @@ def decode_ndjson_line(line: str, received: float) -> Chunk | ErrorInfo | Status
     if isinstance(rec, dict) and "status" in rec:
         return parse_status(str(rec["status"]))
     return record_to_event(rec, received)
-
-
-def iter_ndjson(lines: Iterable[str], received: float) -> Iterator[Chunk | ErrorInfo | Status]:
-    for line in lines:
-        item = decode_ndjson_line(line, received)
-        if item is not None:
-            yield item
 
 
 # ---------------------------------------------------------------- SSE

@@ -96,11 +96,6 @@ class Turn:
         if self.end is None:
             self._finish(End(status=self._cancel_reason))
 
-    async def wait_ended(self) -> End:
-        while self.end is None:
-            await self._wait_change(None)
-        return self.end
-
     # ------------------------------------------------------------ generation
 
     async def _run(self) -> None:
