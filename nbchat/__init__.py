@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import (
+from ._version import __version__
+from .wire.errors import (
     AuthError,
     BackendError,
     NBChatConnectionError,
@@ -20,20 +21,18 @@ from .errors import (
     ResumeError,
     StreamTimeout,
 )
-from .events import Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
-
-__version__ = "0.1.0"
+from .wire.events import Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
 
 
 def load_ipython_extension(ip: Any) -> None:
     """``%load_ext nbchat``: registers ``%%chat`` and ``%chat`` (IPython is imported only now)."""
-    from .magics import load_ipython_extension as _load
+    from .notebook.magics import load_ipython_extension as _load
 
     _load(ip)
 
 
 def unload_ipython_extension(ip: Any) -> None:
-    from .magics import unload_ipython_extension as _unload
+    from .notebook.magics import unload_ipython_extension as _unload
 
     _unload(ip)
 
@@ -41,7 +40,7 @@ def unload_ipython_extension(ip: Any) -> None:
 def __getattr__(name: str) -> Any:
     # ChatWidget needs anywidget and ipywidgets: import them only when asked for.
     if name == "ChatWidget":
-        from .widget import ChatWidget
+        from .notebook.widget import ChatWidget
 
         return ChatWidget
     raise AttributeError(f"module 'nbchat' has no attribute {name!r}")

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from nbchat.backends import Backend
-from nbchat.config import Settings
-from nbchat.serving import ServerHandle, start_server_thread
+from nbchat.server.config import Settings
+from nbchat.server.serving import ServerHandle, start_server_thread
 
 TOKEN = "test-token-0123456789"
 

@@ -8,7 +8,7 @@ import threading
 from collections.abc import AsyncIterator
 
 from nbchat.backends.base import Backend, Finish, GenerationRequest
-from nbchat.errors import BackendError
+from nbchat.wire.errors import BackendError
 
 
 class RecordingBackend(Backend):

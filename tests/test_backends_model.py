@@ -12,8 +12,8 @@ import pytest
 
 from nbchat.backends import LENGTH, Finish, GenerationRequest, create_backend
 from nbchat.backends.smollm2 import SmolLM2Backend, block_cuts, find_gguf
-from nbchat.errors import BackendError, QueueFull
-from nbchat.events import Message
+from nbchat.wire.errors import BackendError, QueueFull
+from nbchat.wire.events import Message
 
 LONG_PROMPT = "Count from 1 to 300, separated by commas, and nothing else."
 

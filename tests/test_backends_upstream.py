@@ -25,8 +25,8 @@ from starlette.routing import Route
 from nbchat.backends import LENGTH, Finish, GenerationRequest, create_backend
 from nbchat.backends.smollm2 import find_gguf
 from nbchat.backends.upstream import OpenAIUpstreamBackend
-from nbchat.errors import BackendError
-from nbchat.events import Message
+from nbchat.wire.errors import BackendError
+from nbchat.wire.events import Message
 
 SERVER_START_TIMEOUT = 60.0
 

@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from conftest import TOKEN
-from nbchat.serving import ServerHandle
+from nbchat.server.serving import ServerHandle
 
 H = {"token": TOKEN}
 TURN_PATHS = ["/talkByStream", "/createSse", "/turns"]

@@ -20,9 +20,9 @@ from nbchat.bench.rawtcp import _serve_stream, stream_raw
 from nbchat.bench.report import Results, Row, summarize
 from nbchat.bench.stats import Trace, delivered_rate, percentile
 from nbchat.bench.wire import ChunkedDecoder, parse_host_port
-from nbchat.config import Settings
-from nbchat.events import Chunk
-from nbchat.serving import ServerHandle, start_server_thread
+from nbchat.server.config import Settings
+from nbchat.server.serving import ServerHandle, start_server_thread
+from nbchat.wire.events import Chunk
 
 TOKEN = "bench-token-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ async def test_buffering_proxy_is_detected(paced: ServerHandle) -> None:
 def test_bench_quick_command(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "nbchat.cli", "bench", "--quick", "--no-progress", "--transports", "ws,stream",
+        [sys.executable, "-m", "nbchat.cli.main", "bench", "--quick", "--no-progress", "--transports", "ws,stream",
          "--concurrency", "3", "--seconds", "0.3", "--json", str(out)],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from nbchat.clients import TRANSPORTS, aconnect, connect
 from nbchat.clients.websocket import ws_url
-from nbchat.errors import (
+from nbchat.wire.errors import (
     AuthError,
     NBChatConnectionError,
     NBChatError,
@@ -29,8 +29,8 @@ from nbchat.errors import (
     ResumeError,
     StreamTimeout,
 )
-from nbchat.events import Chunk, End, ErrorInfo, Status
-from nbchat.protocol import chunk_record, dumps, encode_ndjson, encode_sse_event
+from nbchat.wire.events import Chunk, End, ErrorInfo, Status
+from nbchat.wire.protocol import chunk_record, dumps, encode_ndjson, encode_sse_event
 
 HTTP_TRANSPORTS = ["sse", "stream", "openai"]
 TEXT = "你好，世界！\"quotes\" \\ back\r\nslash 🚀👩‍💻 " * 3

@@ -16,10 +16,10 @@ from nbchat.clients._common import Item
 from nbchat.clients.ndjson import NDJSONItemDecoder
 from nbchat.clients.openai_sse import OpenAIItemDecoder
 from nbchat.clients.sse import SSEItemDecoder
-from nbchat.errors import ProtocolError, RequestError
-from nbchat.events import Chunk, End, ErrorInfo, Event, Status
-from nbchat.openai_wire import CompletionEncoder
-from nbchat.protocol import (
+from nbchat.wire.errors import ProtocolError, RequestError
+from nbchat.wire.events import Chunk, End, ErrorInfo, Event, Status
+from nbchat.wire.openai import CompletionEncoder
+from nbchat.wire.protocol import (
     EventAssembler,
     LineDecoder,
     decode_ndjson_line,
@@ -29,7 +29,7 @@ from nbchat.protocol import (
     encode_sse_event,
     encode_ws,
 )
-from nbchat.sse import SSEDecoder, SSEMessage, encode_sse, encode_sse_comment
+from nbchat.wire.sse import SSEDecoder, SSEMessage, encode_sse, encode_sse_comment
 
 # The shared long message, plus lone CRs, a NUL and a split-prone four-byte emoji at the end.
 TEXT = LONG_MESSAGE + "lone\rCR, CRLF\r\n, NUL \0 and 'single' quotes \\n not a newline 🧪"

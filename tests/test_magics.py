@@ -20,11 +20,11 @@ from conftest import TOKEN, ServerFactory
 from helpers import RecordingBackend
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.clients import TRANSPORTS
-from nbchat.config import Settings
-from nbchat.kernel_server import KernelServer
-from nbchat.magics import ChatMagics, StreamView, interpolate
-from nbchat.render import TurnStats, answer_markdown, open_fence, safe_markdown
-from nbchat.serving import ServerHandle
+from nbchat.notebook.kernel_server import KernelServer
+from nbchat.notebook.magics import ChatMagics, StreamView, interpolate
+from nbchat.notebook.render import TurnStats, answer_markdown, open_fence, safe_markdown
+from nbchat.server.config import Settings
+from nbchat.server.serving import ServerHandle
 
 MESSAGE = "Hello 你好 🚀 <b>bold</b> " * 40
 

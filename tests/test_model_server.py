@@ -17,9 +17,9 @@ import pytest
 from conftest import TOKEN, ServerFactory
 from helpers import StallBackend
 from nbchat.clients import TRANSPORTS, connect
-from nbchat.config import Settings
-from nbchat.events import Chunk, End, Message, Status, TurnRequest
-from nbchat.serving import ServerHandle, start_server_thread
+from nbchat.server.config import Settings
+from nbchat.server.serving import ServerHandle, start_server_thread
+from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
 
 QUESTION = "Name three colours of the rainbow."
 

@@ -130,7 +130,7 @@ def nb_history(nb: Notebook, index: int) -> Any:
 
 def check_clients(nb: Notebook) -> None:
     assert_ran_in_order(nb)
-    started = text_of(code_cell(nb, "from nbchat.config import Settings"))
+    started = text_of(code_cell(nb, "from nbchat.server.config import Settings"))
     assert re.fullmatch(r"model: http://127\.0\.0\.1:\d+\necho:  http://127\.0\.0\.1:\d+\n", started)
 
     shown = text_of(code_cell(nb, "import time"))

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import LONG_MESSAGE, TOKEN, ServerFactory
 from helpers import StallBackend
-from nbchat.serving import ServerHandle
+from nbchat.server.serving import ServerHandle
 
 
 def client_for(server: ServerHandle, token: str = TOKEN) -> openai.OpenAI:

@@ -7,8 +7,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nbchat.events import Chunk
-from nbchat.protocol import chunk_record, encode_chunk_record
+from nbchat.wire.events import Chunk
+from nbchat.wire.protocol import chunk_record, encode_chunk_record
 
 
 @given(content=st.text(), seq=st.integers(min_value=1, max_value=10**9),

@@ -8,7 +8,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from conftest import TOKEN
-from nbchat.serving import ServerHandle
+from nbchat.server.serving import ServerHandle
 
 BODY = {"userMessage": {"role": "user", "content": "hi"}}
 

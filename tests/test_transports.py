@@ -11,9 +11,9 @@ import pytest
 from conftest import LONG_MESSAGE, TOKEN, ServerFactory
 from helpers import FailBackend, RecordingBackend, StallBackend
 from nbchat.clients import TRANSPORTS, connect
-from nbchat.errors import RequestError
-from nbchat.events import Chunk, End, Event, Message, Status, TurnRequest
-from nbchat.serving import ServerHandle
+from nbchat.server.serving import ServerHandle
+from nbchat.wire.errors import RequestError
+from nbchat.wire.events import Chunk, End, Event, Message, Status, TurnRequest
 
 ALL = list(TRANSPORTS)
 SEED = ["ws", "sse", "stream"]

@@ -17,9 +17,9 @@ import nbchat
 from conftest import TOKEN, ServerFactory
 from helpers import RecordingBackend
 from nbchat.backends.base import Backend, Finish, GenerationRequest
-from nbchat.conversation import ChatOptions, Conversation
-from nbchat.serving import ServerHandle
-from nbchat.widget import ChatWidget
+from nbchat.notebook.conversation import ChatOptions, Conversation
+from nbchat.notebook.widget import ChatWidget
+from nbchat.server.serving import ServerHandle
 
 
 class RecordingComm:
@@ -211,7 +211,7 @@ def test_chat_widget_is_exported_lazily_and_the_magic_shares_its_conversation() 
     from IPython.core.getipython import get_ipython
     from IPython.testing.globalipapp import start_ipython
 
-    from nbchat.magics import ChatMagics
+    from nbchat.notebook.magics import ChatMagics
 
     shell = start_ipython() or get_ipython()
     magics = ChatMagics(shell)
@@ -222,7 +222,7 @@ def test_chat_widget_is_exported_lazily_and_the_magic_shares_its_conversation() 
 
 
 def test_front_end_never_parses_model_output_as_html() -> None:
-    source = (pathlib.Path(nbchat.__file__).parent / "widget.js").read_text()
+    source = (pathlib.Path(nbchat.__file__).parent / "notebook" / "widget.js").read_text()
     code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("//"))
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in code, sink

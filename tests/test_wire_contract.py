@@ -13,9 +13,9 @@ from websockets.sync.client import connect as ws_connect
 
 from conftest import LONG_MESSAGE, TOKEN, ServerFactory
 from helpers import RecordingBackend, StallBackend
-from nbchat.protocol import decode_sse_message
-from nbchat.serving import ServerHandle
-from nbchat.sse import SSEDecoder, SSEMessage
+from nbchat.server.serving import ServerHandle
+from nbchat.wire.protocol import decode_sse_message
+from nbchat.wire.sse import SSEDecoder, SSEMessage
 
 H = {"token": TOKEN}
 

@@ -6,7 +6,7 @@ pieces. It ends in one of three ways:
 - it simply stops: the answer is complete (``[DONE]``);
 - it yields :data:`LENGTH` last: it stopped at ``max_tokens`` or at the
   model's context limit (``[TOKENS]``);
-- it raises :class:`~nbchat.errors.BackendError` (``[ERROR]`` with its message).
+- it raises :class:`~nbchat.wire.errors.BackendError` (``[ERROR]`` with its message).
 
 Cancellation is the stop signal: the turn manager cancels the task iterating
 the backend (an interrupt, a vanished client, a model timeout) and calls
@@ -21,7 +21,7 @@ import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..events import Message
+from ..wire.events import Message
 
 
 class Finish(enum.Enum):

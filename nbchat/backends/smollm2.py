@@ -7,7 +7,7 @@ on the model's single worker thread:
 - llama.cpp's context is not thread-safe, so every call that touches a model
   runs on that model's one worker thread, in the order the turns arrived
   (FIFO); at most ``queue_size`` turns wait, the next one gets
-  :class:`~nbchat.errors.QueueFull`;
+  :class:`~nbchat.wire.errors.QueueFull`;
 - the worker streams pieces back to the event loop with
   ``loop.call_soon_threadsafe`` into an :class:`asyncio.Queue`, so the loop
   never blocks on the model;
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendError, QueueFull
+from ..wire.errors import BackendError, QueueFull
 from .base import LENGTH, Backend, Finish, GenerationRequest
 
 if TYPE_CHECKING:

@@ -2,10 +2,10 @@
 
 This module owns one streaming ``POST {base_url}/chat/completions`` per turn
 over httpx, the decoding of the upstream's Server-Sent Events with
-:class:`nbchat.sse.SSEDecoder`, and turning what the upstream says into the
+:class:`nbchat.wire.sse.SSEDecoder`, and turning what the upstream says into the
 backend contract: content deltas become pieces, ``finish_reason: "length"``
 becomes :data:`LENGTH`, an HTTP error, an error event or a broken connection
-becomes :class:`~nbchat.errors.BackendError` with code ``upstream_error``.
+becomes :class:`~nbchat.wire.errors.BackendError` with code ``upstream_error``.
 
 There is no read timeout: a stalled upstream is the server's model-timeout
 watchdog's business. It cancels the iterator, and because the request lives
@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from ..errors import BackendError
-from ..sse import SSEDecoder, SSEMessage
+from ..wire.errors import BackendError
+from ..wire.sse import SSEDecoder, SSEMessage
 from .base import LENGTH, Backend, Finish, GenerationRequest
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -3,7 +3,7 @@
 Two kinds of streamer: the lean socket clients of :mod:`.wire` (the default:
 they count the bytes read), and :mod:`nbchat.clients` (what a Python caller
 gets, httpx and all). For the latter, bytes on the wire are computed from the very encoders the server writes with
-(:mod:`nbchat.protocol`, :mod:`nbchat.openai_wire`) applied to the chunks
+(:mod:`nbchat.wire.protocol`, :mod:`nbchat.wire.openai`) applied to the chunks
 received, plus each transport's framing for a record sent on its own: the
 WebSocket frame header, or HTTP/1.1 chunked-encoding's size line and CRLF.
 TCP/IP headers are left out (the same for every transport).
@@ -17,10 +17,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..clients import aconnect
-from ..events import Chunk, End, Message, TurnRequest
-from ..openai_wire import CompletionEncoder
-from ..protocol import dumps, encode_ndjson, encode_sse_event, encode_ws
-from ..sse import SSEMessage, encode_sse
+from ..wire.events import Chunk, End, Message, TurnRequest
+from ..wire.openai import CompletionEncoder
+from ..wire.protocol import dumps, encode_ndjson, encode_sse_event, encode_ws
+from ..wire.sse import SSEMessage, encode_sse
 from .stats import Trace
 from .wire import WireClient, parse_host_port
 

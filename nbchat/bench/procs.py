@@ -93,7 +93,7 @@ async def nbchat_server(backend: str = "echo", rate: float = 0.0, host: str = "1
                         prefix: tuple[str, ...] = ()) -> AsyncIterator[Child]:
     """``nbchat serve`` on a free port, in a child process (run through ``prefix``, e.g. ``ip netns exec NS``)."""
     token = secrets.token_urlsafe(16)
-    args = ["-m", "nbchat.cli", "serve", "--host", host, "--port", "0", f"--token={token}",
+    args = ["-m", "nbchat.cli.main", "serve", "--host", host, "--port", "0", f"--token={token}",
             "--backend", backend, "--rate", str(rate), "--log-level", "warning"]
     async with _child(args, prefix) as proc:
         found = await _announced(proc, _URL, START_TIMEOUT)

@@ -29,8 +29,8 @@ from ..clients._common import Item
 from ..clients.ndjson import NDJSONItemDecoder
 from ..clients.openai_sse import OpenAIItemDecoder, completion_body
 from ..clients.sse import SSEItemDecoder
-from ..events import Chunk, Message, Status, TurnRequest
-from ..protocol import decode_ws, dumps, encode_turn_request
+from ..wire.events import Chunk, Message, Status, TurnRequest
+from ..wire.protocol import decode_ws, dumps, encode_turn_request
 from .stats import Trace
 
 READ_SIZE = 65536

@@ -1,6 +1,6 @@
 """nbchat's Python clients: one module per transport, sync and async, all
-yielding the same :class:`~nbchat.events.Chunk` ... :class:`~nbchat.events.End`
-events and raising the same :mod:`nbchat.errors`.
+yielding the same :class:`~nbchat.wire.events.Chunk` ... :class:`~nbchat.wire.events.End`
+events and raising the same :mod:`nbchat.wire.errors`.
 
     with connect("http://127.0.0.1:8765", token=TOKEN, transport="sse") as client:
         for event in client.stream("Hello"):

@@ -2,7 +2,7 @@
 events, and the client base classes (failures are mapped in :mod:`._errors`).
 
 A transport only has to supply an iterator of decoded items (chunks, error
-records, statuses, as :mod:`nbchat.protocol` decodes them) and a way to ask
+records, statuses, as :mod:`nbchat.wire.protocol` decodes them) and a way to ask
 the server to interrupt; :class:`TurnStream` and :class:`AsyncTurnStream` do
 the rest, so every transport yields the same events and raises the same errors.
 """
@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TypeAlias
 
-from ..errors import NBChatConnectionError, NBChatError, RequestError, ResumeError
-from ..events import Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
-from ..protocol import EventAssembler
+from ..wire.errors import NBChatConnectionError, NBChatError, RequestError, ResumeError
+from ..wire.events import Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
+from ..wire.protocol import EventAssembler
 from ._errors import RESUME_CODES
 
 Item: TypeAlias = Chunk | ErrorInfo | Status

@@ -1,5 +1,5 @@
 """How the clients report failures: HTTP answers, refused connections, broken
-and stalled streams, each mapped onto :mod:`nbchat.errors` with a message
+and stalled streams, each mapped onto :mod:`nbchat.wire.errors` with a message
 that says what to do next."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..errors import (
+from ..wire.errors import (
     AuthError,
     NBChatConnectionError,
     NBChatError,

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from ..errors import ResumeError
-from ..events import TurnRequest
-from ..protocol import dumps
+from ..wire.errors import ResumeError
+from ..wire.events import TurnRequest
+from ..wire.protocol import dumps
 from ._common import (
     AsyncChatClient,
     AsyncTurnStream,

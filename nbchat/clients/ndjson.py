@@ -1,14 +1,14 @@
 """The fetch-stream client: ``POST /talkByStream`` starts a turn and answers
 NDJSON; ``GET /talkByStream?turn=ID&after=N`` (or ``?uid=UID&after=N``) resumes.
 
-Lines are split on newline bytes by :class:`nbchat.protocol.LineDecoder` and
-decoded one whole line at a time by :func:`nbchat.protocol.decode_ndjson_line`.
+Lines are split on newline bytes by :class:`nbchat.wire.protocol.LineDecoder` and
+decoded one whole line at a time by :func:`nbchat.wire.protocol.decode_ndjson_line`.
 """
 
 from __future__ import annotations
 
-from ..events import TurnRequest
-from ..protocol import LineDecoder, decode_ndjson_line, encode_turn_request
+from ..wire.events import TurnRequest
+from ..wire.protocol import LineDecoder, decode_ndjson_line, encode_turn_request
 from ._common import Item
 from ._http import AsyncHTTPChatClient, HTTPChatClient, HTTPTransport, Target
 

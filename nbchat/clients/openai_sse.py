@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..errors import ProtocolError
-from ..events import Chunk, ErrorInfo, Status, TurnRequest
-from ..sse import SSEDecoder
+from ..wire.errors import ProtocolError
+from ..wire.events import Chunk, ErrorInfo, Status, TurnRequest
+from ..wire.sse import SSEDecoder
 from ._common import Item
 from ._http import AsyncHTTPChatClient, HTTPChatClient, HTTPTransport, Target
 from .ndjson import resume_target

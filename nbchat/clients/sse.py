@@ -1,16 +1,16 @@
 """The Server-Sent Events client: ``POST /createSse`` starts a turn, ``GET
 /createSse`` with ``Last-Event-ID`` resumes one.
 
-Response bytes go through :class:`nbchat.sse.SSEDecoder` (split on line-break
-bytes, UTF-8 decoded per line) and :func:`nbchat.protocol.decode_sse_message`;
+Response bytes go through :class:`nbchat.wire.sse.SSEDecoder` (split on line-break
+bytes, UTF-8 decoded per line) and :func:`nbchat.wire.protocol.decode_sse_message`;
 nothing here looks inside the raw bytes.
 """
 
 from __future__ import annotations
 
-from ..events import TurnRequest
-from ..protocol import decode_sse_message, encode_turn_request
-from ..sse import SSEDecoder
+from ..wire.events import TurnRequest
+from ..wire.protocol import decode_sse_message, encode_turn_request
+from ..wire.sse import SSEDecoder
 from ._common import Item
 from ._http import AsyncHTTPChatClient, HTTPChatClient, HTTPTransport, Target
 

@@ -3,7 +3,7 @@
 One socket per client carries its turns one after another (it is reopened if
 it dropped). A turn starts with a turn-request frame; ``[INTERRUPT]`` stops
 it; ``{"resume": {"after": N, "turn": ID}}`` reattaches. Frames are decoded
-by :func:`nbchat.protocol.decode_ws`. The frame readers are plain iterators,
+by :func:`nbchat.wire.protocol.decode_ws`. The frame readers are plain iterators,
 not generators, so a ``KeyboardInterrupt`` during a read leaves them usable:
 the notebook magic interrupts the turn and keeps reading to its
 ``[INTERRUPTED]``.
@@ -25,9 +25,9 @@ from websockets.protocol import State
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as connect_ws
 
-from ..errors import AuthError, NBChatConnectionError, NBChatError, PayloadTooLarge, ProtocolError
-from ..events import Status, TurnRequest
-from ..protocol import decode_ws, dumps, encode_turn_request
+from ..wire.errors import AuthError, NBChatConnectionError, NBChatError, PayloadTooLarge, ProtocolError
+from ..wire.events import Status, TurnRequest
+from ..wire.protocol import decode_ws, dumps, encode_turn_request
 from ._common import (
     AsyncChatClient,
     AsyncTurnStream,

@@ -40,7 +40,7 @@ CELLS = [
     "%%chat --max-tokens 160\nIn three sentences, why is the sky blue?",
     "%%chat --new --max-tokens 400\nWrite a long story about a lighthouse keeper and a storm.",
     "from nbchat import ChatWidget\nw = ChatWidget()\nw",
-    "from nbchat.config import Settings\nfrom nbchat.serving import start_server_thread\n"
+    "from nbchat.server.config import Settings\nfrom nbchat.server.serving import start_server_thread\n"
     "echo = start_server_thread(Settings(port=0, backend='echo', rate=50))",
     "%%chat --server {echo.url} --token {echo.token}\n" + XSS,
     "xss_widget = ChatWidget(server=echo.url, token=echo.token)\nxss_widget",
@@ -181,7 +181,7 @@ def harness(browser: Any) -> Iterator[Any]:
     """The widget's front end alone in a page, with a stand-in model: no JupyterLab, no kernel."""
     import base64
 
-    source = (Path(__file__).resolve().parents[2] / "nbchat" / "widget.js").read_bytes()
+    source = (Path(__file__).resolve().parents[2] / "nbchat" / "notebook" / "widget.js").read_bytes()
     tab = browser.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))

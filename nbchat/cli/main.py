@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from .backends import BACKEND_NAMES
-from .config import Settings
+from ..backends import BACKEND_NAMES
+from ..server.config import Settings
 
 
 def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,7 +35,7 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .serving import NBChatServer, make_server
+    from ..server.serving import NBChatServer, make_server
 
     if args.rate < 0:
         print("nbchat serve: --rate must be >= 0", file=sys.stderr)
@@ -66,10 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nbchat", description="Stream a language model's answer live into Jupyter.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve_parser(sub)
-    from .chat_cli import add_chat_parser
+    from .chat import add_chat_parser
 
     add_chat_parser(sub)
-    from .bench import add_bench_parser
+    from ..bench import add_bench_parser
 
     add_bench_parser(sub)
     args = parser.parse_args(argv)

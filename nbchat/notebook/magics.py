@@ -4,7 +4,7 @@ The cell body is the user's message; the answer streams into the cell as
 Markdown that grows live (at most ~20 updates a second) and ends as a plain
 ``text/markdown`` output, so it stays in the saved notebook and renders on
 GitHub. All state lives on the :class:`ChatMagics` instance: its
-:class:`~nbchat.conversation.Conversation` and its in-kernel server.
+:class:`~nbchat.notebook.conversation.Conversation` and its in-kernel server.
 
 The magic uses the synchronous clients: the cell blocks while the answer
 streams, and a kernel interrupt (KeyboardInterrupt) interrupts the turn.
@@ -24,9 +24,9 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
+from ..wire.errors import NBChatConnectionError, NBChatError
+from ..wire.events import Chunk, End, Status
 from .conversation import ChatOptions, Conversation
-from .errors import NBChatConnectionError, NBChatError
-from .events import Chunk, End, Status
 from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
 from .render import Throttle, TurnStats, answer_markdown
 
@@ -36,7 +36,7 @@ LINE_ACTIONS = ("show", "history", "reset", "last", "widget", "start", "stop")
 class StreamView:
     """The cell's live output: one display that grows, updated at most ~20 times a second.
 
-    Updates are coalesced by time (:class:`~nbchat.render.Throttle`), not by
+    Updates are coalesced by time (:class:`~nbchat.notebook.render.Throttle`), not by
     sleeping: a chunk that arrives within the interval waits for the next one
     or for the end, so a fast stream of thousands of chunks costs a bounded
     number of display messages.
@@ -231,7 +231,7 @@ class ChatMagics(Magics):
               f"{'kernel server':12} {server}")
 
     def _options(self, args: Any) -> ChatOptions:
-        from .clients import TRANSPORTS
+        from ..clients import TRANSPORTS
 
         options = self.conversation.options.merged(
             transport=args.transport, server=args.server, token=args.token, model=args.model,
@@ -252,7 +252,7 @@ class ChatMagics(Magics):
             if view.started:
                 view.finish("", "the nbchat server did not start")
             raise ChatError(f"nbchat: {_describe(exc)}") from None
-        from .clients import connect
+        from ..clients import connect
 
         request = self.conversation.request(text, options)
         answer: list[str] = []

@@ -1,6 +1,6 @@
 """The conversation the magic and the widget share: its messages, its
 defaults (transport, server, sampling), and how a new user message becomes a
-:class:`~nbchat.events.TurnRequest`.
+:class:`~nbchat.wire.events.TurnRequest`.
 
 A conversation is an object, never module state: each ``%%chat`` magic
 instance owns one, and a widget made with ``%chat widget`` shares it.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .events import Message, Status, TurnRequest
+from ..wire.events import Message, Status, TurnRequest
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ One socket carries any number of turns, one at a time. A receive loop reads
 client frames (a turn request, ``""`` for the queued turn, ``[INTERRUPT]``, a
 resume request) while a pump task sends the current turn's events, so an
 interrupt is read even while an answer streams. Frames follow
-:func:`nbchat.protocol.encode_ws`. A request the server rejects is answered
+:func:`nbchat.wire.protocol.encode_ws`. A request the server rejects is answered
 with an error record and ``[ERROR]`` (the socket stays open), so every
 request gets exactly one status.
 """
@@ -17,10 +17,10 @@ import json
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from ..wire.errors import RequestError, ResumeError
+from ..wire.events import End, ErrorInfo, Status
+from ..wire.protocol import encode_ws, parse_turn_request
 from .config import Settings
-from .errors import RequestError, ResumeError
-from .events import End, ErrorInfo, Status
-from .protocol import encode_ws, parse_turn_request
 from .turns import Subscription, Turn, TurnManager, TurnState
 
 INTERRUPT = "[INTERRUPT]"

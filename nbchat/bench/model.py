@@ -7,7 +7,7 @@ One run, the same greedy prompts down every path, a table at the end:
 - ``nbchat/<transport>``: an ``nbchat serve`` subprocess, read with
   :mod:`nbchat.clients` over WebSocket, SSE, NDJSON and the OpenAI stream;
 - ``llama_cpp.server``: llama-cpp-python's own OpenAI-compatible server on the
-  same model file and thread count, read with httpx and :class:`~nbchat.sse.SSEDecoder`.
+  same model file and thread count, read with httpx and :class:`~nbchat.wire.sse.SSEDecoder`.
 
 TTFT is measured by the client, from sending the request to the first
 non-empty piece; tokens/s is the decode rate after it, (pieces - 1) / (last -
@@ -15,7 +15,7 @@ first), a piece being one streamed chunk (one token, except where the model
 holds back an incomplete character). Paths are taken in turn within each
 round, so that load from elsewhere on the machine falls on all of them alike.
 
-    python -m nbchat.bench_model --rounds 5
+    python -m nbchat.bench.model --rounds 5
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from .backends.base import GenerationRequest
-from .backends.smollm2 import SmolLM2Backend, find_gguf
-from .clients import TRANSPORTS, ChatClient, connect
-from .events import Chunk, Message, TurnRequest
-from .sse import SSEDecoder
+from ..backends.base import GenerationRequest
+from ..backends.smollm2 import SmolLM2Backend, find_gguf
+from ..clients import TRANSPORTS, ChatClient, connect
+from ..wire.events import Chunk, Message, TurnRequest
+from ..wire.sse import SSEDecoder
 
 PROMPTS = (
     "Explain in a few sentences why the sky is blue.",
@@ -208,7 +208,7 @@ def report(samples: dict[str, list[Sample]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nbchat.bench_model", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nbchat.bench.model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of all prompts down every path (default 5)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default 64)")
     parser.add_argument("--no-llama-server", action="store_true", help="skip llama_cpp.server")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     token, port = secrets.token_urlsafe(16), free_port()
     threads = os.cpu_count() or 1  # what nbchat serve's smollm2 backend uses
-    serve = [sys.executable, "-c", "from nbchat.cli import main; raise SystemExit(main())", "serve", "--port", "0",
+    serve = [sys.executable, "-c", "from nbchat.cli.main import main; raise SystemExit(main())", "serve", "--port", "0",
              f"--token={token}", "--backend", "smollm2", "--log-level", "warning"]
     llama = [sys.executable, "-m", "llama_cpp.server", "--model", str(find_gguf()), "--host", "127.0.0.1",
              "--port", str(port), "--n_threads", str(threads), "--n_ctx", "4096", "--model_alias", "smollm2",

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .serving import ServerHandle
+    from ..server.config import Settings
+    from ..server.serving import ServerHandle
 
 ENV_URL = "NBCHAT_URL"
 ENV_TOKEN = "NBCHAT_TOKEN"
@@ -63,11 +63,11 @@ class KernelServer:
             return Endpoint(self._handle.url, self._handle.token)
 
     def _launch(self) -> ServerHandle:
-        from .config import Settings
+        from ..server.config import Settings
 
         start = self._start
         if start is None:
-            from .serving import start_server_thread
+            from ..server.serving import start_server_thread
 
             start = start_server_thread
         began = time.perf_counter()

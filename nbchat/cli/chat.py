@@ -13,12 +13,12 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from .config import Settings
-from .errors import NBChatError
-from .events import Chunk, End, Message, TurnRequest
+from ..server.config import Settings
+from ..wire.errors import NBChatError
+from ..wire.events import Chunk, End, Message, TurnRequest
 
 if TYPE_CHECKING:
-    from .clients import TurnStream
+    from ..clients import TurnStream
 
 
 def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,13 +38,13 @@ def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from .clients import connect
+    from ..clients import connect
 
     handle = None
     url, token = args.server, args.token
     try:
         if url is None:
-            from .serving import start_server_thread
+            from ..server.serving import start_server_thread
 
             print(f"starting an in-process server with the {args.backend} backend ...", file=sys.stderr)
             handle = start_server_thread(Settings(port=0, backend=args.backend))

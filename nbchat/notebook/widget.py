@@ -22,9 +22,9 @@ from typing import Any
 import anywidget
 import traitlets
 
+from ..wire.errors import NBChatError
+from ..wire.events import Chunk, End, Status
 from .conversation import ChatOptions, Conversation
-from .errors import NBChatError
-from .events import Chunk, End, Status
 from .kernel_server import KernelServer, resolve_endpoint
 from .render import Throttle, TurnStats
 
@@ -87,7 +87,7 @@ class ChatWidget(anywidget.AnyWidget):
     def __init__(self, conversation: Conversation | None = None, *, server: str | None = None,
                  token: str | None = None, transport: str | None = None,
                  kernel_server: KernelServer | None = None, **kwargs: Any) -> None:
-        from .clients import TRANSPORTS
+        from ..clients import TRANSPORTS
 
         self.conversation = conversation if conversation is not None else Conversation()
         options = self.conversation.options
@@ -157,7 +157,7 @@ class ChatWidget(anywidget.AnyWidget):
 
     async def _stream(self, text: str, options: ChatOptions, stats: TurnStats, pieces: list[str],
                       deltas: _DeltaBuffer) -> End:
-        from .clients import aconnect
+        from ..clients import aconnect
 
         # Starting the in-kernel server can take seconds: do it off the kernel's loop.
         endpoint = await asyncio.to_thread(resolve_endpoint, options.server, options.token, self._kernel_server)

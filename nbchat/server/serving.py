@@ -19,9 +19,9 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from .backends import Backend
+from ..backends import Backend
+from .app import create_app
 from .config import Settings
-from .server import create_app
 from .turns import TurnManager
 
 WS_MAX_SIZE = 1024 * 1024 + 1024  # a 1 MiB request plus frame slack; larger frames close with 1009

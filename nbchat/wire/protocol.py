@@ -2,7 +2,7 @@
 
 It owns the turn-request JSON, the chunk/error/status records, and their three
 encodings (WebSocket frames, NDJSON lines, Server-Sent Events; the SSE framing
-itself lives in :mod:`nbchat.sse`). The server encodes events with these
+itself lives in :mod:`nbchat.wire.sse`). The server encodes events with these
 functions and every client decodes with them, so the two cannot drift apart.
 """
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .events import End, Status
+from ..wire.events import End, Status
 
 #: at most this many display updates per second, for the magic and the widget alike
 UPDATES_PER_SECOND = 20.0

@@ -1,7 +1,7 @@
 """The OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
 
 A completion is an ordinary turn; these routes only translate the request and
-encode the turn's events with :mod:`nbchat.openai_wire`, so the official
+encode the turn's events with :mod:`nbchat.wire.openai`, so the official
 ``openai`` client works unchanged against ``URL + "/v1"``.
 """
 
@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from .backends import Backend
-from .errors import RequestError
-from .events import Chunk, End, Status
-from .openai_wire import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
-from .protocol import dumps
-from .server import read_json
-from .sse import SSEMessage, encode_sse
+from ..backends import Backend
+from ..wire.errors import RequestError
+from ..wire.events import Chunk, End, Status
+from ..wire.openai import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
+from ..wire.protocol import dumps
+from ..wire.sse import SSEMessage, encode_sse
+from .app import read_json
 from .turns import Subscription, TurnManager
 
 ERROR_HTTP = {Status.MODEL_TIMEOUT: 504, Status.ERROR: 502, Status.INTERRUPTED: 503}

@@ -23,12 +23,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
-from .backends.base import LENGTH, Backend, GenerationRequest
+from ..backends.base import LENGTH, Backend, GenerationRequest
+from ..wire.errors import BackendError, RequestError, ResumeError
+from ..wire.events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
 from .config import Settings
-from .errors import BackendError, RequestError, ResumeError
-from .events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
 
-log = logging.getLogger("nbchat.turns")
+log = logging.getLogger("nbchat.server.turns")
 
 
 class TurnState(enum.Enum):

@@ -2,9 +2,9 @@
 
 :func:`create_app` builds everything per app (the backend, the turn manager,
 the security middleware); nothing lives at module level. Each route only
-*encodes* the events of a :class:`~nbchat.turns.Subscription` with
-:mod:`nbchat.protocol`; the WebSocket route lives in :mod:`nbchat.ws` and the
-OpenAI-compatible routes in :mod:`nbchat.openai_api`.
+*encodes* the events of a :class:`~nbchat.server.turns.Subscription` with
+:mod:`nbchat.wire.protocol`; the WebSocket route lives in :mod:`nbchat.server.ws` and the
+OpenAI-compatible routes in :mod:`nbchat.server.openai_routes`.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
-from . import __version__
+from .._version import __version__
+from ..backends import Backend, create_backend
+from ..wire.errors import PayloadTooLarge, RequestError, ResumeError
+from ..wire.events import STATUS_STRINGS, Event
+from ..wire.protocol import encode_ndjson, encode_sse_event, error_body, parse_json_body, parse_turn_request
+from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware
-from .backends import Backend, create_backend
 from .config import Settings
-from .errors import PayloadTooLarge, RequestError, ResumeError
-from .events import STATUS_STRINGS, Event
-from .protocol import encode_ndjson, encode_sse_event, error_body, parse_json_body, parse_turn_request
-from .sse import encode_sse_comment
 from .turns import Subscription, Turn, TurnManager
 
-log = logging.getLogger("nbchat.server")
+log = logging.getLogger("nbchat.server.app")
 
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
                "x-accel-buffering": "no", "connection": "keep-alive"}
@@ -188,7 +188,7 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
     """The nbchat ASGI app. ``settings.token`` must be concrete (see Settings.with_token)."""
-    from .openai_api import chat_completions, list_models
+    from .openai_routes import chat_completions, list_models
     from .ws import websocket_endpoint
 
     settings = (settings or Settings()).with_token()

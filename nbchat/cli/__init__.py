@@ -1,0 +1,7 @@
+"""The ``nbchat`` command line."""
+
+from __future__ import annotations
+
+from .main import main
+
+__all__ = ["main"]
