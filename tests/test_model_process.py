@@ -134,3 +134,57 @@ async def test_the_loaded_library_is_safe_on_this_cpu() -> None:
     assert check.runs_here, check.problems()
     # no AMX code in the library, or llama.cpp's AMX path (its extra buffer types) switched off
     assert not check.amx or info["extra_buffers"] is False
+
+
+def run_cell(client: Any, code: str, on_output: Any = None, timeout: float = 120) -> tuple[str, list[str]]:
+    """Execute ``code`` in a real kernel; the reply's status and the text of every output."""
+    msg_id = client.execute(code)
+    texts: list[str] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = client.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind in ("display_data", "update_display_data", "execute_result"):
+            texts.append(content["data"].get("text/markdown") or content["data"].get("text/plain", ""))
+        elif kind == "stream":
+            texts.append(content["text"])
+        elif kind == "error":
+            texts.append(f"{content['ename']}: {content['evalue']}")
+        if on_output is not None and texts:
+            on_output(texts)
+        if kind == "status" and content["execution_state"] == "idle":
+            break
+    reply = client.get_shell_msg(timeout=10)
+    return reply["content"]["status"], texts
+
+
+def test_chat_magic_in_a_kernel_survives_its_model_process_dying() -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        kernel_pid = manager.provisioner.process.pid  # type: ignore[union-attr]
+        assert run_cell(client, "%load_ext nbchat\nx = 41")[0] == "ok"
+        killed: list[int] = []
+
+        def kill_once_streaming(texts: list[str]) -> None:
+            if not killed and len(texts) >= 3:  # the answer is streaming into the cell
+                victims = model_processes(kernel_pid)
+                assert len(victims) == 1, victims
+                os.kill(victims[0], signal.SIGKILL)
+                killed.append(victims[0])
+
+        status, texts = run_cell(client, "%%chat --temperature 0 --max-tokens 400\nCount from 1 to 500.",
+                                 on_output=kill_once_streaming)
+        assert killed, "the answer never streamed"
+        assert "model process died" in texts[-1] and "SIGKILL" in texts[-1], texts[-1]
+        assert run_cell(client, "print(x + 1)")[1] == ["42\n"]  # the kernel and its state are intact
+        status, texts = run_cell(client, "%%chat --temperature 0 --max-tokens 12\nName a colour.")
+        assert status == "ok"
+        assert texts[-1].rstrip().endswith(("\\[DONE\\]*", "\\[TOKENS\\]*")), texts[-1]
+        assert model_processes(kernel_pid) and model_processes(kernel_pid)[0] != killed[0]
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)

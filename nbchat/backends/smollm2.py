@@ -96,7 +96,7 @@ def death_message(returncode: int | None, last_error: str = "") -> str:
         hint = ("the installed llama.cpp uses an instruction this CPU lacks (built for another CPU, or AMX); "
                 "rebuild it for this machine: bash .ci/install-llama.sh --force, and run nbchat doctor; " + hint)
     elif returncode == -signal.SIGKILL:
-        hint = "if memory is short, close other programs or use a smaller --n-ctx; " + hint
+        hint = "if memory is short, close other programs; " + hint
     detail = f" (its last words: {last_error})" if last_error else ""
     return f"the model process died: {how}{detail}; your kernel and the server keep running; {hint}"
 
