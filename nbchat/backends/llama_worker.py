@@ -208,8 +208,12 @@ class Model:
                 self._cached, start = tokens[:cut], cut
 
 
-def run_job(model: Model, job: dict[str, Any], control: Control, out: Output) -> None:
-    """One generation: pieces out as they are sampled, then exactly one ``end``."""
+Send = Callable[..., None]
+
+
+def run_job(model: Model, job: dict[str, Any], control: Control, send: Send) -> None:
+    """One generation: each message goes to ``send`` as keyword arguments, pieces as they are
+    sampled, then exactly one ``end``."""
     from llama_cpp import StoppingCriteriaList
 
     job_id = int(job["id"])
@@ -226,7 +230,7 @@ def run_job(model: Model, job: dict[str, Any], control: Control, out: Output) ->
             return
         tokens, stop_strings = model.prompt(job["messages"])
         if len(tokens) >= model.n_ctx:
-            out.send(id=job_id, code="context_length_exceeded", error=(
+            send(id=job_id, code="context_length_exceeded", error=(
                 f"the conversation ({len(tokens)} tokens) does not fit the model's context of {model.n_ctx} tokens;"
                 " start a new conversation or shorten it"))
             return
@@ -242,17 +246,17 @@ def run_job(model: Model, job: dict[str, Any], control: Control, out: Output) ->
                     return
                 choice = chunk["choices"][0]
                 if choice["text"]:
-                    out.send(id=job_id, piece=choice["text"], n=model.tokens_sampled)
+                    send(id=job_id, piece=choice["text"], n=model.tokens_sampled)
                 if choice["finish_reason"] == "length":
-                    out.send(id=job_id, length=True)
+                    send(id=job_id, length=True)
     except Stopped:
         pass
     except Exception as exc:  # reported to the parent, which raises it as a BackendError
-        out.send(id=job_id, error=f"the model failed: {type(exc).__name__}: {exc}", code=None)
+        send(id=job_id, error=f"the model failed: {type(exc).__name__}: {exc}", code=None)
     finally:
         with control.lock:
             control.stopped.discard(job_id)
-        out.send(id=job_id, end=True, n=model.tokens_sampled)
+        send(id=job_id, end=True, n=model.tokens_sampled)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -275,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     control = Control()
     threading.Thread(target=control.read_commands, args=(sys.stdin.buffer,), daemon=True).start()
     while True:
-        run_job(model, control.jobs.get(), control, out)
+        run_job(model, control.jobs.get(), control, out.send)
 
 
 if __name__ == "__main__":
