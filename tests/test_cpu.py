@@ -12,10 +12,12 @@ from nbchat.backends.cpu import build_key, check_library, cmake_defines, parse_c
 ROOT = Path(__file__).resolve().parents[1]
 
 # The flags of an Intel Xeon with AMX (Sapphire Rapids), trimmed to what matters here.
-SAPPHIRE_RAPIDS = ("sse4_2 avx f16c fma avx2 bmi2 avx_vnni avx512f avx512cd avx512vl avx512dq avx512bw avx512vbmi "
-                   "avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16").split()
+SAPPHIRE_RAPIDS = [
+    "sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx_vnni", "avx512f", "avx512cd",
+    "avx512vl", "avx512dq", "avx512bw", "avx512vbmi", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
+]
 # An x86-64 CPU from before AVX (Nehalem class).
-NEHALEM = "sse sse2 ssse3 sse4_1 sse4_2 popcnt".split()
+NEHALEM = ["sse", "sse2", "ssse3", "sse4_1", "sse4_2", "popcnt"]
 NATIVE_ON_AMX = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | AVX512 = 1 | "
                  "AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | "
                  "REPACK = 1 | ")
