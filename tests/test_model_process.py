@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -188,3 +190,17 @@ def test_chat_magic_in_a_kernel_survives_its_model_process_dying() -> None:
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+def test_doctor_reports_the_library_the_cpu_and_a_real_run() -> None:
+    done = subprocess.run([sys.executable, "-m", "nbchat", "doctor"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    name, flags = read_cpu()
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("CPU: ") and name in line for line in lines)
+    library = next(line for line in lines if line.startswith("llama-cpp-python "))
+    assert "AMX" not in library or "WARNING" in done.stdout
+    assert "AVX2" in library or "avx2" not in flags  # the build uses the CPU's instruction sets
+    rate = next(line for line in lines if line.startswith("decoding: "))
+    assert float(rate.split()[1]) > 1
+    assert lines[-1] == "OK: the embedded model runs safely here"
