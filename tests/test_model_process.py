@@ -183,6 +183,18 @@ def test_chat_magic_in_a_kernel_survives_its_model_process_dying() -> None:
         assert killed, "the answer never streamed"
         assert "model process died" in texts[-1] and "SIGKILL" in texts[-1], texts[-1]
         assert run_cell(client, "print(x + 1)")[1] == ["42\n"]  # the kernel and its state are intact
+        survivor: list[int] = []
+
+        def interrupt_once_streaming(texts: list[str]) -> None:
+            if not survivor and len(texts) >= 3 and "\\[" not in texts[-1]:  # streaming, no footer yet
+                survivor.extend(model_processes(kernel_pid))
+                manager.interrupt_kernel()  # what the notebook's stop button does
+
+        status, texts = run_cell(client, "%%chat --new --temperature 0 --max-tokens 400\nCount from 1 to 500.",
+                                 on_output=interrupt_once_streaming)
+        assert survivor, "the answer never streamed"
+        assert "INTERRUPTED" in texts[-1], texts
+        assert model_processes(kernel_pid) == survivor  # the interrupt stopped the turn, not the model process
         status, texts = run_cell(client, "%%chat --temperature 0 --max-tokens 12\nName a colour.")
         assert status == "ok"
         assert texts[-1].rstrip().endswith(("\\[DONE\\]*", "\\[TOKENS\\]*")), texts[-1]
