@@ -294,7 +294,7 @@ def _as_unicode(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
     return text
 
 
