@@ -84,6 +84,8 @@ def serve(tree: Path = ROOT, extra: Sequence[str] = (), fd_limit: int | None = N
             proc.kill()
             proc.wait()
         log.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def slow_head(port: int) -> socket.socket:
