@@ -13,6 +13,8 @@ from urllib.parse import quote
 from ..backends import BACKEND_NAMES
 from ..server.config import Settings
 
+LIMIT_OPTIONS = ("max_body_bytes", "header_timeout", "max_header_bytes", "max_connections", "max_queued_bytes")
+
 
 def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the streaming chat server",
@@ -33,6 +35,20 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="also allow this Origin (repeatable; '*' allows any)")
     p.add_argument("--grace-period", type=float, default=30.0,
                    help="seconds a turn keeps generating after its last client leaves, for a reattach")
+    limits = p.add_argument_group("limits", "what one client may hold or send (see docs/security.md)")
+    d = Settings()
+    limits.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
+                        help="largest request body or WebSocket message; over it: 413 or close 1009 "
+                             "(default %(default)s)")
+    limits.add_argument("--header-timeout", type=float, default=d.header_timeout, metavar="SECONDS",
+                        help="a request head must be complete this soon after it began, else 408 (default %(default)s)")
+    limits.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes, metavar="N",
+                        help="largest request head (request line and headers); over it: 431 (default %(default)s)")
+    limits.add_argument("--max-connections", type=int, default=d.max_connections, metavar="N",
+                        help="connections held at once; at the limit the slowest one still sending its head "
+                             "is closed to make room (default %(default)s)")
+    limits.add_argument("--max-queued-bytes", type=int, default=d.max_queued_bytes, metavar="N",
+                        help="bytes queued for a client that does not read before it is dropped (default %(default)s)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -45,11 +61,15 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print("nbchat serve: --threads must be >= 1", file=sys.stderr)
         return 2
+    limits = {name: getattr(args, name) for name in LIMIT_OPTIONS}
+    if any(value <= 0 for value in limits.values()):
+        print("nbchat serve: the limits (--max-body-bytes ... --max-queued-bytes) must be > 0", file=sys.stderr)
+        return 2
     options = {"n_threads": args.threads} if args.threads else {}
     settings = Settings(host=args.host, port=args.port, token=args.token, backend=args.backend, rate=args.rate,
                         model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
                         allow_origins=tuple(args.allow_origin), grace_period=args.grace_period,
-                        backend_options=options).with_token()
+                        backend_options=options, **limits).with_token()
     try:
         server = make_server(settings, log_level=args.log_level)
     except Exception as exc:  # a backend that cannot be built: one clear line

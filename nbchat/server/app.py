@@ -25,7 +25,14 @@ from .._version import __version__
 from ..backends import Backend, create_backend
 from ..wire.errors import PayloadTooLarge, RequestError, ResumeError
 from ..wire.events import STATUS_STRINGS, Event
-from ..wire.protocol import encode_ndjson, encode_sse_event, error_body, parse_json_body, parse_turn_request
+from ..wire.protocol import (
+    encode_ndjson,
+    encode_sse_event,
+    error_body,
+    parse_json_body,
+    parse_position,
+    parse_turn_request,
+)
 from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware
 from .config import Settings
@@ -49,8 +56,9 @@ def manager_of(request: Request) -> TurnManager:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refusing more than ``limit`` bytes without reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = request.headers.get("content-length", "")
+    # ASCII digits only (isdigit alone admits superscripts, which int() refuses)
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise PayloadTooLarge(f"the request body is over {limit} bytes", code="payload_too_large", status=413)
     body = bytearray()
     async for part in request.stream():
@@ -91,13 +99,11 @@ def find_turn(manager: TurnManager, turn_id: str | None, uid: str | None) -> Tur
 
 def parse_after(value: str | None) -> int | None:
     """A last-seen seq from Last-Event-ID / lastEventId / after; None when it is a status (nothing left)."""
-    if value is None or value == "":
+    if value is None:
         return 0
     if value in STATUS_STRINGS:
         return None
-    if not value.isdigit():
-        raise RequestError(f"the last event id must be a seq number or a status, not {value!r}")
-    return int(value)
+    return parse_position(value)
 
 
 def subscribe_for_resume(turn: Turn | None, after: int | None) -> Subscription | None:
@@ -218,7 +224,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=settings.allow_origins)],
+        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=settings.allow_origins,
+                                      bind_host=settings.host)],
         exception_handlers={RequestError: on_request_error, ResumeError: on_resume_error,
                             HTTPException: on_http_error, Exception: on_unexpected},
         lifespan=lifespan,

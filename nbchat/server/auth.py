@@ -1,6 +1,9 @@
-"""Security at the door: origin check, token check and CORS, as pure ASGI middleware.
+"""Security at the door: host and origin checks, token check and CORS, as pure ASGI middleware.
 
 It wraps HTTP and WebSocket alike, so no route can forget it. Order of checks:
+a ``Host`` that is not one of the server's own names gets 403 (when it listens
+on loopback only: a DNS-rebinding page reaches it under the attacker's
+hostname, and sends that name, with no ``Origin`` at all on same-origin GETs);
 a foreign ``Origin`` gets 403 (before the token, so a hostile page learns
 nothing about tokens); a CORS preflight from an allowed origin gets 204
 without a token (browsers never send credentials on preflight); then every
@@ -10,9 +13,10 @@ path but ``/health`` needs the token, compared in constant time.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from collections.abc import Iterable
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +24,29 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 ALLOWED_HEADERS = "uid, token, authorization, content-type, last-event-id"
 EXPOSED_HEADERS = "X-NBChat-Turn"
 OPEN_PATHS = frozenset({"/health"})
+LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def hostname_of(authority: str) -> str | None:
+    """The host name of a ``Host`` header or an origin's authority, lowercased; None when malformed."""
+    try:
+        name = urlsplit("//" + authority).hostname
+    except ValueError:
+        return None
+    return name.rstrip(".") if name else None
+
+
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    name = host.strip("[]").lower()
+    return name in LOCAL_NAMES or (is_ip_literal(name) and ipaddress.ip_address(name).is_loopback)
 
 
 def _error(code: str, message: str) -> bytes:
@@ -27,16 +54,29 @@ def _error(code: str, message: str) -> bytes:
 
 
 class SecurityMiddleware:
-    def __init__(self, app: ASGIApp, token: str, allow_origins: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp, token: str, allow_origins: Iterable[str] = (),
+                 bind_host: str = "127.0.0.1") -> None:
         self.app = app
         self.token = token.encode()
         self.origins = frozenset(allow_origins)
+        # A server bound to loopback answers only to names that mean this machine (IP
+        # literals, localhost, and the hosts of allowed origins). Bound to a public
+        # address, it is reached under names it cannot know: the token guards it.
+        self.check_host = is_loopback(bind_host) and "*" not in self.origins
+        names = {hostname_of(urlsplit(o).netloc) for o in self.origins}
+        self.hosts = frozenset(n for n in names if n) | LOCAL_NAMES | {bind_host.strip("[]").lower()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        host = headers.get("host")
+        if host is not None and not self.host_allowed(host):
+            await self._reject(scope, receive, send, 403, "host_not_allowed",
+                               f"Host {host} is not a name of this server; reach it as localhost or by IP, or "
+                               "start it with --allow-origin for the origin that uses this name")
+            return
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, scope, headers):
             await self._reject(scope, receive, send, 403, "origin_not_allowed",
@@ -55,13 +95,21 @@ class SecurityMiddleware:
             send = self._with_cors(origin, send)
         await self.app(scope, receive, send)
 
+    def host_allowed(self, host: str) -> bool:
+        if not self.check_host:
+            return True
+        name = hostname_of(host)
+        return name is not None and (name in self.hosts or name.endswith(".localhost") or is_ip_literal(name))
+
     def origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
         if "*" in self.origins or origin in self.origins:
             return True
-        # The server's own origin: the page was served by this host and port.
+        # The server's own origin: the page was served by this host and port, under
+        # a name of this server (Host alone is the attacker's to choose: DNS rebinding).
         scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
         host = headers.get("host")
-        return host is not None and hmac.compare_digest(origin.encode(), f"{scheme}://{host}".encode())
+        return host is not None and self.host_allowed(host) and \
+            hmac.compare_digest(origin.encode(), f"{scheme}://{host}".encode())
 
     def token_ok(self, scope: Scope, headers: Headers) -> bool:
         if not self.token:

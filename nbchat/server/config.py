@@ -26,8 +26,7 @@ class Settings:
     retain_seconds: float = 120.0
     #: a queued turn (POST /turns) that nobody starts is dropped after this long
     pending_seconds: float = 300.0
-    #: replay buffer bounds per turn
-    replay_max_chunks: int = 100_000
+    #: memory a turn's replay buffer may hold (its records, not just their text); older chunks go first
     replay_max_bytes: int = 8 * 1024 * 1024
     #: turns kept at once (running, pending and ended)
     max_turns: int = 10_000
@@ -35,7 +34,16 @@ class Settings:
     keepalive_seconds: float = 15.0
     #: WebSocket ping interval
     ping_interval: float = 20.0
+    #: a request body or WebSocket message over this is refused (413, or close 1009)
     max_body_bytes: int = 1024 * 1024
+    #: a request head (request line and headers) must be complete this many seconds after it began (else 408)
+    header_timeout: float = 10.0
+    #: a request head over this many bytes is refused with 431 before it is parsed further
+    max_header_bytes: int = 64 * 1024
+    #: connections held at once; at the limit the oldest one still sending its head makes room
+    max_connections: int = 1000
+    #: bytes queued for one client that does not read (a WebSocket pinging without reading pongs) before it is dropped
+    max_queued_bytes: int = 1024 * 1024
     #: add a server emit timestamp ("ts") to every chunk record
     timestamps: bool = True
     backend_options: dict[str, object] = field(default_factory=dict)

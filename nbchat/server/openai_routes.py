@@ -22,6 +22,8 @@ from .app import read_json
 from .turns import Subscription, TurnManager
 
 ERROR_HTTP = {Status.MODEL_TIMEOUT: 504, Status.ERROR: 502, Status.INTERRUPTED: 503}
+# OpenAI's error "type" for the statuses a turn can be refused with before it starts
+ERROR_TYPES = {429: "requests", 503: "server_error"}  # OpenAI types its request-rate 429s "requests"
 
 
 def _data(obj: object) -> bytes:
@@ -43,7 +45,12 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse(openai_error(str(exc), code=exc.code), status_code=exc.status or 400)
     manager: TurnManager = request.app.state.turns
     backend: Backend = request.app.state.backend
-    turn = manager.create(req.turn)
+    try:
+        turn = manager.create(req.turn)
+    except RequestError as exc:  # too many turns (429) or shutting down (503): still in OpenAI's shape
+        status = exc.status or 400
+        return JSONResponse(openai_error(str(exc), type_=ERROR_TYPES.get(status, "invalid_request_error"),
+                                         code=exc.code), status_code=status)
     encoder = CompletionEncoder(turn.id, req.model or backend.model_name)
     sub = turn.subscribe(0)
     if req.stream:

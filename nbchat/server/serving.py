@@ -22,9 +22,10 @@ from starlette.applications import Starlette
 from ..backends import Backend
 from .app import create_app
 from .config import Settings
+from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction
 from .turns import TurnManager
 
-WS_MAX_SIZE = 1024 * 1024 + 1024  # a 1 MiB request plus frame slack; larger frames close with 1009
+WS_FRAME_SLACK = 1024  # a message of max_body_bytes plus this passes the transport; the app closes with 1009
 
 
 class NBChatServer(uvicorn.Server):
@@ -83,11 +84,17 @@ def make_server(settings: Settings, backend: Backend | None = None, log_level: s
     error_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _RefusedHandshakeFilter) for f in error_log.filters):
         error_log.addFilter(_RefusedHandshakeFilter())
+    install_token_redaction()
     app = create_app(settings, backend)
+    limits = Limits(header_timeout=settings.header_timeout, max_header_bytes=settings.max_header_bytes,
+                    max_connections=admit_connections(settings.max_connections),
+                    max_queued_bytes=settings.max_queued_bytes)
+    http_protocol, ws_protocol = guarded_protocols(limits)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",
-        ws="websockets-sansio", ws_max_size=WS_MAX_SIZE, ws_ping_interval=settings.ping_interval,
-        ws_ping_timeout=settings.ping_interval, timeout_graceful_shutdown=5, access_log=False,
+        http=http_protocol, ws=ws_protocol, ws_max_size=settings.max_body_bytes + WS_FRAME_SLACK,
+        ws_ping_interval=settings.ping_interval, ws_ping_timeout=settings.ping_interval,
+        timeout_graceful_shutdown=5, access_log=False,
     )
     return NBChatServer(config)
 

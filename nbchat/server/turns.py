@@ -27,6 +27,7 @@ from ..backends.base import LENGTH, Backend, GenerationRequest
 from ..wire.errors import BackendError, RequestError, ResumeError
 from ..wire.events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
 from .config import Settings
+from .replay import ReplayBuffer
 
 log = logging.getLogger("nbchat.server.turns")
 
@@ -47,10 +48,10 @@ class Turn:
         self.end: End | None = None
         self._manager = manager
         self._settings = manager.settings
-        self._chunks: list[Chunk] = []
-        self._first_seq = 1
+        self.replay = ReplayBuffer(self._settings.replay_max_bytes)
         self._next_seq = 1
-        self._bytes = 0
+        #: the retention ran out while a stream was still attached: forget the turn when the last one leaves
+        self.expired = False
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cancel_reason = Status.INTERRUPTED
@@ -162,26 +163,10 @@ class Turn:
 
     def _append(self, content: str) -> None:
         ts = time.time() if self._settings.timestamps else None
-        chunk = Chunk(content=content, seq=self._next_seq, server_time=ts)
+        chunk = Chunk(content=_as_unicode(content), seq=self._next_seq, server_time=ts)
         self._next_seq += 1
-        self._chunks.append(chunk)
-        self._bytes += len(content)
-        if len(self._chunks) > self._settings.replay_max_chunks or self._bytes > self._settings.replay_max_bytes:
-            self._trim()
+        self.replay.append(chunk)
         self._pulse()
-
-    def _trim(self) -> None:
-        # Trim to nine tenths of the bounds at once, so that deleting from the
-        # front of a list stays amortised O(1) per chunk.
-        keep_chunks = self._settings.replay_max_chunks * 9 // 10
-        keep_bytes = self._settings.replay_max_bytes * 9 // 10
-        n, drop, size = len(self._chunks), 0, self._bytes
-        while drop < n - 1 and (n - drop > keep_chunks or size > keep_bytes):
-            size -= len(self._chunks[drop].content)
-            drop += 1
-        self._bytes = size
-        self._first_seq = self._chunks[drop].seq
-        del self._chunks[:drop]
 
     def _finish(self, end: End) -> None:
         if self.end is not None:
@@ -193,11 +178,9 @@ class Turn:
         self._manager._turn_ended(self)
 
     def events_after(self, seq: int) -> list[Event]:
-        """Everything buffered after ``seq``: chunks, then the End once the turn has ended."""
-        if seq + 1 < self._first_seq:
-            raise ResumeError(f"seq {seq + 1} of turn {self.id} is no longer buffered (oldest is {self._first_seq})")
-        start = seq + 1 - self._first_seq
-        out: list[Event] = list(self._chunks[start:])
+        """Everything buffered after ``seq``: chunks, then the End once the turn has ended;
+        ResumeError when the replay bound already dropped some of them."""
+        out: list[Event] = list(self.replay.after(seq))
         if self.end is not None:
             out.append(self.end)
         return out
@@ -229,6 +212,9 @@ class Turn:
     def subscribe(self, after: int = 0) -> Subscription:
         if after > self.last_seq and self.end is None and after > 0:
             raise ResumeError(f"turn {self.id} has not reached seq {after} yet")
+        if not self.replay.holds_after(after):
+            raise ResumeError(f"turn {self.id} no longer holds seq {after + 1}: its replay buffer starts at "
+                              f"{self.replay.first_seq}")
         return Subscription(self, after)
 
     def _attach(self) -> None:
@@ -237,7 +223,7 @@ class Turn:
 
     def _detach(self) -> None:
         self._attached -= 1
-        self._manager._detached()
+        self._manager._detached(self)
         if self._attached == 0 and self.state is TurnState.RUNNING:
             self._detach_grace()
 
@@ -277,7 +263,13 @@ class Subscription:
         if self.done:
             return []
         while True:
-            events = self.turn.events_after(self.pos)
+            try:
+                events = self.turn.events_after(self.pos)
+            except ResumeError as exc:
+                # This reader fell behind the replay bound: end its stream with a
+                # status that says so, rather than cut it or skip what it missed.
+                self.done = True
+                return [End(status=Status.ERROR, error=ErrorInfo("resume_unavailable", str(exc)))]
             if events:
                 for ev in events:
                     if isinstance(ev, Chunk):
@@ -292,6 +284,18 @@ class Subscription:
         while not self.done:
             for ev in await self.next_batch():
                 yield ev
+
+
+def _as_unicode(text: str) -> str:
+    """Text that can be encoded as UTF-8: a backend's lone surrogate becomes U+FFFD
+    here, once, instead of breaking every stream that later encodes the chunk."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
 
 
 async def _aclose(it: object) -> None:
@@ -368,8 +372,12 @@ class TurnManager:
             return
         if turn.state is TurnState.PENDING:
             turn.interrupt()
-        if turn.end is not None and turn.attached == 0:
+        if turn.end is None:
+            return
+        if turn.attached == 0:
             self._forget(turn_id)
+        else:
+            turn.expired = True  # a stream still reads it: forgotten when the last one detaches
 
     def _forget(self, turn_id: str) -> None:
         turn = self._turns.pop(turn_id, None)
@@ -400,6 +408,8 @@ class TurnManager:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout)
 
-    def _detached(self) -> None:
+    def _detached(self, turn: Turn) -> None:
+        if turn.expired and turn.attached == 0:
+            self._forget(turn.id)
         if self._drained is not None and not any(t.attached for t in self._turns.values()):
             self._drained.set()

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..wire.errors import RequestError, ResumeError
 from ..wire.events import End, ErrorInfo, Status
-from ..wire.protocol import encode_ws, parse_turn_request
+from ..wire.protocol import encode_ws, parse_json_text, parse_position, parse_turn_request
 from .config import Settings
 from .turns import Subscription, Turn, TurnManager, TurnState
 
@@ -41,7 +40,7 @@ class Session:
 
     async def handle(self, text: str) -> None:
         if len(text.encode()) > self.settings.max_body_bytes:
-            await self.ws.close(CLOSE_TOO_BIG, "message over 1 MiB")
+            await self.ws.close(CLOSE_TOO_BIG, f"message over {self.settings.max_body_bytes} bytes")
             return
         if text == INTERRUPT:
             if self.turn is not None:
@@ -57,16 +56,14 @@ class Session:
     async def _dispatch(self, text: str) -> None:
         if text == "":
             turn = self.manager.latest(self.uid)
+            if turn is not None and turn is self.turn and self.streaming:
+                return  # this socket already streams that turn: it gets its one status there, not twice
             if turn is None or turn.state is TurnState.ENDED:
                 raise RequestError(f"no queued turn for uid {self.uid!r}: POST /turns first, or send a turn request",
                                    code="no_pending_turn")
             await self.switch_to(turn, 0)
             return
-        try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            raise RequestError(f"a frame must be a JSON turn request, \"\" or {INTERRUPT}: {exc}",
-                               code="invalid_json") from exc
+        obj = parse_json_text(text)
         if isinstance(obj, dict) and "resume" in obj:
             await self.resume(obj["resume"])
             return
@@ -74,15 +71,19 @@ class Session:
         await self.stop_current()
         await self.switch_to(self.manager.create(request, uid=self.uid), 0)
 
+    @property
+    def streaming(self) -> bool:
+        return self.pump is not None and not self.pump.done()
+
     async def resume(self, spec: object) -> None:
-        if not isinstance(spec, dict) or not isinstance(spec.get("after", 0), int):
+        if not isinstance(spec, dict):
             raise RequestError('resume takes {"resume": {"after": SEQ, "turn": "optional id"}}')
+        after = parse_position(spec.get("after", 0))
         turn_id = spec.get("turn")
         turn = self.manager.get(turn_id) if isinstance(turn_id, str) else self.manager.latest(self.uid)
         if turn is None:
             raise ResumeError(f"no turn to resume for uid {self.uid!r}")
-        await self.stop_current(interrupt=False)
-        await self.switch_to(turn, int(spec.get("after", 0)))
+        await self.switch_to(turn, after)
 
     async def stop_current(self, interrupt: bool = True) -> None:
         """End the pump of the current turn; a new question interrupts the one still streaming."""
@@ -96,7 +97,10 @@ class Session:
             self.pump = None
 
     async def switch_to(self, turn: Turn, after: int) -> None:
-        sub = turn.subscribe(after)
+        """Stream ``turn`` from ``after`` on; one pump per socket, so a previous stream stops first
+        (without interrupting its turn: a resume may switch back to it)."""
+        sub = turn.subscribe(after)  # raises before anything changes when the position is gone
+        await self.stop_current(interrupt=False)
         turn.start()
         self.turn = turn
         self.pump = asyncio.get_running_loop().create_task(self._pump(sub))

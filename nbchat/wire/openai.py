@@ -66,7 +66,8 @@ def _messages(raw: Any) -> list[Message]:
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise OpenAIRequestError(f"messages[{i}] must be an object", "messages")
-        role = _ROLES.get(m.get("role"))
+        raw_role = m.get("role")
+        role = _ROLES.get(raw_role) if isinstance(raw_role, str) else None  # a list is unhashable: not a 500
         if role is None:
             raise OpenAIRequestError(f"messages[{i}].role must be system, user, assistant or developer", "messages")
         out.append(Message(role=role, content=_content(m.get("content"), f"messages[{i}]")))

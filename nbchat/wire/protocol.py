@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,11 @@ from .events import STATUS_STRINGS, Chunk, End, ErrorInfo, Event, Message, Statu
 from .sse import SSEMessage, encode_sse
 
 MAX_BODY_BYTES = 1024 * 1024
+#: requests are flat; this leaves room for OpenAI content parts and tool fields
+MAX_JSON_DEPTH = 32
+#: a seq is a count of pieces: 15 digits is far past any turn, well short of costly ints
+MAX_POSITION = 10**15 - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
 ROLES = ("system", "user", "assistant")
 
 # Compact separators keep the bytes per chunk small; ensure_ascii=False keeps
@@ -60,18 +66,75 @@ def _optional_str(obj: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
-def parse_json_body(body: bytes) -> Any:
-    """Decode a request body; raise RequestError (invalid_utf8, invalid_json, payload_too_large)."""
-    if len(body) > MAX_BODY_BYTES:
-        raise RequestError("the request body is over 1 MiB", code="payload_too_large", status=413)
+def parse_json_text(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode one JSON document a client sent: the only way requests are parsed.
+
+    Raises RequestError for text that is not JSON (``invalid_json``), nested
+    deeper than ``max_depth`` (the C decoder recurses: a deep enough document
+    raises RecursionError, not ValueError) or holding a string that is not
+    Unicode text (a lone surrogate such as ``"\\ud800"`` is valid JSON but can
+    never be encoded back to UTF-8: caught here, once, rather than when an
+    answer is half streamed)."""
+    try:
+        obj = json.loads(text)
+    except RecursionError as exc:
+        raise RequestError(f"the JSON is nested deeper than {max_depth} levels", code="invalid_json") from exc
+    except ValueError as exc:
+        raise RequestError(f"the request is not valid JSON: {exc}", code="invalid_json") from exc
+    _check_tree(obj, max_depth)
+    return obj
+
+
+def _check_tree(obj: Any, max_depth: int) -> None:
+    # Iterative, so the check itself cannot overflow the stack.
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            _check_text(node)
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > max_depth:
+            raise RequestError(f"the JSON is nested deeper than {max_depth} levels", code="invalid_json")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                _check_text(key)
+                stack.append((value, depth + 1))
+        else:
+            stack.extend((item, depth + 1) for item in node)
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii() and _SURROGATE.search(text):
+        raise RequestError("a string holds a lone surrogate (an escape such as \\ud800 that is not a character): "
+                           "send text as valid Unicode", code="invalid_request")
+
+
+def parse_json_body(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode a request body (its size is checked while it is read); raise RequestError
+    (invalid_utf8, invalid_json, invalid_request)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestError("the request body is not valid UTF-8", code="invalid_utf8") from exc
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise RequestError(f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+    return parse_json_text(text, max_depth=max_depth)
+
+
+def parse_position(value: object) -> int:
+    """A seq a client says it has seen (``Last-Event-ID``, ``lastEventId``, ``after``,
+    a WebSocket resume): a non-negative integer of at most 15 ASCII digits, or
+    RequestError. ``str.isdigit`` alone admits superscripts and other digits
+    ``int`` refuses, and unbounded digit strings cost quadratic time to convert."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= MAX_POSITION:
+            return value
+    elif isinstance(value, str) and value == "":
+        return 0
+    elif isinstance(value, str) and 0 < len(value) <= 15 and value.isascii() and value.isdigit():
+        return int(value)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+    raise RequestError(f"a position must be a seq number from 0 to {MAX_POSITION}, not {shown}")
 
 
 def parse_turn_request(obj: Any) -> TurnRequest:

@@ -1,0 +1,184 @@
+"""Turns on one event loop, without HTTP: the grace period, expiry, the
+model-timeout watchdog, the replay buffer's bound and what a reader behind it
+sees. The timings are tens of milliseconds and every wait is on an event."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import pytest
+
+from helpers import StallBackend
+from nbchat.backends.base import Backend, Finish, GenerationRequest
+from nbchat.server.config import Settings
+from nbchat.server.turns import Turn, TurnManager
+from nbchat.wire.errors import ResumeError
+from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
+
+REQ = TurnRequest(user_message=Message(role="user", content="hi"))
+
+
+class Paced(Backend):
+    """``count`` pieces, one every ``interval`` seconds, on the test's own loop."""
+
+    name = "paced"
+
+    def __init__(self, count: int = 100, interval: float = 0.01, piece: str = "ab") -> None:
+        self.count, self.interval, self.piece = count, interval, piece
+        self.cancelled = asyncio.Event()
+
+    @property
+    def model_name(self) -> str:
+        return "paced"
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
+        try:
+            for _ in range(self.count):
+                await asyncio.sleep(self.interval)
+                yield self.piece
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+def manager(backend: Backend, **overrides: object) -> TurnManager:
+    return TurnManager(backend, Settings(**{"backend": "echo", **overrides}))  # type: ignore[arg-type]
+
+
+async def ended(turn: Turn, timeout: float = 5.0) -> End:
+    async with asyncio.timeout(timeout):
+        with turn.subscribe(turn.last_seq) as sub:
+            async for ev in sub:
+                if isinstance(ev, End):
+                    return ev
+    raise AssertionError("no end")
+
+
+async def collect(turn: Turn, after: int = 0) -> list[Chunk | End]:
+    out: list[Chunk | End] = []
+    async with asyncio.timeout(10):
+        with turn.subscribe(after) as sub:
+            async for ev in sub:
+                out.append(ev)
+    return out
+
+
+# ---------------------------------------------------------------- grace period
+
+
+async def test_nobody_attached_after_the_grace_period_cancels_generation() -> None:
+    backend = Paced(count=10_000)
+    turns = manager(backend, grace_period=0.05)
+    turn = turns.create(REQ)
+    with turn.subscribe(0):
+        await asyncio.sleep(0.02)
+    async with asyncio.timeout(2):
+        await backend.cancelled.wait()
+    assert turn.end is not None and turn.end.status is Status.INTERRUPTED
+
+
+async def test_a_reattach_within_the_grace_period_keeps_it_running() -> None:
+    backend = Paced(count=20, interval=0.01)
+    turns = manager(backend, grace_period=0.1)
+    turn = turns.create(REQ)
+    with turn.subscribe(0):
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)  # detached, within the grace period
+    events = await collect(turn, 0)  # reattached: stays until the end
+    assert events[-1] == End(status=Status.DONE)
+    assert not backend.cancelled.is_set()
+    assert "".join(e.content for e in events if isinstance(e, Chunk)) == "ab" * 20
+
+
+# ---------------------------------------------------------------- expiry
+
+
+async def test_ended_turns_expire_after_retention_and_pending_ones_after_their_wait() -> None:
+    turns = manager(Paced(count=1, interval=0), retain_seconds=0.05, pending_seconds=0.05)
+    done = turns.create(REQ)
+    pending = turns.create(REQ, uid="u", start=False)
+    await ended(done)
+    assert len(turns) == 2
+    await asyncio.sleep(0.2)
+    assert turns.get(done.id) is None and turns.get(pending.id) is None
+    assert pending.end == End(status=Status.INTERRUPTED) and len(turns) == 0
+
+
+async def test_a_turn_still_attached_at_expiry_is_forgotten_when_its_last_stream_leaves() -> None:
+    turns = manager(Paced(count=3, interval=0), retain_seconds=0.05)
+    turn = turns.create(REQ)
+    await ended(turn)
+    sub = turn.subscribe(0)
+    with sub:  # a reader that has not taken the status yet
+        await asyncio.sleep(0.15)  # retention runs out while it is attached
+        assert turns.get(turn.id) is turn
+    assert turns.get(turn.id) is None
+    assert len(turns) == 0
+
+
+# ---------------------------------------------------------------- model timeout
+
+
+async def test_a_silent_backend_ends_with_model_timeout() -> None:
+    turns = manager(StallBackend(before=2), model_timeout=0.05)
+    events = await collect(turns.create(REQ))
+    assert [type(e) for e in events] == [Chunk, Chunk, End]
+    assert events[-1] == End(status=Status.MODEL_TIMEOUT)
+
+
+async def test_pieces_closer_than_the_timeout_never_trip_the_watchdog() -> None:
+    turns = manager(Paced(count=15, interval=0.02), model_timeout=0.06)  # 0.3 s in all, 5 timeouts' worth
+    events = await collect(turns.create(REQ))
+    assert events[-1] == End(status=Status.DONE)
+    assert sum(isinstance(e, Chunk) for e in events) == 15
+
+
+# ---------------------------------------------------------------- the replay bound
+
+
+async def test_the_replay_bound_counts_the_memory_of_its_records() -> None:
+    bound = 256 * 1024
+    turns = manager(Paced(count=100_000, interval=0, piece="abcd"), replay_max_bytes=bound, grace_period=60)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        turn = turns.create(REQ)
+        assert turn._task is not None
+        await turn._task
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert turn.end == End(status=Status.DONE) and turn.last_seq == 100_000
+    assert held < 1.5 * bound, f"{held} bytes held for a {bound}-byte bound"
+
+
+async def test_a_reader_behind_the_bound_gets_resume_unavailable_and_a_late_resume_is_refused() -> None:
+    turns = manager(Paced(count=20_000, interval=0, piece="x" * 50), replay_max_bytes=64 * 1024)
+    turn = turns.create(REQ)
+    sub = turn.subscribe(0)
+    with sub:
+        first = await sub.next_batch()
+        assert isinstance(first[0], Chunk) and first[0].seq == 1
+        assert turn._task is not None
+        await turn._task  # the turn runs on while this reader sleeps
+        rest = await sub.next_batch()
+    assert len(rest) == 1 and isinstance(rest[0], End)
+    assert rest[0].status is Status.ERROR and rest[0].error is not None
+    assert rest[0].error.code == "resume_unavailable" and sub.done
+    with pytest.raises(ResumeError):
+        turn.subscribe(0)
+    tail = await collect(turn, turn.last_seq - 3)  # a resume inside the bound still works
+    assert [e.seq for e in tail if isinstance(e, Chunk)] == [turn.last_seq - 2, turn.last_seq - 1, turn.last_seq]
+
+
+async def test_a_backend_lone_surrogate_is_replaced_not_streamed() -> None:
+    turns = manager(Paced(count=2, interval=0, piece="a\ud800b"))
+    events = await collect(turns.create(REQ))
+    chunks = [e for e in events if isinstance(e, Chunk)]
+    assert [c.content for c in chunks] == ["a\ufffdb", "a\ufffdb"]
+    assert events[-1] == End(status=Status.DONE)
