@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..server.config import Settings
+from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, TRANSPORTS
 from ..wire.errors import NBChatError
 from ..wire.events import Chunk, End, Message, TurnRequest
 
@@ -28,12 +29,12 @@ def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--server", default=os.environ.get("NBCHAT_URL"),
                    help="a running nbchat server (default: start one in this process)")
     p.add_argument("--token", default=os.environ.get("NBCHAT_TOKEN"), help="the server's token")
-    p.add_argument("--transport", "-t", default="ws", choices=["ws", "sse", "stream", "openai"])
+    p.add_argument("--transport", "-t", default="ws", choices=[*TRANSPORTS, "ndjson"])
     p.add_argument("--backend", default="smollm2", choices=["smollm2", "echo", "openai"],
                    help="backend of the in-process server (ignored with --server)")
     p.add_argument("--system", default=None, help="a system prompt")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     p.set_defaults(handler=run_chat)
 
 

@@ -17,23 +17,17 @@ Transports: ``ws`` (WebSocket), ``sse`` (Server-Sent Events), ``stream``
 
 from __future__ import annotations
 
+from ..wire.contract import TRANSPORTS, Transport, transport_name
 from ._common import AsyncChatClient, AsyncTurnStream, ChatClient, TurnStream
 from .ndjson import AsyncNDJSONClient, NDJSONClient
 from .openai_sse import AsyncOpenAIClient, OpenAIClient
 from .sse import AsyncSSEClient, SSEClient
 from .websocket import AsyncWebSocketClient, WebSocketClient
 
-TRANSPORTS = ("ws", "sse", "stream", "openai")
-
 _SYNC: dict[str, type[ChatClient]] = {"ws": WebSocketClient, "sse": SSEClient, "stream": NDJSONClient,
                                       "openai": OpenAIClient}
 _ASYNC: dict[str, type[AsyncChatClient]] = {"ws": AsyncWebSocketClient, "sse": AsyncSSEClient,
                                             "stream": AsyncNDJSONClient, "openai": AsyncOpenAIClient}
-
-
-def _pick(table: dict[str, type[ChatClient]] | dict[str, type[AsyncChatClient]], transport: str) -> None:
-    if transport not in table:
-        raise ValueError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
 
 
 def connect(url: str, token: str | None = None, transport: str = "ws", timeout: float = 60.0,
@@ -43,15 +37,13 @@ def connect(url: str, token: str | None = None, transport: str = "ws", timeout: 
     ``timeout`` is the longest wait for the next piece; ``uid`` names this
     client's turns on the server (a random one by default). Nothing is sent
     until the first :meth:`~ChatClient.stream`."""
-    _pick(_SYNC, transport)
-    return _SYNC[transport](url, token=token, timeout=timeout, uid=uid)
+    return _SYNC[transport_name(transport)](url, token=token, timeout=timeout, uid=uid)
 
 
 def aconnect(url: str, token: str | None = None, transport: str = "ws", timeout: float = 60.0,
              uid: str | None = None) -> AsyncChatClient:
     """The async twin of :func:`connect`; use it as ``async with aconnect(...) as client``."""
-    _pick(_ASYNC, transport)
-    return _ASYNC[transport](url, token=token, timeout=timeout, uid=uid)
+    return _ASYNC[transport_name(transport)](url, token=token, timeout=timeout, uid=uid)
 
 
 __all__ = [
@@ -66,6 +58,7 @@ __all__ = [
     "NDJSONClient",
     "OpenAIClient",
     "SSEClient",
+    "Transport",
     "TurnStream",
     "WebSocketClient",
     "aconnect",

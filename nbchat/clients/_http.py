@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from ..wire.contract import TURN_HEADER, interrupt_path
 from ..wire.errors import ResumeError
 from ..wire.events import TurnRequest
 from ..wire.protocol import dumps
@@ -29,8 +30,6 @@ from ._common import (
     auth_headers,
 )
 from ._errors import broken, cannot_connect, error_from_status, timed_out
-
-TURN_HEADER = "x-nbchat-turn"
 
 
 class ItemDecoder(Protocol):
@@ -167,7 +166,7 @@ class HTTPChatClient(HTTPTransport, ChatClient):
             response.close()  # a server that did not name the turn: dropping the stream is all we can do
             return
         try:
-            answer = self._http.post(f"/turns/{turn_id}/interrupt")
+            answer = self._http.post(interrupt_path(turn_id))
         except httpx.TransportError as exc:
             raise cannot_connect(self.url, exc) from exc
         # 404: the turn already ended and expired, which is what the caller wanted
@@ -240,7 +239,7 @@ class AsyncHTTPChatClient(HTTPTransport, AsyncChatClient):
             await response.aclose()
             return
         try:
-            answer = await self._http.post(f"/turns/{turn_id}/interrupt")
+            answer = await self._http.post(interrupt_path(turn_id))
         except httpx.TransportError as exc:
             raise cannot_connect(self.url, exc) from exc
         if answer.status_code not in (200, 404):

@@ -7,12 +7,11 @@ decoded one whole line at a time by :func:`nbchat.wire.protocol.decode_ndjson_li
 
 from __future__ import annotations
 
+from ..wire.contract import NDJSON_PATH
 from ..wire.events import TurnRequest
 from ..wire.protocol import LineDecoder, decode_ndjson_line, encode_turn_request
 from ._common import Item
 from ._http import AsyncHTTPChatClient, HTTPChatClient, HTTPTransport, Target
-
-PATH = "/talkByStream"
 
 
 class NDJSONItemDecoder:
@@ -37,14 +36,14 @@ class NDJSONItemDecoder:
 def resume_target(after: int, turn_id: str | None, uid: str) -> Target:
     """The GET that streams a turn's chunks after seq ``after`` (the OpenAI client resumes with it too)."""
     params = {"turn": turn_id} if turn_id else {"uid": uid}
-    return Target("GET", PATH, NDJSONItemDecoder, params={**params, "after": str(after)})
+    return Target("GET", NDJSON_PATH, NDJSONItemDecoder, params={**params, "after": str(after)})
 
 
 class NDJSONTransport(HTTPTransport):
     transport = "stream"
 
     def turn_target(self, request: TurnRequest) -> Target:
-        return Target("POST", PATH, NDJSONItemDecoder, body=encode_turn_request(request))
+        return Target("POST", NDJSON_PATH, NDJSONItemDecoder, body=encode_turn_request(request))
 
     def resume_target(self, after: int, turn_id: str | None, uid: str) -> Target:
         return resume_target(after, turn_id, uid)

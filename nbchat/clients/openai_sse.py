@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..wire.contract import OPENAI_COMPLETIONS_PATH
 from ..wire.errors import ProtocolError
 from ..wire.events import Chunk, ErrorInfo, Status, TurnRequest
 from ..wire.sse import SSEDecoder
@@ -21,7 +22,6 @@ from ._common import Item
 from ._http import AsyncHTTPChatClient, HTTPChatClient, HTTPTransport, Target
 from .ndjson import resume_target
 
-PATH = "/v1/chat/completions"
 DEFAULT_MODEL = "default"
 FINISH_STATUS = {"stop": Status.DONE, "length": Status.TOKENS}
 # Error codes nbchat puts in the error object a stream ends with; any other code is [ERROR].
@@ -118,7 +118,7 @@ class OpenAITransport(HTTPTransport):
     transport = "openai"
 
     def turn_target(self, request: TurnRequest) -> Target:
-        return Target("POST", PATH, OpenAIItemDecoder, body=completion_body(request),
+        return Target("POST", OPENAI_COMPLETIONS_PATH, OpenAIItemDecoder, body=completion_body(request),
                       headers={"accept": "text/event-stream"})
 
     def resume_target(self, after: int, turn_id: str | None, uid: str) -> Target:

@@ -8,13 +8,12 @@ nothing here looks inside the raw bytes.
 
 from __future__ import annotations
 
+from ..wire.contract import SSE_PATH
 from ..wire.events import TurnRequest
 from ..wire.protocol import decode_sse_message, encode_turn_request
 from ..wire.sse import SSEDecoder
 from ._common import Item
 from ._http import AsyncHTTPChatClient, HTTPChatClient, HTTPTransport, Target
-
-PATH = "/createSse"
 
 
 class SSEItemDecoder:
@@ -37,12 +36,12 @@ class SSETransport(HTTPTransport):
     transport = "sse"
 
     def turn_target(self, request: TurnRequest) -> Target:
-        return Target("POST", PATH, SSEItemDecoder, body=encode_turn_request(request),
+        return Target("POST", SSE_PATH, SSEItemDecoder, body=encode_turn_request(request),
                       headers={"accept": "text/event-stream"})
 
     def resume_target(self, after: int, turn_id: str | None, uid: str) -> Target:
         params = {"turn": turn_id} if turn_id else {"uid": uid}
-        return Target("GET", PATH, SSEItemDecoder, params=params,
+        return Target("GET", SSE_PATH, SSEItemDecoder, params=params,
                       headers={"accept": "text/event-stream", "last-event-id": str(after)})
 
 

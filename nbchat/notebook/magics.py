@@ -24,6 +24,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
+from ..wire.contract import transport_name
 from ..wire.errors import NBChatConnectionError, NBChatError
 from ..wire.events import Chunk, End, Status
 from .conversation import ChatOptions, Conversation
@@ -117,7 +118,7 @@ def _parser(prog: str, cell: bool) -> _Parser:
     if not cell:
         parser.add_argument("action", nargs="?", default="show", help=" | ".join(LINE_ACTIONS))
     # The same options for %%chat (this cell) and %chat (the defaults for later cells).
-    parser.add_argument("--transport", "-t", help="ws, sse, stream or openai")
+    parser.add_argument("--transport", "-t", help="ws, sse, stream (or ndjson) or openai")
     parser.add_argument("--server", help="URL of a running nbchat server (default: $NBCHAT_URL, else one in "
                         "this kernel)")
     parser.add_argument("--token", help="the server's token (default: $NBCHAT_TOKEN)")
@@ -231,14 +232,13 @@ class ChatMagics(Magics):
               f"{'kernel server':12} {server}")
 
     def _options(self, args: Any) -> ChatOptions:
-        from ..clients import TRANSPORTS
-
-        options = self.conversation.options.merged(
-            transport=args.transport, server=args.server, token=args.token, model=args.model,
+        try:
+            transport = None if args.transport is None else transport_name(args.transport)
+        except ValueError as exc:
+            raise ChatError(str(exc)) from None
+        return self.conversation.options.merged(
+            transport=transport, server=args.server, token=args.token, model=args.model,
             temperature=args.temperature, max_tokens=args.max_tokens, system=args.system)
-        if options.transport not in TRANSPORTS:
-            raise ChatError(f"unknown transport {options.transport!r}: use one of {', '.join(TRANSPORTS)}")
-        return options
 
     def _run_turn(self, text: str, options: ChatOptions) -> ChatResult:
         # Timed from here: on first use the footer's "first token" includes starting the server.

@@ -22,6 +22,7 @@ from typing import Any
 import anywidget
 import traitlets
 
+from ..wire.contract import TRANSPORTS, transport_name
 from ..wire.errors import NBChatError
 from ..wire.events import Chunk, End, Status
 from .conversation import ChatOptions, Conversation
@@ -87,11 +88,9 @@ class ChatWidget(anywidget.AnyWidget):
     def __init__(self, conversation: Conversation | None = None, *, server: str | None = None,
                  token: str | None = None, transport: str | None = None,
                  kernel_server: KernelServer | None = None, **kwargs: Any) -> None:
-        from ..clients import TRANSPORTS
-
         self.conversation = conversation if conversation is not None else Conversation()
         options = self.conversation.options
-        super().__init__(transport=transport or options.transport, transports=list(TRANSPORTS),
+        super().__init__(transport=transport_name(transport or options.transport), transports=list(TRANSPORTS),
                          messages=self._history(), **kwargs)
         # Explicit endpoints win; otherwise each turn reads the conversation's current defaults.
         self._server = server

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..backends import Backend
+from ..wire.contract import SSE_HEADERS, TURN_HEADER
 from ..wire.errors import RequestError
 from ..wire.events import Chunk, End, Status
 from ..wire.openai import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
@@ -48,8 +49,7 @@ async def chat_completions(request: Request) -> Response:
     sub = turn.subscribe(0)
     if req.stream:
         return StreamingResponse(_stream(sub, encoder, req.include_usage),
-                                 headers={"content-type": "text/event-stream", "cache-control": "no-cache",
-                                          "x-accel-buffering": "no", "x-nbchat-turn": turn.id})
+                                 headers={**SSE_HEADERS, TURN_HEADER: turn.id})
     return await _complete(sub, encoder)
 
 
@@ -82,5 +82,5 @@ async def _complete(sub: Subscription, encoder: CompletionEncoder) -> Response:
     assert end is not None
     if end.status in ERROR_HTTP:
         err = encoder.final_chunk(end)
-        return JSONResponse(err, status_code=ERROR_HTTP[end.status], headers={"x-nbchat-turn": sub.turn.id})
-    return JSONResponse(encoder.completion("".join(parts), end), headers={"x-nbchat-turn": sub.turn.id})
+        return JSONResponse(err, status_code=ERROR_HTTP[end.status], headers={TURN_HEADER: sub.turn.id})
+    return JSONResponse(encoder.completion("".join(parts), end), headers={TURN_HEADER: sub.turn.id})

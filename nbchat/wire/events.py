@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
+from .contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+
 Role: TypeAlias = Literal["system", "user", "assistant"]
 
 
@@ -49,8 +51,8 @@ class TurnRequest:
 
     user_message: Message
     conversation: tuple[Message, ...] = ()
-    temperature: float = 0.9
-    max_tokens: int | None = None
+    temperature: float = DEFAULT_TEMPERATURE
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
     model: str | None = None
     uid: str | None = None
 

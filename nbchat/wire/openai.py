@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .contract import DEFAULT_TEMPERATURE
 from .errors import RequestError
 from .events import Chunk, End, Message, Role, Status, TurnRequest
 
@@ -85,7 +86,7 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
 def _temperature(body: dict[str, Any]) -> float:
     value = body.get("temperature")
     if value is None:
-        return 1.0
+        return DEFAULT_TEMPERATURE
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise OpenAIRequestError("'temperature' must be a number", "temperature")
     if not 0 <= value <= 2:
