@@ -12,13 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import LONG_MESSAGE
-from nbchat.clients._common import Item
-from nbchat.clients.ndjson import NDJSONItemDecoder
-from nbchat.clients.openai_sse import OpenAIItemDecoder
-from nbchat.clients.sse import SSEItemDecoder
+from nbchat.wire.decoders import NDJSONItemDecoder, SSEItemDecoder
 from nbchat.wire.errors import ProtocolError, RequestError
-from nbchat.wire.events import Chunk, End, ErrorInfo, Event, Status
-from nbchat.wire.openai import CompletionEncoder
+from nbchat.wire.events import Chunk, End, ErrorInfo, Event, Item, Status
+from nbchat.wire.openai import CompletionEncoder, OpenAIItemDecoder
 from nbchat.wire.protocol import (
     EventAssembler,
     LineDecoder,

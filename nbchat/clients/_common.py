@@ -16,15 +16,11 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import TypeAlias
 
 from ..wire.errors import NBChatConnectionError, NBChatError, RequestError, ResumeError
-from ..wire.events import Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
+from ..wire.events import Chunk, End, Event, Item, Message, Status, TurnRequest
 from ..wire.protocol import EventAssembler
 from ._errors import RESUME_CODES
-
-Item: TypeAlias = Chunk | ErrorInfo | Status
-"""One decoded wire item, before an error record is paired with its status."""
 
 
 def as_request(request: TurnRequest | str, uid: str | None = None) -> TurnRequest:

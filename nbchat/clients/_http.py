@@ -12,32 +12,24 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from ..wire.contract import TURN_HEADER, interrupt_path
+from ..wire.decoders import ItemDecoder
 from ..wire.errors import ResumeError
-from ..wire.events import TurnRequest
+from ..wire.events import Item, TurnRequest
 from ..wire.protocol import dumps
 from ._common import (
     AsyncChatClient,
     AsyncTurnStream,
     ChatClient,
-    Item,
     TurnStream,
     as_request,
     auth_headers,
 )
 from ._errors import broken, cannot_connect, error_from_status, timed_out
-
-
-class ItemDecoder(Protocol):
-    """Sans-I/O: bytes in any split -> decoded items."""
-
-    def feed(self, data: bytes, received: float) -> list[Item]: ...
-
-    def flush(self, received: float) -> list[Item]: ...
 
 
 @dataclass(frozen=True)

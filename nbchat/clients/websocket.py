@@ -28,13 +28,12 @@ from websockets.sync.client import connect as connect_ws
 
 from ..wire.contract import INTERRUPT_FRAME, WEBSOCKET_PATH
 from ..wire.errors import AuthError, NBChatConnectionError, NBChatError, PayloadTooLarge, ProtocolError
-from ..wire.events import Status, TurnRequest
+from ..wire.events import Item, Status, TurnRequest
 from ..wire.protocol import decode_ws, dumps, encode_turn_request
 from ._common import (
     AsyncChatClient,
     AsyncTurnStream,
     ChatClient,
-    Item,
     TurnStream,
     as_request,
     auth_headers,

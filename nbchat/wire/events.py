@@ -99,3 +99,6 @@ class End:
 
 
 Event: TypeAlias = Chunk | End
+
+Item: TypeAlias = Chunk | ErrorInfo | Status
+"""One decoded wire item, before an error record is paired with the status that follows it."""
