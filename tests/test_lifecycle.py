@@ -11,8 +11,7 @@ from collections.abc import Iterator
 import httpx
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TOKEN, ServerFactory
-from helpers import RecordingBackend
+from tests.helpers import TOKEN, RecordingBackend, ServerFactory
 
 H = {"token": TOKEN}
 REQ = {"userMessage": {"role": "user", "content": "count"}}

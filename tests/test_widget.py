@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 
 import nbchat
-from conftest import TOKEN, ServerFactory
-from helpers import RecordingBackend
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.notebook.conversation import ChatOptions, Conversation
 from nbchat.notebook.widget import ChatWidget
 from nbchat.server.serving import ServerHandle
+from tests.helpers import TOKEN, RecordingBackend, ServerFactory
 
 
 class RecordingComm:

@@ -38,10 +38,11 @@ import httpx
 
 from ..backends.base import GenerationRequest
 from ..backends.smollm2 import SmolLM2Backend, find_gguf
-from ..clients import ChatClient, connect
+from ..clients import ChatClient, collect, connect
 from ..wire.contract import OPENAI_MODELS_PATH, TRANSPORTS
-from ..wire.events import Chunk, Message, TurnRequest
-from .procs import START_TIMEOUT, ServerStartError, drain, in_background, nbchat_server, python_child
+from ..wire.errors import ServerStartError
+from ..wire.events import Message
+from .procs import START_TIMEOUT, drain, in_background, nbchat_server, python_child
 
 PROMPTS = (
     "Explain in a few sentences why the sky is blue.",
@@ -102,11 +103,9 @@ def nbchat_runner(client: ChatClient, max_tokens: int, model: str | None = None)
     """One client kept for the whole run, as a notebook keeps it: its connection is reused."""
 
     def run(prompt: str) -> Sample:
-        request = TurnRequest(Message("user", prompt), temperature=0.0, max_tokens=max_tokens, model=model)
         sample = Sample(time.perf_counter())
-        for event in client.stream(request):
-            if isinstance(event, Chunk):
-                sample.add(event.content)
+        with client.stream(prompt, temperature=0.0, max_tokens=max_tokens, model=model) as turn:
+            collect(turn, lambda chunk: sample.add(chunk.content))
         return sample
 
     return run

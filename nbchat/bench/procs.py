@@ -22,15 +22,14 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
+from ..wire.errors import ServerStartError
+
 T = TypeVar("T")
 
 START_TIMEOUT = 120.0  # the embedded model takes a while to load
-_URL = re.compile(rb"nbchat serving \S+ at (http://\S+?)/(?:\?token=\S*)?\s*$")
+#: what ``nbchat serve`` prints once it accepts connections; group 1 is its base URL
+SERVING_LINE = re.compile(rb"nbchat serving \S+ at (http://\S+?)/(?:\?token=\S*)?\s*$")
 _RAW = re.compile(rb"rawtcp listening on (\d+)")
-
-
-class ServerStartError(RuntimeError):
-    """A benchmark server did not come up; the message holds its last output."""
 
 
 @dataclass
@@ -102,7 +101,7 @@ async def nbchat_server(backend: str = "echo", rate: float = 0.0, host: str = "1
     args = ["-m", "nbchat.cli.main", "serve", "--host", host, "--port", "0", f"--token={token}",
             "--backend", backend, "--rate", str(rate), "--log-level", "warning"]
     async with python_child(args, prefix) as proc:
-        found = await _announced(proc, _URL, START_TIMEOUT)
+        found = await _announced(proc, SERVING_LINE, START_TIMEOUT)
         # keep draining its output, so a chatty server never blocks on a full pipe
         output = asyncio.ensure_future(drain(proc))
         try:

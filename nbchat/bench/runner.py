@@ -225,7 +225,7 @@ async def _concurrency_point(run: _Run, transport: str, streams: int, n: int) ->
 
 
 async def _model(run: _Run) -> None:
-    from .procs import ServerStartError
+    from ..wire.errors import ServerStartError
 
     if importlib.util.find_spec("llama_cpp") is None:  # say so plainly instead of a server that fails to start
         run.results.notes.append("model: skipped, llama-cpp-python is not installed")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..server.config import Settings
 from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, TRANSPORTS
 from ..wire.errors import NBChatError
-from ..wire.events import Chunk, End, Message, TurnRequest
+from ..wire.events import Chunk, Status
 
 if TYPE_CHECKING:
     from ..clients import TurnStream
@@ -50,15 +50,11 @@ def run_chat(args: argparse.Namespace) -> int:
             print(f"starting an in-process server with the {args.backend} backend ...", file=sys.stderr)
             handle = start_server_thread(Settings(port=0, backend=args.backend))
             url, token = handle.url, handle.token
-        conversation = (Message("system", args.system),) if args.system else ()
-        request = TurnRequest(user_message=Message("user", args.message), conversation=conversation,
-                              temperature=args.temperature, max_tokens=args.max_tokens)
-        with connect(url, token=token, transport=args.transport) as client:
-            return _print_stream(client.stream(request), args.transport)
+        options = {"system": args.system or None, "temperature": args.temperature, "max_tokens": args.max_tokens}
+        with connect(url, token=token, transport=args.transport) as client, \
+                client.stream(args.message, **options) as turn:
+            return _print_stream(turn, args.transport)
     except NBChatError as exc:
-        print(f"nbchat chat: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:  # the in-process server could not start
         print(f"nbchat chat: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -67,26 +63,27 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def _print_stream(turn: TurnStream, transport: str) -> int:
+    """Print the answer as it arrives; Ctrl-C interrupts the turn, and what was
+    generated up to then is still printed, up to its ``[INTERRUPTED]``."""
     start = time.perf_counter()
-    first: float | None = None
+    first: list[float] = []
     chunks = 0
-    end: End | None = None
-    try:
-        for event in turn:
-            if isinstance(event, Chunk):
-                first = first if first is not None else time.perf_counter() - start
-                chunks += 1
-                print(event.content, end="", flush=True)
-            elif isinstance(event, End):
-                end = event
-    except KeyboardInterrupt:
-        turn.interrupt()
-        print("\n[INTERRUPTED]", file=sys.stderr)
-        return 130
+
+    def show(chunk: Chunk) -> None:
+        nonlocal chunks
+        if not first:
+            first.append(time.perf_counter() - start)
+        chunks += 1
+        print(chunk.content, end="", flush=True)
+
+    from ..clients import collect
+
+    end = collect(turn, show)
     total = time.perf_counter() - start
-    status = end.status.value if end else "?"
-    detail = f": {end.error.message}" if end and end.error else ""
-    ttft = f"{first * 1000:.0f} ms" if first is not None else "-"
-    print(f"\n\n-- {status}{detail} | {transport} | first token {ttft} | {chunks} chunks in {total:.2f} s",
+    detail = f": {end.error.message}" if end.error else ""
+    ttft = f"{first[0] * 1000:.0f} ms" if first else "-"
+    print(f"\n\n-- {end.status.value}{detail} | {transport} | first token {ttft} | {chunks} chunks in {total:.2f} s",
           file=sys.stderr)
-    return 0 if end is not None and end.status.value in ("[DONE]", "[TOKENS]") else 1
+    if end.ok:
+        return 0
+    return 130 if end.status is Status.INTERRUPTED else 1

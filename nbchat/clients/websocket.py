@@ -31,11 +31,11 @@ from ..wire.errors import AuthError, NBChatConnectionError, NBChatError, Payload
 from ..wire.events import Item, Status, TurnRequest
 from ..wire.protocol import decode_ws, dumps, encode_turn_request
 from ._common import (
+    DEFAULT_TIMEOUT,
     AsyncChatClient,
     AsyncTurnStream,
     ChatClient,
     TurnStream,
-    as_request,
     auth_headers,
 )
 from ._errors import broken, cannot_connect, error_from_status, timed_out
@@ -118,15 +118,16 @@ class WebSocketClient(ChatClient):
 
     transport = "ws"
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, uid: str | None = None) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 uid: str | None = None) -> None:
         super().__init__(url, token=token, timeout=timeout, uid=uid)
         self._ws: ClientConnection | None = None
         self._stack = contextlib.ExitStack()
         self._reader: _FrameReader | None = None
         self._lock = threading.Lock()  # one socket, opened once, even if two threads start turns
 
-    def stream(self, request: TurnRequest | str) -> TurnStream:
-        return self._start(dumps(encode_turn_request(as_request(request, self.uid))))
+    def _start_turn(self, request: TurnRequest) -> TurnStream:
+        return self._start(dumps(encode_turn_request(request)))
 
     def resume(self, after: int, *, turn_id: str | None = None) -> TurnStream:
         return self._start(dumps({"resume": _resume_spec(after, turn_id)}), after=after, turn_id=turn_id)
@@ -219,16 +220,17 @@ class AsyncWebSocketClient(AsyncChatClient):
 
     transport = "ws"
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, uid: str | None = None) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 uid: str | None = None) -> None:
         super().__init__(url, token=token, timeout=timeout, uid=uid)
         self._ws: AsyncConnection | None = None
         self._stack = contextlib.AsyncExitStack()
         self._reader: _AsyncFrameReader | None = None
 
-    async def stream(self, request: TurnRequest | str) -> AsyncTurnStream:
-        return await self._start(dumps(encode_turn_request(as_request(request, self.uid))))
+    async def _start_turn(self, request: TurnRequest) -> AsyncTurnStream:
+        return await self._start(dumps(encode_turn_request(request)))
 
-    async def resume(self, after: int, *, turn_id: str | None = None) -> AsyncTurnStream:
+    async def _resume(self, after: int, turn_id: str | None) -> AsyncTurnStream:
         return await self._start(dumps({"resume": _resume_spec(after, turn_id)}), after=after, turn_id=turn_id)
 
     async def aclose(self) -> None:

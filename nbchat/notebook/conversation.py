@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Transport
 from ..wire.events import Message, Status, TurnRequest
 
 
@@ -19,7 +19,7 @@ from ..wire.events import Message, Status, TurnRequest
 class ChatOptions:
     """Per-turn settings; ``None`` means "the server's (or the environment's) default"."""
 
-    transport: str = "ws"
+    transport: Transport = "ws"
     server: str | None = None
     token: str | None = None
     model: str | None = None

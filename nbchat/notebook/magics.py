@@ -18,18 +18,21 @@ import shlex
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..wire.contract import transport_name
-from ..wire.errors import NBChatConnectionError, NBChatError
-from ..wire.events import Chunk, End, Status
+from ..wire.errors import NBChatError, ServerStartError
+from ..wire.events import Chunk, End
 from .conversation import ChatOptions, Conversation
 from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
 from .render import Throttle, TurnStats, answer_markdown
+
+if TYPE_CHECKING:
+    from ..clients import TurnStream
 
 LINE_ACTIONS = ("show", "history", "reset", "last", "widget", "start", "stop")
 
@@ -248,7 +251,7 @@ class ChatMagics(Magics):
             view.start("*starting the nbchat server in this kernel (first use)…*")
         try:
             endpoint = resolve_endpoint(options.server, options.token, self.kernel_server)
-        except RuntimeError as exc:  # the in-kernel server did not start
+        except ServerStartError as exc:  # the in-kernel server did not start
             if view.started:
                 view.finish("", "the nbchat server did not start")
             raise ChatError(f"nbchat: {_describe(exc)}") from None
@@ -270,37 +273,24 @@ class ChatMagics(Magics):
         return result
 
 
-def stream_turn(turn: Any, view: StreamView, stats: TurnStats, answer: list[str]) -> End:
-    """Feed the turn's events to the view until its End; a KeyboardInterrupt interrupts the turn.
+def stream_turn(turn: TurnStream, view: StreamView, stats: TurnStats, answer: list[str]) -> End:
+    """Feed the turn's chunks to the view until its End (:func:`nbchat.clients.collect`).
 
-    The partial answer stays: after ``turn.interrupt()`` the stream still
-    delivers what was generated and then ``End(INTERRUPTED)``.
+    A kernel interrupt interrupts the turn and the partial answer stays: the
+    stream still delivers what was generated and then ``End(INTERRUPTED)``.
     """
+    from ..clients import collect
+
+    def show(chunk: Chunk) -> None:
+        stats.on_chunk(chunk.content)
+        answer.append(chunk.content)
+        view.add(chunk.content)
+
     view.start()
-    try:
-        end = _consume(turn, view, stats, answer)
-    except KeyboardInterrupt:
-        turn.interrupt()
-        try:
-            end = _consume(turn, view, stats, answer) or End(Status.INTERRUPTED)
-        except (KeyboardInterrupt, NBChatError):  # a second interrupt, or the stream broke: stop waiting
-            end = End(Status.INTERRUPTED)
-    if end is None:
-        raise NBChatConnectionError("the stream ended without a status")
+    end = collect(turn, show)
     stats.on_end(end)
     view.finish("".join(answer), stats.footer())
     return end
-
-
-def _consume(turn: Any, view: StreamView, stats: TurnStats, answer: list[str]) -> End | None:
-    for event in turn:
-        if isinstance(event, Chunk):
-            stats.on_chunk(event.content)
-            answer.append(event.content)
-            view.add(event.content)
-        elif isinstance(event, End):
-            return event
-    return None
 
 
 def _describe(exc: Exception) -> str:
