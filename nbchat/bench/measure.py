@@ -25,7 +25,6 @@ from ..wire.sse import SSEMessage, encode_sse
 from .stats import Trace
 from .wire import WireClient, parse_host_port
 
-TRANSPORT_NAMES = {"ws": "WebSocket", "sse": "SSE", "stream": "NDJSON", "openai": "OpenAI SSE", "raw": "raw TCP"}
 PIECE = "abcd"  # the echo backend's pieces are four characters
 
 

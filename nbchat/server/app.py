@@ -42,7 +42,9 @@ from ..wire.protocol import encode_ndjson, encode_sse_event, error_body, parse_j
 from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware
 from .config import Settings
+from .openai_routes import chat_completions, list_models
 from .turns import Subscription, Turn, TurnManager
+from .ws import websocket_endpoint
 
 log = logging.getLogger("nbchat.server.app")
 
@@ -197,9 +199,6 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
     """The nbchat ASGI app. ``settings.token`` must be concrete (see Settings.with_token)."""
-    from .openai_routes import chat_completions, list_models
-    from .ws import websocket_endpoint
-
     settings = (settings or Settings()).with_token()
     if backend is None:
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
@@ -221,7 +220,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         Route(INTERRUPT_PATH, interrupt_turn, methods=["POST"]),
         Route(SSE_PATH, create_sse, methods=["GET", "POST"]),
         Route(NDJSON_PATH, talk_by_stream, methods=["GET", "POST"]),
-        Route(OPENAI_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
+        Route(OPENAI_COMPLETIONS_PATH, chat_completions(read_json), methods=["POST"]),
         Route(OPENAI_MODELS_PATH, list_models),
         WebSocketRoute(WEBSOCKET_PATH, websocket_endpoint),
     ]

@@ -7,7 +7,8 @@ encode the turn's events with :mod:`nbchat.wire.openai`, so the official
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -19,7 +20,6 @@ from ..wire.events import Chunk, End, Status
 from ..wire.openai import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
 from ..wire.protocol import dumps
 from ..wire.sse import SSEMessage, encode_sse
-from .app import read_json
 from .turns import Subscription, TurnManager
 
 ERROR_HTTP = {Status.MODEL_TIMEOUT: 504, Status.ERROR: 502, Status.INTERRUPTED: 503}
@@ -35,7 +35,16 @@ async def list_models(request: Request) -> Response:
         {"id": backend.model_name, "object": "model", "created": 0, "owned_by": "nbchat"}]})
 
 
-async def chat_completions(request: Request) -> Response:
+def chat_completions(read_json: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+    """The completions endpoint, reading its body with the server's ``read_json`` (its size limit and errors)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await _chat_completions(request, read_json)
+
+    return endpoint
+
+
+async def _chat_completions(request: Request, read_json: Callable[[Request], Awaitable[Any]]) -> Response:
     try:
         req = parse_completion_request(await read_json(request))
     except OpenAIRequestError as exc:
