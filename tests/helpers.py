@@ -5,8 +5,10 @@ behaviour chosen to reach a status (stall, fail) or to observe cancellation."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.server.serving import ServerHandle
@@ -103,3 +105,43 @@ class CapturingBackend(Backend):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
         self.requests.append(request)
         yield "ok"
+
+
+def descendants(pid: int) -> list[int]:
+    """The live child processes of ``pid``, their children and so on (from /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread or process ended meanwhile
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live descendants (the server and its model process)."""
+    return sum(cpu_seconds(p) for p in (pid, *descendants(pid)))
+
+
+def model_processes(pid: int) -> list[int]:
+    """The nbchat model processes started by ``pid`` or its descendants."""
+    out = []
+    for child in descendants(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"nbchat.backends.llama_worker" in command:
+            out.append(child)
+    return out

@@ -5,13 +5,17 @@ the bounded queue. Generations are kept short: the model is small but real."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from nbchat.backends import LENGTH, Finish, GenerationRequest, create_backend
-from nbchat.backends.smollm2 import SmolLM2Backend, block_cuts, find_gguf
+from nbchat.backends.llama_worker import block_cuts
+from nbchat.backends.smollm2 import SmolLM2Backend, find_gguf
 from nbchat.wire.errors import BackendError, QueueFull
 from nbchat.wire.events import Message
 
@@ -35,10 +39,17 @@ def text_of(pieces: list[str | Finish]) -> str:
 
 
 async def worker_idle(backend: SmolLM2Backend, timeout: float) -> None:
-    """Returns once the model's worker thread has finished everything queued before now
+    """Returns once the model's supervisor has finished everything queued before now
     (its queue is FIFO), or fails after ``timeout`` seconds."""
-    model = backend.model
-    await asyncio.wait_for(asyncio.wrap_future(model.executor.submit(lambda: None)), timeout)
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+    backend.model.submit(lambda: done.set_result(None))
+    await asyncio.wait_for(asyncio.wrap_future(done), timeout)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (the model runs in its own process)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture
@@ -116,10 +127,13 @@ async def test_cancel_stops_the_model_within_a_token(backend: SmolLM2Backend) ->
     await worker_idle(backend, timeout=2.0)
     # the token being computed at the cancel, plus llama.cpp's final stop check
     assert backend.model.tokens_sampled - at_cancel <= 2
-    settled, cpu = backend.model.tokens_sampled, time.process_time()
+    pid = backend.model.pid
+    assert pid is not None  # stopped, not killed: the model process stays for the next turn
+    settled, cpu, own = backend.model.tokens_sampled, cpu_seconds(pid), time.process_time()
     await asyncio.sleep(0.3)  # a quiet window: nothing may run in it
     assert backend.model.tokens_sampled == settled
-    assert time.process_time() - cpu < 0.1
+    assert cpu_seconds(pid) - cpu < 0.1
+    assert time.process_time() - own < 0.1
 
 
 async def test_aclose_of_the_iterator_stops_the_model(backend: SmolLM2Backend) -> None:

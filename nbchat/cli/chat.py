@@ -32,6 +32,8 @@ def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--transport", "-t", default="ws", choices=[*TRANSPORTS, "ndjson"])
     p.add_argument("--backend", default="smollm2", choices=["smollm2", "echo", "openai"],
                    help="backend of the in-process server (ignored with --server)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="smollm2 backend of the in-process server: llama.cpp threads")
     p.add_argument("--system", default=None, help="a system prompt")
     p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
@@ -48,7 +50,8 @@ def run_chat(args: argparse.Namespace) -> int:
             from ..server.serving import start_server_thread
 
             print(f"starting an in-process server with the {args.backend} backend ...", file=sys.stderr)
-            handle = start_server_thread(Settings(port=0, backend=args.backend))
+            options = {"n_threads": args.threads} if args.threads else {}
+            handle = start_server_thread(Settings(port=0, backend=args.backend, backend_options=options))
             url, token = handle.url, handle.token
         options = {"system": args.system or None, "temperature": args.temperature, "max_tokens": args.max_tokens}
         with connect(url, token=token, transport=args.transport) as client, \

@@ -1,4 +1,4 @@
-"""The command line: ``nbchat serve`` (the contract's server) and ``nbchat bench``."""
+"""The command line: ``nbchat serve`` (the contract's server), ``chat``, ``bench`` and ``doctor``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--rate", type=float, default=DEFAULT_RATE,
                    help=f"echo backend: pieces per second (default {DEFAULT_RATE:g}; 0 = as fast as possible)")
     p.add_argument("--model", default=None, help="model id for the openai backend")
+    p.add_argument("--threads", type=int, default=None,
+                   help="smollm2 backend: llama.cpp threads (default: the cores this process may use)")
     p.add_argument("--model-timeout", type=float, default=30.0,
                    help="end a turn with [MODEL_TIMEOUT] when the backend yields nothing this long (seconds)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
@@ -42,9 +44,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.rate < 0:
         print("nbchat serve: --rate must be >= 0", file=sys.stderr)
         return 2
+    if args.threads is not None and args.threads < 1:
+        print("nbchat serve: --threads must be >= 1", file=sys.stderr)
+        return 2
+    options = {"n_threads": args.threads} if args.threads else {}
     settings = Settings(host=args.host, port=args.port, token=args.token, backend=args.backend, rate=args.rate,
                         model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
-                        allow_origins=tuple(args.allow_origin), grace_period=args.grace_period).with_token()
+                        allow_origins=tuple(args.allow_origin), grace_period=args.grace_period,
+                        backend_options=options).with_token()
     try:
         server = make_server(settings, log_level=args.log_level)
     except Exception as exc:  # a backend that cannot be built: one clear line
@@ -74,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..bench import add_bench_parser
 
     add_bench_parser(sub)
+    from .doctor import add_doctor_parser
+
+    add_doctor_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         return run_serve(args)

@@ -18,11 +18,12 @@ import shlex
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
+from IPython.core import magic
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, magics_class
 
 from ..wire.contract import transport_name
 from ..wire.errors import NBChatError, ServerStartError
@@ -60,7 +61,7 @@ class StreamView:
         from IPython.display import display
 
         if self._handle is None:
-            self._handle = display(self._bundle(note, ""), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+            self._handle = display(self._bundle(note, ""), raw=True, display_id=True)
         else:
             self._update(self._bundle(note, ""))
 
@@ -152,19 +153,35 @@ CELL_PARSER = _parser("%%chat", cell=True)
 LINE_PARSER = _parser("%chat", cell=False)
 
 
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _cell_magic(name: str) -> Callable[[_Method], _Method]:
+    """IPython's ``cell_magic``, typed: untyped in IPython 8, typed too narrowly in 9; the
+    decorator returns the method unchanged, so the checks hold on both."""
+    decorate: Callable[[_Method], _Method] = cast(Any, magic).cell_magic(name)
+    return decorate
+
+
+def _line_magic(name: str) -> Callable[[_Method], _Method]:
+    """IPython's ``line_magic``, typed as :func:`_cell_magic` is."""
+    decorate: Callable[[_Method], _Method] = cast(Any, magic).line_magic(name)
+    return decorate
+
+
 @magics_class
 class ChatMagics(Magics):
     """``%%chat`` and ``%chat``, with the conversation and the in-kernel server they share."""
 
     def __init__(self, shell: InteractiveShell | None = None, kernel_server: KernelServer | None = None) -> None:
-        super().__init__(shell)  # type: ignore[no-untyped-call]
+        Magics.__init__(self, shell)
         self.conversation = Conversation()
         self.kernel_server = kernel_server or KernelServer()
         self.last: ChatResult | None = None
         #: makes the cell's live output; a seam for tests (count updates, interrupt mid-stream)
         self.view_factory: Callable[[], StreamView] = StreamView
 
-    @cell_magic("chat")  # type: ignore[untyped-decorator]  # IPython's decorators are untyped
+    @_cell_magic("chat")
     def chat_cell(self, line: str, cell: str) -> None:
         """Send the cell to the model and stream the answer here.
 
@@ -186,7 +203,7 @@ class ChatMagics(Magics):
         if args.out:
             self._user_ns[args.out] = result.answer
 
-    @line_magic("chat")  # type: ignore[untyped-decorator]
+    @_line_magic("chat")
     def chat_line(self, line: str) -> Any:
         """Show or change the chat defaults, or act on the conversation.
 
@@ -299,7 +316,7 @@ def _describe(exc: Exception) -> str:
 
 
 def load_ipython_extension(ip: InteractiveShell) -> None:
-    ip.register_magics(ChatMagics(ip))  # type: ignore[no-untyped-call]
+    ip.register_magics(ChatMagics(ip))
 
 
 def unload_ipython_extension(ip: InteractiveShell) -> None:

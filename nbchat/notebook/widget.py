@@ -218,7 +218,7 @@ def _shared_kernel_server() -> KernelServer | None:
         from IPython.core.getipython import get_ipython
     except ImportError:
         return None
-    shell = get_ipython()  # type: ignore[no-untyped-call]
+    shell = get_ipython()
     magics = shell.magics_manager.registry.get("ChatMagics") if shell is not None else None
     server = getattr(magics, "kernel_server", None)
     return server if isinstance(server, KernelServer) else None

@@ -1,0 +1,289 @@
+"""The model process: llama.cpp runs here, never in the server's or the kernel's process.
+
+``python -m nbchat.backends.llama_worker --model FILE`` loads the GGUF and then
+serves generations one at a time. It speaks JSON Lines:
+
+- on standard input it reads ``{"op": "generate", "id", "messages",
+  "temperature", "max_tokens"}`` and ``{"op": "stop", "id"}``;
+- on its protocol pipe (the standard output it was started with) it writes
+  ``{"ready": {...}}`` once loaded (or ``{"fatal": message}``), then per job
+  ``{"id", "piece", "n"}``, ``{"id", "length": true}``, ``{"id", "error",
+  "code"}`` and finally ``{"id", "end": true, "n"}``; ``n`` counts the tokens
+  sampled since the process started.
+
+Everything llama.cpp prints goes to standard error: file descriptor 1 is
+pointed there at start, so C code writing to stdout cannot corrupt the
+protocol. A reader thread takes the commands, so a stop reaches a generation
+while llama.cpp computes: it is checked after every sampled token and, while
+the prompt is evaluated, by llama.cpp's abort callback between graph nodes.
+When standard input closes (the parent died), the process exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+
+def block_cuts(length: int) -> list[int]:
+    """Fixed positions where a prompt of ``length`` tokens is cut into batches: every 8
+    tokens up to 64 (the system prompt and short turns share most of their start),
+    then every 64 (long conversations, in batches big enough to stay fast)."""
+    return [c for c in (*range(8, 64, 8), *range(64, length + 1, 64)) if c <= length]
+
+
+class Stopped(Exception):
+    """The running job was stopped while llama.cpp evaluated its prompt."""
+
+
+@dataclass
+class Control:
+    """What the reader thread shares with the generating thread: the job queue and stop requests."""
+
+    jobs: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+    running: int | None = None
+    stopped: set[int] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop_requested(self, job_id: int) -> bool:
+        with self.lock:
+            return job_id in self.stopped
+
+    def read_commands(self, stream: IO[bytes]) -> None:
+        """Reader thread: queue jobs, record stops; exit the process when the parent is gone."""
+        for line in stream:
+            command = json.loads(line)
+            if command.get("op") == "generate":
+                self.jobs.put(command)
+            elif command.get("op") == "stop":
+                with self.lock:
+                    self.stopped.add(int(command["id"]))
+        os._exit(0)  # standard input closed: nobody will read an answer
+
+
+class Output:
+    """The protocol pipe: one JSON object a line, written whole under a lock."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream, self._lock = stream, threading.Lock()
+
+    def send(self, **message: Any) -> None:
+        data = json.dumps(message, ensure_ascii=False).encode() + b"\n"
+        with self._lock:
+            self._stream.write(data)
+            self._stream.flush()
+
+
+def take_protocol_pipe() -> IO[bytes]:
+    """The original stdout, for the protocol; fd 1 then points at stderr for C code's prints."""
+    pipe = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return pipe
+
+
+@contextlib.contextmanager
+def model_params_without_extra_buffers(llama_cpp: Any) -> Iterator[None]:
+    """Load with ``use_extra_bufts = False``: llama.cpp's AMX path lives in those extra buffer
+    types and faults on current Intel CPUs. ``Llama()`` has no argument for this field, so the
+    default-params function it calls is wrapped for the duration of the load (this process only
+    ever loads one model, on one thread)."""
+    module = llama_cpp.llama_cpp
+    original = module.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = original
+
+
+class Model:
+    """The loaded model, its chat template and the KV blocks kept from the previous turn."""
+
+    def __init__(self, path: str, n_threads: int, n_ctx: int) -> None:
+        import llama_cpp
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        from .cpu import check_library
+
+        self.system_info = llama_cpp.llama_print_system_info().decode()
+        # A library that carries AMX code (a -march=native build on an AMX CPU) runs safely
+        # only with the extra buffer types off; any other library keeps them (weight repacking).
+        self.extra_buffers = not check_library(self.system_info, ()).amx
+        load = contextlib.nullcontext() if self.extra_buffers else model_params_without_extra_buffers(llama_cpp)
+        with load:
+            self.llama: Llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+        self.version = llama_cpp.__version__
+        self.n_ctx, self.n_threads, self.path = n_ctx, n_threads, path
+        llama = self.llama
+        eos = llama.detokenize([llama.token_eos()], special=True).decode()
+        bos = llama.detokenize([llama.token_bos()], special=True).decode()
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{path} has no chat template")
+        self._formatter: Any = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self._cached: list[int] = []  # the prompt tokens whose KV entries came from block_cuts evaluation
+        self.tokens_sampled = 0
+        self._abort: Callable[[], bool] = lambda: False
+        # Kept on the instance: llama.cpp holds only the C pointer.
+        self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort())
+
+    def info(self) -> dict[str, Any]:
+        return {"version": self.version, "system_info": self.system_info, "threads": self.n_threads,
+                "n_ctx": self.n_ctx, "model": self.path, "extra_buffers": self.extra_buffers, "pid": os.getpid()}
+
+    def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
+        """Token ids of the chat prompt (the GGUF's own template) and its stop strings."""
+        formatted = self._formatter(messages=messages)
+        stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
+        tokens = self.llama.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
+        return tokens, [s for s in stop if s]
+
+    @contextlib.contextmanager
+    def abortable(self, should_stop: Callable[[], bool]) -> Iterator[None]:
+        """llama.cpp asks ``should_stop`` between graph nodes while this block runs.
+
+        Only around prompt evaluation: a batch of hundreds of tokens takes seconds on two
+        cores, and a stop must not wait for it. During decoding the stop is checked per
+        token instead, where a Python call per graph node would cost more than it saves.
+        """
+        import llama_cpp
+
+        ctx = self.llama.ctx
+        self._abort = should_stop
+        llama_cpp.llama_set_abort_callback(ctx, self._abort_callback, ctypes.c_void_p(0))
+        try:
+            yield
+        finally:
+            llama_cpp.llama_set_abort_callback(ctx, llama_cpp.ggml_abort_callback(0), ctypes.c_void_p(0))
+            self._abort = lambda: False
+
+    def prefill(self, tokens: list[int], should_stop: Callable[[], bool]) -> None:
+        """Evaluate the prompt up to its last block cut, reusing the previous turn's blocks.
+
+        Greedy answers must not depend on the turn before, yet re-reading the
+        whole prompt every turn is the largest part of the time to first token.
+        llama.cpp's own prefix reuse splits the prompt wherever the previous
+        turn's tokens stopped matching, and batches split differently give
+        slightly different floats (measured: it changed 1 answer in 25 prompt
+        pairs). Here the prompt is cut only at fixed positions, so the KV
+        entries of a reused block are bit for bit those a fresh evaluation
+        makes. llama.cpp then finds this prefix and evaluates the rest.
+        """
+        llama = self.llama
+        cuts = block_cuts(len(tokens) - 1)  # leave at least one token: it yields the first logits
+        pairs = enumerate(zip(tokens, self._cached, strict=False))
+        common = next((i for i, (a, b) in pairs if a != b), len(self._cached))
+        start = max((c for c in cuts if c <= common), default=0)
+        self._cached = tokens[:start]
+        llama.n_tokens = start  # the next eval drops the KV entries from here on
+        with self.abortable(should_stop):
+            for cut in (c for c in cuts if c > start):
+                try:
+                    llama.eval(tokens[start:cut])
+                except RuntimeError:
+                    if should_stop():  # llama_decode returned "aborted"
+                        llama.n_tokens = start
+                        raise Stopped from None
+                    raise
+                self._cached, start = tokens[:cut], cut
+
+
+Send = Callable[..., None]
+
+
+def run_job(model: Model, job: dict[str, Any], control: Control, send: Send) -> None:
+    """One generation: each message goes to ``send`` as keyword arguments, pieces as they are
+    sampled, then exactly one ``end``."""
+    from llama_cpp import StoppingCriteriaList
+
+    job_id = int(job["id"])
+
+    def stop() -> bool:
+        return control.stop_requested(job_id)
+
+    def should_stop(_ids: Any, _logits: Any) -> bool:
+        model.tokens_sampled += 1
+        return stop()
+
+    try:
+        if stop():
+            return
+        tokens, stop_strings = model.prompt(job["messages"])
+        if len(tokens) >= model.n_ctx:
+            send(id=job_id, code="context_length_exceeded", error=(
+                f"the conversation ({len(tokens)} tokens) does not fit the model's context of {model.n_ctx} tokens;"
+                " start a new conversation or shorten it"))
+            return
+        model.prefill(tokens, stop)
+        max_tokens = job.get("max_tokens")
+        stream = model.llama.create_completion(
+            tokens, max_tokens=max_tokens if max_tokens is not None else -1, temperature=job["temperature"],
+            stop=stop_strings, stream=True, stopping_criteria=StoppingCriteriaList([should_stop]))
+        assert not isinstance(stream, dict)  # stream=True gives an iterator of chunks
+        with contextlib.closing(stream):  # type: ignore[type-var]  # a generator: closing it ends llama.cpp's loop
+            for chunk in stream:
+                if stop():
+                    return
+                choice = chunk["choices"][0]
+                if choice["text"]:
+                    send(id=job_id, piece=choice["text"], n=model.tokens_sampled)
+                if choice["finish_reason"] == "length":
+                    send(id=job_id, length=True)
+    except Stopped:
+        pass
+    except Exception as exc:  # reported to the parent, which raises it as a BackendError
+        send(id=job_id, error=f"the model failed: {type(exc).__name__}: {exc}", code=None)
+    finally:
+        with control.lock:
+            control.stopped.discard(job_id)
+        send(id=job_id, end=True, n=model.tokens_sampled)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m nbchat.backends.llama_worker")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--n-ctx", type=int, required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    # Stops come as commands from the parent; an interrupt meant for it must not end the model.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = Output(take_protocol_pipe())
+    try:
+        model = Model(args.model, args.threads, args.n_ctx)
+    except Exception as exc:  # a missing or unreadable file, not a GGUF, no llama_cpp
+        out.send(fatal=f"{type(exc).__name__}: {exc}")
+        return 1
+    out.send(ready=model.info())
+    control = Control()
+    threading.Thread(target=control.read_commands, args=(sys.stdin.buffer,), daemon=True).start()
+    while True:
+        run_job(model, control.jobs.get(), control, out.send)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
