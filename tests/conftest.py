@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,19 +10,7 @@ import pytest
 from nbchat.backends import Backend
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
-
-TOKEN = "test-token-0123456789"
-
-# A long message that exercises what breaks naive clients: Chinese and emoji
-# (multi-byte UTF-8 split across network chunks), quotes, backslashes, JSON
-# escapes, CR/LF and a lone "data: " that a split-on-prefix parser would eat.
-LONG_MESSAGE = (
-    "你好，世界！这是一个流式输出测试。 Streaming \"quotes\", a \\ backslash, a tab\t,\n"
-    "a second line\r\nwith CRLF, emoji 🚀🙂👩‍💻, accents: déjà vu, naïve; data: not a field\n\n"
-    "{\"json\": [1, 2]} </script> ` ``` code ``` "
-) * 8
-
-ServerFactory = Callable[..., ServerHandle]
+from tests.helpers import TOKEN, ServerFactory
 
 
 @pytest.fixture

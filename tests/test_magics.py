@@ -16,8 +16,6 @@ from IPython.core.getipython import get_ipython
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
-from conftest import TOKEN, ServerFactory
-from helpers import RecordingBackend
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.clients import TRANSPORTS
 from nbchat.notebook.kernel_server import KernelServer
@@ -25,6 +23,8 @@ from nbchat.notebook.magics import ChatMagics, StreamView, interpolate
 from nbchat.notebook.render import TurnStats, answer_markdown, open_fence, safe_markdown
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle
+from nbchat.wire.errors import ServerStartError
+from tests.helpers import TOKEN, RecordingBackend, ServerFactory
 
 MESSAGE = "Hello 你好 🚀 <b>bold</b> " * 40
 
@@ -235,7 +235,7 @@ def test_environment_url_is_used_when_no_server_is_given(ip: InteractiveShell, m
 def test_a_server_that_cannot_start_is_one_line(ip: InteractiveShell, published: Published,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     def fail(settings: Settings) -> ServerHandle:
-        raise RuntimeError("the nbchat server did not start: no model file")
+        raise ServerStartError("the nbchat server did not start: no model file")
 
     ip.register_magics(ChatMagics(ip, kernel_server=KernelServer(start=fail)))
     assert "no model file" in _error_line(ip, capsys, "%%chat\nhi")

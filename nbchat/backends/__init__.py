@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import LENGTH, Backend, Finish, GenerationRequest
+from .echo import DEFAULT_RATE
 
 BACKEND_NAMES = ("smollm2", "echo", "openai")
 
@@ -22,7 +23,7 @@ def create_backend(name: str, **options: Any) -> Backend:
     if name == "echo":
         from .echo import EchoBackend
 
-        return EchoBackend(rate=float(options.get("rate", 20.0)))
+        return EchoBackend(rate=float(options.get("rate", DEFAULT_RATE)))
     if name == "smollm2":
         from .smollm2 import SmolLM2Backend
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from urllib.parse import quote
 
 from ..backends import BACKEND_NAMES
+from ..backends.echo import DEFAULT_RATE
 from ..server.config import Settings
 
 LIMIT_OPTIONS = ("max_body_bytes", "header_timeout", "max_header_bytes", "max_connections", "max_queued_bytes")
@@ -25,7 +26,8 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="access token; without it a random one is made and printed; --token '' turns auth off")
     p.add_argument("--backend", choices=BACKEND_NAMES, default="smollm2",
                    help="smollm2 (embedded model, default), echo (deterministic), openai (OPENAI_BASE_URL)")
-    p.add_argument("--rate", type=float, default=20.0, help="echo backend: pieces per second (0 = as fast as possible)")
+    p.add_argument("--rate", type=float, default=DEFAULT_RATE,
+                   help=f"echo backend: pieces per second (default {DEFAULT_RATE:g}; 0 = as fast as possible)")
     p.add_argument("--model", default=None, help="model id for the openai backend")
     p.add_argument("--threads", type=int, default=None,
                    help="smollm2 backend: llama.cpp threads (default: the cores this process may use)")

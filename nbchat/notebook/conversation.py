@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Transport
 from ..wire.events import Message, Status, TurnRequest
 
 
@@ -18,12 +19,12 @@ from ..wire.events import Message, Status, TurnRequest
 class ChatOptions:
     """Per-turn settings; ``None`` means "the server's (or the environment's) default"."""
 
-    transport: str = "ws"
+    transport: Transport = "ws"
     server: str | None = None
     token: str | None = None
     model: str | None = None
-    temperature: float = 0.7
-    max_tokens: int | None = 512
+    temperature: float = DEFAULT_TEMPERATURE
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
     system: str | None = None
 
     def merged(self, **overrides: Any) -> ChatOptions:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..backends.echo import DEFAULT_RATE
+
 if TYPE_CHECKING:
     from ..server.config import Settings
     from ..server.serving import ServerHandle
@@ -41,7 +43,7 @@ class KernelServer:
     ``smollm2`` model by default).
     """
 
-    def __init__(self, backend: str = "smollm2", rate: float = 20.0,
+    def __init__(self, backend: str = "smollm2", rate: float = DEFAULT_RATE,
                  start: Callable[[Settings], ServerHandle] | None = None) -> None:
         self.backend = backend
         self.rate = rate

@@ -18,18 +18,22 @@ import shlex
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from IPython.core import magic
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, magics_class
 
-from ..wire.errors import NBChatConnectionError, NBChatError
-from ..wire.events import Chunk, End, Status
+from ..wire.contract import transport_name
+from ..wire.errors import NBChatError, ServerStartError
+from ..wire.events import Chunk, End
 from .conversation import ChatOptions, Conversation
 from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
 from .render import Throttle, TurnStats, answer_markdown
+
+if TYPE_CHECKING:
+    from ..clients import TurnStream
 
 LINE_ACTIONS = ("show", "history", "reset", "last", "widget", "start", "stop")
 
@@ -118,7 +122,7 @@ def _parser(prog: str, cell: bool) -> _Parser:
     if not cell:
         parser.add_argument("action", nargs="?", default="show", help=" | ".join(LINE_ACTIONS))
     # The same options for %%chat (this cell) and %chat (the defaults for later cells).
-    parser.add_argument("--transport", "-t", help="ws, sse, stream or openai")
+    parser.add_argument("--transport", "-t", help="ws, sse, stream (or ndjson) or openai")
     parser.add_argument("--server", help="URL of a running nbchat server (default: $NBCHAT_URL, else one in "
                         "this kernel)")
     parser.add_argument("--token", help="the server's token (default: $NBCHAT_TOKEN)")
@@ -248,14 +252,13 @@ class ChatMagics(Magics):
               f"{'kernel server':12} {server}")
 
     def _options(self, args: Any) -> ChatOptions:
-        from ..clients import TRANSPORTS
-
-        options = self.conversation.options.merged(
-            transport=args.transport, server=args.server, token=args.token, model=args.model,
+        try:
+            transport = None if args.transport is None else transport_name(args.transport)
+        except ValueError as exc:
+            raise ChatError(str(exc)) from None
+        return self.conversation.options.merged(
+            transport=transport, server=args.server, token=args.token, model=args.model,
             temperature=args.temperature, max_tokens=args.max_tokens, system=args.system)
-        if options.transport not in TRANSPORTS:
-            raise ChatError(f"unknown transport {options.transport!r}: use one of {', '.join(TRANSPORTS)}")
-        return options
 
     def _run_turn(self, text: str, options: ChatOptions) -> ChatResult:
         # Timed from here: on first use the footer's "first token" includes starting the server.
@@ -265,7 +268,7 @@ class ChatMagics(Magics):
             view.start("*starting the nbchat server in this kernel (first use)…*")
         try:
             endpoint = resolve_endpoint(options.server, options.token, self.kernel_server)
-        except RuntimeError as exc:  # the in-kernel server did not start
+        except ServerStartError as exc:  # the in-kernel server did not start
             if view.started:
                 view.finish("", "the nbchat server did not start")
             raise ChatError(f"nbchat: {_describe(exc)}") from None
@@ -287,37 +290,24 @@ class ChatMagics(Magics):
         return result
 
 
-def stream_turn(turn: Any, view: StreamView, stats: TurnStats, answer: list[str]) -> End:
-    """Feed the turn's events to the view until its End; a KeyboardInterrupt interrupts the turn.
+def stream_turn(turn: TurnStream, view: StreamView, stats: TurnStats, answer: list[str]) -> End:
+    """Feed the turn's chunks to the view until its End (:func:`nbchat.clients.collect`).
 
-    The partial answer stays: after ``turn.interrupt()`` the stream still
-    delivers what was generated and then ``End(INTERRUPTED)``.
+    A kernel interrupt interrupts the turn and the partial answer stays: the
+    stream still delivers what was generated and then ``End(INTERRUPTED)``.
     """
+    from ..clients import collect
+
+    def show(chunk: Chunk) -> None:
+        stats.on_chunk(chunk.content)
+        answer.append(chunk.content)
+        view.add(chunk.content)
+
     view.start()
-    try:
-        end = _consume(turn, view, stats, answer)
-    except KeyboardInterrupt:
-        turn.interrupt()
-        try:
-            end = _consume(turn, view, stats, answer) or End(Status.INTERRUPTED)
-        except (KeyboardInterrupt, NBChatError):  # a second interrupt, or the stream broke: stop waiting
-            end = End(Status.INTERRUPTED)
-    if end is None:
-        raise NBChatConnectionError("the stream ended without a status")
+    end = collect(turn, show)
     stats.on_end(end)
     view.finish("".join(answer), stats.footer())
     return end
-
-
-def _consume(turn: Any, view: StreamView, stats: TurnStats, answer: list[str]) -> End | None:
-    for event in turn:
-        if isinstance(event, Chunk):
-            stats.on_chunk(event.content)
-            answer.append(event.content)
-            view.add(event.content)
-        elif isinstance(event, End):
-            return event
-    return None
 
 
 def _describe(exc: Exception) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import anywidget
 import traitlets
 
+from ..wire.contract import TRANSPORTS, transport_name
 from ..wire.errors import NBChatError
 from ..wire.events import Chunk, End, Status
 from .conversation import ChatOptions, Conversation
@@ -87,11 +88,9 @@ class ChatWidget(anywidget.AnyWidget):
     def __init__(self, conversation: Conversation | None = None, *, server: str | None = None,
                  token: str | None = None, transport: str | None = None,
                  kernel_server: KernelServer | None = None, **kwargs: Any) -> None:
-        from ..clients import TRANSPORTS
-
         self.conversation = conversation if conversation is not None else Conversation()
         options = self.conversation.options
-        super().__init__(transport=transport or options.transport, transports=list(TRANSPORTS),
+        super().__init__(transport=transport_name(transport or options.transport), transports=list(TRANSPORTS),
                          messages=self._history(), **kwargs)
         # Explicit endpoints win; otherwise each turn reads the conversation's current defaults.
         self._server = server
@@ -157,26 +156,25 @@ class ChatWidget(anywidget.AnyWidget):
 
     async def _stream(self, text: str, options: ChatOptions, stats: TurnStats, pieces: list[str],
                       deltas: _DeltaBuffer) -> End:
-        from ..clients import aconnect
+        from ..clients import acollect, aconnect
 
         # Starting the in-kernel server can take seconds: do it off the kernel's loop.
         endpoint = await asyncio.to_thread(resolve_endpoint, options.server, options.token, self._kernel_server)
         request = self.conversation.request(text, options)
         if self._stop_requested:  # Stop was clicked before anything was sent: nothing to interrupt
             return End(Status.INTERRUPTED)
-        async with aconnect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
+        async with aconnect(endpoint.url, token=endpoint.token, transport=transport_name(options.transport)) as client:
             turn = await client.stream(request)
             self._turn = turn
             if self._stop_requested:  # Stop was clicked while the request was being sent
                 await turn.interrupt()
-            async for event in turn:
-                if isinstance(event, Chunk):
-                    stats.on_chunk(event.content)
-                    pieces.append(event.content)
-                    deltas.add(event.content)
-                elif isinstance(event, End):
-                    return event
-        raise NBChatError("the stream ended without a status")
+
+            def show(chunk: Chunk) -> None:
+                stats.on_chunk(chunk.content)
+                pieces.append(chunk.content)
+                deltas.add(chunk.content)
+
+            return await acollect(turn, show)
 
     def _finish(self, text: str, answer: str, stats: TurnStats, end: End | None, error: str | None) -> None:
         stats.on_end(end, None if end is not None else "[ERROR]")

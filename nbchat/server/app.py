@@ -23,6 +23,19 @@ from starlette.routing import Route, WebSocketRoute
 
 from .._version import __version__
 from ..backends import Backend, create_backend
+from ..wire.contract import (
+    HEALTH_PATH,
+    INTERRUPT_PATH,
+    NDJSON_HEADERS,
+    NDJSON_PATH,
+    OPENAI_COMPLETIONS_PATH,
+    OPENAI_MODELS_PATH,
+    SSE_HEADERS,
+    SSE_PATH,
+    TURN_HEADER,
+    TURNS_PATH,
+    WEBSOCKET_PATH,
+)
 from ..wire.errors import PayloadTooLarge, RequestError, ResumeError
 from ..wire.events import STATUS_STRINGS, Event
 from ..wire.protocol import (
@@ -36,13 +49,11 @@ from ..wire.protocol import (
 from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware
 from .config import Settings
+from .openai_routes import chat_completions, list_models
 from .turns import Subscription, Turn, TurnManager
+from .ws import websocket_endpoint
 
 log = logging.getLogger("nbchat.server.app")
-
-SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
-               "x-accel-buffering": "no", "connection": "keep-alive"}
-NDJSON_HEADERS = {"content-type": "application/x-ndjson", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def error_response(code: str, message: str, status: int = 400) -> JSONResponse:
@@ -85,7 +96,7 @@ def stream_response(sub: Subscription, encode: Callable[[Event], bytes], headers
                 # many chunks ready at once go out in one write: fewer syscalls at high rates
                 yield b"".join(encode(ev) for ev in batch) if batch else encode_sse_comment("keep-alive")
 
-    return StreamingResponse(body(), headers={**headers, "x-nbchat-turn": sub.turn.id})
+    return StreamingResponse(body(), headers={**headers, TURN_HEADER: sub.turn.id})
 
 
 def find_turn(manager: TurnManager, turn_id: str | None, uid: str | None) -> Turn | None:
@@ -194,9 +205,6 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
     """The nbchat ASGI app. ``settings.token`` must be concrete (see Settings.with_token)."""
-    from .openai_routes import chat_completions, list_models
-    from .ws import websocket_endpoint
-
     settings = (settings or Settings()).with_token()
     if backend is None:
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
@@ -213,14 +221,14 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             await backend.aclose()
 
     routes = [
-        Route("/health", health),
-        Route("/turns", post_turns, methods=["POST"]),
-        Route("/turns/{turn_id}/interrupt", interrupt_turn, methods=["POST"]),
-        Route("/createSse", create_sse, methods=["GET", "POST"]),
-        Route("/talkByStream", talk_by_stream, methods=["GET", "POST"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/models", list_models),
-        WebSocketRoute("/websocket/{uid}", websocket_endpoint),
+        Route(HEALTH_PATH, health),
+        Route(TURNS_PATH, post_turns, methods=["POST"]),
+        Route(INTERRUPT_PATH, interrupt_turn, methods=["POST"]),
+        Route(SSE_PATH, create_sse, methods=["GET", "POST"]),
+        Route(NDJSON_PATH, talk_by_stream, methods=["GET", "POST"]),
+        Route(OPENAI_COMPLETIONS_PATH, chat_completions(read_json), methods=["POST"]),
+        Route(OPENAI_MODELS_PATH, list_models),
+        WebSocketRoute(WEBSOCKET_PATH, websocket_endpoint),
     ]
     app = Starlette(
         routes=routes,

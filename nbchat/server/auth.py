@@ -20,10 +20,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from websockets.frames import CloseCode
+
+from ..wire.contract import HEALTH_PATH, TURN_HEADER
 
 ALLOWED_HEADERS = "uid, token, authorization, content-type, last-event-id"
-EXPOSED_HEADERS = "X-NBChat-Turn"
-OPEN_PATHS = frozenset({"/health"})
+EXPOSED_HEADERS = TURN_HEADER
+OPEN_PATHS = frozenset({HEALTH_PATH})
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
@@ -162,4 +165,4 @@ class SecurityMiddleware:
             await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
             await send({"type": "websocket.http.response.body", "body": body})
         else:
-            await send({"type": "websocket.close", "code": 1008, "reason": code})
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION, "reason": code})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field, replace
 
+from ..backends.echo import DEFAULT_RATE
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -14,7 +16,7 @@ class Settings:
     token: str | None = None
     backend: str = "smollm2"
     #: echo backend: pieces per second; 0 = as fast as possible
-    rate: float = 20.0
+    rate: float = DEFAULT_RATE
     #: model id for the openai backend (and the name reported by /v1/models)
     model: str | None = None
     #: a backend that yields nothing for this long ends the turn with [MODEL_TIMEOUT]
