@@ -27,6 +27,7 @@ from ..backends.base import LENGTH, Backend, GenerationRequest
 from ..wire.errors import BackendError, RequestError, ResumeError
 from ..wire.events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
 from .config import Settings
+from .recording import Recorder, TurnRecord
 
 log = logging.getLogger("nbchat.server.turns")
 
@@ -58,6 +59,7 @@ class Turn:
         self._grace: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_piece = 0.0
+        self._record: TurnRecord | None = None
         #: called with the turn when generation is cancelled (tests observe it)
         self.on_cancel: Callable[[Turn], None] | None = None
 
@@ -100,6 +102,8 @@ class Turn:
 
     async def _run(self) -> None:
         req = self.request
+        if self._manager.recorder is not None:
+            self._record = self._manager.recorder.open(self.id, req, self.uid)
         if not 0.0 <= req.temperature <= 2.0:
             self._finish(End(status=Status.TEMPERATURE_THRESHOLD))
             return
@@ -165,6 +169,8 @@ class Turn:
         chunk = Chunk(content=content, seq=self._next_seq, server_time=ts)
         self._next_seq += 1
         self._chunks.append(chunk)
+        if self._record is not None:
+            self._record.chunk(chunk)
         self._bytes += len(content)
         if len(self._chunks) > self._settings.replay_max_chunks or self._bytes > self._settings.replay_max_bytes:
             self._trim()
@@ -188,6 +194,8 @@ class Turn:
             return
         self.end = end
         self.state = TurnState.ENDED
+        if self._record is not None:
+            self._record.end(end)
         self._cancel_grace()
         self._pulse()
         self._manager._turn_ended(self)
@@ -304,9 +312,11 @@ async def _aclose(it: object) -> None:
 class TurnManager:
     """The registry of turns for one app: by id, and the latest by uid."""
 
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings, recorder: Recorder | None = None) -> None:
         self.backend = backend
         self.settings = settings
+        #: writes each turn's chunks to a file (``nbchat serve --record``)
+        self.recorder = recorder
         self._turns: dict[str, Turn] = {}
         self._by_uid: dict[str, Turn] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
