@@ -48,9 +48,11 @@ class Published:
 
     def __init__(self) -> None:
         self.messages: list[tuple[dict[str, Any], bool]] = []
+        self.metadata: list[Any] = []
 
     def __call__(self, data: dict[str, Any], metadata: Any = None, **kwargs: Any) -> None:
         self.messages.append((data, bool(kwargs.get("update"))))
+        self.metadata.append(metadata)
 
     @property
     def last_markdown(self) -> str:
@@ -119,6 +121,20 @@ def test_unpaced_stream_costs_a_few_display_messages(ip: InteractiveShell, magic
     result = chat(ip, echo_server, "x" * 20_000, "--max-tokens 100000")
     assert result.success and magics.last is not None and magics.last.stats.chunks == 5000
     assert len(published.messages) <= 10
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_output_metadata_carries_the_provenance(ip: InteractiveShell, magics: ChatMagics, published: Published,
+                                                echo_server: ServerHandle, transport: str) -> None:
+    assert chat(ip, echo_server, "where from?", f"-t {transport} --temperature 0.3 --system hi").success
+    record = published.metadata[-1]["nbchat"]
+    assert published.messages[-1][0] == published.messages[-2][0]  # the metadata joins the final output as is
+    assert (record["backend"], record["model"], record["server"]) == ("echo", "echo", echo_server.url)
+    assert (record["transport"], record["temperature"], record["system"]) == (transport, 0.3, "hi")
+    assert record["status"] == "[DONE]" and record["chunks"] == 3 and record["uid"]
+    assert (record["turn_id"] is None) == (transport == "ws")  # the WebSocket contract does not name turns
+    assert magics.last is not None and magics.last.provenance == record
+    assert magics.conversation.exchanges[-1].provenance == record
 
 
 def test_history_carries_across_cells_and_new_resets(ip: InteractiveShell, magics: ChatMagics,

@@ -29,6 +29,7 @@ from ..wire.errors import NBChatConnectionError, NBChatError
 from ..wire.events import Chunk, End, Status
 from .conversation import ChatOptions, Conversation
 from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
+from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats, answer_markdown
 
 LINE_ACTIONS = ("show", "history", "reset", "last", "widget", "start", "stop")
@@ -48,6 +49,7 @@ class StreamView:
         self.updates = 0
         self._handle: Any = None
         self._pieces: list[str] = []
+        self._bundle_shown: dict[str, str] = {}
 
     @property
     def started(self) -> bool:
@@ -70,8 +72,15 @@ class StreamView:
     def finish(self, answer: str, footer: str) -> None:
         self._update(self._bundle(answer_markdown(answer, footer), f"{answer}\n\n{footer}".lstrip()))
 
+    def annotate(self, metadata: dict[str, Any]) -> None:
+        """Attach ``metadata`` to the output as it stands (it is saved with the notebook)."""
+        if self._handle is not None:
+            self.updates += 1
+            self._handle.update(self._bundle_shown, raw=True, metadata=metadata)
+
     def _update(self, bundle: dict[str, str]) -> None:
         self.updates += 1
+        self._bundle_shown = bundle
         self._handle.update(bundle, raw=True)
 
     @staticmethod
@@ -91,6 +100,8 @@ class ChatResult:
     answer: str
     status: str
     stats: TurnStats
+    #: the answer's provenance, as kept in the output's ``metadata["nbchat"]``
+    provenance: dict[str, Any]
 
 
 def interpolate(text: str, namespace: dict[str, Any]) -> str:
@@ -273,18 +284,31 @@ class ChatMagics(Magics):
 
         request = self.conversation.request(text, options)
         answer: list[str] = []
+        started = utc_now()
+        ids: dict[str, str | None] = {}
         try:
             with connect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
-                end = stream_turn(client.stream(request), view, stats, answer)
+                ids["uid"] = client.uid
+                turn = client.stream(request)
+                end = stream_turn(turn, view, stats, answer)
+                ids["turn_id"] = turn.turn_id
         except (NBChatError, OSError) as exc:
             if view.started:  # keep what arrived before the error
                 stats.on_end(None, "[ERROR]")
                 view.finish("".join(answer), stats.footer())
+                view.annotate({"nbchat": self._provenance(options, stats, endpoint.url, ids, started)})
             raise ChatError(f"nbchat ({options.transport}): {_describe(exc)}") from None
-        result = ChatResult("".join(answer), stats.status or end.status.value, stats)
-        self.conversation.record(text, result.answer, result.status)
+        record = self._provenance(options, stats, endpoint.url, ids, started)
+        view.annotate({"nbchat": record})
+        result = ChatResult("".join(answer), stats.status or end.status.value, stats, record)
+        self.conversation.record(text, result.answer, result.status, record)
         self.last = result
         return result
+
+    def _provenance(self, options: ChatOptions, stats: TurnStats, url: str, ids: dict[str, str | None],
+                    started: str) -> dict[str, Any]:
+        return provenance(options, stats, server=url, info=self.conversation.server_info.get(url),
+                          turn_id=ids.get("turn_id"), uid=ids.get("uid"), timestamp=started)
 
 
 def stream_turn(turn: Any, view: StreamView, stats: TurnStats, answer: list[str]) -> End:
