@@ -6,8 +6,10 @@ a kernel sends ``display_data`` / ``update_display_data`` from.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -294,3 +296,62 @@ def test_footer_reports_transport_first_token_chunks_and_rate() -> None:
     stats = TurnStats("sse", started=0.0)
     stats.first_token, stats.chunks, stats.ended, stats.status = 0.25, 11, 1.25, "[DONE]"
     assert stats.footer() == "sse · first token 0.25 s · 11 chunks · 10.0 tok/s · [DONE]"
+
+
+# ---------------------------------------------------------------- code into cells, export
+
+CODE_ANSWER = ("Try this:\n\n```python\nx = 41 + 1\nprint(x)\n```\n\nthen in a shell:\n\n```bash\nls -l\n```\n"
+               "and <img src=x onerror=alert(1)> done.")
+
+
+def test_code_puts_the_answer_code_into_the_next_cell(ip: InteractiveShell, magics: ChatMagics,
+                                                      published: Published, echo_server: ServerHandle) -> None:
+    ip.rl_next_input = None
+    with pytest.raises(UsageError, match="no answer yet"):
+        ip.run_line_magic("chat", "code")
+    assert chat(ip, echo_server, CODE_ANSWER, "--raw").success
+    ip.run_line_magic("chat", "code")
+    source = ip.rl_next_input
+    assert source == ("# block 1 of 2: python\nx = 41 + 1\nprint(x)\n\n"
+                      "# block 2 of 2: bash\n# ls -l\n")
+    ns: dict[str, Any] = {}
+    exec(compile(source, "<next cell>", "exec"), ns)  # the cell runs as it is
+    assert ns["x"] == 42
+    assert chat(ip, echo_server, "```bash\necho hi\n```", "--raw").success
+    ip.run_line_magic("chat", "code")
+    assert ip.rl_next_input == "%%bash\necho hi\n"
+    assert chat(ip, echo_server, "no code here").success
+    with pytest.raises(UsageError, match="no code block"):
+        ip.run_line_magic("chat", "code")
+
+
+def test_export_writes_markdown_and_openai_messages_that_parse(
+        ip: InteractiveShell, magics: ChatMagics, published: Published, echo_server: ServerHandle,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mistune = pytest.importorskip("mistune", reason="the export test parses Markdown with mistune (nbconvert's)")
+    assert chat(ip, echo_server, "first question", "-t sse --system 'be brief'").success
+    assert chat(ip, echo_server, CODE_ANSWER, "--raw").success
+    ip.run_line_magic("chat", f"export {tmp_path / 'chat.json'}")
+    ip.run_line_magic("chat", f"export {tmp_path / 'chat.md'}")
+    assert "2 exchanges written to" in capsys.readouterr().out
+
+    exported = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
+    # --system held for the first cell only: the conversation's default has no system prompt
+    assert [m["role"] for m in exported["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert exported["messages"][3] == {"role": "assistant", "content": CODE_ANSWER}
+    answers = exported["nbchat"]["answers"]
+    assert [a["index"] for a in answers] == [1, 3] and answers[0]["provenance"]["transport"] == "sse"
+    assert answers[0]["provenance"]["system"] == "be brief" and exported["model"] == "echo"
+    assert TOKEN not in (tmp_path / "chat.json").read_text(encoding="utf-8")
+
+    text = (tmp_path / "chat.md").read_text(encoding="utf-8")
+    tokens = mistune.create_markdown(renderer="ast")(text)
+    headings = ["".join(c.get("raw", "") for c in t["children"]) for t in tokens if t["type"] == "heading"]
+    assert headings == ["Conversation", "User", "Assistant", "User", "Assistant"]
+    codes = [(t["attrs"].get("info"), t["raw"]) for t in tokens if t["type"] == "block_code"]
+    assert codes == [("python", "x = 41 + 1\nprint(x)\n"), ("bash", "ls -l\n")] * 2  # asked, then echoed
+    html = mistune.html(text)
+    assert "<img" not in html and "&lt;img src=x" in html  # the model's HTML stays text
+    assert "echo (echo) · sse to " + echo_server.url in text and TOKEN not in text
+    with pytest.raises(UsageError, match=r"\.md .* or \.json"):
+        ip.run_line_magic("chat", f"export {tmp_path / 'chat.txt'}")

@@ -28,6 +28,8 @@ CELLS = [
     "%chat history",
     "from nbchat import ChatWidget\nw = ChatWidget(transport='stream')\ndisplay(w)\nawait w.ask('A widget question')\n"
     "w.messages[-1]['provenance']",
+    "%%chat --raw\n```python\nprint(6 * 7)\n```",
+    "%chat code",
 ]
 
 
@@ -40,8 +42,14 @@ def test_saved_notebook_keeps_provenance_and_no_token(make_server: ServerFactory
     monkeypatch.setenv("NBCHAT_URL", server.url)
     monkeypatch.setenv("NBCHAT_TOKEN", secret)
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    replies: list[dict[str, Any]] = []
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}},
+                                     on_cell_executed=lambda **kw: replies.append(kw["execute_reply"]))
+    client.execute()
+    # %chat code asks the front end (JupyterLab, Notebook) to fill the next cell: the kernel's reply says so
+    payload = replies[-1]["content"]["payload"]
+    assert payload == [{"source": "set_next_input", "text": "# python\nprint(6 * 7)\n", "replace": False}]
     path = tmp_path / "saved.ipynb"
     nbformat.write(nb, path)
     text = path.read_text(encoding="utf-8")

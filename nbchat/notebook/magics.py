@@ -32,7 +32,7 @@ from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
 from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats, answer_markdown
 
-LINE_ACTIONS = ("show", "history", "reset", "last", "widget", "start", "stop")
+LINE_ACTIONS = ("show", "history", "reset", "last", "code", "export", "widget", "start", "stop")
 
 
 class StreamView:
@@ -128,6 +128,7 @@ def _parser(prog: str, cell: bool) -> _Parser:
     parser = _Parser(prog=prog, add_help=False)  # -h is handled by _parse: argparse's would exit
     if not cell:
         parser.add_argument("action", nargs="?", default="show", help=" | ".join(LINE_ACTIONS))
+        parser.add_argument("file", nargs="?", help="export: the file to write (.md or .json)")
     # The same options for %%chat (this cell) and %chat (the defaults for later cells).
     parser.add_argument("--transport", "-t", help="ws, sse, stream or openai")
     parser.add_argument("--server", help="URL of a running nbchat server (default: $NBCHAT_URL, else one in "
@@ -234,6 +235,10 @@ class ChatMagics(Magics):
             print("nbchat: conversation cleared")
         elif args.action == "last":
             return self.conversation.last_answer
+        elif args.action == "code":
+            self._code_to_next_cell()
+        elif args.action == "export":
+            self._export(args.file)
         elif args.action == "widget":
             from .widget import ChatWidget
 
@@ -252,6 +257,28 @@ class ChatMagics(Magics):
         assert self.shell is not None, "ChatMagics needs a shell"
         namespace: dict[str, Any] = self.shell.user_ns
         return namespace
+
+    def _code_to_next_cell(self) -> None:
+        from .export import code_cell
+
+        answer = self.conversation.last_answer
+        source = code_cell(answer) if answer is not None else None
+        if source is None:
+            raise ChatError("nbchat: the last answer has no code block" if answer is not None
+                            else "nbchat: no answer yet: run a %%chat cell first")
+        assert self.shell is not None
+        self.shell.set_next_input(source, replace=False)
+
+    def _export(self, file: str | None) -> None:
+        from .export import write_export
+
+        if not file:
+            raise ChatError("%chat export: name the file to write, e.g. %chat export chat.md (or chat.json)")
+        try:
+            path = write_export(self.conversation, os.path.expanduser(file))
+        except (ValueError, OSError) as exc:
+            raise ChatError(f"%chat export: {exc}") from None
+        print(f"nbchat: {len(self.conversation)} exchanges written to {path}")
 
     def _show(self) -> None:
         server = "running" if self.kernel_server.running else "not started"
