@@ -92,6 +92,18 @@ def conversation_openai(conversation: Conversation, *, exported: str | None = No
     return {"model": model, "messages": messages, "nbchat": {"exported": exported, "answers": answers}}
 
 
+#: marks the saved copy of a widget's conversation; widget.css hides the output holding it while the
+#: widget itself is live (its CSS is loaded), so only kernel-less views (nbconvert, GitHub) show it
+MIRROR_MARKER = '<div class="nbchat-mirror" hidden></div>'
+
+
+def mirror_markdown(conversation: Conversation) -> str:
+    """The static copy of a ``ChatWidget``'s conversation that the saved notebook keeps beside it."""
+    count = len(conversation)
+    title = f"ChatWidget conversation ({count} exchange{'' if count == 1 else 's'})"
+    return f"{MIRROR_MARKER}\n\n{conversation_markdown(conversation, title=title)}"
+
+
 def write_export(conversation: Conversation, path: str | pathlib.Path) -> pathlib.Path:
     """Write ``path`` as Markdown (``.md``) or OpenAI messages (``.json``), chosen by its suffix."""
     path = pathlib.Path(path)

@@ -103,7 +103,44 @@ class ChatWidget(anywidget.AnyWidget):
         self._stop_requested = False
         #: what the last turn ended with (an :class:`End`), for callers and tests
         self.last_end: End | None = None
+        self._mirror_shown = False
         self.on_msg(self._on_frontend_msg)
+
+    # ------------------------------------------------------------ saved copy
+
+    def _ipython_display_(self) -> None:
+        """Show the widget, and below it a Markdown copy of the conversation that the notebook file keeps.
+
+        Widget state is not in a saved notebook by default (JupyterLab saves it
+        only when asked), so a notebook opened without a kernel, converted with
+        nbconvert or shown on GitHub would lose the conversation; the copy is a
+        plain ``text/markdown`` output, updated at each turn end, that they all
+        render. While the widget is live its CSS hides the copy.
+        """
+        from IPython.display import display
+
+        # ipywidgets returns the bundle, anywidget (data, metadata): accept either
+        bundle: Any = self._repr_mimebundle_()
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        display(data, metadata=metadata, raw=True)
+        display(self._mirror_bundle(), raw=True, display_id=self._mirror_id)
+        self._mirror_shown = True
+
+    @property
+    def _mirror_id(self) -> str:
+        return f"nbchat-mirror-{self.model_id}"
+
+    def _mirror_bundle(self) -> dict[str, str]:
+        from .export import mirror_markdown
+
+        return {"text/markdown": mirror_markdown(self.conversation),
+                "text/plain": self.conversation.transcript()}
+
+    def _update_mirror(self) -> None:
+        if self._mirror_shown:
+            from IPython.display import update_display
+
+            update_display(self._mirror_bundle(), raw=True, display_id=self._mirror_id)
 
     # ------------------------------------------------------------ control
 
@@ -205,6 +242,7 @@ class ChatWidget(anywidget.AnyWidget):
         self.messages = self._history()
         self.stats = footer
         self.busy = False
+        self._update_mirror()
 
     def _history(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
