@@ -195,7 +195,8 @@ class ChatMagics(Magics):
 
         ``{name}`` in the cell is replaced by the notebook variable ``name``
         (``{{`` and ``}}`` are literal braces; ``--raw`` turns this off). The
-        answer is also in ``_chat`` (and ``%chat last``).
+        answer is also in ``_chat`` (and ``%chat last``), where it came from in
+        ``_chat_provenance`` (as the output's ``metadata["nbchat"]`` keeps it).
         """
         args = _parse(CELL_PARSER, line)
         if args is None:
@@ -208,6 +209,7 @@ class ChatMagics(Magics):
             self.conversation.reset()
         result = self._run_turn(text, options)
         self._user_ns["_chat"] = result.answer
+        self._user_ns["_chat_provenance"] = result.provenance
         if args.out:
             self._user_ns[args.out] = result.answer
 
@@ -278,7 +280,8 @@ class ChatMagics(Magics):
             path = write_export(self.conversation, os.path.expanduser(file))
         except (ValueError, OSError) as exc:
             raise ChatError(f"%chat export: {exc}") from None
-        print(f"nbchat: {len(self.conversation)} exchanges written to {path}")
+        count = len(self.conversation)
+        print(f"nbchat: {count} exchange{'' if count == 1 else 's'} written to {path}")
 
     def _show(self) -> None:
         server = "running" if self.kernel_server.running else "not started"
