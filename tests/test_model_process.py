@@ -216,3 +216,21 @@ def test_doctor_reports_the_library_the_cpu_and_a_real_run() -> None:
     rate = next(line for line in lines if line.startswith("decoding: "))
     assert float(rate.split()[1]) > 1
     assert lines[-1] == "OK: the embedded model runs safely here"
+
+
+def test_the_runtime_switch_reaches_llama_cpp_model_params() -> None:
+    # The guard for libraries with AMX code: the model is loaded with use_extra_bufts off.
+    import llama_cpp
+
+    from nbchat.backends.llama_worker import model_params_without_extra_buffers
+    from nbchat.backends.smollm2 import find_gguf
+
+    with model_params_without_extra_buffers(llama_cpp):
+        guarded = llama_cpp.Llama(model_path=str(find_gguf()), vocab_only=True, verbose=False)
+    plain = llama_cpp.Llama(model_path=str(find_gguf()), vocab_only=True, verbose=False)
+    try:
+        assert guarded.model_params.use_extra_bufts is False
+        assert plain.model_params.use_extra_bufts is True  # llama.cpp's default, restored after the load
+    finally:
+        guarded.close()
+        plain.close()
