@@ -125,6 +125,21 @@ async def test_history_is_synced_once_per_turn(make_widget: Callable[..., tuple[
     assert widget.stats.startswith("ws · first token") and widget.stats.endswith("[DONE]")
 
 
+async def test_each_answer_keeps_its_provenance(make_widget: Callable[..., tuple[ChatWidget, RecordingComm]],
+                                                echo_server: ServerHandle) -> None:
+    widget, comm = make_widget(echo_server, temperature=0.4, system="be brief")
+    widget.transport = "sse"
+    click(widget, {"type": "send", "text": "where from?"})
+    await widget.wait()
+    synced = [s["messages"] for s in comm.state_updates() if "messages" in s][-1]
+    record = synced[-1]["provenance"]
+    assert (record["backend"], record["model"], record["server"]) == ("echo", "echo", echo_server.url)
+    assert (record["transport"], record["temperature"], record["system"]) == ("sse", 0.4, "be brief")
+    assert record["status"] == "[DONE]" and record["chunks"] == 3 and record["turn_id"]
+    assert widget.conversation.exchanges[-1].provenance == record
+    assert TOKEN not in json.dumps(comm.sent)  # nothing the browser gets (or a saved widget state keeps) has it
+
+
 class BurstThenStall(Backend):
     """Two pieces at once, then nothing: the second lands inside the coalescing window."""
 

@@ -30,12 +30,13 @@ from ..wire.errors import NBChatError, ServerStartError
 from ..wire.events import Chunk, End
 from .conversation import ChatOptions, Conversation
 from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
+from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats, answer_markdown
 
 if TYPE_CHECKING:
     from ..clients import TurnStream
 
-LINE_ACTIONS = ("show", "history", "reset", "last", "widget", "start", "stop")
+LINE_ACTIONS = ("show", "history", "reset", "last", "code", "export", "widget", "start", "stop")
 
 
 class StreamView:
@@ -52,6 +53,7 @@ class StreamView:
         self.updates = 0
         self._handle: Any = None
         self._pieces: list[str] = []
+        self._bundle_shown: dict[str, str] = {}
 
     @property
     def started(self) -> bool:
@@ -74,8 +76,15 @@ class StreamView:
     def finish(self, answer: str, footer: str) -> None:
         self._update(self._bundle(answer_markdown(answer, footer), f"{answer}\n\n{footer}".lstrip()))
 
+    def annotate(self, metadata: dict[str, Any]) -> None:
+        """Attach ``metadata`` to the output as it stands (it is saved with the notebook)."""
+        if self._handle is not None:
+            self.updates += 1
+            self._handle.update(self._bundle_shown, raw=True, metadata=metadata)
+
     def _update(self, bundle: dict[str, str]) -> None:
         self.updates += 1
+        self._bundle_shown = bundle
         self._handle.update(bundle, raw=True)
 
     @staticmethod
@@ -95,6 +104,8 @@ class ChatResult:
     answer: str
     status: str
     stats: TurnStats
+    #: the answer's provenance, as kept in the output's ``metadata["nbchat"]``
+    provenance: dict[str, Any]
 
 
 def interpolate(text: str, namespace: dict[str, Any]) -> str:
@@ -121,6 +132,7 @@ def _parser(prog: str, cell: bool) -> _Parser:
     parser = _Parser(prog=prog, add_help=False)  # -h is handled by _parse: argparse's would exit
     if not cell:
         parser.add_argument("action", nargs="?", default="show", help=" | ".join(LINE_ACTIONS))
+        parser.add_argument("file", nargs="?", help="export: the file to write (.md or .json)")
     # The same options for %%chat (this cell) and %chat (the defaults for later cells).
     parser.add_argument("--transport", "-t", help="ws, sse, stream (or ndjson) or openai")
     parser.add_argument("--server", help="URL of a running nbchat server (default: $NBCHAT_URL, else one in "
@@ -187,7 +199,8 @@ class ChatMagics(Magics):
 
         ``{name}`` in the cell is replaced by the notebook variable ``name``
         (``{{`` and ``}}`` are literal braces; ``--raw`` turns this off). The
-        answer is also in ``_chat`` (and ``%chat last``).
+        answer is also in ``_chat`` (and ``%chat last``), where it came from in
+        ``_chat_provenance`` (as the output's ``metadata["nbchat"]`` keeps it).
         """
         args = _parse(CELL_PARSER, line)
         if args is None:
@@ -200,6 +213,7 @@ class ChatMagics(Magics):
             self.conversation.reset()
         result = self._run_turn(text, options)
         self._user_ns["_chat"] = result.answer
+        self._user_ns["_chat_provenance"] = result.provenance
         if args.out:
             self._user_ns[args.out] = result.answer
 
@@ -227,6 +241,10 @@ class ChatMagics(Magics):
             print("nbchat: conversation cleared")
         elif args.action == "last":
             return self.conversation.last_answer
+        elif args.action == "code":
+            self._code_to_next_cell()
+        elif args.action == "export":
+            self._export(args.file)
         elif args.action == "widget":
             from .widget import ChatWidget
 
@@ -245,6 +263,29 @@ class ChatMagics(Magics):
         assert self.shell is not None, "ChatMagics needs a shell"
         namespace: dict[str, Any] = self.shell.user_ns
         return namespace
+
+    def _code_to_next_cell(self) -> None:
+        from .export import code_cell
+
+        answer = self.conversation.last_answer
+        source = code_cell(answer) if answer is not None else None
+        if source is None:
+            raise ChatError("nbchat: the last answer has no code block" if answer is not None
+                            else "nbchat: no answer yet: run a %%chat cell first")
+        assert self.shell is not None
+        self.shell.set_next_input(source, replace=False)
+
+    def _export(self, file: str | None) -> None:
+        from .export import write_export
+
+        if not file:
+            raise ChatError("%chat export: name the file to write, e.g. %chat export chat.md (or chat.json)")
+        try:
+            path = write_export(self.conversation, os.path.expanduser(file))
+        except (ValueError, OSError) as exc:
+            raise ChatError(f"%chat export: {exc}") from None
+        count = len(self.conversation)
+        print(f"nbchat: {count} exchange{'' if count == 1 else 's'} written to {path}")
 
     def _show(self) -> None:
         server = "running" if self.kernel_server.running else "not started"
@@ -276,18 +317,31 @@ class ChatMagics(Magics):
 
         request = self.conversation.request(text, options)
         answer: list[str] = []
+        started = utc_now()
+        ids: dict[str, str | None] = {}
         try:
             with connect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
-                end = stream_turn(client.stream(request), view, stats, answer)
+                ids["uid"] = client.uid
+                turn = client.stream(request)
+                end = stream_turn(turn, view, stats, answer)
+                ids["turn_id"] = turn.turn_id
         except (NBChatError, OSError) as exc:
             if view.started:  # keep what arrived before the error
                 stats.on_end(None, "[ERROR]")
                 view.finish("".join(answer), stats.footer())
+                view.annotate({"nbchat": self._provenance(options, stats, endpoint.url, ids, started)})
             raise ChatError(f"nbchat ({options.transport}): {_describe(exc)}") from None
-        result = ChatResult("".join(answer), stats.status or end.status.value, stats)
-        self.conversation.record(text, result.answer, result.status)
+        record = self._provenance(options, stats, endpoint.url, ids, started)
+        view.annotate({"nbchat": record})
+        result = ChatResult("".join(answer), stats.status or end.status.value, stats, record)
+        self.conversation.record(text, result.answer, result.status, record)
         self.last = result
         return result
+
+    def _provenance(self, options: ChatOptions, stats: TurnStats, url: str, ids: dict[str, str | None],
+                    started: str) -> dict[str, Any]:
+        return provenance(options, stats, server=url, info=self.conversation.server_info.get(url),
+                          turn_id=ids.get("turn_id"), uid=ids.get("uid"), timestamp=started)
 
 
 def stream_turn(turn: TurnStream, view: StreamView, stats: TurnStats, answer: list[str]) -> End:

@@ -27,6 +27,7 @@ from ..wire.errors import NBChatError
 from ..wire.events import Chunk, End, Status
 from .conversation import ChatOptions, Conversation
 from .kernel_server import KernelServer, resolve_endpoint
+from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats
 
 _HERE = pathlib.Path(__file__).parent
@@ -78,7 +79,7 @@ class ChatWidget(anywidget.AnyWidget):
     _esm = _HERE / "widget.js"
     _css = _HERE / "widget.css"
 
-    #: the conversation so far: [{"role", "content", "status"?}]; synced at turn ends only
+    #: the conversation so far: [{"role", "content", "status"?, "provenance"?}]; synced at turn ends only
     messages = traitlets.List(traitlets.Dict()).tag(sync=True)
     transport = traitlets.Unicode("ws").tag(sync=True)
     transports = traitlets.List(traitlets.Unicode()).tag(sync=True)
@@ -101,7 +102,44 @@ class ChatWidget(anywidget.AnyWidget):
         self._stop_requested = False
         #: what the last turn ended with (an :class:`End`), for callers and tests
         self.last_end: End | None = None
+        self._mirror_shown = False
         self.on_msg(self._on_frontend_msg)
+
+    # ------------------------------------------------------------ saved copy
+
+    def _ipython_display_(self) -> None:
+        """Show the widget, and below it a Markdown copy of the conversation that the notebook file keeps.
+
+        Widget state is not in a saved notebook by default (JupyterLab saves it
+        only when asked), so a notebook opened without a kernel, converted with
+        nbconvert or shown on GitHub would lose the conversation; the copy is a
+        plain ``text/markdown`` output, updated at each turn end, that they all
+        render. While the widget is live its CSS hides the copy.
+        """
+        from IPython.display import display
+
+        # ipywidgets returns the bundle, anywidget (data, metadata): accept either
+        bundle: Any = self._repr_mimebundle_()
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        display(data, metadata=metadata, raw=True)
+        display(self._mirror_bundle(), raw=True, display_id=self._mirror_id)
+        self._mirror_shown = True
+
+    @property
+    def _mirror_id(self) -> str:
+        return f"nbchat-mirror-{self.model_id}"
+
+    def _mirror_bundle(self) -> dict[str, str]:
+        from .export import mirror_markdown
+
+        return {"text/markdown": mirror_markdown(self.conversation),
+                "text/plain": self.conversation.transcript()}
+
+    def _update_mirror(self) -> None:
+        if self._mirror_shown:
+            from IPython.display import update_display
+
+            update_display(self._mirror_bundle(), raw=True, display_id=self._mirror_id)
 
     # ------------------------------------------------------------ control
 
@@ -144,18 +182,30 @@ class ChatWidget(anywidget.AnyWidget):
         self.send({"type": "start", "user": text})
         end: End | None = None
         error: str | None = None
+        options = options.merged(server=self._server, token=self._token)
+        ids: dict[str, str | None] = {"started": utc_now()}
         try:
-            end = await self._stream(text, options.merged(server=self._server, token=self._token),
-                                     stats, pieces, deltas)
+            end = await self._stream(text, options, stats, pieces, deltas, ids)
         except Exception as exc:  # the task is the UI's boundary: every failure ends up in the stats line
             error = _one_line(exc)
         finally:
             deltas.flush()
             self._turn = None
-            self._finish(text, "".join(pieces), stats, end, error)
+            stats.on_end(end, None if end is not None else "[ERROR]")
+            record = await self._provenance(options, stats, ids)
+            self._finish(text, "".join(pieces), stats, end, error, record)
+
+    async def _provenance(self, options: ChatOptions, stats: TurnStats,
+                          ids: dict[str, str | None]) -> dict[str, Any] | None:
+        url = ids.get("url")
+        if url is None:  # no server was reached: there is nothing to trace the answer to
+            return None
+        info = await asyncio.to_thread(self.conversation.server_info.get, url)  # off the kernel's loop
+        return provenance(options, stats, server=url, info=info, turn_id=ids.get("turn_id"), uid=ids.get("uid"),
+                          timestamp=ids.get("started") or utc_now())
 
     async def _stream(self, text: str, options: ChatOptions, stats: TurnStats, pieces: list[str],
-                      deltas: _DeltaBuffer) -> End:
+                      deltas: _DeltaBuffer, ids: dict[str, str | None]) -> End:
         from ..clients import acollect, aconnect
 
         # Starting the in-kernel server can take seconds: do it off the kernel's loop.
@@ -163,8 +213,11 @@ class ChatWidget(anywidget.AnyWidget):
         request = self.conversation.request(text, options)
         if self._stop_requested:  # Stop was clicked before anything was sent: nothing to interrupt
             return End(Status.INTERRUPTED)
+        ids["url"] = endpoint.url
         async with aconnect(endpoint.url, token=endpoint.token, transport=transport_name(options.transport)) as client:
+            ids["uid"] = client.uid
             turn = await client.stream(request)
+            ids["turn_id"] = turn.turn_id
             self._turn = turn
             if self._stop_requested:  # Stop was clicked while the request was being sent
                 await turn.interrupt()
@@ -176,23 +229,27 @@ class ChatWidget(anywidget.AnyWidget):
 
             return await acollect(turn, show)
 
-    def _finish(self, text: str, answer: str, stats: TurnStats, end: End | None, error: str | None) -> None:
-        stats.on_end(end, None if end is not None else "[ERROR]")
+    def _finish(self, text: str, answer: str, stats: TurnStats, end: End | None, error: str | None,
+                record: dict[str, Any] | None) -> None:
         status = stats.status or Status.ERROR.value
         self.last_end = end
-        self.conversation.record(text, answer, end.status if end is not None else Status.ERROR)
+        self.conversation.record(text, answer, end.status if end is not None else Status.ERROR, record)
         footer = stats.footer() if error is None else f"{stats.footer()} · {error}"
         self.send({"type": "end", "status": status, "error": error})
         # One full sync per turn: the history, then the stats line.
         self.messages = self._history()
         self.stats = footer
         self.busy = False
+        self._update_mirror()
 
-    def _history(self) -> list[dict[str, str]]:
-        out: list[dict[str, str]] = []
+    def _history(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
         for exchange in self.conversation.exchanges:
             out.append({"role": "user", "content": exchange.user})
-            out.append({"role": "assistant", "content": exchange.answer, "status": exchange.status})
+            answer: dict[str, Any] = {"role": "assistant", "content": exchange.answer, "status": exchange.status}
+            if exchange.provenance is not None:
+                answer["provenance"] = exchange.provenance
+            out.append(answer)
         return out
 
 

@@ -50,6 +50,7 @@ from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware
 from .config import Settings
 from .openai_routes import chat_completions, list_models
+from .recording import Recorder
 from .turns import Subscription, Turn, TurnManager
 from .ws import websocket_endpoint
 
@@ -208,8 +209,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     settings = (settings or Settings()).with_token()
     if backend is None:
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
+                                 replay=settings.replay, replay_rate=settings.replay_rate,
                                  **settings.backend_options)
-    manager = TurnManager(backend, settings)
+    recorder = Recorder(settings.record, backend.name, backend.model_name) if settings.record else None
+    manager = TurnManager(backend, settings, recorder)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

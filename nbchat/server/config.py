@@ -48,6 +48,12 @@ class Settings:
     max_queued_bytes: int = 1024 * 1024
     #: add a server emit timestamp ("ts") to every chunk record
     timestamps: bool = True
+    #: write each turn's chunks with their server times to a JSON Lines file in this directory
+    record: str | None = None
+    #: the replay backend's recording (a file, or a directory of them played in turn)
+    replay: str | None = None
+    #: the replay backend's pace in pieces per second; None keeps the recorded pace
+    replay_rate: float | None = None
     backend_options: dict[str, object] = field(default_factory=dict)
 
     def with_token(self) -> Settings:
