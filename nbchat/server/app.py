@@ -196,6 +196,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
                                  **settings.backend_options)
     manager = TurnManager(backend, settings)
+    origins = set(settings.allow_origins)  # shared with the middleware: see admit_origin
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -218,7 +219,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=settings.allow_origins)],
+        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=origins)],
         exception_handlers={RequestError: on_request_error, ResumeError: on_resume_error,
                             HTTPException: on_http_error, Exception: on_unexpected},
         lifespan=lifespan,
@@ -226,4 +227,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.settings = settings
     app.state.backend = backend
     app.state.turns = manager
+    app.state.origins = origins
     return app
+
+
+def admit_origin(app: Starlette, origin: str) -> None:
+    """Allow one more page origin on a running app (as ``--allow-origin`` does at start)."""
+    origins: set[str] = app.state.origins
+    origins.add(origin)

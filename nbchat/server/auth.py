@@ -30,7 +30,9 @@ class SecurityMiddleware:
     def __init__(self, app: ASGIApp, token: str, allow_origins: Iterable[str] = ()) -> None:
         self.app = app
         self.token = token.encode()
-        self.origins = frozenset(allow_origins)
+        # A set is kept by reference, not copied: the app may admit an origin while it runs
+        # (a notebook page that streams from the kernel's own server, see ``app.state.origins``).
+        self.origins = allow_origins if isinstance(allow_origins, set) else set(allow_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
