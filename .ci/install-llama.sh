@@ -9,7 +9,9 @@
 # - built wheels are kept in ~/.cache/nbchat/wheels under a key of the instruction sets they use,
 #   so a CPU of the same kind reinstalls in seconds and another kind never gets a wheel it cannot run
 #   (pip's own wheel cache is keyed by the release only, so it is bypassed for this build);
-# - --force rebuilds even when the installed library passes the check.
+# - --force rebuilds even when the installed library passes the check;
+# - --with-server also installs what `python -m llama_cpp.server` needs (the tests and the model
+#   benchmark run it), without letting pip rebuild llama-cpp-python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,14 @@ PYTHON="${PYTHON:-python}"
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 WHEEL_CACHE="${NBCHAT_WHEEL_CACHE:-$HOME/.cache/nbchat/wheels}"
 force=0
-[[ "${1:-}" == "--force" ]] && force=1
+server=0
+for arg in "$@"; do
+    case "$arg" in
+        --force) force=1 ;;
+        --with-server) server=1 ;;
+        *) echo "usage: $0 [--force] [--with-server]" >&2; exit 2 ;;
+    esac
+done
 
 # nbchat.backends.cpu is standard library only: it runs before nbchat's dependencies are installed.
 cpu() { PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m nbchat.backends.cpu "$@"; }
@@ -60,7 +69,7 @@ fi
 
 # llama-cpp-python[server]'s requirements, named one by one so that pip never
 # considers rebuilding llama-cpp-python itself.
-if ! "$PYTHON" -c "import llama_cpp.server.app" 2>/dev/null; then
+if [[ $server == 1 ]] && ! "$PYTHON" -c "import llama_cpp.server.app" 2>/dev/null; then
     "$PYTHON" -m pip install -q "fastapi>=0.100.0" "sse-starlette>=1.6.1" "starlette-context>=0.3.6,<0.4" \
         "pydantic-settings>=2.0.1" "PyYAML>=5.1" "uvicorn>=0.22.0"
 fi

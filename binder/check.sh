@@ -101,6 +101,8 @@ assert prefix == os.path.realpath(venv), f"the kernel runs in {prefix}, not in {
 assert module.startswith(prefix + os.sep), f"nbchat comes from {module}, not from the environment"
 print(f"kernel: {prefix}/bin/python, nbchat from {module}")
 print(f"llama.cpp: {cpu}")
+# AMX code faults in llama.cpp on current Intel CPUs: GGML_NATIVE=OFF leaves it out.
+assert "AMX" not in cpu, "llama.cpp was built with AMX (a -march=native wheel from pip's cache?)"
 if os.environ.get("NBCHAT_BINDER_NO_CACHE") == "1":
     # Built here from binder/requirements.txt: GGML_NATIVE=OFF means no AVX-512, even on a CPU that has it.
     assert "AVX512 = 1" not in cpu, "llama.cpp was built for this CPU (-march=native), not for a portable baseline"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -181,6 +183,18 @@ def test_chat_magic_in_a_kernel_survives_its_model_process_dying() -> None:
         assert killed, "the answer never streamed"
         assert "model process died" in texts[-1] and "SIGKILL" in texts[-1], texts[-1]
         assert run_cell(client, "print(x + 1)")[1] == ["42\n"]  # the kernel and its state are intact
+        survivor: list[int] = []
+
+        def interrupt_once_streaming(texts: list[str]) -> None:
+            if not survivor and len(texts) >= 3 and "\\[" not in texts[-1]:  # streaming, no footer yet
+                survivor.extend(model_processes(kernel_pid))
+                manager.interrupt_kernel()  # what the notebook's stop button does
+
+        status, texts = run_cell(client, "%%chat --new --temperature 0 --max-tokens 400\nCount from 1 to 500.",
+                                 on_output=interrupt_once_streaming)
+        assert survivor, "the answer never streamed"
+        assert "INTERRUPTED" in texts[-1], texts
+        assert model_processes(kernel_pid) == survivor  # the interrupt stopped the turn, not the model process
         status, texts = run_cell(client, "%%chat --temperature 0 --max-tokens 12\nName a colour.")
         assert status == "ok"
         assert texts[-1].rstrip().endswith(("\\[DONE\\]*", "\\[TOKENS\\]*")), texts[-1]
@@ -188,3 +202,35 @@ def test_chat_magic_in_a_kernel_survives_its_model_process_dying() -> None:
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+def test_doctor_reports_the_library_the_cpu_and_a_real_run() -> None:
+    done = subprocess.run([sys.executable, "-m", "nbchat", "doctor"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    name, flags = read_cpu()
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("CPU: ") and name in line for line in lines)
+    library = next(line for line in lines if line.startswith("llama-cpp-python "))
+    assert "AMX" not in library or "WARNING" in done.stdout
+    assert "AVX2" in library or "avx2" not in flags  # the build uses the CPU's instruction sets
+    rate = next(line for line in lines if line.startswith("decoding: "))
+    assert float(rate.split()[1]) > 1
+    assert lines[-1] == "OK: the embedded model runs safely here"
+
+
+def test_the_runtime_switch_reaches_llama_cpp_model_params() -> None:
+    # The guard for libraries with AMX code: the model is loaded with use_extra_bufts off.
+    import llama_cpp
+
+    from nbchat.backends.llama_worker import model_params_without_extra_buffers
+    from nbchat.backends.smollm2 import find_gguf
+
+    with model_params_without_extra_buffers(llama_cpp):
+        guarded = llama_cpp.Llama(model_path=str(find_gguf()), vocab_only=True, verbose=False)
+    plain = llama_cpp.Llama(model_path=str(find_gguf()), vocab_only=True, verbose=False)
+    try:
+        assert guarded.model_params.use_extra_bufts is False
+        assert plain.model_params.use_extra_bufts is True  # llama.cpp's default, restored after the load
+    finally:
+        guarded.close()
+        plain.close()

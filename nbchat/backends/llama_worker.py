@@ -27,6 +27,7 @@ import ctypes
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -269,6 +270,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    # Stops come as commands from the parent; an interrupt meant for it must not end the model.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = Output(take_protocol_pipe())
     try:
         model = Model(args.model, args.threads, args.n_ctx)

@@ -107,8 +107,11 @@ class _Process:
     def __init__(self, path: Path, n_threads: int, n_ctx: int) -> None:
         command = [sys.executable, "-m", "nbchat.backends.llama_worker",
                    "--model", str(path), "--threads", str(n_threads), "--n-ctx", str(n_ctx)]
+        # A session of its own: a Ctrl-C in the terminal, or Jupyter interrupting the kernel's
+        # process group, must reach the server (which stops the turn), not kill the model.
         self.popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, env=worker_environment(n_threads))
+                                      stderr=subprocess.PIPE, env=worker_environment(n_threads),
+                                      start_new_session=True)
         assert self.popen.stdin and self.popen.stdout and self.popen.stderr
         self._stdin: IO[bytes] = self.popen.stdin
         self._stdout: IO[bytes] = self.popen.stdout
