@@ -79,6 +79,25 @@ class KernelServer:
         atexit.register(self.stop)
         return handle
 
+    def admit_origin(self, origin: str) -> bool:
+        """Let pages from ``origin`` (``http(s)://host[:port]``) stream from the running server directly.
+
+        A browser-direct widget's page is served by Jupyter, not by this server: without this its
+        requests would be refused as cross-origin. Returns whether the origin was admitted.
+        """
+        from urllib.parse import urlsplit
+
+        from ..server.app import admit_origin
+
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+            return False
+        with self._lock:
+            if self._handle is None:
+                return False
+            admit_origin(self._handle.app, origin)
+        return True
+
     def stop(self) -> None:
         with self._lock:
             handle, self._handle = self._handle, None

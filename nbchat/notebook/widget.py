@@ -10,6 +10,10 @@ click while an answer streams.
 
 The browser side (``widget.js``) renders Markdown itself, from text nodes
 only: model output never becomes live HTML.
+
+``ChatWidget(direct=True)`` skips the kernel on the way: the page streams from
+the server itself (see :mod:`.direct`), so an answer keeps streaming while the
+kernel runs another cell.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import traitlets
 
 from ..wire.contract import TRANSPORTS, transport_name
 from ..wire.errors import NBChatError
-from ..wire.events import Chunk, End, Status
+from ..wire.events import STATUS_STRINGS, Chunk, End, Status
 from .conversation import ChatOptions, Conversation
+from .direct import ROUTES, DirectLink
 from .kernel_server import KernelServer, resolve_endpoint
 from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats
@@ -85,24 +90,34 @@ class ChatWidget(anywidget.AnyWidget):
     transports = traitlets.List(traitlets.Unicode()).tag(sync=True)
     busy = traitlets.Bool(False).tag(sync=True)
     stats = traitlets.Unicode("").tag(sync=True)
+    #: the page streams from the server itself; the endpoint and token go in custom messages, never in state
+    direct = traitlets.Bool(False).tag(sync=True)
+    #: direct mode: "direct" (the server's URL), "proxy" (Jupyter's /proxy/<port>/) or "auto"
+    route = traitlets.Unicode("auto").tag(sync=True)
 
     def __init__(self, conversation: Conversation | None = None, *, server: str | None = None,
                  token: str | None = None, transport: str | None = None,
-                 kernel_server: KernelServer | None = None, **kwargs: Any) -> None:
+                 kernel_server: KernelServer | None = None, direct: bool = False, route: str = "auto",
+                 **kwargs: Any) -> None:
         self.conversation = conversation if conversation is not None else Conversation()
         options = self.conversation.options
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
         super().__init__(transport=transport_name(transport or options.transport), transports=list(TRANSPORTS),
-                         messages=self._history(), **kwargs)
+                         messages=self._history(), direct=direct, route=route, **kwargs)
         # Explicit endpoints win; otherwise each turn reads the conversation's current defaults.
         self._server = server
         self._token = token
         self._kernel_server = kernel_server or _shared_kernel_server() or KernelServer()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Future[Any] | None = None
         self._turn: Any = None
         self._stop_requested = False
         #: what the last turn ended with (an :class:`End`), for callers and tests
         self.last_end: End | None = None
         self._mirror_shown = False
+        #: direct mode: the page's figures for its last turn (TTFT, cadence, bytes per chunk)
+        self.last_metrics: dict[str, Any] | None = None
+        self._direct = DirectLink(self.send, self.conversation, self._kernel_server, server, token)
         self.on_msg(self._on_frontend_msg)
 
     # ------------------------------------------------------------ saved copy
@@ -145,14 +160,25 @@ class ChatWidget(anywidget.AnyWidget):
 
     def _on_frontend_msg(self, _widget: Any, content: dict[str, Any], _buffers: Any) -> None:
         kind = content.get("type")
-        if kind == "send":
+        if self.direct and kind in ("hello", "done"):
+            self._on_direct_msg(kind, content)
+        elif kind == "send":
             self.ask(str(content.get("text", "")))
         elif kind == "stop":
             self.stop()
 
-    def ask(self, text: str) -> asyncio.Task[None] | None:
-        """Start a turn with ``text`` on the running loop; returns its task (None if busy or empty)."""
-        if not text.strip() or (self._task is not None and not self._task.done()):
+    def ask(self, text: str) -> asyncio.Future[Any] | None:
+        """Start a turn with ``text``; returns what :meth:`wait` awaits (None if busy or empty).
+
+        Relayed, the kernel streams the answer in a task on its loop. Direct, the page starts the
+        turn and streams it itself, even while this cell goes on to block the kernel.
+        """
+        if not text.strip():
+            return None
+        if self.direct:  # the page refuses a second turn while one streams; this future then ends with the first
+            self._task = self._direct.ask(text, self._options())
+            return self._task
+        if self._task is not None and not self._task.done():
             return None
         self._stop_requested = False
         self._task = _spawn(self._run(text))
@@ -160,6 +186,9 @@ class ChatWidget(anywidget.AnyWidget):
 
     def stop(self) -> None:
         """Interrupt the answer being streamed; it ends with ``[INTERRUPTED]`` and keeps its text."""
+        if self.direct:
+            self.send({"type": "stop"})  # the page holds the stream, and the means to stop it
+            return
         self._stop_requested = True
         turn = self._turn
         if turn is not None:
@@ -168,8 +197,28 @@ class ChatWidget(anywidget.AnyWidget):
     async def wait(self) -> End | None:
         """Wait for the current turn, if any, to end."""
         if self._task is not None:
-            await asyncio.shield(self._task)
+            await asyncio.shield(self._task)  # a direct turn's future resolves when the page reports
         return self.last_end
+
+    # ------------------------------------------------------------ direct mode
+
+    def _options(self) -> ChatOptions:
+        return self.conversation.options.merged(transport=self.transport)
+
+    def _on_direct_msg(self, kind: str, content: dict[str, Any]) -> None:
+        if kind == "hello":
+            self._direct.hello(str(content.get("origin", "")), self._options())
+            return
+        # "done": the page finished a turn; it joins the conversation %%chat shares
+        user, answer, status = str(content.get("user", "")), str(content.get("answer", "")), str(content.get("status"))
+        metrics = content.get("metrics")
+        self.last_metrics = metrics if isinstance(metrics, dict) else None
+        self.last_end = End(Status(status)) if status in STATUS_STRINGS else None
+        self.conversation.record(user, answer, status if self.last_end is not None else Status.ERROR)
+        self.messages = self._history()
+        self.stats = str(content.get("stats", ""))
+        self._direct.send_context(self._options())
+        self._direct.finished(content)
 
     # ------------------------------------------------------------ a turn
 

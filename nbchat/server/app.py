@@ -213,6 +213,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                                  **settings.backend_options)
     recorder = Recorder(settings.record, backend.name, backend.model_name) if settings.record else None
     manager = TurnManager(backend, settings, recorder)
+    origins = set(settings.allow_origins)  # shared with the middleware: see admit_origin
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -235,8 +236,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=settings.allow_origins,
-                                      bind_host=settings.host)],
+        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=origins,
+                               bind_host=settings.host)],
         exception_handlers={RequestError: on_request_error, ResumeError: on_resume_error,
                             HTTPException: on_http_error, Exception: on_unexpected},
         lifespan=lifespan,
@@ -244,4 +245,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.settings = settings
     app.state.backend = backend
     app.state.turns = manager
+    app.state.origins = origins
     return app
+
+
+def admit_origin(app: Starlette, origin: str) -> None:
+    """Allow one more page origin on a running app (as ``--allow-origin`` does at start)."""
+    origins: set[str] = app.state.origins
+    origins.add(origin)
