@@ -16,6 +16,9 @@ from ..server.config import Settings
 LIMIT_OPTIONS = ("max_body_bytes", "header_timeout", "max_header_bytes", "max_connections", "max_queued_bytes")
 
 
+STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the streaming chat server",
                        description="Run the nbchat streaming chat server (WebSocket, SSE, NDJSON, OpenAI-compatible).")
@@ -35,6 +38,9 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="also allow this Origin (repeatable; '*' allows any)")
     p.add_argument("--grace-period", type=float, default=30.0,
                    help="seconds a turn keeps generating after its last client leaves, for a reattach")
+    p.add_argument("--store", default="", metavar="redis://HOST:PORT/DB",
+                   help="keep turns in Redis, shared by every process given the same URL (resume, Stop and the "
+                        "uid's queued turn then work on whichever process a request lands on); default: in memory")
     limits = p.add_argument_group("limits", "what one client may hold or send (see docs/security.md)")
     d = Settings()
     limits.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
@@ -65,11 +71,15 @@ def run_serve(args: argparse.Namespace) -> int:
     if any(value <= 0 for value in limits.values()):
         print("nbchat serve: the limits (--max-body-bytes ... --max-queued-bytes) must be > 0", file=sys.stderr)
         return 2
+    if args.store and not args.store.startswith(STORE_SCHEMES):
+        print(f"nbchat serve: --store takes a Redis URL ({', '.join(STORE_SCHEMES)}...), not {args.store!r}",
+              file=sys.stderr)
+        return 2
     options = {"n_threads": args.threads} if args.threads else {}
     settings = Settings(host=args.host, port=args.port, token=args.token, backend=args.backend, rate=args.rate,
                         model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
                         allow_origins=tuple(args.allow_origin), grace_period=args.grace_period,
-                        backend_options=options, **limits).with_token()
+                        store=args.store, backend_options=options, **limits).with_token()
     try:
         server = make_server(settings, log_level=args.log_level)
     except Exception as exc:  # a backend that cannot be built: one clear line

@@ -36,7 +36,8 @@ from ..wire.protocol import (
 from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware
 from .config import Settings
-from .turns import Subscription, Turn, TurnManager
+from .store import MemoryStore, Reader, TurnStore
+from .turns import TurnManager
 
 log = logging.getLogger("nbchat.server.app")
 
@@ -49,9 +50,9 @@ def error_response(code: str, message: str, status: int = 400) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=status)
 
 
-def manager_of(request: Request) -> TurnManager:
-    manager: TurnManager = request.app.state.turns
-    return manager
+def store_of(request: Request) -> TurnStore:
+    store: TurnStore = request.app.state.store
+    return store
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -73,28 +74,28 @@ async def read_json(request: Request) -> Any:
     return parse_json_body(await read_body(request, settings.max_body_bytes))
 
 
-def stream_response(sub: Subscription, encode: Callable[[Event], bytes], headers: dict[str, str],
+def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict[str, str],
                     keepalive: float | None = None) -> StreamingResponse:
     """Encode a subscription's events as they come; a client that leaves detaches it
     (Starlette cancels the body when the client disconnects)."""
 
     async def body() -> AsyncIterator[bytes]:
-        with sub:
+        async with sub:
             while not sub.done:
                 batch = await sub.next_batch(keepalive)
                 # many chunks ready at once go out in one write: fewer syscalls at high rates
                 yield b"".join(encode(ev) for ev in batch) if batch else encode_sse_comment("keep-alive")
 
-    return StreamingResponse(body(), headers={**headers, "x-nbchat-turn": sub.turn.id})
+    return StreamingResponse(body(), headers={**headers, "x-nbchat-turn": sub.turn_id})
 
 
-def find_turn(manager: TurnManager, turn_id: str | None, uid: str | None) -> Turn | None:
+async def find_turn(store: TurnStore, turn_id: str | None, uid: str | None) -> str | None:
     if turn_id:
-        turn = manager.get(turn_id)
-        if turn is None:
+        if await store.get(turn_id) is None:
             raise ResumeError(f"unknown turn {turn_id!r} (it may have expired)")
-        return turn
-    return manager.latest(uid) if uid else None
+        return turn_id
+    found = await store.latest(uid) if uid else None
+    return None if found is None else found.id
 
 
 def parse_after(value: str | None) -> int | None:
@@ -106,11 +107,17 @@ def parse_after(value: str | None) -> int | None:
     return parse_position(value)
 
 
-def subscribe_for_resume(turn: Turn | None, after: int | None) -> Subscription | None:
-    if turn is None or after is None:
+async def subscribe_for_resume(store: TurnStore, turn_id: str | None, after: int | None) -> Reader | None:
+    if turn_id is None or after is None:
         return None
-    turn.start()  # a queued turn starts when its first stream attaches
-    return turn.subscribe(after)
+    return await store.open(turn_id, after)  # a queued turn starts when its first stream attaches
+
+
+async def start_turn(request: Request) -> Reader:
+    """A new turn from the request's body, and a reader of it from the start."""
+    store = store_of(request)
+    turn = await store.create(parse_turn_request(await read_json(request)))
+    return await store.open(turn.id, 0)
 
 
 # ---------------------------------------------------------------- routes
@@ -119,34 +126,34 @@ def subscribe_for_resume(turn: Turn | None, after: int | None) -> Subscription |
 async def health(request: Request) -> Response:
     backend: Backend = request.app.state.backend
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
-                         "model": backend.model_name, "turns": len(manager_of(request))})
+                         "model": backend.model_name, "turns": len(store_of(request))})
 
 
 async def post_turns(request: Request) -> Response:
     req = parse_turn_request(await read_json(request))
     if not req.uid:
         raise RequestError("POST /turns needs a 'uid' in the body: the WebSocket or SSE GET that starts it names it")
-    turn = manager_of(request).create(req, start=False)
+    turn = await store_of(request).create(req, start=False)
     return JSONResponse({"id": turn.id, "uid": turn.uid})
 
 
 async def interrupt_turn(request: Request) -> Response:
-    turn = manager_of(request).get(request.path_params["turn_id"])
+    turn = await store_of(request).interrupt(request.path_params["turn_id"])
     if turn is None:
         return error_response("unknown_turn", "unknown turn id (it may have ended and expired)", 404)
-    turn.interrupt()
     return JSONResponse({"id": turn.id, "interrupted": True, "state": turn.state.value})
 
 
 async def create_sse(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     if request.method == "POST":
-        sub = manager_of(request).create(parse_turn_request(await read_json(request))).subscribe(0)
+        sub = await start_turn(request)
     else:
+        store = store_of(request)
         uid = request.headers.get("uid") or request.query_params.get("uid")
-        turn = find_turn(manager_of(request), request.query_params.get("turn"), uid)
+        turn = await find_turn(store, request.query_params.get("turn"), uid)
         last = request.headers.get("last-event-id", request.query_params.get("lastEventId"))
-        found = subscribe_for_resume(turn, parse_after(last))
+        found = await subscribe_for_resume(store, turn, parse_after(last))
         if found is None:
             return Response(status_code=204)  # nothing to stream: stops a browser's reconnect loop
         sub = found
@@ -155,10 +162,11 @@ async def create_sse(request: Request) -> Response:
 
 async def talk_by_stream(request: Request) -> Response:
     if request.method == "POST":
-        sub = manager_of(request).create(parse_turn_request(await read_json(request))).subscribe(0)
+        sub = await start_turn(request)
     else:
-        turn = find_turn(manager_of(request), request.query_params.get("turn"), request.query_params.get("uid"))
-        found = subscribe_for_resume(turn, parse_after(request.query_params.get("after")))
+        store = store_of(request)
+        turn = await find_turn(store, request.query_params.get("turn"), request.query_params.get("uid"))
+        found = await subscribe_for_resume(store, turn, parse_after(request.query_params.get("after")))
         if found is None:
             return Response(status_code=204)
         sub = found
@@ -201,15 +209,21 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     if backend is None:
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
                                  **settings.backend_options)
-    manager = TurnManager(backend, settings)
+    store = make_store(backend, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await backend.start()
         try:
+            await store.start()
+        except BaseException:
+            await backend.aclose()
+            raise
+        try:
             yield
         finally:
-            await manager.shutdown()
+            await store.shutdown()
+            await store.aclose()
             await backend.aclose()
 
     routes = [
@@ -232,5 +246,15 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     )
     app.state.settings = settings
     app.state.backend = backend
-    app.state.turns = manager
+    app.state.store = store
+    app.state.turns = store.manager  # the turns generating in this process
     return app
+
+
+def make_store(backend: Backend, settings: Settings) -> TurnStore:
+    """The memory store, or a shared one when ``settings.store`` names it."""
+    if not settings.store:
+        return MemoryStore(TurnManager(backend, settings))
+    from .redis_store import RedisStore  # the redis client loads only for a shared store
+
+    return RedisStore(backend, settings)
