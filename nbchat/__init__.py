@@ -19,7 +19,9 @@ from .wire.errors import (
     QueueFull,
     RequestError,
     ResumeError,
+    ServerStartError,
     StreamTimeout,
+    TurnError,
 )
 from .wire.events import Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
 
@@ -61,8 +63,10 @@ __all__ = [
     "QueueFull",
     "RequestError",
     "ResumeError",
+    "ServerStartError",
     "Status",
     "StreamTimeout",
+    "TurnError",
     "TurnRequest",
     "__version__",
 ]

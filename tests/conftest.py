@@ -18,20 +18,9 @@ import pytest
 from nbchat.backends import Backend
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
+from tests.helpers import TOKEN, ServerFactory
 
-TOKEN = "test-token-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
-
-# A long message that exercises what breaks naive clients: Chinese and emoji
-# (multi-byte UTF-8 split across network chunks), quotes, backslashes, JSON
-# escapes, CR/LF and a lone "data: " that a split-on-prefix parser would eat.
-LONG_MESSAGE = (
-    "你好，世界！这是一个流式输出测试。 Streaming \"quotes\", a \\ backslash, a tab\t,\n"
-    "a second line\r\nwith CRLF, emoji 🚀🙂👩‍💻, accents: déjà vu, naïve; data: not a field\n\n"
-    "{\"json\": [1, 2]} </script> ` ``` code ``` "
-) * 8
-
-ServerFactory = Callable[..., ServerHandle]
 
 
 @pytest.fixture

@@ -1,16 +1,32 @@
-"""Backends made for the tests: they are real backends, only with behaviour
-chosen to reach a status (stall, fail) or to observe cancellation."""
+"""What the tests share: the token and the message every server test uses, and
+backends made for the tests. The backends are real backends, only with
+behaviour chosen to reach a status (stall, fail) or to observe cancellation."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from nbchat.backends.base import Backend, Finish, GenerationRequest
+from nbchat.server.serving import ServerHandle
 from nbchat.wire.errors import BackendError
+
+TOKEN = "test-token-0123456789"
+
+# A long message that exercises what breaks naive clients: Chinese and emoji
+# (multi-byte UTF-8 split across network chunks), quotes, backslashes, JSON
+# escapes, CR/LF and a lone "data: " that a split-on-prefix parser would eat.
+LONG_MESSAGE = (
+    "你好，世界！这是一个流式输出测试。 Streaming \"quotes\", a \\ backslash, a tab\t,\n"
+    "a second line\r\nwith CRLF, emoji 🚀🙂👩‍💻, accents: déjà vu, naïve; data: not a field\n\n"
+    "{\"json\": [1, 2]} </script> ` ``` code ``` "
+) * 8
+
+ServerFactory = Callable[..., ServerHandle]
+"""The ``make_server`` fixture: keyword settings in, a running server out."""
 
 
 class RecordingBackend(Backend):
@@ -72,6 +88,23 @@ class FailBackend(Backend):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
         yield "partial "
         raise BackendError("the test backend failed on purpose")
+
+
+class CapturingBackend(Backend):
+    """Answers "ok" and keeps every request it was given, to see what a client sent."""
+
+    name = "capturing"
+
+    def __init__(self) -> None:
+        self.requests: list[GenerationRequest] = []
+
+    @property
+    def model_name(self) -> str:
+        return "capturing"
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
+        self.requests.append(request)
+        yield "ok"
 
 
 def descendants(pid: int) -> list[int]:

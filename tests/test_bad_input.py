@@ -10,8 +10,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TOKEN
 from nbchat.server.serving import ServerHandle
+from tests.helpers import TOKEN
 
 H = {"token": TOKEN}
 TURN_PATHS = ["/talkByStream", "/createSse", "/turns"]

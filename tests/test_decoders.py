@@ -11,14 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import LONG_MESSAGE
-from nbchat.clients._common import Item
-from nbchat.clients.ndjson import NDJSONItemDecoder
-from nbchat.clients.openai_sse import OpenAIItemDecoder
-from nbchat.clients.sse import SSEItemDecoder
+from nbchat.wire.decoders import NDJSONItemDecoder, SSEItemDecoder
 from nbchat.wire.errors import ProtocolError, RequestError
-from nbchat.wire.events import Chunk, End, ErrorInfo, Event, Status
-from nbchat.wire.openai import CompletionEncoder
+from nbchat.wire.events import Chunk, End, ErrorInfo, Event, Item, Status
+from nbchat.wire.openai import CompletionEncoder, OpenAIItemDecoder
 from nbchat.wire.protocol import (
     EventAssembler,
     LineDecoder,
@@ -30,6 +26,7 @@ from nbchat.wire.protocol import (
     encode_ws,
 )
 from nbchat.wire.sse import SSEDecoder, SSEMessage, encode_sse, encode_sse_comment
+from tests.helpers import LONG_MESSAGE
 
 # The shared long message, plus lone CRs, a NUL and a split-prone four-byte emoji at the end.
 TEXT = LONG_MESSAGE + "lone\rCR, CRLF\r\n, NUL \0 and 'single' quotes \\n not a newline 🧪"

@@ -23,10 +23,9 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TOKEN, ServerFactory
-from helpers import StallBackend
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.server.serving import ServerHandle
+from tests.helpers import TOKEN, ServerFactory, StallBackend
 
 H = {"token": TOKEN}
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import httpx
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TOKEN, ServerFactory
-from helpers import RecordingBackend
+from nbchat.wire.contract import TURN_HEADER
+from tests.helpers import TOKEN, RecordingBackend, ServerFactory
 
 H = {"token": TOKEN}
 REQ = {"userMessage": {"role": "user", "content": "count"}}
@@ -32,6 +32,7 @@ def test_vanished_client_keeps_generating_through_grace_then_cancelled(make_serv
     backend = RecordingBackend(count=100_000, interval=0.01)
     server = make_server(backend, grace_period=1.5)
     with httpx.stream("POST", server.url + "/talkByStream", json=REQ, headers=H) as r:
+        turn_id = r.headers[TURN_HEADER]
         read_lines(r.iter_lines(), 3)
     left = time.monotonic()
     produced_at_leave = backend.produced
@@ -40,8 +41,8 @@ def test_vanished_client_keeps_generating_through_grace_then_cancelled(make_serv
     assert backend.cancelled.wait(5), "generation was never cancelled"
     waited = time.monotonic() - left
     assert 1.2 < waited < 4.0, waited
-    turn = next(iter(server.app.state.turns._turns.values()))
-    assert turn.end is not None and turn.end.status.value == "[INTERRUPTED]"
+    turn = server.app.state.turns.get(turn_id)
+    assert turn is not None and turn.end is not None and turn.end.status.value == "[INTERRUPTED]"
 
 
 def test_reattach_within_grace_gets_the_rest_and_generation_completes(make_server: ServerFactory) -> None:

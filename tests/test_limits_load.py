@@ -9,7 +9,8 @@ import time
 
 import httpx
 import pytest
-from load_limits import (
+
+from tests.load_limits import (
     closed_by_server,
     connections_held,
     cpu_for_header,

@@ -6,8 +6,10 @@ a kernel sends ``display_data`` / ``update_display_data`` from.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +18,6 @@ from IPython.core.getipython import get_ipython
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
-from conftest import TOKEN, ServerFactory
-from helpers import RecordingBackend
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.clients import TRANSPORTS
 from nbchat.notebook.kernel_server import KernelServer
@@ -25,6 +25,8 @@ from nbchat.notebook.magics import ChatMagics, StreamView, interpolate
 from nbchat.notebook.render import TurnStats, answer_markdown, open_fence, safe_markdown
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle
+from nbchat.wire.errors import ServerStartError
+from tests.helpers import TOKEN, RecordingBackend, ServerFactory
 
 MESSAGE = "Hello 你好 🚀 <b>bold</b> " * 40
 
@@ -48,9 +50,11 @@ class Published:
 
     def __init__(self) -> None:
         self.messages: list[tuple[dict[str, Any], bool]] = []
+        self.metadata: list[Any] = []
 
     def __call__(self, data: dict[str, Any], metadata: Any = None, **kwargs: Any) -> None:
         self.messages.append((data, bool(kwargs.get("update"))))
+        self.metadata.append(metadata)
 
     @property
     def last_markdown(self) -> str:
@@ -119,6 +123,20 @@ def test_unpaced_stream_costs_a_few_display_messages(ip: InteractiveShell, magic
     result = chat(ip, echo_server, "x" * 20_000, "--max-tokens 100000")
     assert result.success and magics.last is not None and magics.last.stats.chunks == 5000
     assert len(published.messages) <= 10
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_output_metadata_carries_the_provenance(ip: InteractiveShell, magics: ChatMagics, published: Published,
+                                                echo_server: ServerHandle, transport: str) -> None:
+    assert chat(ip, echo_server, "where from?", f"-t {transport} --temperature 0.3 --system hi").success
+    record = published.metadata[-1]["nbchat"]
+    assert published.messages[-1][0] == published.messages[-2][0]  # the metadata joins the final output as is
+    assert (record["backend"], record["model"], record["server"]) == ("echo", "echo", echo_server.url)
+    assert (record["transport"], record["temperature"], record["system"]) == (transport, 0.3, "hi")
+    assert record["status"] == "[DONE]" and record["chunks"] == 3 and record["uid"]
+    assert (record["turn_id"] is None) == (transport == "ws")  # the WebSocket contract does not name turns
+    assert magics.last is not None and magics.last.provenance == record
+    assert magics.conversation.exchanges[-1].provenance == record
 
 
 def test_history_carries_across_cells_and_new_resets(ip: InteractiveShell, magics: ChatMagics,
@@ -235,7 +253,7 @@ def test_environment_url_is_used_when_no_server_is_given(ip: InteractiveShell, m
 def test_a_server_that_cannot_start_is_one_line(ip: InteractiveShell, published: Published,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     def fail(settings: Settings) -> ServerHandle:
-        raise RuntimeError("the nbchat server did not start: no model file")
+        raise ServerStartError("the nbchat server did not start: no model file")
 
     ip.register_magics(ChatMagics(ip, kernel_server=KernelServer(start=fail)))
     assert "no model file" in _error_line(ip, capsys, "%%chat\nhi")
@@ -278,3 +296,62 @@ def test_footer_reports_transport_first_token_chunks_and_rate() -> None:
     stats = TurnStats("sse", started=0.0)
     stats.first_token, stats.chunks, stats.ended, stats.status = 0.25, 11, 1.25, "[DONE]"
     assert stats.footer() == "sse · first token 0.25 s · 11 chunks · 10.0 tok/s · [DONE]"
+
+
+# ---------------------------------------------------------------- code into cells, export
+
+CODE_ANSWER = ("Try this:\n\n```python\nx = 41 + 1\nprint(x)\n```\n\nthen in a shell:\n\n```bash\nls -l\n```\n"
+               "and <img src=x onerror=alert(1)> done.")
+
+
+def test_code_puts_the_answer_code_into_the_next_cell(ip: InteractiveShell, magics: ChatMagics,
+                                                      published: Published, echo_server: ServerHandle) -> None:
+    ip.rl_next_input = None
+    with pytest.raises(UsageError, match="no answer yet"):
+        ip.run_line_magic("chat", "code")
+    assert chat(ip, echo_server, CODE_ANSWER, "--raw").success
+    ip.run_line_magic("chat", "code")
+    source = ip.rl_next_input
+    assert source == ("# block 1 of 2: python\nx = 41 + 1\nprint(x)\n\n"
+                      "# block 2 of 2: bash\n# ls -l\n")
+    ns: dict[str, Any] = {}
+    exec(compile(source, "<next cell>", "exec"), ns)  # the cell runs as it is
+    assert ns["x"] == 42
+    assert chat(ip, echo_server, "```bash\necho hi\n```", "--raw").success
+    ip.run_line_magic("chat", "code")
+    assert ip.rl_next_input == "%%bash\necho hi\n"
+    assert chat(ip, echo_server, "no code here").success
+    with pytest.raises(UsageError, match="no code block"):
+        ip.run_line_magic("chat", "code")
+
+
+def test_export_writes_markdown_and_openai_messages_that_parse(
+        ip: InteractiveShell, magics: ChatMagics, published: Published, echo_server: ServerHandle,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mistune = pytest.importorskip("mistune", reason="the export test parses Markdown with mistune (nbconvert's)")
+    assert chat(ip, echo_server, "first question", "-t sse --system 'be brief'").success
+    assert chat(ip, echo_server, CODE_ANSWER, "--raw").success
+    ip.run_line_magic("chat", f"export {tmp_path / 'chat.json'}")
+    ip.run_line_magic("chat", f"export {tmp_path / 'chat.md'}")
+    assert "2 exchanges written to" in capsys.readouterr().out
+
+    exported = json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))
+    # --system held for the first cell only: the conversation's default has no system prompt
+    assert [m["role"] for m in exported["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert exported["messages"][3] == {"role": "assistant", "content": CODE_ANSWER}
+    answers = exported["nbchat"]["answers"]
+    assert [a["index"] for a in answers] == [1, 3] and answers[0]["provenance"]["transport"] == "sse"
+    assert answers[0]["provenance"]["system"] == "be brief" and exported["model"] == "echo"
+    assert TOKEN not in (tmp_path / "chat.json").read_text(encoding="utf-8")
+
+    text = (tmp_path / "chat.md").read_text(encoding="utf-8")
+    tokens = mistune.create_markdown(renderer="ast")(text)
+    headings = ["".join(c.get("raw", "") for c in t["children"]) for t in tokens if t["type"] == "heading"]
+    assert headings == ["Conversation", "User", "Assistant", "User", "Assistant"]
+    codes = [(t["attrs"].get("info"), t["raw"]) for t in tokens if t["type"] == "block_code"]
+    assert codes == [("python", "x = 41 + 1\nprint(x)\n"), ("bash", "ls -l\n")] * 2  # asked, then echoed
+    html = mistune.html(text)
+    assert "<img" not in html and "&lt;img src=x" in html  # the model's HTML stays text
+    assert "echo (echo) · sse to " + echo_server.url in text and TOKEN not in text
+    with pytest.raises(UsageError, match=r"\.md .* or \.json"):
+        ip.run_line_magic("chat", f"export {tmp_path / 'chat.txt'}")

@@ -19,14 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import TOKEN
-from helpers import model_processes, tree_cpu_seconds
 from nbchat.backends.cpu import check_library, read_cpu
 from nbchat.backends.smollm2 import SmolLM2Backend
 from nbchat.clients import TRANSPORTS, connect
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
+from tests.helpers import TOKEN, model_processes, tree_cpu_seconds
 
 STORY = TurnRequest(user_message=Message("user", "Count from 1 to 500, separated by commas."), temperature=0.0,
                     max_tokens=400)

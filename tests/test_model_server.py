@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import TOKEN, ServerFactory
-from helpers import StallBackend, tree_cpu_seconds
+from nbchat.bench.procs import SERVING_LINE
 from nbchat.clients import TRANSPORTS, connect
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
+from tests.helpers import TOKEN, ServerFactory, StallBackend, tree_cpu_seconds
 
 QUESTION = "Name three colours of the rainbow."
 
@@ -78,8 +78,9 @@ def test_interrupt_stops_the_model_process_cpu(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # printed once it accepts connections (model loaded)
-        assert "serving smollm2 at" in line, line
-        url = line.split(" at ", 1)[1].split("/?", 1)[0]
+        found = SERVING_LINE.search(line.encode())
+        assert found is not None and "serving smollm2 at" in line, line
+        url = found.group(1).decode()
         req = TurnRequest(user_message=Message("user", "Tell a very long story."), max_tokens=4000)
         with connect(url, token=TOKEN, transport="stream", timeout=60) as client:
             turn = client.stream(req)

@@ -111,6 +111,8 @@ def check_quickstart(nb: Notebook) -> None:
     haiku, _ = answer_of(code_cell(nb, "%%chat --new --out haiku"))
     assert text_of(code_cell(nb, "last = %chat last")) == f"str {len(haiku)} characters\nTrue\n"
 
+    check_replay_provenance_code_export(nb)
+
     panel = code_cell(nb, "from nbchat import ChatWidget")
     views = [o.data["application/vnd.jupyter.widget-view+json"] for o in panel.outputs
              if "application/vnd.jupyter.widget-view+json" in o.data]
@@ -120,6 +122,23 @@ def check_quickstart(nb: Notebook) -> None:
     status, answer, stats = text_of(code_cell(nb, "panel.conversation.options")).splitlines()
     assert status in ("[DONE]", "[TOKENS]") and answer
     assert FOOTER.fullmatch(stats) and stats.endswith(status)
+
+
+def check_replay_provenance_code_export(nb: Notebook) -> None:
+    from nbchat.backends.replay import load_recording
+
+    recording = load_recording(NOTEBOOKS / "recordings" / "add-numbers.jsonl")
+    replayed_cell = code_cell(nb, "%%chat --new --server {replay.url}")
+    replayed, footer = answer_of(replayed_cell)
+    assert replayed == recording.text.strip() and int(footer.group(2)) == len(recording.chunks)
+    record = next(o.metadata["nbchat"] for o in replayed_cell.outputs if "nbchat" in o.get("metadata", {}))
+    assert (record["backend"], record["model"]) == ("replay", "SmolLM2-135M-Instruct")
+    assert record["chunks"] == len(recording.chunks) and record["server"].startswith("http://127.0.0.1:")
+    assert "'backend': 'replay'" in text_of(code_cell(nb, "_chat_provenance"))
+    assert "SmolLM2-135M-Instruct (replay) · ws to http://127.0.0.1:" in text_of(nb_history(nb, 2))
+    exported = text_of(code_cell(nb, "%chat export {out}/chat.md"))
+    assert "1 exchange written to" in exported and "## Assistant" in exported
+    assert exported.endswith("['user', 'assistant']\n")
 
 
 def nb_history(nb: Notebook, index: int) -> Any:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from conftest import LONG_MESSAGE, TOKEN, ServerFactory
-from helpers import StallBackend
 from nbchat.server.serving import ServerHandle
+from tests.helpers import LONG_MESSAGE, TOKEN, ServerFactory, StallBackend
 
 
 def client_for(server: ServerHandle, token: str = TOKEN) -> openai.OpenAI:

@@ -7,8 +7,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TOKEN
 from nbchat.server.serving import ServerHandle
+from tests.helpers import TOKEN
 
 BODY = {"userMessage": {"role": "user", "content": "hi"}}
 

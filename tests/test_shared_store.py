@@ -14,7 +14,8 @@ import pytest
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TOKEN, RedisProcess, ServeFactory, ServeProcess
+from tests.conftest import RedisProcess, ServeFactory, ServeProcess
+from tests.helpers import TOKEN
 
 H = {"token": TOKEN}
 # about 90 pieces of the echo backend: at 50 pieces/s a turn lasts about two seconds

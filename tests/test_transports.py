@@ -8,12 +8,11 @@ import threading
 
 import pytest
 
-from conftest import LONG_MESSAGE, TOKEN, ServerFactory
-from helpers import FailBackend, RecordingBackend, StallBackend
 from nbchat.clients import TRANSPORTS, connect
 from nbchat.server.serving import ServerHandle
 from nbchat.wire.errors import RequestError
 from nbchat.wire.events import Chunk, End, Event, Message, Status, TurnRequest
+from tests.helpers import LONG_MESSAGE, TOKEN, FailBackend, RecordingBackend, ServerFactory, StallBackend
 
 ALL = list(TRANSPORTS)
 SEED = ["ws", "sse", "stream"]

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from helpers import StallBackend
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.server.config import Settings
 from nbchat.server.turns import Turn, TurnManager
 from nbchat.wire.errors import ResumeError
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
+from tests.helpers import StallBackend
 
 REQ = TurnRequest(user_message=Message(role="user", content="hi"))
 

@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 
 import nbchat
-from conftest import TOKEN, ServerFactory
-from helpers import RecordingBackend
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.notebook.conversation import ChatOptions, Conversation
 from nbchat.notebook.widget import ChatWidget
 from nbchat.server.serving import ServerHandle
+from tests.helpers import TOKEN, RecordingBackend, ServerFactory
 
 
 class RecordingComm:
@@ -31,13 +30,20 @@ class RecordingComm:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self.on_send: Callable[[dict[str, Any]], None] | None = None
+        self._receive: Callable[[dict[str, Any]], None] | None = None
 
     def send(self, data: dict[str, Any], buffers: Any = None, **_: Any) -> None:
         self.sent.append(data)
         if self.on_send is not None:
             self.on_send(data)
 
-    def on_msg(self, _callback: Any) -> None: ...
+    def on_msg(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        self._receive = callback
+
+    def from_frontend(self, content: dict[str, Any]) -> None:
+        """Deliver a custom message as the browser's side of the comm sends it."""
+        assert self._receive is not None, "the widget did not listen on its comm"
+        self._receive({"content": {"data": {"method": "custom", "content": content}}, "buffers": []})
 
     def on_close(self, _callback: Any) -> None: ...
 
@@ -72,7 +78,9 @@ def make_widget() -> Iterator[Callable[..., tuple[ChatWidget, RecordingComm]]]:
 
 def click(widget: ChatWidget, content: dict[str, Any]) -> None:
     """What the front end's Send and Stop buttons do: a custom message to the kernel."""
-    widget._handle_custom_msg(content, [])
+    comm = widget.comm
+    assert isinstance(comm, RecordingComm)
+    comm.from_frontend(content)
 
 
 async def test_traffic_grows_with_the_answer_not_with_its_square(
@@ -115,6 +123,21 @@ async def test_history_is_synced_once_per_turn(make_widget: Callable[..., tuple[
     assert [s.get("busy") for s in comm.state_updates() if "busy" in s] == [True, False, True, False]
     assert comm.custom("start") == [{"type": "start", "user": "one"}, {"type": "start", "user": "two"}]
     assert widget.stats.startswith("ws · first token") and widget.stats.endswith("[DONE]")
+
+
+async def test_each_answer_keeps_its_provenance(make_widget: Callable[..., tuple[ChatWidget, RecordingComm]],
+                                                echo_server: ServerHandle) -> None:
+    widget, comm = make_widget(echo_server, temperature=0.4, system="be brief")
+    widget.transport = "sse"
+    click(widget, {"type": "send", "text": "where from?"})
+    await widget.wait()
+    synced = [s["messages"] for s in comm.state_updates() if "messages" in s][-1]
+    record = synced[-1]["provenance"]
+    assert (record["backend"], record["model"], record["server"]) == ("echo", "echo", echo_server.url)
+    assert (record["transport"], record["temperature"], record["system"]) == ("sse", 0.4, "be brief")
+    assert record["status"] == "[DONE]" and record["chunks"] == 3 and record["turn_id"]
+    assert widget.conversation.exchanges[-1].provenance == record
+    assert TOKEN not in json.dumps(comm.sent)  # nothing the browser gets (or a saved widget state keeps) has it
 
 
 class BurstThenStall(Backend):
@@ -185,7 +208,6 @@ async def test_transport_picker_and_errors(make_widget: Callable[..., tuple[Chat
     await widget.wait()
     assert widget.stats.startswith("stream · ")
     widget.conversation.options = widget.conversation.options.merged(token="wrong")
-    widget._token = "wrong"
     click(widget, {"type": "send", "text": "refused"})
     assert await widget.wait() is None
     end = comm.custom("end")[-1]

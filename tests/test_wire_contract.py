@@ -11,11 +11,10 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from conftest import LONG_MESSAGE, TOKEN, ServerFactory
-from helpers import RecordingBackend, StallBackend
 from nbchat.server.serving import ServerHandle
 from nbchat.wire.protocol import decode_sse_message
 from nbchat.wire.sse import SSEDecoder, SSEMessage
+from tests.helpers import LONG_MESSAGE, TOKEN, RecordingBackend, ServerFactory, StallBackend
 
 H = {"token": TOKEN}
 
@@ -135,7 +134,7 @@ def test_sse_keepalive_comment_while_nothing_else_goes_out(make_server: ServerFa
 
 
 def test_sse_error_record_precedes_error_status(make_server: ServerFactory) -> None:
-    from helpers import FailBackend
+    from tests.helpers import FailBackend
 
     server = make_server(FailBackend())
     msgs = sse_messages(httpx.post(server.url + "/createSse", json=turn_request("x"), headers=H).content)

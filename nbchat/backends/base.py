@@ -21,6 +21,7 @@ import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from ..wire.contract import DEFAULT_TEMPERATURE
 from ..wire.events import Message
 
 
@@ -34,7 +35,7 @@ LENGTH = Finish.LENGTH
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
     messages: list[Message]
-    temperature: float = 0.9
+    temperature: float = DEFAULT_TEMPERATURE
     max_tokens: int | None = None
     model: str | None = None
 

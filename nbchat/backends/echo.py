@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from .base import LENGTH, Backend, Finish, GenerationRequest
 
 PIECE_CHARS = 4
+#: pieces per second when nobody says: about a small model's pace on a laptop
+DEFAULT_RATE = 20.0
 
 
 def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
@@ -25,7 +27,7 @@ def split_pieces(text: str, size: int = PIECE_CHARS) -> list[str]:
 class EchoBackend(Backend):
     name = "echo"
 
-    def __init__(self, rate: float = 20.0, piece_chars: int = PIECE_CHARS) -> None:
+    def __init__(self, rate: float = DEFAULT_RATE, piece_chars: int = PIECE_CHARS) -> None:
         if rate < 0:
             raise ValueError("rate must be >= 0 (0 = as fast as possible)")
         self.rate = rate

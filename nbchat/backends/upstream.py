@@ -1,9 +1,9 @@
 """The ``openai`` backend: any OpenAI-compatible upstream (OpenAI, vLLM, Ollama, llama.cpp's server).
 
 This module owns one streaming ``POST {base_url}/chat/completions`` per turn
-over httpx, the decoding of the upstream's Server-Sent Events with
-:class:`nbchat.wire.sse.SSEDecoder`, and turning what the upstream says into the
-backend contract: content deltas become pieces, ``finish_reason: "length"``
+over httpx (the body, the stream events and the error bodies are read and
+written by :mod:`nbchat.wire.openai`), and turning what the upstream says into
+the backend contract: content deltas become pieces, ``finish_reason: "length"``
 becomes :data:`LENGTH`, an HTTP error, an error event or a broken connection
 becomes :class:`~nbchat.wire.errors.BackendError` with code ``upstream_error``.
 
@@ -15,14 +15,14 @@ closes the upstream connection at once.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from ..wire.errors import BackendError
+from ..wire.errors import BackendError, ProtocolError
+from ..wire.openai import StreamDone, StreamError, completion_body, parse_error_body, parse_stream_event
 from ..wire.sse import SSEDecoder, SSEMessage
 from .base import LENGTH, Backend, Finish, GenerationRequest
 
@@ -37,26 +37,6 @@ def upstream_error(message: str) -> BackendError:
     return error
 
 
-def error_message(body: bytes) -> str:
-    """The upstream's own words from an error body: OpenAI's ``{"error": {"message"}}``,
-    FastAPI's ``{"detail"}``, a bare ``{"message"}``, or the text itself."""
-    try:
-        parsed: Any = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace").strip()[:500] or "(empty body)"
-    if isinstance(parsed, dict):
-        inner = parsed.get("error", parsed)
-        if isinstance(inner, dict):
-            for key in ("message", "detail"):
-                if inner.get(key):
-                    return str(inner[key])
-        elif inner:
-            return str(inner)
-        if parsed.get("detail"):
-            return str(parsed["detail"])
-    return json.dumps(parsed)[:500]
-
-
 class _Stream:
     """Reads one upstream stream's events; keeps whether it finished properly."""
 
@@ -65,26 +45,20 @@ class _Stream:
         self.done = False  # [DONE] arrived: nothing more will come
 
     def pieces(self, msg: SSEMessage) -> list[str | Finish]:
-        if msg.data == "[DONE]":
+        try:
+            event = parse_stream_event(msg.data, msg.event)
+        except ProtocolError as exc:
+            raise upstream_error(f"the upstream sent an event nbchat cannot read: {exc}") from exc
+        if isinstance(event, StreamDone):
             self.finished = self.done = True
             return []
-        try:
-            chunk: Any = json.loads(msg.data)
-        except ValueError as exc:
-            raise upstream_error(f"the upstream sent an event that is not JSON: {msg.data[:200]!r}") from exc
-        if msg.event == "error" or (isinstance(chunk, dict) and "error" in chunk):
-            raise upstream_error(f"the upstream reported an error: {error_message(msg.data.encode())}")
-        out: list[str | Finish] = []
-        choices = chunk.get("choices") if isinstance(chunk, dict) else None
-        for choice in choices or []:
-            content = (choice.get("delta") or {}).get("content")
-            if content:
-                out.append(content)
-            reason = choice.get("finish_reason")
-            if reason:
-                self.finished = True
-                if reason == "length":
-                    out.append(LENGTH)
+        if isinstance(event, StreamError):
+            raise upstream_error(f"the upstream reported an error: {event.error.message}")
+        out: list[str | Finish] = [event.content] if event.content else []
+        if event.finish_reason:
+            self.finished = True
+            if event.finish_reason == "length":
+                out.append(LENGTH)
         return out
 
 
@@ -120,15 +94,7 @@ class OpenAIUpstreamBackend(Backend):
         model = self.model or request.model
         if not model:
             raise upstream_error("no upstream model given: pass --model or set OPENAI_MODEL")
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-            "temperature": request.temperature,
-            "stream": True,
-        }
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
-        return body
+        return completion_body(request, model=model)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
         body = self._body(request)
@@ -136,7 +102,7 @@ class OpenAIUpstreamBackend(Backend):
         try:
             async with self.client.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as response:
                 if response.status_code >= 400:
-                    detail = error_message(await response.aread())
+                    detail = parse_error_body(await response.aread()).message
                     raise upstream_error(f"the upstream answered HTTP {response.status_code}: {detail}")
                 stream, decoder = _Stream(), SSEDecoder()
                 async for data in response.aiter_bytes():

@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from ..wire.contract import TRANSPORTS, transport_name
+
 if TYPE_CHECKING:
     from .runner import BenchConfig
 
@@ -33,10 +35,13 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _transports(text: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in text.split(",") if t.strip())
-    unknown = [n for n in names if n not in ("ws", "sse", "stream", "openai")]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"transports are ws, sse, stream, openai; not {', '.join(unknown)}")
-    return names
+    try:
+        canonical = tuple(transport_name(n) for n in names)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not canonical:
+        raise argparse.ArgumentTypeError(f"name transports: {', '.join(TRANSPORTS)}")
+    return canonical
 
 
 def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

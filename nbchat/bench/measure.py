@@ -16,15 +16,15 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from ..clients import aconnect
-from ..wire.events import Chunk, End, Message, TurnRequest
+from ..clients import acollect, aconnect
+from ..wire.contract import transport_name
+from ..wire.events import Chunk
 from ..wire.openai import CompletionEncoder
 from ..wire.protocol import dumps, encode_ndjson, encode_sse_event, encode_ws
 from ..wire.sse import SSEMessage, encode_sse
 from .stats import Trace
 from .wire import WireClient, parse_host_port
 
-TRANSPORT_NAMES = {"ws": "WebSocket", "sse": "SSE", "stream": "NDJSON", "openai": "OpenAI SSE", "raw": "raw TCP"}
 PIECE = "abcd"  # the echo backend's pieces are four characters
 
 
@@ -77,18 +77,17 @@ class ClientStreamer:
     """A :class:`Streamer` over :mod:`nbchat.clients` (bytes computed with the encoders)."""
 
     def __init__(self, url: str, token: str, transport: str, timeout: float = 60.0) -> None:
-        self.client = aconnect(url, token=token, transport=transport, timeout=timeout)
+        self.client = aconnect(url, token=token, transport=transport_name(transport), timeout=timeout)
 
     async def turn(self, message: str, max_tokens: int | None = None) -> Trace:
-        request = TurnRequest(user_message=Message("user", message), temperature=0.0, max_tokens=max_tokens)
         trace = Trace(sent=time.time())
-        turn = await self.client.stream(request)
-        async for event in turn:
-            if isinstance(event, Chunk):
-                trace.add(event.server_time if event.server_time is not None else math.nan, event.received)
-                trace.wire_bytes += wire_bytes(self.client.transport, event)
-            elif isinstance(event, End):
-                trace.status = event.status.value
+
+        def record(chunk: Chunk) -> None:
+            trace.add(chunk.server_time if chunk.server_time is not None else math.nan, chunk.received)
+            trace.wire_bytes += wire_bytes(self.client.transport, chunk)
+
+        async with self.client.stream(message, temperature=0.0, max_tokens=max_tokens) as turn:
+            trace.status = (await acollect(turn, record)).status.value
         return trace
 
     async def __aenter__(self) -> ClientStreamer:

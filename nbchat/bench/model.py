@@ -9,7 +9,9 @@ One run, the same greedy prompts down every path, a table at the end:
 - ``nbchat/<transport>``: an ``nbchat serve`` subprocess, read with
   :mod:`nbchat.clients` over WebSocket, SSE, NDJSON and the OpenAI stream;
 - ``llama_cpp.server``: llama-cpp-python's own OpenAI-compatible server on the
-  same model file and thread count, read with httpx and :class:`~nbchat.wire.sse.SSEDecoder`.
+  same model file and thread count, read with nbchat's own ``openai`` client.
+
+Both servers run as children started by :mod:`nbchat.bench.procs`.
 
 TTFT is measured by the client, from sending the request to the first
 non-empty piece; tokens/s is the decode rate after it, (pieces - 1) / (last -
@@ -24,17 +26,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
-import json
 import os
-import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import httpx
@@ -42,16 +42,18 @@ import httpx
 from ..backends.base import GenerationRequest
 from ..backends.llama_worker import Control, Model, run_job
 from ..backends.smollm2 import DEFAULT_N_CTX, SmolLM2Backend, default_threads, find_gguf, worker_environment
-from ..clients import TRANSPORTS, ChatClient, connect
-from ..wire.events import Chunk, Message, TurnRequest
-from ..wire.sse import SSEDecoder
+from ..clients import ChatClient, collect, connect
+from ..wire.contract import OPENAI_MODELS_PATH, TRANSPORTS
+from ..wire.errors import ServerStartError
+from ..wire.events import Message
+from .procs import START_TIMEOUT, drain, in_background, nbchat_server, python_child
 
 PROMPTS = (
     "Explain in a few sentences why the sky is blue.",
     "Write a short poem about a lighthouse.",
     "List five tips for writing clear Python code.",
 )
-START_TIMEOUT = 120.0
+LLAMA_MODEL = "smollm2"  # the alias llama_cpp.server serves the model file under
 
 
 @dataclass
@@ -116,78 +118,43 @@ def backend_runner(threads: int, max_tokens: int) -> tuple[Runner, Callable[[], 
     return (lambda prompt: loop.run_until_complete(answer(prompt))), close
 
 
-def nbchat_runner(client: ChatClient, max_tokens: int) -> Runner:
+def nbchat_runner(client: ChatClient, max_tokens: int, model: str | None = None) -> Runner:
     """One client kept for the whole run, as a notebook keeps it: its connection is reused."""
 
     def run(prompt: str) -> Sample:
-        request = TurnRequest(Message("user", prompt), temperature=0.0, max_tokens=max_tokens)
         sample = Sample(time.perf_counter())
-        for event in client.stream(request):
-            if isinstance(event, Chunk):
-                sample.add(event.content)
+        with client.stream(prompt, temperature=0.0, max_tokens=max_tokens, model=model) as turn:
+            collect(turn, lambda chunk: sample.add(chunk.content))
         return sample
 
     return run
 
 
-def llama_server_runner(http: httpx.Client, base_url: str, max_tokens: int) -> Runner:
-    def run(prompt: str) -> Sample:
-        body = {"model": "smollm2", "messages": [{"role": "user", "content": prompt}], "temperature": 0.0,
-                "max_tokens": max_tokens, "stream": True}
-        sample = Sample(time.perf_counter())
-        with http.stream("POST", f"{base_url}/chat/completions", json=body) as response:
-            response.raise_for_status()
-            decoder = SSEDecoder()
-            for data in response.iter_bytes():
-                for msg in decoder.feed(data):
-                    if msg.data != "[DONE]":
-                        for choice in json.loads(msg.data).get("choices") or []:
-                            sample.add((choice.get("delta") or {}).get("content") or "")
-        return sample
-
-    return run
-
-
-@contextmanager
-def subprocess_server(command: list[str], ready: Callable[[subprocess.Popen[str]], str], *,
-                      read_stdout: bool = False) -> Iterator[str]:
-    """Run a server; yield what ``ready`` returns once it serves; stop it afterwards."""
-    stdout = subprocess.PIPE if read_stdout else subprocess.DEVNULL
-    proc = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, text=True)
-    try:
-        yield ready(proc)
-    finally:
-        proc.terminate()
+@contextlib.asynccontextmanager
+async def llama_server(threads: int) -> AsyncIterator[str]:
+    """llama-cpp-python's OpenAI-compatible server on the same model file; yields its base URL."""
+    port = free_port()
+    args = ["-m", "llama_cpp.server", "--model", str(find_gguf()), "--host", "127.0.0.1", "--port", str(port),
+            "--n_threads", str(threads), "--n_ctx", "4096", "--model_alias", LLAMA_MODEL, "--verbose", "False"]
+    async with python_child(args) as proc:
+        output = asyncio.ensure_future(drain(proc))
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield await _llama_ready(proc, f"http://127.0.0.1:{port}")
+        finally:
+            output.cancel()
 
 
-def nbchat_ready(proc: subprocess.Popen[str]) -> str:
-    """``nbchat serve`` prints its URL once it accepts connections: read lines until then."""
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("nbchat serving"):
-            return line.split(" at ", 1)[1].split("/?", 1)[0].rstrip("/")
-    raise RuntimeError("nbchat serve exited before serving")
-
-
-def llama_ready(port: int) -> Callable[[subprocess.Popen[str]], str]:
-    def ready(proc: subprocess.Popen[str]) -> str:
-        base_url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + START_TIMEOUT
-        while proc.poll() is None and time.monotonic() < deadline:
+async def _llama_ready(proc: asyncio.subprocess.Process, url: str) -> str:
+    deadline = time.monotonic() + START_TIMEOUT
+    async with httpx.AsyncClient(timeout=1.0) as http:
+        while proc.returncode is None and time.monotonic() < deadline:
             try:  # it prints nothing reliable on readiness: ask, within a bound
-                if httpx.get(f"{base_url}/models", timeout=1.0).status_code == 200:
-                    return base_url
+                if (await http.get(f"{url}{OPENAI_MODELS_PATH}")).status_code == 200:
+                    return url
             except httpx.TransportError:
                 pass
-            time.sleep(0.2)
-        raise RuntimeError("llama_cpp.server did not start (is llama-cpp-python[server] installed?)")
-
-    return ready
+            await asyncio.sleep(0.2)
+    raise ServerStartError("llama_cpp.server did not start (is llama-cpp-python[server] installed?)")
 
 
 def free_port() -> int:
@@ -243,28 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # A SIGTERM (a timeout, CI) still runs the cleanup below, so no server outlives the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    token, port = secrets.token_urlsafe(16), free_port()
     threads = default_threads()  # what nbchat serve's smollm2 backend uses
     # Every path runs llama.cpp with the environment of nbchat's model process (OpenMP's wait policy).
     os.environ.update({k: v for k, v in worker_environment(threads).items() if k.startswith("OMP_")})
-    serve = [sys.executable, "-c", "from nbchat.cli.main import main; raise SystemExit(main())", "serve", "--port", "0",
-             f"--token={token}", "--backend", "smollm2", "--log-level", "warning"]
-    llama = [sys.executable, "-m", "llama_cpp.server", "--model", str(find_gguf()), "--host", "127.0.0.1",
-             "--port", str(port), "--n_threads", str(threads), "--n_ctx", "4096", "--model_alias", "smollm2",
-             "--verbose", "False"]
     with ExitStack() as stack:
         runners: dict[str, Runner] = {"in-process": in_process_runner(threads, args.max_tokens)}
         run_backend, close = backend_runner(threads, args.max_tokens)
         stack.callback(close)
         runners["model-process"] = run_backend
-        url = stack.enter_context(subprocess_server(serve, nbchat_ready, read_stdout=True))
+        server = stack.enter_context(in_background(nbchat_server("smollm2")))
         for transport in TRANSPORTS:
-            client = stack.enter_context(connect(url, token=token, transport=transport))
+            client = stack.enter_context(connect(server.url, token=server.token, transport=transport))
             runners[f"nbchat/{transport}"] = nbchat_runner(client, args.max_tokens)
         if not args.no_llama_server:
-            base_url = stack.enter_context(subprocess_server(llama, llama_ready(port)))
-            http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(None, connect=10.0)))
-            runners["llama_cpp.server"] = llama_server_runner(http, base_url, args.max_tokens)
+            # read with nbchat's own OpenAI-stream client, so both servers are measured through the same client
+            llama_url = stack.enter_context(in_background(llama_server(threads)))
+            llama = stack.enter_context(connect(llama_url, transport="openai", timeout=START_TIMEOUT))
+            runners["llama_cpp.server"] = nbchat_runner(llama, args.max_tokens, model=LLAMA_MODEL)
         print(f"{len(PROMPTS)} prompts x {args.rounds} rounds, {args.max_tokens} tokens, greedy, "
               f"{threads} model threads", flush=True)
         print(report(measure(runners, args.rounds)))

@@ -16,16 +16,20 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import TypeVar
+
+from ..wire.errors import ServerStartError
+
+T = TypeVar("T")
 
 START_TIMEOUT = 120.0  # the embedded model takes a while to load
-_URL = re.compile(rb"nbchat serving \S+ at (http://\S+?)/(?:\?token=\S*)?\s*$")
+#: what ``nbchat serve`` prints once it accepts connections; group 1 is its base URL
+SERVING_LINE = re.compile(rb"nbchat serving \S+ at (http://\S+?)/(?:\?token=\S*)?\s*$")
 _RAW = re.compile(rb"rawtcp listening on (\d+)")
-
-
-class ServerStartError(RuntimeError):
-    """A benchmark server did not come up; the message holds its last output."""
 
 
 @dataclass
@@ -72,7 +76,8 @@ async def _announced(proc: asyncio.subprocess.Process, pattern: re.Pattern[bytes
 
 
 @contextlib.asynccontextmanager
-async def _child(args: list[str], prefix: tuple[str, ...] = ()) -> AsyncIterator[asyncio.subprocess.Process]:
+async def python_child(args: list[str], prefix: tuple[str, ...] = ()) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python ARGS`` with its output (stdout and stderr) piped; terminated, then killed, on exit."""
     proc = await asyncio.create_subprocess_exec(
         *prefix, sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         stdin=asyncio.subprocess.DEVNULL)
@@ -95,26 +100,47 @@ async def nbchat_server(backend: str = "echo", rate: float = 0.0, host: str = "1
     token = secrets.token_urlsafe(16)
     args = ["-m", "nbchat.cli.main", "serve", "--host", host, "--port", "0", f"--token={token}",
             "--backend", backend, "--rate", str(rate), "--log-level", "warning"]
-    async with _child(args, prefix) as proc:
-        found = await _announced(proc, _URL, START_TIMEOUT)
+    async with python_child(args, prefix) as proc:
+        found = await _announced(proc, SERVING_LINE, START_TIMEOUT)
         # keep draining its output, so a chatty server never blocks on a full pipe
-        drain = asyncio.ensure_future(_drain(proc))
+        output = asyncio.ensure_future(drain(proc))
         try:
             yield Child(proc, url=found.group(1).decode(), token=token)
         finally:
-            drain.cancel()
+            output.cancel()
 
 
 @contextlib.asynccontextmanager
 async def raw_server(host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> AsyncIterator[Child]:
     """The raw TCP floor (:mod:`nbchat.bench.rawtcp`) in a child process."""
-    async with _child(["-m", "nbchat.bench.rawtcp", host], prefix) as proc:
+    async with python_child(["-m", "nbchat.bench.rawtcp", host], prefix) as proc:
         found = await _announced(proc, _RAW, 30.0)
         port = int(found.group(1))
         yield Child(proc, url=f"tcp://{host}:{port}", port=port)
 
 
-async def _drain(proc: asyncio.subprocess.Process) -> None:
+async def drain(proc: asyncio.subprocess.Process) -> None:
     assert proc.stdout is not None
     while await proc.stdout.read(65536):
         pass
+
+
+@contextlib.contextmanager
+def in_background(manager: AbstractAsyncContextManager[T]) -> Iterator[T]:
+    """Enter an async context manager on an event loop of its own thread, for a sync caller.
+
+    The loop keeps running in between, so a child's output is drained while
+    the caller measures."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="nbchat-bench-children", daemon=True)
+    thread.start()
+    try:
+        value = asyncio.run_coroutine_threadsafe(manager.__aenter__(), loop).result()
+        try:
+            yield value
+        finally:
+            asyncio.run_coroutine_threadsafe(manager.__aexit__(None, None, None), loop).result()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

@@ -2,7 +2,7 @@
 
 One :class:`Row` per (scenario, transport, number of streams), computed from
 traces by :func:`summarize`; :class:`Results` keeps the rows (and the traces,
-for plots) and renders them. Pure: no network, no heavy imports.
+for plots) and renders them through :mod:`.tables`. Pure: no network, no heavy imports.
 """
 
 from __future__ import annotations
@@ -11,18 +11,14 @@ import csv
 import dataclasses
 import json
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .stats import Trace, delivered_rate, ms, percentile, pooled
+from .tables import Target
 
-NAMES = {"raw": "raw TCP", "ws": "WebSocket", "sse": "SSE", "stream": "NDJSON", "openai": "OpenAI SSE"}
 GOOD_STATUSES = {"[DONE]", "[TOKENS]", "eof"}
-LATENCY_RATIO = 2.0  # p50 latency at most twice the raw TCP floor
-MIN_CHUNK_RATE = 10_000.0  # chunks/s in one stream
-LOAD_STREAMS, LOAD_P99_MS = 500, 50.0  # 500 streams at 20/s with p99 under 50 ms
 MIN_CPU_SECONDS = 0.2
 
 
@@ -80,15 +76,6 @@ def summarize(section: str, transport: str, traces: list[Trace], *, rate: float 
 
 
 @dataclass
-class Target:
-    name: str
-    transport: str
-    measured: str
-    passed: bool | None  # None: not measured in this run
-    baseline: str = ""
-
-
-@dataclass
 class Results:
     config: dict[str, Any] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
@@ -138,21 +125,3 @@ class Results:
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
     """NaN is not JSON: unmeasured figures become null (an empty CSV cell)."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
-
-
-def fmt(value: float, digits: int = 2) -> str:
-    if math.isnan(value):
-        return "-"
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
-
-
-def grid(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
-    """A plain text table, first column left-aligned, the rest right-aligned."""
-    lines = [list(header), *(list(r) for r in rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-
-    def render(cells: list[str]) -> str:
-        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-        return "  ".join(padded)
-
-    return "\n".join([render(lines[0]), "  ".join("-" * w for w in widths), *(render(r) for r in lines[1:])])

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..wire.contract import TRANSPORTS
 from .measure import Streamer, echo_message, open_streamer
 from .procs import Child, nbchat_server, raw_server
 from .rawtcp import stream_raw
@@ -32,7 +33,6 @@ from .report import Results, summarize
 from .stats import Trace
 from .wire import parse_host_port
 
-TRANSPORTS = ("ws", "sse", "stream", "openai")
 MODEL_PROMPT = "Explain in two sentences why the sky is blue."
 CONNECT_AT_ONCE = 50  # connections opened concurrently while a sweep point sets up
 
@@ -225,7 +225,7 @@ async def _concurrency_point(run: _Run, transport: str, streams: int, n: int) ->
 
 
 async def _model(run: _Run) -> None:
-    from .procs import ServerStartError
+    from ..wire.errors import ServerStartError
 
     if importlib.util.find_spec("llama_cpp") is None:  # say so plainly instead of a server that fails to start
         run.results.notes.append("model: skipped, llama-cpp-python is not installed")

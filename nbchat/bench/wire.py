@@ -18,33 +18,25 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
 
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from ..clients._common import Item
-from ..clients.ndjson import NDJSONItemDecoder
-from ..clients.openai_sse import OpenAIItemDecoder, completion_body
-from ..clients.sse import SSEItemDecoder
-from ..wire.events import Chunk, Message, Status, TurnRequest
+from ..wire.contract import NDJSON_PATH, OPENAI_COMPLETIONS_PATH, SSE_PATH, WEBSOCKET_PATH
+from ..wire.decoders import ItemDecoder, NDJSONItemDecoder, SSEItemDecoder
+from ..wire.events import Chunk, Item, Message, Status, TurnRequest
+from ..wire.openai import OpenAIItemDecoder, completion_body
 from ..wire.protocol import decode_ws, dumps, encode_turn_request
 from .stats import Trace
 
 READ_SIZE = 65536
-HTTP_PATHS = {"sse": "/createSse", "stream": "/talkByStream", "openai": "/v1/chat/completions"}
+HTTP_PATHS = {"sse": SSE_PATH, "stream": NDJSON_PATH, "openai": OPENAI_COMPLETIONS_PATH}
 
 
 class WireError(RuntimeError):
     """The server answered something a benchmark stream cannot use."""
-
-
-class ItemDecoder(Protocol):
-    def feed(self, data: bytes, received: float) -> list[Item]: ...
-
-    def flush(self, received: float) -> list[Item]: ...
 
 
 class ChunkedDecoder:
@@ -174,7 +166,8 @@ class WireClient:
     # ------------------------------------------------------------ WebSocket
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._ws = ClientProtocol(parse_uri(f"ws://{self.host}:{self.port}/websocket/{uuid.uuid4().hex}"))
+        path = WEBSOCKET_PATH.format(uid=uuid.uuid4().hex)
+        self._ws = ClientProtocol(parse_uri(f"ws://{self.host}:{self.port}{path}"))
         request = self._ws.connect()
         request.headers["Authorization"] = f"Bearer {self.token}"
         self._ws.send_request(request)

@@ -14,8 +14,9 @@ import time
 from typing import TYPE_CHECKING
 
 from ..server.config import Settings
+from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, TRANSPORTS
 from ..wire.errors import NBChatError
-from ..wire.events import Chunk, End, Message, TurnRequest
+from ..wire.events import Chunk, Status
 
 if TYPE_CHECKING:
     from ..clients import TurnStream
@@ -28,14 +29,14 @@ def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--server", default=os.environ.get("NBCHAT_URL"),
                    help="a running nbchat server (default: start one in this process)")
     p.add_argument("--token", default=os.environ.get("NBCHAT_TOKEN"), help="the server's token")
-    p.add_argument("--transport", "-t", default="ws", choices=["ws", "sse", "stream", "openai"])
+    p.add_argument("--transport", "-t", default="ws", choices=[*TRANSPORTS, "ndjson"])
     p.add_argument("--backend", default="smollm2", choices=["smollm2", "echo", "openai"],
                    help="backend of the in-process server (ignored with --server)")
     p.add_argument("--threads", type=int, default=None,
                    help="smollm2 backend of the in-process server: llama.cpp threads")
     p.add_argument("--system", default=None, help="a system prompt")
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     p.set_defaults(handler=run_chat)
 
 
@@ -52,15 +53,11 @@ def run_chat(args: argparse.Namespace) -> int:
             options = {"n_threads": args.threads} if args.threads else {}
             handle = start_server_thread(Settings(port=0, backend=args.backend, backend_options=options))
             url, token = handle.url, handle.token
-        conversation = (Message("system", args.system),) if args.system else ()
-        request = TurnRequest(user_message=Message("user", args.message), conversation=conversation,
-                              temperature=args.temperature, max_tokens=args.max_tokens)
-        with connect(url, token=token, transport=args.transport) as client:
-            return _print_stream(client.stream(request), args.transport)
+        options = {"system": args.system or None, "temperature": args.temperature, "max_tokens": args.max_tokens}
+        with connect(url, token=token, transport=args.transport) as client, \
+                client.stream(args.message, **options) as turn:
+            return _print_stream(turn, args.transport)
     except NBChatError as exc:
-        print(f"nbchat chat: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:  # the in-process server could not start
         print(f"nbchat chat: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -69,26 +66,27 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def _print_stream(turn: TurnStream, transport: str) -> int:
+    """Print the answer as it arrives; Ctrl-C interrupts the turn, and what was
+    generated up to then is still printed, up to its ``[INTERRUPTED]``."""
     start = time.perf_counter()
-    first: float | None = None
+    first: list[float] = []
     chunks = 0
-    end: End | None = None
-    try:
-        for event in turn:
-            if isinstance(event, Chunk):
-                first = first if first is not None else time.perf_counter() - start
-                chunks += 1
-                print(event.content, end="", flush=True)
-            elif isinstance(event, End):
-                end = event
-    except KeyboardInterrupt:
-        turn.interrupt()
-        print("\n[INTERRUPTED]", file=sys.stderr)
-        return 130
+
+    def show(chunk: Chunk) -> None:
+        nonlocal chunks
+        if not first:
+            first.append(time.perf_counter() - start)
+        chunks += 1
+        print(chunk.content, end="", flush=True)
+
+    from ..clients import collect
+
+    end = collect(turn, show)
     total = time.perf_counter() - start
-    status = end.status.value if end else "?"
-    detail = f": {end.error.message}" if end and end.error else ""
-    ttft = f"{first * 1000:.0f} ms" if first is not None else "-"
-    print(f"\n\n-- {status}{detail} | {transport} | first token {ttft} | {chunks} chunks in {total:.2f} s",
+    detail = f": {end.error.message}" if end.error else ""
+    ttft = f"{first[0] * 1000:.0f} ms" if first else "-"
+    print(f"\n\n-- {end.status.value}{detail} | {transport} | first token {ttft} | {chunks} chunks in {total:.2f} s",
           file=sys.stderr)
-    return 0 if end is not None and end.status.value in ("[DONE]", "[TOKENS]") else 1
+    if end.ok:
+        return 0
+    return 130 if end.status is Status.INTERRUPTED else 1

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from urllib.parse import quote
 
 from ..backends import BACKEND_NAMES
+from ..backends.echo import DEFAULT_RATE
 from ..server.config import Settings
 
 LIMIT_OPTIONS = ("max_body_bytes", "header_timeout", "max_header_bytes", "max_connections", "max_queued_bytes")
@@ -27,8 +28,15 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--token", default=None,
                    help="access token; without it a random one is made and printed; --token '' turns auth off")
     p.add_argument("--backend", choices=BACKEND_NAMES, default="smollm2",
-                   help="smollm2 (embedded model, default), echo (deterministic), openai (OPENAI_BASE_URL)")
-    p.add_argument("--rate", type=float, default=20.0, help="echo backend: pieces per second (0 = as fast as possible)")
+                   help="smollm2 (embedded model, default), echo (deterministic), openai (OPENAI_BASE_URL), "
+                        "replay (a recorded answer, --replay)")
+    p.add_argument("--rate", type=float, default=None,
+                   help=f"pieces per second (0 = as fast as possible): echo (default {DEFAULT_RATE:g}), replay "
+                        "(default: the recorded pace)")
+    p.add_argument("--record", metavar="DIR", default=None,
+                   help="write each turn's chunks with their server times to DIR, one JSON Lines file per turn")
+    p.add_argument("--replay", metavar="FILE", default=None,
+                   help="replay backend: the recording to stream back (a file, or a directory played in turn)")
     p.add_argument("--model", default=None, help="model id for the openai backend")
     p.add_argument("--threads", type=int, default=None,
                    help="smollm2 backend: llama.cpp threads (default: the cores this process may use)")
@@ -61,8 +69,11 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 def run_serve(args: argparse.Namespace) -> int:
     from ..server.serving import NBChatServer, make_server
 
-    if args.rate < 0:
+    if args.rate is not None and args.rate < 0:
         print("nbchat serve: --rate must be >= 0", file=sys.stderr)
+        return 2
+    if (args.backend == "replay") != (args.replay is not None):
+        print("nbchat serve: --replay FILE goes with --backend replay", file=sys.stderr)
         return 2
     if args.threads is not None and args.threads < 1:
         print("nbchat serve: --threads must be >= 1", file=sys.stderr)
@@ -76,7 +87,9 @@ def run_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     options = {"n_threads": args.threads} if args.threads else {}
-    settings = Settings(host=args.host, port=args.port, token=args.token, backend=args.backend, rate=args.rate,
+    settings = Settings(host=args.host, port=args.port, token=args.token, backend=args.backend,
+                        rate=DEFAULT_RATE if args.rate is None else args.rate, replay_rate=args.rate,
+                        record=args.record, replay=args.replay,
                         model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
                         allow_origins=tuple(args.allow_origin), grace_period=args.grace_period,
                         store=args.store, backend_options=options, **limits).with_token()

@@ -9,29 +9,36 @@ the rest, so every transport yields the same events and raises the same errors.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator, Sequence
 from types import TracebackType
-from typing import TypeAlias
+from typing import Any
 
+from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
 from ..wire.errors import NBChatConnectionError, NBChatError, RequestError, ResumeError
-from ..wire.events import Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
+from ..wire.events import Chunk, End, Event, Item, Message, Status, TurnRequest
 from ..wire.protocol import EventAssembler
 from ._errors import RESUME_CODES
 
-Item: TypeAlias = Chunk | ErrorInfo | Status
-"""One decoded wire item, before an error record is paired with its status."""
 
-
-def as_request(request: TurnRequest | str, uid: str | None = None) -> TurnRequest:
-    """A string is a user message with an empty conversation; the client's uid is
-    added so that a resume by uid finds the turn."""
+def as_request(request: TurnRequest | str, uid: str | None = None, *, system: str | None = None,
+               conversation: Sequence[Message] = (), temperature: float = DEFAULT_TEMPERATURE,
+               max_tokens: int | None = DEFAULT_MAX_TOKENS, model: str | None = None) -> TurnRequest:
+    """A string is the user message, sent with the given options (``max_tokens=None``:
+    no limit but the model's); a :class:`TurnRequest` already carries them. The
+    client's uid is added so that a resume by uid finds the turn."""
     if isinstance(request, str):
-        request = TurnRequest(user_message=Message("user", request))
+        system_message = (Message("system", system),) if system is not None else ()
+        request = TurnRequest(user_message=Message("user", request), conversation=(*system_message, *conversation),
+                              temperature=temperature, max_tokens=max_tokens, model=model)
+    elif (system is not None or conversation or model is not None or temperature != DEFAULT_TEMPERATURE
+          or max_tokens != DEFAULT_MAX_TOKENS):
+        raise TypeError("options go with a message string; a TurnRequest carries its own")
     if uid is not None and request.uid is None:
         request = dataclasses.replace(request, uid=uid)
     return request
@@ -39,6 +46,10 @@ def as_request(request: TurnRequest | str, uid: str | None = None) -> TurnReques
 
 def auth_headers(token: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"} if token else {}
+
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds a client waits for the next piece of an answer."""
 
 
 # ---------------------------------------------------------------- turn streams
@@ -163,7 +174,14 @@ class TurnStream(_TurnState):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        """Leaving the block ends the turn: one that is still running is interrupted, so the
+        server stops generating now rather than after its grace period."""
+        try:
+            if self.end is None and not self._closed:
+                with contextlib.suppress(NBChatError):  # the turn is being left either way
+                    self.interrupt()
+        finally:
+            self.close()
 
 
 class AsyncTurnStream(_TurnState):
@@ -208,24 +226,50 @@ class AsyncTurnStream(_TurnState):
             await self._send_interrupt()
 
     async def aclose(self) -> None:
+        """Stop reading; a running turn goes on for the server's grace period, so it can be resumed."""
         if not self._closed:
             self._closed = True
             await self._close()
-
-    close = aclose
 
     async def __aenter__(self) -> AsyncTurnStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+        """As :meth:`TurnStream.__exit__`: a turn still running is interrupted, then closed."""
+        try:
+            if self.end is None and not self._closed:
+                with contextlib.suppress(NBChatError):
+                    await self.interrupt()
+        finally:
+            await self.aclose()
+
+
+class AsyncTurnOpener:
+    """What :meth:`AsyncChatClient.stream` returns: ``turn = await client.stream(...)``, or
+    ``async with client.stream(...) as turn:`` (which ends the turn on leaving)."""
+
+    def __init__(self, opening: Coroutine[Any, Any, AsyncTurnStream]) -> None:
+        self._opening = opening
+        self._turn: AsyncTurnStream | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncTurnStream]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> AsyncTurnStream:
+        self._turn = await self._opening
+        return self._turn
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._turn is not None:
+            await self._turn.__aexit__(*exc)
 
 
 # ---------------------------------------------------------------- clients
 
 
 class _ClientConfig:
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, uid: str | None = None) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 uid: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
@@ -236,13 +280,24 @@ class _ClientConfig:
 
 
 class ChatClient(_ClientConfig, ABC):
-    """A connection to an nbchat server over one transport (made by :func:`nbchat.clients.connect`)."""
+    """A connection to an nbchat server over one transport (made by :func:`nbchat.clients.connect`).
+
+    ``with client.stream("Hello", temperature=0.2) as turn:`` then ``for event in turn``."""
 
     transport: str = ""
 
+    def stream(self, request: TurnRequest | str, *, system: str | None = None,
+               conversation: Sequence[Message] = (), temperature: float = DEFAULT_TEMPERATURE,
+               max_tokens: int | None = DEFAULT_MAX_TOKENS, model: str | None = None) -> TurnStream:
+        """Start a turn: a message string with its options, or a :class:`TurnRequest`.
+
+        ``conversation`` is the history before the message, ``system`` a system
+        prompt put first, ``max_tokens=None`` no limit but the model's."""
+        return self._start_turn(as_request(request, self.uid, system=system, conversation=conversation,
+                                           temperature=temperature, max_tokens=max_tokens, model=model))
+
     @abstractmethod
-    def stream(self, request: TurnRequest | str) -> TurnStream:
-        """Start a turn; a string is a user message with an empty conversation."""
+    def _start_turn(self, request: TurnRequest) -> TurnStream: ...
 
     @abstractmethod
     def resume(self, after: int, *, turn_id: str | None = None) -> TurnStream:
@@ -261,21 +316,31 @@ class ChatClient(_ClientConfig, ABC):
 
 class AsyncChatClient(_ClientConfig, ABC):
     """The asyncio twin of :class:`ChatClient` (made by :func:`nbchat.clients.aconnect`):
-    ``turn = await client.stream(request)`` sends the request and returns the stream."""
+    ``async with client.stream(request) as turn:``, or ``turn = await client.stream(request)``.
+    It closes with ``await client.aclose()`` (or ``async with aconnect(...)``)."""
 
     transport: str = ""
 
-    @abstractmethod
-    async def stream(self, request: TurnRequest | str) -> AsyncTurnStream: ...
+    def stream(self, request: TurnRequest | str, *, system: str | None = None,
+               conversation: Sequence[Message] = (), temperature: float = DEFAULT_TEMPERATURE,
+               max_tokens: int | None = DEFAULT_MAX_TOKENS, model: str | None = None) -> AsyncTurnOpener:
+        """Start a turn, as :meth:`ChatClient.stream`; the request is sent when awaited or entered."""
+        request = as_request(request, self.uid, system=system, conversation=conversation,
+                             temperature=temperature, max_tokens=max_tokens, model=model)
+        return AsyncTurnOpener(self._start_turn(request))
 
     @abstractmethod
-    async def resume(self, after: int, *, turn_id: str | None = None) -> AsyncTurnStream: ...
+    async def _start_turn(self, request: TurnRequest) -> AsyncTurnStream: ...
+
+    def resume(self, after: int, *, turn_id: str | None = None) -> AsyncTurnOpener:
+        """Reattach to a turn, as :meth:`ChatClient.resume`."""
+        return AsyncTurnOpener(self._resume(after, turn_id))
+
+    @abstractmethod
+    async def _resume(self, after: int, turn_id: str | None) -> AsyncTurnStream: ...
 
     @abstractmethod
     async def aclose(self) -> None: ...
-
-    async def close(self) -> None:
-        await self.aclose()
 
     async def __aenter__(self) -> AsyncChatClient:
         return self

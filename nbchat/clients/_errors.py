@@ -4,9 +4,6 @@ that says what to do next."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from ..wire.errors import (
     AuthError,
     NBChatConnectionError,
@@ -16,6 +13,7 @@ from ..wire.errors import (
     ResumeError,
     StreamTimeout,
 )
+from ..wire.openai import parse_error_body
 
 # Error codes that mean "this turn (or this seq) cannot be resumed".
 RESUME_CODES = frozenset({"resume_unavailable", "unknown_turn"})
@@ -42,22 +40,10 @@ def timed_out(url: str, timeout: float | None) -> StreamTimeout:
     )
 
 
-def _error_fields(body: bytes) -> tuple[str | None, str]:
-    """(code, message) from nbchat's or OpenAI's error body; the raw text otherwise."""
-    try:
-        obj: Any = json.loads(body)
-    except ValueError:
-        return None, body.decode("utf-8", errors="replace")[:200]
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if not isinstance(err, dict):
-        return None, str(obj)[:200]
-    code = err.get("code") or err.get("type")
-    return (str(code) if code else None), str(err.get("message", ""))
-
-
 def error_from_status(status: int, body: bytes, url: str, *, resuming: bool = False) -> NBChatError:
     """The nbchat error for a non-2xx HTTP answer (or a refused WebSocket handshake)."""
-    code, message = _error_fields(body)
+    fields = parse_error_body(body)
+    code, message = fields.code, fields.message
     if status in (401, 403):
         hint = ("check the token printed by `nbchat serve` (connect(url, token=...))" if status == 401
                 else "the server does not allow this Origin (see `nbchat serve --allow-origin`)")

@@ -12,33 +12,24 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
+from ..wire.contract import TURN_HEADER, interrupt_path
+from ..wire.decoders import ItemDecoder
 from ..wire.errors import ResumeError
-from ..wire.events import TurnRequest
+from ..wire.events import Item, TurnRequest
 from ..wire.protocol import dumps
 from ._common import (
+    DEFAULT_TIMEOUT,
     AsyncChatClient,
     AsyncTurnStream,
     ChatClient,
-    Item,
     TurnStream,
-    as_request,
     auth_headers,
 )
 from ._errors import broken, cannot_connect, error_from_status, timed_out
-
-TURN_HEADER = "x-nbchat-turn"
-
-
-class ItemDecoder(Protocol):
-    """Sans-I/O: bytes in any split -> decoded items."""
-
-    def feed(self, data: bytes, received: float) -> list[Item]: ...
-
-    def flush(self, received: float) -> list[Item]: ...
 
 
 @dataclass(frozen=True)
@@ -68,14 +59,29 @@ def _timeout(timeout: float) -> httpx.Timeout:
     return httpx.Timeout(timeout, connect=min(timeout, 10.0))
 
 
-def _build(http: httpx.Client | httpx.AsyncClient, target: Target) -> httpx.Request:
-    headers = dict(target.headers)
-    content = None
-    if target.body is not None:
-        content = dumps(target.body).encode()
-        headers["content-type"] = "application/json"
-    return http.build_request(target.method, target.path, content=content, params=target.params or None,
-                              headers=headers)
+class _HTTPConfig:
+    """What both HTTP clients do alike: build requests against the server's URL with its token.
+
+    Requests carry their own absolute URL, token and timeout, so a caller's own
+    ``http_client=`` (TLS settings, proxies, ``httpx.MockTransport`` in tests)
+    needs no base URL or headers of its own."""
+
+    url: str
+    token: str | None
+    timeout: float
+
+    def _request(self, http: httpx.Client | httpx.AsyncClient, target: Target) -> httpx.Request:
+        headers = {**auth_headers(self.token), **target.headers}
+        content = None
+        if target.body is not None:
+            content = dumps(target.body).encode()
+            headers["content-type"] = "application/json"
+        return http.build_request(target.method, self.url + target.path, content=content,
+                                  params=target.params or None, headers=headers, timeout=_timeout(self.timeout))
+
+    def _interrupt_request(self, http: httpx.Client | httpx.AsyncClient, turn_id: str) -> httpx.Request:
+        return http.build_request("POST", self.url + interrupt_path(turn_id), headers=auth_headers(self.token),
+                                  timeout=_timeout(self.timeout))
 
 
 def _send_error(url: str, timeout: float, exc: httpx.TransportError) -> Exception:
@@ -93,21 +99,26 @@ def _stream_error(url: str, timeout: float, exc: Exception) -> Exception:
     return broken(url, exc)
 
 
-class HTTPChatClient(HTTPTransport, ChatClient):
-    """A sync client over one httpx.Client (its pool is thread-safe, so interrupt() may run on any thread)."""
+class HTTPChatClient(_HTTPConfig, HTTPTransport, ChatClient):
+    """A sync client over one httpx.Client (its pool is thread-safe, so interrupt() may run on any thread).
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, uid: str | None = None) -> None:
+    ``http_client`` is the caller's own client, left open on :meth:`close`."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT, uid: str | None = None,
+                 http_client: httpx.Client | None = None) -> None:
         super().__init__(url, token=token, timeout=timeout, uid=uid)
-        self._http = httpx.Client(base_url=self.url, headers=auth_headers(token), timeout=_timeout(timeout))
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.Client()
 
-    def stream(self, request: TurnRequest | str) -> TurnStream:
-        return self._open(self.turn_target(as_request(request, self.uid)))
+    def _start_turn(self, request: TurnRequest) -> TurnStream:
+        return self._open(self.turn_target(request))
 
     def resume(self, after: int, *, turn_id: str | None = None) -> TurnStream:
         return self._open(self.resume_target(after, turn_id or self.last_turn_id, self.uid), after=after)
 
     def close(self) -> None:
-        self._http.close()
+        if self._owns_http:
+            self._http.close()
 
     def _open(self, target: Target, *, after: int | None = None) -> TurnStream:
         response = self._send(target, resuming=after is not None)
@@ -137,7 +148,7 @@ class HTTPChatClient(HTTPTransport, ChatClient):
 
     def _send(self, target: Target, *, resuming: bool) -> httpx.Response:
         try:
-            response = self._http.send(_build(self._http, target), stream=True)
+            response = self._http.send(self._request(self._http, target), stream=True)
         except httpx.TransportError as exc:
             raise _send_error(self.url, self.timeout, exc) from exc
         if response.is_success and response.status_code != 204:
@@ -167,7 +178,7 @@ class HTTPChatClient(HTTPTransport, ChatClient):
             response.close()  # a server that did not name the turn: dropping the stream is all we can do
             return
         try:
-            answer = self._http.post(f"/turns/{turn_id}/interrupt")
+            answer = self._http.send(self._interrupt_request(self._http, turn_id))
         except httpx.TransportError as exc:
             raise cannot_connect(self.url, exc) from exc
         # 404: the turn already ended and expired, which is what the caller wanted
@@ -175,21 +186,24 @@ class HTTPChatClient(HTTPTransport, ChatClient):
             raise error_from_status(answer.status_code, answer.content, self.url)
 
 
-class AsyncHTTPChatClient(HTTPTransport, AsyncChatClient):
+class AsyncHTTPChatClient(_HTTPConfig, HTTPTransport, AsyncChatClient):
     """The asyncio twin of :class:`HTTPChatClient`, over one httpx.AsyncClient."""
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, uid: str | None = None) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT, uid: str | None = None,
+                 http_client: httpx.AsyncClient | None = None) -> None:
         super().__init__(url, token=token, timeout=timeout, uid=uid)
-        self._http = httpx.AsyncClient(base_url=self.url, headers=auth_headers(token), timeout=_timeout(timeout))
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.AsyncClient()
 
-    async def stream(self, request: TurnRequest | str) -> AsyncTurnStream:
-        return await self._open(self.turn_target(as_request(request, self.uid)))
+    async def _start_turn(self, request: TurnRequest) -> AsyncTurnStream:
+        return await self._open(self.turn_target(request))
 
-    async def resume(self, after: int, *, turn_id: str | None = None) -> AsyncTurnStream:
+    async def _resume(self, after: int, turn_id: str | None) -> AsyncTurnStream:
         return await self._open(self.resume_target(after, turn_id or self.last_turn_id, self.uid), after=after)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owns_http:
+            await self._http.aclose()
 
     async def _open(self, target: Target, *, after: int | None = None) -> AsyncTurnStream:
         response = await self._send(target, resuming=after is not None)
@@ -208,7 +222,7 @@ class AsyncHTTPChatClient(HTTPTransport, AsyncChatClient):
 
     async def _send(self, target: Target, *, resuming: bool) -> httpx.Response:
         try:
-            response = await self._http.send(_build(self._http, target), stream=True)
+            response = await self._http.send(self._request(self._http, target), stream=True)
         except httpx.TransportError as exc:
             raise _send_error(self.url, self.timeout, exc) from exc
         if response.is_success and response.status_code != 204:
@@ -240,7 +254,7 @@ class AsyncHTTPChatClient(HTTPTransport, AsyncChatClient):
             await response.aclose()
             return
         try:
-            answer = await self._http.post(f"/turns/{turn_id}/interrupt")
+            answer = await self._http.send(self._interrupt_request(self._http, turn_id))
         except httpx.TransportError as exc:
             raise cannot_connect(self.url, exc) from exc
         if answer.status_code not in (200, 404):

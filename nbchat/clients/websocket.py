@@ -21,25 +21,25 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection as AsyncConnection
 from websockets.asyncio.client import connect as aconnect_ws
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
 from websockets.protocol import State
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as connect_ws
 
+from ..wire.contract import INTERRUPT_FRAME, WEBSOCKET_PATH
 from ..wire.errors import AuthError, NBChatConnectionError, NBChatError, PayloadTooLarge, ProtocolError
-from ..wire.events import Status, TurnRequest
+from ..wire.events import Item, Status, TurnRequest
 from ..wire.protocol import decode_ws, dumps, encode_turn_request
 from ._common import (
+    DEFAULT_TIMEOUT,
     AsyncChatClient,
     AsyncTurnStream,
     ChatClient,
-    Item,
     TurnStream,
-    as_request,
     auth_headers,
 )
 from ._errors import broken, cannot_connect, error_from_status, timed_out
 
-INTERRUPT = "[INTERRUPT]"
 MAX_FRAME = 16 * 1024 * 1024
 
 
@@ -47,18 +47,19 @@ def ws_url(base: str, uid: str) -> str:
     """``http://host:port/prefix`` -> ``ws://host:port/prefix/websocket/<uid>``."""
     parts = urlsplit(base)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/websocket/" + quote(uid, safe=""), "", ""))
+    path = parts.path.rstrip("/") + WEBSOCKET_PATH.format(uid=quote(uid, safe=""))
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
 def closed_error(exc: ConnectionClosed, url: str) -> NBChatError:
     """The error for a socket the server closed: by its close code."""
     code = exc.rcvd.code if exc.rcvd is not None else None
-    if code == 1008:
+    if code == CloseCode.POLICY_VIOLATION:
         return AuthError(f"{url} closed the WebSocket (1008): check the token printed by `nbchat serve`")
-    if code == 1009:
+    if code == CloseCode.MESSAGE_TOO_BIG:
         return PayloadTooLarge("the server closed the WebSocket (1009): the message is over 1 MiB; send less",
                                code="payload_too_large")
-    if code == 1001:
+    if code == CloseCode.GOING_AWAY:
         return NBChatConnectionError(f"{url} is going away (1001, shutting down); reconnect once it is back")
     return broken(url, exc)
 
@@ -117,15 +118,16 @@ class WebSocketClient(ChatClient):
 
     transport = "ws"
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, uid: str | None = None) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 uid: str | None = None) -> None:
         super().__init__(url, token=token, timeout=timeout, uid=uid)
         self._ws: ClientConnection | None = None
         self._stack = contextlib.ExitStack()
         self._reader: _FrameReader | None = None
         self._lock = threading.Lock()  # one socket, opened once, even if two threads start turns
 
-    def stream(self, request: TurnRequest | str) -> TurnStream:
-        return self._start(dumps(encode_turn_request(as_request(request, self.uid))))
+    def _start_turn(self, request: TurnRequest) -> TurnStream:
+        return self._start(dumps(encode_turn_request(request)))
 
     def resume(self, after: int, *, turn_id: str | None = None) -> TurnStream:
         return self._start(dumps({"resume": _resume_spec(after, turn_id)}), after=after, turn_id=turn_id)
@@ -158,7 +160,7 @@ class WebSocketClient(ChatClient):
             # only while this turn is the socket's current one: an abandoned turn must not stop the next
             if self._reader is reader and not reader.done:
                 with contextlib.suppress(ConnectionClosed):  # a closed socket ends the stream anyway
-                    reader.ws.send(INTERRUPT)
+                    reader.ws.send(INTERRUPT_FRAME)
 
         def close() -> None:
             # Mid-turn, dropping the socket is the only way to stop reading without leaving
@@ -218,16 +220,17 @@ class AsyncWebSocketClient(AsyncChatClient):
 
     transport = "ws"
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0, uid: str | None = None) -> None:
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 uid: str | None = None) -> None:
         super().__init__(url, token=token, timeout=timeout, uid=uid)
         self._ws: AsyncConnection | None = None
         self._stack = contextlib.AsyncExitStack()
         self._reader: _AsyncFrameReader | None = None
 
-    async def stream(self, request: TurnRequest | str) -> AsyncTurnStream:
-        return await self._start(dumps(encode_turn_request(as_request(request, self.uid))))
+    async def _start_turn(self, request: TurnRequest) -> AsyncTurnStream:
+        return await self._start(dumps(encode_turn_request(request)))
 
-    async def resume(self, after: int, *, turn_id: str | None = None) -> AsyncTurnStream:
+    async def _resume(self, after: int, turn_id: str | None) -> AsyncTurnStream:
         return await self._start(dumps({"resume": _resume_spec(after, turn_id)}), after=after, turn_id=turn_id)
 
     async def aclose(self) -> None:
@@ -255,7 +258,7 @@ class AsyncWebSocketClient(AsyncChatClient):
         async def interrupt() -> None:
             if self._reader is reader and not reader.done:
                 with contextlib.suppress(ConnectionClosed):
-                    await reader.ws.send(INTERRUPT)
+                    await reader.ws.send(INTERRUPT_FRAME)
 
         async def close() -> None:
             if self._reader is reader and not reader.done:

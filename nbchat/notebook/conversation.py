@@ -11,19 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Transport
 from ..wire.events import Message, Status, TurnRequest
+from .provenance import ServerInfo, describe
 
 
 @dataclass(frozen=True)
 class ChatOptions:
     """Per-turn settings; ``None`` means "the server's (or the environment's) default"."""
 
-    transport: str = "ws"
+    transport: Transport = "ws"
     server: str | None = None
     token: str | None = None
     model: str | None = None
-    temperature: float = 0.7
-    max_tokens: int | None = 512
+    temperature: float = DEFAULT_TEMPERATURE
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
     system: str | None = None
 
     def merged(self, **overrides: Any) -> ChatOptions:
@@ -47,6 +49,8 @@ class Exchange:
     user: str
     answer: str
     status: str
+    #: where the answer came from (see :mod:`nbchat.notebook.provenance`); never holds a token
+    provenance: dict[str, Any] | None = None
 
 
 class Conversation:
@@ -55,6 +59,8 @@ class Conversation:
     def __init__(self, options: ChatOptions | None = None) -> None:
         self.options = options or ChatOptions()
         self.exchanges: list[Exchange] = []
+        #: the backend and model behind each server URL, for the provenance of answers
+        self.server_info = ServerInfo()
 
     def __len__(self) -> int:
         return len(self.exchanges)
@@ -78,7 +84,8 @@ class Conversation:
         return TurnRequest(user_message=Message("user", text), conversation=(*system, *self.messages),
                            temperature=opts.temperature, max_tokens=opts.max_tokens, model=opts.model)
 
-    def record(self, user: str, answer: str, status: Status | str) -> bool:
+    def record(self, user: str, answer: str, status: Status | str,
+               provenance: dict[str, Any] | None = None) -> bool:
         """Keep a finished turn in the history; returns whether it was kept.
 
         A turn that produced nothing (an error, a rejected temperature) is not
@@ -87,7 +94,7 @@ class Conversation:
         """
         if not answer:
             return False
-        self.exchanges.append(Exchange(user, answer, str(status)))
+        self.exchanges.append(Exchange(user, answer, str(status), provenance))
         return True
 
     def reset(self) -> None:
@@ -102,6 +109,8 @@ class Conversation:
             lines.append(f"system: {self.options.system}")
         for exchange in self.exchanges:
             lines += [f"user: {exchange.user}", f"assistant: {exchange.answer}"]
-            if exchange.status != Status.DONE.value:
+            if exchange.provenance is not None:
+                lines.append(f"  ({describe(exchange.provenance)})")
+            elif exchange.status != Status.DONE.value:
                 lines.append(f"  ({exchange.status})")
         return "\n".join(lines)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..backends.echo import DEFAULT_RATE
+
 if TYPE_CHECKING:
     from ..server.config import Settings
     from ..server.serving import ServerHandle
@@ -41,7 +43,7 @@ class KernelServer:
     ``smollm2`` model by default).
     """
 
-    def __init__(self, backend: str = "smollm2", rate: float = 20.0,
+    def __init__(self, backend: str = "smollm2", rate: float = DEFAULT_RATE,
                  start: Callable[[Settings], ServerHandle] | None = None) -> None:
         self.backend = backend
         self.rate = rate
@@ -76,6 +78,25 @@ class KernelServer:
         # A daemon thread would die mid-turn at exit; stopping first ends turns cleanly.
         atexit.register(self.stop)
         return handle
+
+    def admit_origin(self, origin: str) -> bool:
+        """Let pages from ``origin`` (``http(s)://host[:port]``) stream from the running server directly.
+
+        A browser-direct widget's page is served by Jupyter, not by this server: without this its
+        requests would be refused as cross-origin. Returns whether the origin was admitted.
+        """
+        from urllib.parse import urlsplit
+
+        from ..server.app import admit_origin
+
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+            return False
+        with self._lock:
+            if self._handle is None:
+                return False
+            admit_origin(self._handle.app, origin)
+        return True
 
     def stop(self) -> None:
         with self._lock:

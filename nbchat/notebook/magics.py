@@ -18,20 +18,25 @@ import shlex
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 from IPython.core import magic
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, magics_class
 
-from ..wire.errors import NBChatConnectionError, NBChatError
-from ..wire.events import Chunk, End, Status
+from ..wire.contract import transport_name
+from ..wire.errors import NBChatError, ServerStartError
+from ..wire.events import Chunk, End
 from .conversation import ChatOptions, Conversation
 from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
+from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats, answer_markdown
 
-LINE_ACTIONS = ("show", "history", "reset", "last", "widget", "start", "stop")
+if TYPE_CHECKING:
+    from ..clients import TurnStream
+
+LINE_ACTIONS = ("show", "history", "reset", "last", "code", "export", "widget", "start", "stop")
 
 
 class StreamView:
@@ -48,6 +53,7 @@ class StreamView:
         self.updates = 0
         self._handle: Any = None
         self._pieces: list[str] = []
+        self._bundle_shown: dict[str, str] = {}
 
     @property
     def started(self) -> bool:
@@ -70,8 +76,15 @@ class StreamView:
     def finish(self, answer: str, footer: str) -> None:
         self._update(self._bundle(answer_markdown(answer, footer), f"{answer}\n\n{footer}".lstrip()))
 
+    def annotate(self, metadata: dict[str, Any]) -> None:
+        """Attach ``metadata`` to the output as it stands (it is saved with the notebook)."""
+        if self._handle is not None:
+            self.updates += 1
+            self._handle.update(self._bundle_shown, raw=True, metadata=metadata)
+
     def _update(self, bundle: dict[str, str]) -> None:
         self.updates += 1
+        self._bundle_shown = bundle
         self._handle.update(bundle, raw=True)
 
     @staticmethod
@@ -91,6 +104,8 @@ class ChatResult:
     answer: str
     status: str
     stats: TurnStats
+    #: the answer's provenance, as kept in the output's ``metadata["nbchat"]``
+    provenance: dict[str, Any]
 
 
 def interpolate(text: str, namespace: dict[str, Any]) -> str:
@@ -117,8 +132,9 @@ def _parser(prog: str, cell: bool) -> _Parser:
     parser = _Parser(prog=prog, add_help=False)  # -h is handled by _parse: argparse's would exit
     if not cell:
         parser.add_argument("action", nargs="?", default="show", help=" | ".join(LINE_ACTIONS))
+        parser.add_argument("file", nargs="?", help="export: the file to write (.md or .json)")
     # The same options for %%chat (this cell) and %chat (the defaults for later cells).
-    parser.add_argument("--transport", "-t", help="ws, sse, stream or openai")
+    parser.add_argument("--transport", "-t", help="ws, sse, stream (or ndjson) or openai")
     parser.add_argument("--server", help="URL of a running nbchat server (default: $NBCHAT_URL, else one in "
                         "this kernel)")
     parser.add_argument("--token", help="the server's token (default: $NBCHAT_TOKEN)")
@@ -183,7 +199,8 @@ class ChatMagics(Magics):
 
         ``{name}`` in the cell is replaced by the notebook variable ``name``
         (``{{`` and ``}}`` are literal braces; ``--raw`` turns this off). The
-        answer is also in ``_chat`` (and ``%chat last``).
+        answer is also in ``_chat`` (and ``%chat last``), where it came from in
+        ``_chat_provenance`` (as the output's ``metadata["nbchat"]`` keeps it).
         """
         args = _parse(CELL_PARSER, line)
         if args is None:
@@ -196,6 +213,7 @@ class ChatMagics(Magics):
             self.conversation.reset()
         result = self._run_turn(text, options)
         self._user_ns["_chat"] = result.answer
+        self._user_ns["_chat_provenance"] = result.provenance
         if args.out:
             self._user_ns[args.out] = result.answer
 
@@ -223,6 +241,10 @@ class ChatMagics(Magics):
             print("nbchat: conversation cleared")
         elif args.action == "last":
             return self.conversation.last_answer
+        elif args.action == "code":
+            self._code_to_next_cell()
+        elif args.action == "export":
+            self._export(args.file)
         elif args.action == "widget":
             from .widget import ChatWidget
 
@@ -242,20 +264,42 @@ class ChatMagics(Magics):
         namespace: dict[str, Any] = self.shell.user_ns
         return namespace
 
+    def _code_to_next_cell(self) -> None:
+        from .export import code_cell
+
+        answer = self.conversation.last_answer
+        source = code_cell(answer) if answer is not None else None
+        if source is None:
+            raise ChatError("nbchat: the last answer has no code block" if answer is not None
+                            else "nbchat: no answer yet: run a %%chat cell first")
+        assert self.shell is not None
+        self.shell.set_next_input(source, replace=False)
+
+    def _export(self, file: str | None) -> None:
+        from .export import write_export
+
+        if not file:
+            raise ChatError("%chat export: name the file to write, e.g. %chat export chat.md (or chat.json)")
+        try:
+            path = write_export(self.conversation, os.path.expanduser(file))
+        except (ValueError, OSError) as exc:
+            raise ChatError(f"%chat export: {exc}") from None
+        count = len(self.conversation)
+        print(f"nbchat: {count} exchange{'' if count == 1 else 's'} written to {path}")
+
     def _show(self) -> None:
         server = "running" if self.kernel_server.running else "not started"
         print(f"{self.conversation.options.describe()}\n{'history':12} {len(self.conversation)} exchanges\n"
               f"{'kernel server':12} {server}")
 
     def _options(self, args: Any) -> ChatOptions:
-        from ..clients import TRANSPORTS
-
-        options = self.conversation.options.merged(
-            transport=args.transport, server=args.server, token=args.token, model=args.model,
+        try:
+            transport = None if args.transport is None else transport_name(args.transport)
+        except ValueError as exc:
+            raise ChatError(str(exc)) from None
+        return self.conversation.options.merged(
+            transport=transport, server=args.server, token=args.token, model=args.model,
             temperature=args.temperature, max_tokens=args.max_tokens, system=args.system)
-        if options.transport not in TRANSPORTS:
-            raise ChatError(f"unknown transport {options.transport!r}: use one of {', '.join(TRANSPORTS)}")
-        return options
 
     def _run_turn(self, text: str, options: ChatOptions) -> ChatResult:
         # Timed from here: on first use the footer's "first token" includes starting the server.
@@ -265,7 +309,7 @@ class ChatMagics(Magics):
             view.start("*starting the nbchat server in this kernel (first use)…*")
         try:
             endpoint = resolve_endpoint(options.server, options.token, self.kernel_server)
-        except RuntimeError as exc:  # the in-kernel server did not start
+        except ServerStartError as exc:  # the in-kernel server did not start
             if view.started:
                 view.finish("", "the nbchat server did not start")
             raise ChatError(f"nbchat: {_describe(exc)}") from None
@@ -273,51 +317,51 @@ class ChatMagics(Magics):
 
         request = self.conversation.request(text, options)
         answer: list[str] = []
+        started = utc_now()
+        ids: dict[str, str | None] = {}
         try:
             with connect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
-                end = stream_turn(client.stream(request), view, stats, answer)
+                ids["uid"] = client.uid
+                turn = client.stream(request)
+                end = stream_turn(turn, view, stats, answer)
+                ids["turn_id"] = turn.turn_id
         except (NBChatError, OSError) as exc:
             if view.started:  # keep what arrived before the error
                 stats.on_end(None, "[ERROR]")
                 view.finish("".join(answer), stats.footer())
+                view.annotate({"nbchat": self._provenance(options, stats, endpoint.url, ids, started)})
             raise ChatError(f"nbchat ({options.transport}): {_describe(exc)}") from None
-        result = ChatResult("".join(answer), stats.status or end.status.value, stats)
-        self.conversation.record(text, result.answer, result.status)
+        record = self._provenance(options, stats, endpoint.url, ids, started)
+        view.annotate({"nbchat": record})
+        result = ChatResult("".join(answer), stats.status or end.status.value, stats, record)
+        self.conversation.record(text, result.answer, result.status, record)
         self.last = result
         return result
 
+    def _provenance(self, options: ChatOptions, stats: TurnStats, url: str, ids: dict[str, str | None],
+                    started: str) -> dict[str, Any]:
+        return provenance(options, stats, server=url, info=self.conversation.server_info.get(url),
+                          turn_id=ids.get("turn_id"), uid=ids.get("uid"), timestamp=started)
 
-def stream_turn(turn: Any, view: StreamView, stats: TurnStats, answer: list[str]) -> End:
-    """Feed the turn's events to the view until its End; a KeyboardInterrupt interrupts the turn.
 
-    The partial answer stays: after ``turn.interrupt()`` the stream still
-    delivers what was generated and then ``End(INTERRUPTED)``.
+def stream_turn(turn: TurnStream, view: StreamView, stats: TurnStats, answer: list[str]) -> End:
+    """Feed the turn's chunks to the view until its End (:func:`nbchat.clients.collect`).
+
+    A kernel interrupt interrupts the turn and the partial answer stays: the
+    stream still delivers what was generated and then ``End(INTERRUPTED)``.
     """
+    from ..clients import collect
+
+    def show(chunk: Chunk) -> None:
+        stats.on_chunk(chunk.content)
+        answer.append(chunk.content)
+        view.add(chunk.content)
+
     view.start()
-    try:
-        end = _consume(turn, view, stats, answer)
-    except KeyboardInterrupt:
-        turn.interrupt()
-        try:
-            end = _consume(turn, view, stats, answer) or End(Status.INTERRUPTED)
-        except (KeyboardInterrupt, NBChatError):  # a second interrupt, or the stream broke: stop waiting
-            end = End(Status.INTERRUPTED)
-    if end is None:
-        raise NBChatConnectionError("the stream ended without a status")
+    end = collect(turn, show)
     stats.on_end(end)
     view.finish("".join(answer), stats.footer())
     return end
-
-
-def _consume(turn: Any, view: StreamView, stats: TurnStats, answer: list[str]) -> End | None:
-    for event in turn:
-        if isinstance(event, Chunk):
-            stats.on_chunk(event.content)
-            answer.append(event.content)
-            view.add(event.content)
-        elif isinstance(event, End):
-            return event
-    return None
 
 
 def _describe(exc: Exception) -> str:

@@ -172,6 +172,29 @@ def open_fence(text: str) -> str | None:
     return fence
 
 
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """The fenced code blocks of ``text`` as (language, code), in order; an unclosed last block counts
+    (an answer cut by ``max_tokens`` or an interrupt still holds its code)."""
+    blocks: list[tuple[str, str]] = []
+    fence: str | None = None
+    language, lines = "", list[str]()
+    for line in text.splitlines():
+        marker = _fence_marker(line)
+        if fence is None:
+            if marker is not None and len(marker) >= 3:
+                fence, lines = marker, []
+                info = line.strip()[len(marker):].strip()
+                language = info.split()[0] if info else ""
+        elif marker is not None and marker.startswith(fence) and line.strip() == marker:
+            blocks.append((language, "\n".join(lines)))
+            fence = None
+        else:
+            lines.append(line)
+    if fence is not None and lines:
+        blocks.append((language, "\n".join(lines)))
+    return blocks
+
+
 def answer_markdown(answer: str, footer: str | None = None) -> str:
     """The cell's Markdown: the safe answer, its open code block closed, then the footer in italics."""
     body = safe_markdown(answer)

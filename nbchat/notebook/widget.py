@@ -10,6 +10,10 @@ click while an answer streams.
 
 The browser side (``widget.js``) renders Markdown itself, from text nodes
 only: model output never becomes live HTML.
+
+``ChatWidget(direct=True)`` skips the kernel on the way: the page streams from
+the server itself (see :mod:`.direct`), so an answer keeps streaming while the
+kernel runs another cell.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from typing import Any
 import anywidget
 import traitlets
 
+from ..wire.contract import TRANSPORTS, transport_name
 from ..wire.errors import NBChatError
-from ..wire.events import Chunk, End, Status
+from ..wire.events import STATUS_STRINGS, Chunk, End, Status
 from .conversation import ChatOptions, Conversation
+from .direct import ROUTES, DirectLink
 from .kernel_server import KernelServer, resolve_endpoint
+from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats
 
 _HERE = pathlib.Path(__file__).parent
@@ -77,45 +84,101 @@ class ChatWidget(anywidget.AnyWidget):
     _esm = _HERE / "widget.js"
     _css = _HERE / "widget.css"
 
-    #: the conversation so far: [{"role", "content", "status"?}]; synced at turn ends only
+    #: the conversation so far: [{"role", "content", "status"?, "provenance"?}]; synced at turn ends only
     messages = traitlets.List(traitlets.Dict()).tag(sync=True)
     transport = traitlets.Unicode("ws").tag(sync=True)
     transports = traitlets.List(traitlets.Unicode()).tag(sync=True)
     busy = traitlets.Bool(False).tag(sync=True)
     stats = traitlets.Unicode("").tag(sync=True)
+    #: the page streams from the server itself; the endpoint and token go in custom messages, never in state
+    direct = traitlets.Bool(False).tag(sync=True)
+    #: direct mode: "direct" (the server's URL), "proxy" (Jupyter's /proxy/<port>/) or "auto"
+    route = traitlets.Unicode("auto").tag(sync=True)
 
     def __init__(self, conversation: Conversation | None = None, *, server: str | None = None,
                  token: str | None = None, transport: str | None = None,
-                 kernel_server: KernelServer | None = None, **kwargs: Any) -> None:
-        from ..clients import TRANSPORTS
-
+                 kernel_server: KernelServer | None = None, direct: bool = False, route: str = "auto",
+                 **kwargs: Any) -> None:
         self.conversation = conversation if conversation is not None else Conversation()
         options = self.conversation.options
-        super().__init__(transport=transport or options.transport, transports=list(TRANSPORTS),
-                         messages=self._history(), **kwargs)
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
+        super().__init__(transport=transport_name(transport or options.transport), transports=list(TRANSPORTS),
+                         messages=self._history(), direct=direct, route=route, **kwargs)
         # Explicit endpoints win; otherwise each turn reads the conversation's current defaults.
         self._server = server
         self._token = token
         self._kernel_server = kernel_server or _shared_kernel_server() or KernelServer()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Future[Any] | None = None
         self._turn: Any = None
         self._stop_requested = False
         #: what the last turn ended with (an :class:`End`), for callers and tests
         self.last_end: End | None = None
+        self._mirror_shown = False
+        #: direct mode: the page's figures for its last turn (TTFT, cadence, bytes per chunk)
+        self.last_metrics: dict[str, Any] | None = None
+        self._direct = DirectLink(self.send, self.conversation, self._kernel_server, server, token)
         self.on_msg(self._on_frontend_msg)
+
+    # ------------------------------------------------------------ saved copy
+
+    def _ipython_display_(self) -> None:
+        """Show the widget, and below it a Markdown copy of the conversation that the notebook file keeps.
+
+        Widget state is not in a saved notebook by default (JupyterLab saves it
+        only when asked), so a notebook opened without a kernel, converted with
+        nbconvert or shown on GitHub would lose the conversation; the copy is a
+        plain ``text/markdown`` output, updated at each turn end, that they all
+        render. While the widget is live its CSS hides the copy.
+        """
+        from IPython.display import display
+
+        # ipywidgets returns the bundle, anywidget (data, metadata): accept either
+        bundle: Any = self._repr_mimebundle_()
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        display(data, metadata=metadata, raw=True)
+        display(self._mirror_bundle(), raw=True, display_id=self._mirror_id)
+        self._mirror_shown = True
+
+    @property
+    def _mirror_id(self) -> str:
+        return f"nbchat-mirror-{self.model_id}"
+
+    def _mirror_bundle(self) -> dict[str, str]:
+        from .export import mirror_markdown
+
+        return {"text/markdown": mirror_markdown(self.conversation),
+                "text/plain": self.conversation.transcript()}
+
+    def _update_mirror(self) -> None:
+        if self._mirror_shown:
+            from IPython.display import update_display
+
+            update_display(self._mirror_bundle(), raw=True, display_id=self._mirror_id)
 
     # ------------------------------------------------------------ control
 
     def _on_frontend_msg(self, _widget: Any, content: dict[str, Any], _buffers: Any) -> None:
         kind = content.get("type")
-        if kind == "send":
+        if self.direct and kind in ("hello", "done"):
+            self._on_direct_msg(kind, content)
+        elif kind == "send":
             self.ask(str(content.get("text", "")))
         elif kind == "stop":
             self.stop()
 
-    def ask(self, text: str) -> asyncio.Task[None] | None:
-        """Start a turn with ``text`` on the running loop; returns its task (None if busy or empty)."""
-        if not text.strip() or (self._task is not None and not self._task.done()):
+    def ask(self, text: str) -> asyncio.Future[Any] | None:
+        """Start a turn with ``text``; returns what :meth:`wait` awaits (None if busy or empty).
+
+        Relayed, the kernel streams the answer in a task on its loop. Direct, the page starts the
+        turn and streams it itself, even while this cell goes on to block the kernel.
+        """
+        if not text.strip():
+            return None
+        if self.direct:  # the page refuses a second turn while one streams; this future then ends with the first
+            self._task = self._direct.ask(text, self._options())
+            return self._task
+        if self._task is not None and not self._task.done():
             return None
         self._stop_requested = False
         self._task = _spawn(self._run(text))
@@ -123,6 +186,9 @@ class ChatWidget(anywidget.AnyWidget):
 
     def stop(self) -> None:
         """Interrupt the answer being streamed; it ends with ``[INTERRUPTED]`` and keeps its text."""
+        if self.direct:
+            self.send({"type": "stop"})  # the page holds the stream, and the means to stop it
+            return
         self._stop_requested = True
         turn = self._turn
         if turn is not None:
@@ -131,8 +197,28 @@ class ChatWidget(anywidget.AnyWidget):
     async def wait(self) -> End | None:
         """Wait for the current turn, if any, to end."""
         if self._task is not None:
-            await asyncio.shield(self._task)
+            await asyncio.shield(self._task)  # a direct turn's future resolves when the page reports
         return self.last_end
+
+    # ------------------------------------------------------------ direct mode
+
+    def _options(self) -> ChatOptions:
+        return self.conversation.options.merged(transport=self.transport)
+
+    def _on_direct_msg(self, kind: str, content: dict[str, Any]) -> None:
+        if kind == "hello":
+            self._direct.hello(str(content.get("origin", "")), self._options())
+            return
+        # "done": the page finished a turn; it joins the conversation %%chat shares
+        user, answer, status = str(content.get("user", "")), str(content.get("answer", "")), str(content.get("status"))
+        metrics = content.get("metrics")
+        self.last_metrics = metrics if isinstance(metrics, dict) else None
+        self.last_end = End(Status(status)) if status in STATUS_STRINGS else None
+        self.conversation.record(user, answer, status if self.last_end is not None else Status.ERROR)
+        self.messages = self._history()
+        self.stats = str(content.get("stats", ""))
+        self._direct.send_context(self._options())
+        self._direct.finished(content)
 
     # ------------------------------------------------------------ a turn
 
@@ -145,56 +231,74 @@ class ChatWidget(anywidget.AnyWidget):
         self.send({"type": "start", "user": text})
         end: End | None = None
         error: str | None = None
+        options = options.merged(server=self._server, token=self._token)
+        ids: dict[str, str | None] = {"started": utc_now()}
         try:
-            end = await self._stream(text, options.merged(server=self._server, token=self._token),
-                                     stats, pieces, deltas)
+            end = await self._stream(text, options, stats, pieces, deltas, ids)
         except Exception as exc:  # the task is the UI's boundary: every failure ends up in the stats line
             error = _one_line(exc)
         finally:
             deltas.flush()
             self._turn = None
-            self._finish(text, "".join(pieces), stats, end, error)
+            stats.on_end(end, None if end is not None else "[ERROR]")
+            record = await self._provenance(options, stats, ids)
+            self._finish(text, "".join(pieces), stats, end, error, record)
+
+    async def _provenance(self, options: ChatOptions, stats: TurnStats,
+                          ids: dict[str, str | None]) -> dict[str, Any] | None:
+        url = ids.get("url")
+        if url is None:  # no server was reached: there is nothing to trace the answer to
+            return None
+        info = await asyncio.to_thread(self.conversation.server_info.get, url)  # off the kernel's loop
+        return provenance(options, stats, server=url, info=info, turn_id=ids.get("turn_id"), uid=ids.get("uid"),
+                          timestamp=ids.get("started") or utc_now())
 
     async def _stream(self, text: str, options: ChatOptions, stats: TurnStats, pieces: list[str],
-                      deltas: _DeltaBuffer) -> End:
-        from ..clients import aconnect
+                      deltas: _DeltaBuffer, ids: dict[str, str | None]) -> End:
+        from ..clients import acollect, aconnect
 
         # Starting the in-kernel server can take seconds: do it off the kernel's loop.
         endpoint = await asyncio.to_thread(resolve_endpoint, options.server, options.token, self._kernel_server)
         request = self.conversation.request(text, options)
         if self._stop_requested:  # Stop was clicked before anything was sent: nothing to interrupt
             return End(Status.INTERRUPTED)
-        async with aconnect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
+        ids["url"] = endpoint.url
+        async with aconnect(endpoint.url, token=endpoint.token, transport=transport_name(options.transport)) as client:
+            ids["uid"] = client.uid
             turn = await client.stream(request)
+            ids["turn_id"] = turn.turn_id
             self._turn = turn
             if self._stop_requested:  # Stop was clicked while the request was being sent
                 await turn.interrupt()
-            async for event in turn:
-                if isinstance(event, Chunk):
-                    stats.on_chunk(event.content)
-                    pieces.append(event.content)
-                    deltas.add(event.content)
-                elif isinstance(event, End):
-                    return event
-        raise NBChatError("the stream ended without a status")
 
-    def _finish(self, text: str, answer: str, stats: TurnStats, end: End | None, error: str | None) -> None:
-        stats.on_end(end, None if end is not None else "[ERROR]")
+            def show(chunk: Chunk) -> None:
+                stats.on_chunk(chunk.content)
+                pieces.append(chunk.content)
+                deltas.add(chunk.content)
+
+            return await acollect(turn, show)
+
+    def _finish(self, text: str, answer: str, stats: TurnStats, end: End | None, error: str | None,
+                record: dict[str, Any] | None) -> None:
         status = stats.status or Status.ERROR.value
         self.last_end = end
-        self.conversation.record(text, answer, end.status if end is not None else Status.ERROR)
+        self.conversation.record(text, answer, end.status if end is not None else Status.ERROR, record)
         footer = stats.footer() if error is None else f"{stats.footer()} · {error}"
         self.send({"type": "end", "status": status, "error": error})
         # One full sync per turn: the history, then the stats line.
         self.messages = self._history()
         self.stats = footer
         self.busy = False
+        self._update_mirror()
 
-    def _history(self) -> list[dict[str, str]]:
-        out: list[dict[str, str]] = []
+    def _history(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
         for exchange in self.conversation.exchanges:
             out.append({"role": "user", "content": exchange.user})
-            out.append({"role": "assistant", "content": exchange.answer, "status": exchange.status})
+            answer: dict[str, Any] = {"role": "assistant", "content": exchange.answer, "status": exchange.status}
+            if exchange.provenance is not None:
+                answer["provenance"] = exchange.provenance
+            out.append(answer)
         return out
 
 

@@ -23,6 +23,19 @@ from starlette.routing import Route, WebSocketRoute
 
 from .._version import __version__
 from ..backends import Backend, create_backend
+from ..wire.contract import (
+    HEALTH_PATH,
+    INTERRUPT_PATH,
+    NDJSON_HEADERS,
+    NDJSON_PATH,
+    OPENAI_COMPLETIONS_PATH,
+    OPENAI_MODELS_PATH,
+    SSE_HEADERS,
+    SSE_PATH,
+    TURN_HEADER,
+    TURNS_PATH,
+    WEBSOCKET_PATH,
+)
 from ..wire.errors import PayloadTooLarge, RequestError, ResumeError
 from ..wire.events import STATUS_STRINGS, Event
 from ..wire.protocol import (
@@ -36,14 +49,13 @@ from ..wire.protocol import (
 from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware
 from .config import Settings
+from .openai_routes import chat_completions, list_models
+from .recording import Recorder
 from .store import MemoryStore, Reader, TurnStore
 from .turns import TurnManager
+from .ws import websocket_endpoint
 
 log = logging.getLogger("nbchat.server.app")
-
-SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
-               "x-accel-buffering": "no", "connection": "keep-alive"}
-NDJSON_HEADERS = {"content-type": "application/x-ndjson", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def error_response(code: str, message: str, status: int = 400) -> JSONResponse:
@@ -86,7 +98,7 @@ def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict
                 # many chunks ready at once go out in one write: fewer syscalls at high rates
                 yield b"".join(encode(ev) for ev in batch) if batch else encode_sse_comment("keep-alive")
 
-    return StreamingResponse(body(), headers={**headers, "x-nbchat-turn": sub.turn_id})
+    return StreamingResponse(body(), headers={**headers, TURN_HEADER: sub.turn_id})
 
 
 async def find_turn(store: TurnStore, turn_id: str | None, uid: str | None) -> str | None:
@@ -202,14 +214,14 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
     """The nbchat ASGI app. ``settings.token`` must be concrete (see Settings.with_token)."""
-    from .openai_routes import chat_completions, list_models
-    from .ws import websocket_endpoint
-
     settings = (settings or Settings()).with_token()
     if backend is None:
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
+                                 replay=settings.replay, replay_rate=settings.replay_rate,
                                  **settings.backend_options)
-    store = make_store(backend, settings)
+    recorder = Recorder(settings.record, backend.name, backend.model_name) if settings.record else None
+    store = make_store(backend, settings, recorder)
+    origins = set(settings.allow_origins)  # shared with the middleware: see admit_origin
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -227,19 +239,19 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             await backend.aclose()
 
     routes = [
-        Route("/health", health),
-        Route("/turns", post_turns, methods=["POST"]),
-        Route("/turns/{turn_id}/interrupt", interrupt_turn, methods=["POST"]),
-        Route("/createSse", create_sse, methods=["GET", "POST"]),
-        Route("/talkByStream", talk_by_stream, methods=["GET", "POST"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/models", list_models),
-        WebSocketRoute("/websocket/{uid}", websocket_endpoint),
+        Route(HEALTH_PATH, health),
+        Route(TURNS_PATH, post_turns, methods=["POST"]),
+        Route(INTERRUPT_PATH, interrupt_turn, methods=["POST"]),
+        Route(SSE_PATH, create_sse, methods=["GET", "POST"]),
+        Route(NDJSON_PATH, talk_by_stream, methods=["GET", "POST"]),
+        Route(OPENAI_COMPLETIONS_PATH, chat_completions(read_json), methods=["POST"]),
+        Route(OPENAI_MODELS_PATH, list_models),
+        WebSocketRoute(WEBSOCKET_PATH, websocket_endpoint),
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=settings.allow_origins,
-                                      bind_host=settings.host)],
+        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=origins,
+                               bind_host=settings.host)],
         exception_handlers={RequestError: on_request_error, ResumeError: on_resume_error,
                             HTTPException: on_http_error, Exception: on_unexpected},
         lifespan=lifespan,
@@ -248,13 +260,20 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.state.backend = backend
     app.state.store = store
     app.state.turns = store.manager  # the turns generating in this process
+    app.state.origins = origins
     return app
 
 
-def make_store(backend: Backend, settings: Settings) -> TurnStore:
+def make_store(backend: Backend, settings: Settings, recorder: Recorder | None = None) -> TurnStore:
     """The memory store, or a shared one when ``settings.store`` names it."""
     if not settings.store:
-        return MemoryStore(TurnManager(backend, settings))
+        return MemoryStore(TurnManager(backend, settings, recorder))
     from .redis_store import RedisStore  # the redis client loads only for a shared store
 
-    return RedisStore(backend, settings)
+    return RedisStore(backend, settings, recorder)
+
+
+def admit_origin(app: Starlette, origin: str) -> None:
+    """Allow one more page origin on a running app (as ``--allow-origin`` does at start)."""
+    origins: set[str] = app.state.origins
+    origins.add(origin)

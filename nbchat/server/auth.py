@@ -20,10 +20,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from websockets.frames import CloseCode
+
+from ..wire.contract import HEALTH_PATH, TURN_HEADER
 
 ALLOWED_HEADERS = "uid, token, authorization, content-type, last-event-id"
-EXPOSED_HEADERS = "X-NBChat-Turn"
-OPEN_PATHS = frozenset({"/health"})
+EXPOSED_HEADERS = TURN_HEADER
+OPEN_PATHS = frozenset({HEALTH_PATH})
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
@@ -58,13 +61,15 @@ class SecurityMiddleware:
                  bind_host: str = "127.0.0.1") -> None:
         self.app = app
         self.token = token.encode()
-        self.origins = frozenset(allow_origins)
+        # A set is kept by reference, not copied: the app may admit an origin while it runs
+        # (a notebook page that streams from the kernel's own server, see ``app.state.origins``).
+        self.origins = allow_origins if isinstance(allow_origins, set) else set(allow_origins)
         # A server bound to loopback answers only to names that mean this machine (IP
-        # literals, localhost, and the hosts of allowed origins). Bound to a public
-        # address, it is reached under names it cannot know: the token guards it.
+        # literals, localhost, and the hosts of allowed origins, read at each request since
+        # origins may be admitted later). Bound to a public address, it is reached under
+        # names it cannot know: the token guards it.
         self.check_host = is_loopback(bind_host) and "*" not in self.origins
-        names = {hostname_of(urlsplit(o).netloc) for o in self.origins}
-        self.hosts = frozenset(n for n in names if n) | LOCAL_NAMES | {bind_host.strip("[]").lower()}
+        self.own_names = LOCAL_NAMES | {bind_host.strip("[]").lower()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -99,7 +104,10 @@ class SecurityMiddleware:
         if not self.check_host:
             return True
         name = hostname_of(host)
-        return name is not None and (name in self.hosts or name.endswith(".localhost") or is_ip_literal(name))
+        if name is None:
+            return False
+        origin_hosts = {hostname_of(urlsplit(o).netloc) for o in self.origins}
+        return name in self.own_names or name in origin_hosts or name.endswith(".localhost") or is_ip_literal(name)
 
     def origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
         if "*" in self.origins or origin in self.origins:
@@ -162,4 +170,4 @@ class SecurityMiddleware:
             await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
             await send({"type": "websocket.http.response.body", "body": body})
         else:
-            await send({"type": "websocket.close", "code": 1008, "reason": code})
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION, "reason": code})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field, replace
 
+from ..backends.echo import DEFAULT_RATE
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -14,7 +16,7 @@ class Settings:
     token: str | None = None
     backend: str = "smollm2"
     #: echo backend: pieces per second; 0 = as fast as possible
-    rate: float = 20.0
+    rate: float = DEFAULT_RATE
     #: model id for the openai backend (and the name reported by /v1/models)
     model: str | None = None
     #: a backend that yields nothing for this long ends the turn with [MODEL_TIMEOUT]
@@ -46,6 +48,12 @@ class Settings:
     max_queued_bytes: int = 1024 * 1024
     #: add a server emit timestamp ("ts") to every chunk record
     timestamps: bool = True
+    #: write each turn's chunks with their server times to a JSON Lines file in this directory
+    record: str | None = None
+    #: the replay backend's recording (a file, or a directory of them played in turn)
+    replay: str | None = None
+    #: the replay backend's pace in pieces per second; None keeps the recorded pace
+    replay_rate: float | None = None
     #: where turns live: "" keeps them in this process; "redis://HOST:PORT/DB" shares them between processes
     store: str = ""
     #: shared store: entries a turn's stream keeps (the oldest go first; a reader behind them gets resume_unavailable)

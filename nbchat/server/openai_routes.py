@@ -7,18 +7,19 @@ encode the turn's events with :mod:`nbchat.wire.openai`, so the official
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..backends import Backend
+from ..wire.contract import SSE_HEADERS, TURN_HEADER
 from ..wire.errors import RequestError
 from ..wire.events import Chunk, End, Status
 from ..wire.openai import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
 from ..wire.protocol import dumps
 from ..wire.sse import SSEMessage, encode_sse
-from .app import read_json
 from .store import Reader, TurnStore
 
 ERROR_HTTP = {Status.MODEL_TIMEOUT: 504, Status.ERROR: 502, Status.INTERRUPTED: 503}
@@ -36,7 +37,16 @@ async def list_models(request: Request) -> Response:
         {"id": backend.model_name, "object": "model", "created": 0, "owned_by": "nbchat"}]})
 
 
-async def chat_completions(request: Request) -> Response:
+def chat_completions(read_json: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+    """The completions endpoint, reading its body with the server's ``read_json`` (its size limit and errors)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await _chat_completions(request, read_json)
+
+    return endpoint
+
+
+async def _chat_completions(request: Request, read_json: Callable[[Request], Awaitable[Any]]) -> Response:
     try:
         req = parse_completion_request(await read_json(request))
     except OpenAIRequestError as exc:
@@ -55,8 +65,7 @@ async def chat_completions(request: Request) -> Response:
     encoder = CompletionEncoder(turn.id, req.model or backend.model_name)
     if req.stream:
         return StreamingResponse(_stream(sub, encoder, req.include_usage),
-                                 headers={"content-type": "text/event-stream", "cache-control": "no-cache",
-                                          "x-accel-buffering": "no", "x-nbchat-turn": turn.id})
+                                 headers={**SSE_HEADERS, TURN_HEADER: turn.id})
     return await _complete(sub, encoder)
 
 
@@ -89,5 +98,5 @@ async def _complete(sub: Reader, encoder: CompletionEncoder) -> Response:
     assert end is not None
     if end.status in ERROR_HTTP:
         err = encoder.final_chunk(end)
-        return JSONResponse(err, status_code=ERROR_HTTP[end.status], headers={"x-nbchat-turn": sub.turn_id})
-    return JSONResponse(encoder.completion("".join(parts), end), headers={"x-nbchat-turn": sub.turn_id})
+        return JSONResponse(err, status_code=ERROR_HTTP[end.status], headers={TURN_HEADER: sub.turn_id})
+    return JSONResponse(encoder.completion("".join(parts), end), headers={TURN_HEADER: sub.turn_id})

@@ -45,6 +45,7 @@ from ..wire.errors import RequestError, ResumeError
 from ..wire.events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
 from ..wire.protocol import encode_turn_request, parse_turn_request
 from .config import Settings
+from .recording import Recorder
 from .store import Reader, TurnInfo, TurnStore, info_of
 from .turns import Turn, TurnManager, TurnState, new_turn_id
 
@@ -186,8 +187,9 @@ class RedisTurn(Turn):
 class RedisManager(TurnManager):
     turn_class = RedisTurn
 
-    def __init__(self, backend: Backend, settings: Settings, store: RedisStore) -> None:
-        super().__init__(backend, settings)
+    def __init__(self, backend: Backend, settings: Settings, store: RedisStore,
+                 recorder: Recorder | None = None) -> None:
+        super().__init__(backend, settings, recorder)
         self.store = store
 
 
@@ -308,9 +310,9 @@ class RemoteReader:
 class RedisStore(TurnStore):
     """Turns shared through Redis by every process given the same ``--store`` URL."""
 
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings, recorder: Recorder | None = None) -> None:
         self.settings = settings
-        self.manager = RedisManager(backend, settings, self)
+        self.manager = RedisManager(backend, settings, self, recorder)
         self.process = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             settings.store, decode_responses=True, socket_connect_timeout=2, socket_timeout=POLL_SECONDS + 4,

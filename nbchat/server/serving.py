@@ -20,6 +20,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from ..backends import Backend
+from ..wire.errors import ServerStartError
 from .app import create_app
 from .config import Settings
 from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction
@@ -122,11 +123,15 @@ class ServerHandle:
 
 def start_server_thread(settings: Settings | None = None, backend: Backend | None = None,
                         timeout: float = 120.0) -> ServerHandle:
-    """Start a server in a daemon thread; return once it accepts connections.
+    """Start a server in a daemon thread; return once it accepts connections
+    (:class:`~nbchat.wire.errors.ServerStartError` when it does not).
 
     ``settings.port`` 0 picks a free port. The timeout covers loading the model."""
     settings = (settings or Settings(port=0)).with_token()
-    server = make_server(settings, backend)
+    try:
+        server = make_server(settings, backend)
+    except Exception as exc:  # a backend that cannot be built (no model file, no upstream model)
+        raise ServerStartError(f"the nbchat server did not start: {exc}") from exc
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -141,7 +146,7 @@ def start_server_thread(settings: Settings | None = None, backend: Backend | Non
     thread.start()
     if not server.ready.wait(timeout) or errors or not server.started:
         server.should_exit = True
-        raise RuntimeError(f"the nbchat server did not start: {errors[0] if errors else 'timed out'}")
+        raise ServerStartError(f"the nbchat server did not start: {errors[0] if errors else 'timed out'}")
     host = settings.host if ":" not in settings.host else f"[{settings.host}]"
     app = server.config.loaded_app
     while not isinstance(app, Starlette):

@@ -27,6 +27,7 @@ from ..backends.base import LENGTH, Backend, GenerationRequest
 from ..wire.errors import BackendError, RequestError, ResumeError
 from ..wire.events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
 from .config import Settings
+from .recording import Recorder, TurnRecord
 from .replay import ReplayBuffer
 
 log = logging.getLogger("nbchat.server.turns")
@@ -61,6 +62,7 @@ class Turn:
         self._grace: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_piece = 0.0
+        self._record: TurnRecord | None = None
         #: called with the turn when generation is cancelled (tests observe it)
         self.on_cancel: Callable[[Turn], None] | None = None
 
@@ -104,6 +106,8 @@ class Turn:
 
     async def _run(self) -> None:
         req = self.request
+        if self._manager.recorder is not None:
+            self._record = self._manager.recorder.open(self.id, req, self.uid)
         if not 0.0 <= req.temperature <= 2.0:
             self._finish(End(status=Status.TEMPERATURE_THRESHOLD))
             return
@@ -169,6 +173,8 @@ class Turn:
         chunk = Chunk(content=_as_unicode(content), seq=self._next_seq, server_time=ts)
         self._next_seq += 1
         self.replay.append(chunk)
+        if self._record is not None:
+            self._record.chunk(chunk)
         self._published(chunk)
         self._pulse()
 
@@ -177,6 +183,8 @@ class Turn:
             return
         self.end = end
         self.state = TurnState.ENDED
+        if self._record is not None:
+            self._record.end(end)
         self._cancel_grace()
         self._published(end)
         self._pulse()
@@ -333,9 +341,11 @@ class TurnManager:
     #: what :meth:`create` makes (a store that mirrors turns elsewhere makes its own kind)
     turn_class: type[Turn] = Turn
 
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings, recorder: Recorder | None = None) -> None:
         self.backend = backend
         self.settings = settings
+        #: writes each turn's chunks to a file (``nbchat serve --record``)
+        self.recorder = recorder
         self._turns: dict[str, Turn] = {}
         self._by_uid: dict[str, Turn] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}

@@ -15,17 +15,15 @@ import asyncio
 import contextlib
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.frames import CloseCode
 
+from ..wire.contract import INTERRUPT_FRAME
 from ..wire.errors import RequestError, ResumeError
 from ..wire.events import End, ErrorInfo, Status
 from ..wire.protocol import encode_ws, parse_json_text, parse_position, parse_turn_request
 from .config import Settings
 from .store import Reader, TurnStore
 from .turns import TurnState
-
-INTERRUPT = "[INTERRUPT]"
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
 
 
 class Session:
@@ -42,9 +40,9 @@ class Session:
 
     async def handle(self, text: str) -> None:
         if len(text.encode()) > self.settings.max_body_bytes:
-            await self.ws.close(CLOSE_TOO_BIG, f"message over {self.settings.max_body_bytes} bytes")
+            await self.ws.close(CloseCode.MESSAGE_TOO_BIG, f"message over {self.settings.max_body_bytes} bytes")
             return
-        if text == INTERRUPT:
+        if text == INTERRUPT_FRAME:
             if self.turn is not None:
                 await self.store.interrupt(self.turn)
             return
@@ -113,7 +111,7 @@ class Session:
                     for frame in encode_ws(event):
                         await self.ws.send_text(frame)
         if self.store.closing:
-            await self.ws.close(CLOSE_GOING_AWAY, "server shutting down")
+            await self.ws.close(CloseCode.GOING_AWAY, "server shutting down")
 
     async def reject(self, code: str, message: str) -> None:
         for frame in encode_ws(End(status=Status.ERROR, error=ErrorInfo(code, message))):
@@ -130,7 +128,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 break
             text = message.get("text")
             if text is None:
-                await session.reject("unsupported_frame", "send text frames: a JSON turn request, \"\" or [INTERRUPT]")
+                await session.reject("unsupported_frame",
+                                     f"send text frames: a JSON turn request, \"\" or {INTERRUPT_FRAME}")
                 continue
             await session.handle(text)
             if websocket.application_state is WebSocketState.DISCONNECTED:

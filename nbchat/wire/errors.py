@@ -9,6 +9,9 @@
     ├── ProtocolError (ValueError)     the peer sent something the wire contract does not allow
     ├── StreamTimeout (TimeoutError)   nothing arrived for too long
     ├── ResumeError                    the turn or the asked-for seq is no longer available
+    ├── TurnError                      a turn ended without an answer (End.raise_for_status())
+    ├── ServerStartError (RuntimeError)
+    │                                  a server (in this process, or a benchmark's child) did not start
     └── BackendError                   a backend failed (turned into [ERROR] by the server)
         └── QueueFull                  the model's queue is full: try again shortly
 
@@ -71,6 +74,22 @@ class StreamTimeout(NBChatError, TimeoutError):
 
 class ResumeError(NBChatError):
     """The turn to resume is unknown, expired, or no longer holds the asked-for seq."""
+
+
+class TurnError(NBChatError):
+    """A turn ended with a status other than ``[DONE]`` or ``[TOKENS]``.
+
+    ``status`` is the wire string (``"[INTERRUPTED]"``, ``"[MODEL_TIMEOUT]"``,
+    ...); ``code`` is the server's error code when an error record came with it."""
+
+    def __init__(self, message: str, *, status: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class ServerStartError(NBChatError, RuntimeError):
+    """A server did not start; the message says why (its error, or its last output)."""
 
 
 class BackendError(NBChatError):

@@ -12,6 +12,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
+from .contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+from .errors import TurnError
+
 Role: TypeAlias = Literal["system", "user", "assistant"]
 
 
@@ -49,8 +52,8 @@ class TurnRequest:
 
     user_message: Message
     conversation: tuple[Message, ...] = ()
-    temperature: float = 0.9
-    max_tokens: int | None = None
+    temperature: float = DEFAULT_TEMPERATURE
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
     model: str | None = None
     uid: str | None = None
 
@@ -95,5 +98,21 @@ class End:
     error: ErrorInfo | None = None
     received: float = field(default=0.0, compare=False)
 
+    @property
+    def ok(self) -> bool:
+        """The answer is complete: ``[DONE]``, or ``[TOKENS]`` (it stopped at its token limit)."""
+        return self.status in (Status.DONE, Status.TOKENS)
+
+    def raise_for_status(self) -> End:
+        """Return this End when :attr:`ok`; raise :class:`~nbchat.wire.errors.TurnError` otherwise."""
+        if self.ok:
+            return self
+        detail = f": {self.error.message}" if self.error is not None and self.error.message else ""
+        raise TurnError(f"the turn ended with {self.status.value}{detail}", status=self.status.value,
+                        code=self.error.code if self.error is not None else None)
+
 
 Event: TypeAlias = Chunk | End
+
+Item: TypeAlias = Chunk | ErrorInfo | Status
+"""One decoded wire item, before an error record is paired with the status that follows it."""

@@ -1,5 +1,12 @@
-"""The OpenAI chat-completions wire format, sans-I/O: request parsing and the
-``chat.completion.chunk`` / ``chat.completion`` objects nbchat sends.
+"""The OpenAI chat-completions wire format, sans-I/O, in both directions.
+
+As a server, nbchat parses requests (:func:`parse_completion_request`) and
+writes ``chat.completion.chunk`` / ``chat.completion`` objects
+(:class:`CompletionEncoder`). As a client (the ``openai`` transport, the
+``openai`` upstream backend, the benchmark's reader of llama.cpp's server) it
+writes request bodies (:func:`completion_body`), reads stream events
+(:func:`parse_stream_event`, :class:`OpenAIItemDecoder`) and error bodies
+(:func:`parse_error_body`).
 
 Only the subset the contract names is read (``messages``, ``temperature``,
 ``max_tokens``/``max_completion_tokens``, ``stream``,
@@ -10,18 +17,26 @@ field, ``x_nbchat: {"seq", "ts"}``, which clients that do not know it ignore.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
-from .errors import RequestError
-from .events import Chunk, End, Message, Role, Status, TurnRequest
+from .contract import DEFAULT_TEMPERATURE
+from .errors import ProtocolError, RequestError
+from .events import Chunk, End, ErrorInfo, Item, Message, Role, Status, TurnRequest
+from .sse import SSEDecoder
 
 FINISH_REASONS = {Status.DONE: "stop", Status.TOKENS: "length"}
+FINISH_STATUS = {reason: status for status, reason in FINISH_REASONS.items()}
 # How a turn that ended without an answer is reported inside a stream.
 ERROR_CODES = {Status.INTERRUPTED: "interrupted", Status.MODEL_TIMEOUT: "model_timeout",
                Status.ERROR: "backend_error", Status.TEMPERATURE_THRESHOLD: "temperature_threshold"}
+# ... and read back: any other code ends the turn with [ERROR] and its error record.
+ERROR_STATUS = {code: status for status, code in ERROR_CODES.items() if status is not Status.ERROR}
+#: the model a request names when the caller names none (nbchat serves one model under any name)
+DEFAULT_MODEL = "default"
 
 
 # OpenAI's newer "developer" role plays the part of "system".
@@ -86,7 +101,7 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
 def _temperature(body: dict[str, Any]) -> float:
     value = body.get("temperature")
     if value is None:
-        return 1.0
+        return DEFAULT_TEMPERATURE
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise OpenAIRequestError("'temperature' must be a number", "temperature")
     if not 0 <= value <= 2:
@@ -151,3 +166,176 @@ class CompletionEncoder:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "logprobs": None, "finish_reason": FINISH_REASONS.get(end.status, "stop")}],
                 "usage": self.usage()}
+
+
+# ================================================================ the client side
+
+
+class Sampling(Protocol):
+    """What a completion body is made of: a turn request, or a backend's generation request."""
+
+    @property
+    def messages(self) -> list[Message]: ...
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def max_tokens(self) -> int | None: ...
+
+    @property
+    def model(self) -> str | None: ...
+
+
+def completion_body(request: Sampling, *, model: str | None = None, stream: bool = True) -> dict[str, Any]:
+    """A request as a chat-completions body (``model`` overrides the request's)."""
+    body: dict[str, Any] = {"model": model or request.model or DEFAULT_MODEL,
+                            "messages": [m.to_dict() for m in request.messages],
+                            "temperature": request.temperature, "stream": stream}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFields:
+    """What an error object or body says: a code (OpenAI's ``code``, else its ``type``) and a message."""
+
+    code: str | None
+    message: str
+
+
+def error_fields(obj: Any) -> ErrorFields:
+    """The code and message of a decoded error: OpenAI's and nbchat's ``{"error": {...}}``,
+    FastAPI's ``{"detail"}``, a bare ``{"message"}`` or ``{"error": "text"}``."""
+    if not isinstance(obj, dict):
+        return ErrorFields(None, str(obj)[:500])
+    inner = obj.get("error", obj)
+    if not isinstance(inner, dict):
+        return ErrorFields(None, str(inner)[:500] if inner else json.dumps(obj)[:500])
+    code = inner.get("code") or inner.get("type")
+    message = inner.get("message") or inner.get("detail") or obj.get("detail")
+    return ErrorFields(str(code) if code else None, str(message) if message else json.dumps(obj)[:500])
+
+
+def parse_error_body(body: bytes) -> ErrorFields:
+    """An HTTP error body: JSON as :func:`error_fields` reads it, else its text (cut to 500 characters)."""
+    try:
+        obj: Any = json.loads(body)
+    except ValueError:
+        return ErrorFields(None, body.decode("utf-8", "replace").strip()[:500] or "(empty body)")
+    return error_fields(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    """One ``chat.completion.chunk``, as far as its first choice goes."""
+
+    content: str | None = None
+    finish_reason: str | None = None
+    #: nbchat's extension: the chunk's seq and server emit time, when the server is nbchat
+    seq: int | None = None
+    server_time: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    """An error object inside the stream (or an ``event: error`` message)."""
+
+    error: ErrorFields
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDone:
+    """``data: [DONE]``: nothing more will come."""
+
+
+StreamEvent: TypeAlias = StreamDelta | StreamError | StreamDone
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def parse_stream_event(data: str, event: str = "") -> StreamEvent:
+    """One SSE message of a completion stream; ProtocolError for one that is not an object."""
+    if data == "[DONE]":
+        return StreamDone()
+    try:
+        obj = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError(f"a completion stream event is not JSON: {data[:200]!r}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"a completion stream event must be an object: {data[:200]!r}")
+    if event == "error" or "error" in obj:
+        return StreamError(error_fields(obj))
+    choices = obj.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    if not isinstance(choice, dict):
+        raise ProtocolError(f"a completion choice must be an object: {choice!r}")
+    delta = choice.get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    ext = obj.get("x_nbchat")
+    ext = ext if isinstance(ext, dict) else {}
+    seq = ext.get("seq")
+    return StreamDelta(content=content if isinstance(content, str) else None,
+                       finish_reason=str(choice["finish_reason"]) if choice.get("finish_reason") else None,
+                       seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+                       server_time=_number(ext.get("ts")))
+
+
+class OpenAIItemDecoder:
+    """Sans-I/O: a chat-completions event stream in any split -> chunks and the status.
+
+    Each delta with content becomes a :class:`Chunk` (its seq and server time
+    from nbchat's ``x_nbchat`` field, or counted here for an upstream that is
+    not nbchat). The finish reason or an error object becomes the status,
+    delivered at ``data: [DONE]`` (or at the end of the body, for a server that
+    leaves ``[DONE]`` out).
+    """
+
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self._seq = 0
+        self._end: list[Item] = []  # the status (and error) held back until [DONE]
+        self._done = False
+
+    def feed(self, data: bytes, received: float) -> list[Item]:
+        out: list[Item] = []
+        for msg in self._sse.feed(data):
+            if msg.event in ("", "message", "error"):
+                out.extend(self._event(parse_stream_event(msg.data, msg.event), received))
+        return out
+
+    def flush(self, received: float) -> list[Item]:
+        return [] if self._done else self._take_end()
+
+    def _event(self, event: StreamEvent, received: float) -> list[Item]:
+        if isinstance(event, StreamDone):
+            if not self._end:
+                raise ProtocolError("the completion stream sent [DONE] without a finish_reason or an error")
+            self._done = True
+            return self._take_end()
+        if isinstance(event, StreamError):
+            self._end = self._error(event.error)
+            return []
+        out: list[Item] = []
+        if event.content is not None and (event.content or event.seq is not None):  # not the opening role chunk
+            self._seq = event.seq if event.seq is not None else self._seq + 1
+            out.append(Chunk(content=event.content, seq=self._seq, server_time=event.server_time,
+                             received=received))
+        if event.finish_reason:
+            self._end = [FINISH_STATUS.get(event.finish_reason, Status.DONE)]
+        return out
+
+    @staticmethod
+    def _error(error: ErrorFields) -> list[Item]:
+        code = error.code or "error"
+        status = ERROR_STATUS.get(code, Status.ERROR)
+        # the native transports carry an error record only with [ERROR]; keep the same events
+        info = [ErrorInfo(code=code, message=error.message)] if status is Status.ERROR else []
+        return [*info, status]
+
+    def _take_end(self) -> list[Item]:
+        end, self._end = self._end, []
+        return end

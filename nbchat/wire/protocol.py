@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from .contract import DEFAULT_TEMPERATURE
 from .errors import REQUEST_ERROR_CODES, ProtocolError, RequestError
 from .events import STATUS_STRINGS, Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
 from .sse import SSEMessage, encode_sse
@@ -157,7 +158,7 @@ def parse_turn_request(obj: Any) -> TurnRequest:
     return TurnRequest(
         user_message=user,
         conversation=conversation,
-        temperature=_number(obj, "temperature", 0.9),
+        temperature=_number(obj, "temperature", DEFAULT_TEMPERATURE),
         max_tokens=max_tokens,
         model=_optional_str(obj, "model"),
         uid=_optional_str(obj, "uid"),

@@ -44,13 +44,31 @@ CELLS = [
     "echo = start_server_thread(Settings(port=0, backend='echo', rate=50))",
     "%%chat --server {echo.url} --token {echo.token}\n" + XSS,
     "xss_widget = ChatWidget(server=echo.url, token=echo.token)\nxss_widget",
+    # browser-direct widgets, and the relayed one for contrast, on one slow echo server the kernel owns
+    "import time\nfrom nbchat import ChatWidget\nfrom nbchat.notebook.kernel_server import KernelServer\n"
+    "ks = KernelServer(backend='echo', rate=20)\n"
+    "LONG = 'Streaming while the kernel sleeps, piece by piece. ' * 30\n"
+    "direct = {t: ChatWidget(direct=True, route='direct', transport=t, kernel_server=ks) for t in TRANSPORTS}\n"
+    "proxied = {t: ChatWidget(direct=True, route='proxy', transport=t, kernel_server=ks) for t in TRANSPORTS}\n"
+    "relayed = ChatWidget(kernel_server=ks, transport='ws')",
+    "display(*direct.values())",
+    "for w in direct.values():\n    w.ask(LONG)\ntime.sleep(15)",
+    "display(*proxied.values())",
+    "for w in proxied.values():\n    w.ask(LONG)\ntime.sleep(15)",
+    "relayed",
+    "relayed.ask(LONG)\ntime.sleep(15)",
+    "print(*[(w.transport, w.route, w.conversation.exchanges[-1].status, len(w.conversation.exchanges[-1].answer))"
+    " for w in [*direct.values(), *proxied.values()]], sep='\\n')",
 ]
 # True once a cell's output shows answer text rather than the magic's placeholder.
 ANSWER_STARTED = ("i => { const t = jupyterapp.shell.currentWidget.content.widgets[i]"
                   ".node.querySelector('.jp-OutputArea-output');"
                   " return !!t && !!t.innerText.trim()"
                   " && !/waiting for the first token|starting the nbchat server/.test(t.innerText); }")
-(LOAD, SKY, STORY, WIDGET, ECHO, XSS_CELL, XSS_WIDGET) = range(len(CELLS))
+(LOAD, SKY, STORY, WIDGET, ECHO, XSS_CELL, XSS_WIDGET, DIRECT_SETUP, DIRECT_SHOW, DIRECT_ASK, PROXY_SHOW, PROXY_ASK,
+ RELAYED_SHOW, RELAYED_ASK, DIRECT_CHECK) = range(len(CELLS))
+TRANSPORTS = ("ws", "sse", "fetch")
+CELLS[DIRECT_SETUP] = f"TRANSPORTS = {TRANSPORTS!r}\n" + CELLS[DIRECT_SETUP]
 
 
 @dataclass
@@ -342,3 +360,122 @@ def test_hostile_html_in_answers_renders_as_inert_text(page: Any) -> None:
     assert page.evaluate("() => window.__xss") is None
     assert not page.nbchat_errors, page.nbchat_errors
     widget.screenshot(path=str(ARTIFACTS / "widget-xss.png"))
+
+
+# ---------------------------------------------------------------- browser-direct widgets
+
+
+def widget_texts(page: Any, index: int) -> list[int]:
+    """The length of each widget's last answer in a cell's output."""
+    lengths: list[int] = page.evaluate(
+        "i => [...jupyterapp.shell.currentWidget.content.widgets[i].node.querySelectorAll('.nbchat-widget')]"
+        ".map((w) => { const a = [...w.querySelectorAll('.nbchat-assistant')].pop();"
+        " return a ? a.innerText.length : 0; })",
+        index)
+    return lengths
+
+
+def show_widgets(page: Any, index: int, count: int) -> list[str]:
+    """Run a cell that displays widgets; wait until each has its endpoint; return where each page streams from."""
+    run_cell(page, index)
+    wait_cell(page, index)
+    page.wait_for_function(
+        "([i, n]) => { const ws = [...jupyterapp.shell.currentWidget.content.widgets[i].node"
+        ".querySelectorAll('.nbchat-widget')]; return ws.length === n && ws.every((w) => !!w.dataset.server); }",
+        arg=[index, count], timeout=60_000)
+    servers: list[str] = page.evaluate(
+        "i => [...jupyterapp.shell.currentWidget.content.widgets[i].node.querySelectorAll('.nbchat-widget')]"
+        ".map((w) => w.dataset.server)", index)
+    return servers
+
+
+def stream_during_sleep(page: Any, show: int, ask: int) -> list[list[int]]:
+    """Start the asking cell (it sleeps 15 s after ask); sample each widget's answer for 6 s of that sleep,
+    click Stop on each while the kernel still sleeps; return each widget's sampled lengths."""
+    run_cell(page, ask)
+    samples: list[list[int]] = []
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        samples.append(widget_texts(page, show))
+        time.sleep(0.2)  # sampling the page at a steady pace is the point here
+    assert not cell_done(page, ask), "the kernel was meant to be asleep while the answers streamed"
+    widgets = page.locator(".jp-Notebook .jp-Cell").nth(show).locator(".nbchat-widget")
+    for n in range(widgets.count()):
+        widgets.nth(n).locator(".nbchat-stop").click()
+    page.wait_for_function(
+        "i => [...jupyterapp.shell.currentWidget.content.widgets[i].node.querySelectorAll('.nbchat-widget')]"
+        ".every((w) => [...w.querySelectorAll('.nbchat-status')].some((s) => s.innerText === '[INTERRUPTED]'))",
+        arg=show, timeout=5_000)
+    assert not cell_done(page, ask), "Stop must work while the kernel is busy"
+    return [list(column) for column in zip(*samples, strict=True)]
+
+
+def test_direct_widgets_stream_and_stop_while_the_kernel_sleeps(page: Any) -> None:
+    run_cell(page, DIRECT_SETUP)
+    wait_cell(page, DIRECT_SETUP, 60)
+    assert page.locator(".jp-Notebook .jp-Cell").nth(DIRECT_SETUP).locator(".jp-OutputArea-output").count() == 0
+    servers = show_widgets(page, DIRECT_SHOW, 3)
+    assert all(s.startswith("http://127.0.0.1:") and "/proxy/" not in s for s in servers), servers
+    for transport, lengths in zip(TRANSPORTS, stream_during_sleep(page, DIRECT_SHOW, DIRECT_ASK), strict=True):
+        print(f"\ndirect {transport} during time.sleep(15): {lengths}")
+        assert len(set(lengths)) >= 10 and lengths == sorted(lengths), (transport, lengths)
+    wait_cell(page, DIRECT_ASK, 30)
+    page.locator(".jp-Notebook .jp-Cell").nth(DIRECT_SHOW).screenshot(path=str(ARTIFACTS / "direct-widgets.png"))
+
+
+def test_direct_widgets_stream_through_the_jupyter_proxy_behind_its_token(page: Any, lab: Lab) -> None:
+    import urllib.error
+    import urllib.request
+
+    servers = show_widgets(page, PROXY_SHOW, 3)
+    assert all(s.startswith(f"{lab.url}/proxy/") for s in servers), servers
+    port = servers[0].rsplit("/", 1)[1]
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    def status(url: str) -> int:
+        try:
+            with urllib.request.build_opener(NoRedirect).open(url, timeout=10) as response:
+                code: int = response.status
+                return code
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status(f"{lab.url}/proxy/{port}/health") in (302, 403)  # no Jupyter credentials: refused by Jupyter
+    assert status(f"{lab.url}/proxy/{port}/health?token={lab.token}") == 200
+    assert status(f"{lab.url}/proxy/{port}/v1/models?token={lab.token}") == 401  # Jupyter's, but not nbchat's
+    for transport, lengths in zip(TRANSPORTS, stream_during_sleep(page, PROXY_SHOW, PROXY_ASK), strict=True):
+        print(f"\nproxied {transport} during time.sleep(15): {lengths}")
+        assert len(set(lengths)) >= 10 and lengths == sorted(lengths), (transport, lengths)
+    wait_cell(page, PROXY_ASK, 30)
+
+
+def test_the_relayed_widget_shows_nothing_while_the_kernel_sleeps(page: Any) -> None:
+    run_cell(page, RELAYED_SHOW)
+    wait_cell(page, RELAYED_SHOW)
+    run_cell(page, RELAYED_ASK)
+    lengths = []
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        lengths.append(widget_texts(page, RELAYED_SHOW)[0])
+        time.sleep(0.2)
+    print(f"\nrelayed ws during time.sleep(15): {lengths}")
+    assert not cell_done(page, RELAYED_ASK)
+    assert len(set(lengths)) <= 1, lengths  # the contrast: every token waits for the kernel
+    wait_cell(page, RELAYED_ASK, 30)
+    page.wait_for_function(  # once the kernel is free the same answer streams
+        "i => { const w = jupyterapp.shell.currentWidget.content.widgets[i].node.querySelector('.nbchat-assistant');"
+        " return !!w && w.innerText.length > 50; }", arg=RELAYED_SHOW, timeout=30_000)
+    page.locator(".jp-Notebook .jp-Cell").nth(RELAYED_SHOW).locator(".nbchat-stop").click()
+
+
+def test_direct_answers_join_the_kernels_conversation(page: Any) -> None:
+    run_cell(page, DIRECT_CHECK)
+    wait_cell(page, DIRECT_CHECK, 30)
+    lines = output(page, DIRECT_CHECK).inner_text().strip().splitlines()
+    assert len(lines) == 6, lines
+    for line in lines:  # e.g. ('ws', 'direct', '[INTERRUPTED]', 312)
+        assert "'[INTERRUPTED]'" in line and int(line.rstrip(")").rsplit(",", 1)[1]) > 20, lines
+    assert not page.nbchat_errors, page.nbchat_errors

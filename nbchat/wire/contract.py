@@ -1,0 +1,54 @@
+"""The names the wire contract fixes, each written once: paths, the turn
+header, the interrupt frame, the response headers of the streaming encodings,
+the transport names and the defaults a client sends.
+
+Server routes, clients, the benchmark's bare clients and the docs all read
+these; WebSocket close codes are websockets' own ``CloseCode`` (imported by
+the layers that speak WebSocket, so this module stays free of it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+HEALTH_PATH = "/health"
+TURNS_PATH = "/turns"
+INTERRUPT_PATH = "/turns/{turn_id}/interrupt"
+SSE_PATH = "/createSse"
+NDJSON_PATH = "/talkByStream"
+WEBSOCKET_PATH = "/websocket/{uid}"
+OPENAI_COMPLETIONS_PATH = "/v1/chat/completions"
+OPENAI_MODELS_PATH = "/v1/models"
+
+#: names the turn a streaming HTTP answer belongs to (for an interrupt or a resume)
+TURN_HEADER = "X-NBChat-Turn"
+#: the client-to-server WebSocket frame that stops the running turn
+INTERRUPT_FRAME = "[INTERRUPT]"
+
+# Proxies must neither buffer nor cache a stream: each piece goes out as it is made.
+SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
+               "x-accel-buffering": "no", "connection": "keep-alive"}
+NDJSON_HEADERS = {"content-type": "application/x-ndjson", "cache-control": "no-cache", "x-accel-buffering": "no"}
+
+Transport: TypeAlias = Literal["ws", "sse", "stream", "ndjson", "openai"]
+"""A transport's name: ``"ndjson"`` is another name for the fetch stream, ``"stream"``."""
+TRANSPORTS: tuple[Transport, ...] = ("ws", "sse", "stream", "openai")
+"""One name per transport, in the order they are listed and benchmarked."""
+_ALIASES: dict[str, Transport] = {"ndjson": "stream"}
+
+#: what a client asks for when the caller does not say (client.stream, %%chat, nbchat chat, the OpenAI route)
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_MAX_TOKENS = 512
+
+
+def transport_name(name: str) -> Transport:
+    """The canonical name of a transport (``"ndjson"`` -> ``"stream"``); ValueError for an unknown one."""
+    canonical = _ALIASES.get(name, name)
+    for known in TRANSPORTS:
+        if canonical == known:
+            return known
+    raise ValueError(f"unknown transport {name!r}: use one of {', '.join(TRANSPORTS)} (or ndjson for stream)")
+
+
+def interrupt_path(turn_id: str) -> str:
+    return INTERRUPT_PATH.format(turn_id=turn_id)

@@ -1,0 +1,166 @@
+"""The direct widget's page in headless Chromium against a real echo server, without JupyterLab.
+
+The widget's ES module runs in a page with a stand-in model (as the kernel
+would, it sends the endpoint, the conversation and the ask as custom
+messages); the page opens the stream itself with the browser's WebSocket,
+EventSource or fetch reader. Each transport must deliver the answer exactly,
+stop on Stop, resume after a dropped connection without losing or repeating a
+character, and leave hostile HTML inert.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbchat.server.config import Settings
+from nbchat.server.serving import ServerHandle, start_server_thread
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+TRANSPORTS = ["ws", "sse", "fetch"]
+TEXT = "你好，世界! Streaming \"quotes\", emoji 🚀 and a\nsecond line. " * 12
+XSS = 'Hi <img src=x onerror="window.__xss=1"> and <script>window.__xss=2</script> **bold** done'
+
+PAGE = """<!doctype html><html><body><div id=root></div><script type=module>
+const mod = await import("data:text/javascript;base64,%s");
+const handlers = {};
+const state = {messages: [], transport: "ws", transports: ["ws", "sse", "fetch"], busy: false, stats: "",
+               direct: true, route: "direct"};
+window.model = {sent: [], get: (k) => state[k], set: (k, v) => { state[k] = v; }, save_changes() {},
+  send(m) { this.sent.push(m); }, on(n, f) { (handlers[n] ||= []).push(f); }, off() {}};
+window.emit = (n, m) => (handlers[n] || []).forEach((f) => f(m));
+window.view = () => document.querySelector(".nbchat-widget").nbchatView;
+mod.default.render({model: window.model, el: document.getElementById("root")});
+window.ready = true;
+</script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[str]:
+    """The page's own loopback origin (Chromium lets only a loopback page reach a loopback server)."""
+    source = (Path(__file__).resolve().parents[2] / "nbchat" / "notebook" / "widget.js").read_bytes()
+    html = (PAGE % base64.b64encode(source).decode()).encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(html)))
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(origin: str) -> Iterator[ServerHandle]:
+    handle = start_server_thread(Settings(port=0, backend="echo", rate=200.0, allow_origins=(origin,)))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def page(server: ServerHandle, origin: str) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs /usr/bin/chromium")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True)
+        tab = browser.new_page()
+        errors: list[str] = []
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        tab.goto(f"{origin}/harness.html")
+        tab.wait_for_function("() => window.ready === true")
+        assert tab.evaluate("() => model.sent[0]") == {"type": "hello", "origin": origin}
+        endpoint = {"url": server.url, "token": server.token, "port": 0, "loopback": True, "proxy": False}
+        tab.evaluate("e => emit('msg:custom', {type: 'endpoint', endpoint: e})", endpoint)
+        yield tab
+        browser.close()
+        assert not errors, errors
+
+
+def ask(page: Any, transport: str, text: str) -> None:
+    page.evaluate("([t, text]) => { model.set('transport', t); model.sent.length = 0;"
+                  " emit('msg:custom', {type: 'ask', text, request: {conversation: [], temperature: 0.5}}); }",
+                  [transport, text])
+
+
+def done(page: Any, timeout: float = 60.0) -> dict[str, Any]:
+    page.wait_for_function("() => model.sent.some((m) => m.type === 'done')", timeout=timeout * 1000)
+    report: dict[str, Any] = page.evaluate("() => model.sent.find((m) => m.type === 'done')")
+    return report
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_page_streams_the_answer_itself(page: Any, transport: str) -> None:
+    ask(page, transport, TEXT)
+    report = done(page)
+    assert report["status"] == "[DONE]", report
+    assert report["answer"] == TEXT and report["user"] == TEXT
+    metrics = report["metrics"]
+    assert metrics["transport"] == transport and metrics["route"] == "direct" and metrics["resumes"] == 0
+    assert metrics["chunks"] > 50 and metrics["ttft_ms"] is not None and metrics["bytes_per_chunk"] > 5
+    assert f"{transport} direct · first token" in page.inner_text(".nbchat-stats")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_stop_interrupts_and_keeps_the_partial_answer(page: Any, transport: str) -> None:
+    ask(page, transport, TEXT * 8)
+    page.wait_for_function("() => view().live && view().live.chars > 100")
+    page.click(".nbchat-stop")
+    report = done(page)
+    assert report["status"] == "[INTERRUPTED]", report
+    assert 100 <= len(report["answer"]) < len(TEXT * 8) and (TEXT * 8).startswith(report["answer"])
+    assert page.locator(".nbchat-status").last.inner_text() == "[INTERRUPTED]"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_dropped_connection_resumes_with_nothing_lost_or_repeated(page: Any, transport: str) -> None:
+    ask(page, transport, TEXT * 4)
+    page.wait_for_function("() => view().live && view().live.chars > 200")
+    assert page.evaluate("() => view().turn.drop()") is True
+    report = done(page)
+    assert report["status"] == "[DONE]", report
+    assert report["answer"] == TEXT * 4
+    assert report["metrics"]["resumes"] == 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_hostile_html_through_the_direct_path_stays_inert(page: Any, transport: str) -> None:
+    ask(page, transport, XSS)
+    assert done(page)["answer"] == XSS
+    answer = page.locator(".nbchat-assistant").last
+    assert "<script>window.__xss=2</script>" in answer.inner_text()
+    assert answer.locator("strong").inner_text() == "bold"
+    assert page.locator("#root img, #root script").count() == 0
+    assert page.evaluate("() => window.__xss") is None
+
+
+def test_a_foreign_origin_is_refused_with_a_clear_message(page: Any, server: ServerHandle, origin: str) -> None:
+    other = start_server_thread(Settings(port=0, backend="echo", rate=0.0))  # does not admit the page's origin
+    try:
+        endpoint = {"url": other.url, "token": other.token, "port": 0, "loopback": True, "proxy": False}
+        page.evaluate("e => emit('msg:custom', {type: 'endpoint', endpoint: e})", endpoint)
+        ask(page, "fetch", "hello")
+        report = done(page)
+        assert report["status"] == "[ERROR]" and f"--allow-origin {origin}" in report["error"], report
+    finally:
+        other.stop()
+        endpoint = {"url": server.url, "token": server.token, "port": 0, "loopback": True, "proxy": False}
+        page.evaluate("e => emit('msg:custom', {type: 'endpoint', endpoint: e})", endpoint)

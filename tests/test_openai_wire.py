@@ -1,0 +1,83 @@
+"""The OpenAI wire module in the client direction: bodies, stream events and
+error bodies, as the openai transport, the upstream backend and the model
+benchmark all read them."""
+
+from __future__ import annotations
+
+import pytest
+
+from nbchat.backends.base import GenerationRequest
+from nbchat.wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+from nbchat.wire.errors import ProtocolError
+from nbchat.wire.events import Message, TurnRequest
+from nbchat.wire.openai import (
+    DEFAULT_MODEL,
+    ErrorFields,
+    StreamDelta,
+    StreamDone,
+    StreamError,
+    completion_body,
+    parse_completion_request,
+    parse_error_body,
+    parse_stream_event,
+)
+
+
+def test_completion_body_from_a_turn_request_round_trips_through_the_server_parser() -> None:
+    turn = TurnRequest(Message("user", "hi"), conversation=(Message("system", "be brief"),), temperature=0.2,
+                       max_tokens=7)
+    body = completion_body(turn)
+    assert body == {"model": DEFAULT_MODEL, "messages": [{"role": "system", "content": "be brief"},
+                                                         {"role": "user", "content": "hi"}],
+                    "temperature": 0.2, "stream": True, "max_tokens": 7}
+    parsed = parse_completion_request(body)
+    assert parsed.turn.messages == turn.messages
+    assert (parsed.turn.temperature, parsed.turn.max_tokens, parsed.stream) == (0.2, 7, True)
+
+
+def test_completion_body_from_a_backend_request_names_the_given_model() -> None:
+    request = GenerationRequest([Message("user", "hi")], temperature=0.0, max_tokens=None)
+    body = completion_body(request, model="gpt-x")
+    assert body["model"] == "gpt-x" and "max_tokens" not in body and body["temperature"] == 0.0
+
+
+def test_client_and_server_share_one_set_of_defaults() -> None:
+    assert (TurnRequest(Message("user", "x")).temperature, TurnRequest(Message("user", "x")).max_tokens) == (
+        DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS)
+    no_temperature = parse_completion_request({"messages": [{"role": "user", "content": "x"}]})
+    assert no_temperature.turn.temperature == DEFAULT_TEMPERATURE
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"error": {"message": "bad key", "type": "invalid_request_error", "code": "invalid_api_key"}}',
+     ErrorFields("invalid_api_key", "bad key")),
+    (b'{"error": {"code": "unknown_turn", "message": "gone"}}', ErrorFields("unknown_turn", "gone")),
+    (b'{"error": {"message": "no code", "type": "server_error"}}', ErrorFields("server_error", "no code")),
+    (b'{"detail": "Not Found"}', ErrorFields(None, "Not Found")),
+    (b'{"message": "plain"}', ErrorFields(None, "plain")),
+    (b'{"error": "just text"}', ErrorFields(None, "just text")),
+    (b"Bad Gateway\n", ErrorFields(None, "Bad Gateway")),
+    (b"", ErrorFields(None, "(empty body)")),
+])
+def test_error_bodies_of_every_common_shape(body: bytes, expected: ErrorFields) -> None:
+    assert parse_error_body(body) == expected
+
+
+def test_stream_events() -> None:
+    assert parse_stream_event("[DONE]") == StreamDone()
+    chunk = ('{"choices":[{"index":0,"delta":{"content":"hé"},"finish_reason":null}],'
+             '"x_nbchat":{"seq":3,"ts":1.5}}')
+    assert parse_stream_event(chunk) == StreamDelta(content="hé", seq=3, server_time=1.5)
+    assert parse_stream_event('{"choices":[{"delta":{},"finish_reason":"length"}]}') == StreamDelta(
+        finish_reason="length")
+    assert parse_stream_event('{"choices":[]}') == StreamDelta()
+    assert parse_stream_event('{"error":{"message":"boom","code":"model_timeout"}}') == StreamError(
+        ErrorFields("model_timeout", "boom"))
+    assert parse_stream_event('{"message":"overloaded"}', event="error") == StreamError(
+        ErrorFields(None, "overloaded"))
+
+
+@pytest.mark.parametrize("data", ["not json", "[1, 2]", '{"choices": ["x"]}'])
+def test_stream_events_that_break_the_format(data: str) -> None:
+    with pytest.raises(ProtocolError):
+        parse_stream_event(data)

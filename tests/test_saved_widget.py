@@ -1,0 +1,77 @@
+"""A ChatWidget notebook saved and opened without a kernel still shows the conversation:
+the widget keeps a Markdown copy of it in the saved outputs, updated at each turn end.
+
+The notebook runs in a real kernel (nbclient) against a real echo server; it
+is saved as JupyterLab saves by default (no widget state) and converted with
+``jupyter nbconvert --to html``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbchat.notebook.conversation import Conversation
+from nbchat.notebook.export import MIRROR_MARKER, mirror_markdown
+from tests.helpers import TOKEN, ServerFactory
+
+nbformat = pytest.importorskip("nbformat", reason="the notebook tests need the lab extra: pip install -e '.[lab]'")
+nbclient = pytest.importorskip("nbclient", reason="the notebook tests need the lab extra: pip install -e '.[lab]'")
+
+QUESTIONS = ["First: is **this** kept?", "Second, with <img src=x onerror=alert(1)> and `code`"]
+CELLS = [
+    "from nbchat import ChatWidget\nw = ChatWidget(transport='sse')\nw",
+    f"await w.ask({QUESTIONS[0]!r})",
+    f"await w.ask({QUESTIONS[1]!r})",
+]
+
+
+def mirrors(nb: Any) -> list[dict[str, Any]]:
+    return [o for c in nb.cells for o in c.get("outputs", [])
+            if "text/markdown" in o.get("data", {}) and MIRROR_MARKER in o["data"]["text/markdown"]]
+
+
+@pytest.mark.slow
+def test_saved_widget_notebook_shows_the_conversation_without_a_kernel(
+        make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = make_server(rate=200.0)
+    monkeypatch.setenv("NBCHAT_URL", server.url)
+    monkeypatch.setenv("NBCHAT_TOKEN", TOKEN)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb.metadata.pop("widgets", None)  # JupyterLab saves no widget state unless asked to
+    path = tmp_path / "widget.ipynb"
+    nbformat.write(nb, path)
+
+    saved = nbformat.read(path, as_version=4)
+    [mirror] = mirrors(saved)  # one copy, under the widget's cell, updated in place by the later cells
+    assert mirror in saved.cells[0].outputs
+    markdown = mirror["data"]["text/markdown"]
+    assert "ChatWidget conversation (2 exchanges)" in markdown
+    assert "First: is **this** kept?" in markdown and "&lt;img src=x" in markdown
+    assert "echo (echo) · sse to " + server.url in markdown and TOKEN not in path.read_text(encoding="utf-8")
+
+    jupyter = shutil.which("jupyter")
+    assert jupyter is not None, "jupyter is not on PATH: pip install -e '.[lab]'"
+    subprocess.run([jupyter, "nbconvert", "--to", "html", str(path)], check=True, capture_output=True, timeout=120)
+    html = (tmp_path / "widget.html").read_text(encoding="utf-8")
+    assert "ChatWidget conversation (2 exchanges)" in html
+    assert html.count("First: is <strong>this</strong> kept?") == 2  # the question and its echo, as Markdown
+    assert "<img src=x" not in html and "<img src=\"x\"" not in html  # the model's HTML stays text
+    assert html.count("&lt;img src=x onerror=alert(1)&gt;") >= 2
+
+
+def test_mirror_is_markdown_of_the_conversation_with_its_marker() -> None:
+    conversation = Conversation()
+    assert mirror_markdown(conversation).startswith(MIRROR_MARKER)
+    conversation.record("hi <b>", "hello **there**", "[DONE]", {"model": "m", "backend": "b", "server": "s",
+                                                                 "transport": "ws", "chunks": 2, "status": "[DONE]"})
+    text = mirror_markdown(conversation)
+    assert "(1 exchange)" in text and "hi &lt;b>" in text and "hello **there**" in text and "m (b) · ws to s" in text
+    assert json.dumps(text)  # plain JSON-able text, as a saved output must be
