@@ -5,7 +5,10 @@ a Redis that goes away end streams with [ERROR] in bounded time, never a hang or
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,8 +17,8 @@ import pytest
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import RedisProcess, ServeFactory, ServeProcess
-from tests.helpers import TOKEN
+from tests.conftest import ROOT, RedisProcess, ServeFactory, ServeProcess
+from tests.helpers import TOKEN, descendants
 
 H = {"token": TOKEN}
 # about 90 pieces of the echo backend: at 50 pieces/s a turn lasts about two seconds
@@ -256,3 +259,51 @@ def test_redis_restarted_ends_running_turns_and_serves_again(pair: tuple[ServePr
         whole = ndjson_records(httpx.post(server.url + "/talkByStream", json=request("again"), headers=H,
                                           timeout=15).content)
         assert whole[-1] == {"status": "[DONE]"}
+
+
+# ---------------------------------------------------------------- --workers
+
+
+def test_workers_need_a_shared_store() -> None:
+    done = subprocess.run([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--port", "0",
+                           "--workers", "2"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2
+    assert "--workers 2 needs --store redis://" in done.stderr and "own memory" in done.stderr
+
+
+def test_workers_share_one_port_and_the_turns(redis_server: RedisProcess, serve_process: ServeFactory) -> None:
+    served = serve_process("--workers", "2", "--store", redis_server.url)
+    workers = descendants(served.proc.pid)
+    assert len(workers) >= 2
+    # each request opens a new connection, which the kernel hands to either worker: every resume,
+    # queued turn and interrupt must work wherever it lands
+    for i in range(4):
+        uid = f"workers-{i}"
+        with httpx.stream("POST", served.url + "/createSse", json=request(uid=uid), headers=H, timeout=10) as r:
+            head = read_events(r, 10, b"\n\n")
+        rest = httpx.get(served.url + "/createSse", headers={**H, "uid": uid, "last-event-id": "10"}, timeout=20)
+        whole = httpx.get(served.url + "/createSse", params={"turn": r.headers["x-nbchat-turn"]}, headers=H,
+                          timeout=10)
+        assert head + rest.content == whole.content and whole.content.endswith(b"data: [DONE]\n\n")
+        assert httpx.post(served.url + "/turns", json=request(f"queued {i}", uid=uid), headers=H,
+                          timeout=10).status_code == 200
+        with ws(served, uid) as conn:
+            conn.send("")
+            frames = frames_until_status(conn)
+        assert frames[-1] == "[DONE]" and "".join(json.loads(f)["content"] for f in frames[:-1]) == f"queued {i}"
+    served.proc.terminate()
+    assert served.proc.wait(30) == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
