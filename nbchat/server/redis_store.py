@@ -57,6 +57,11 @@ CHANNEL = PREFIX + "interrupt"
 POLL_SECONDS = 1.0
 #: entries one read takes at most
 READ_COUNT = 1000
+#: connections to Redis for commands, and for the blocking reads of remote streams
+COMMAND_CONNECTIONS = 64
+READ_CONNECTIONS = 1024
+#: seconds a command waits for a free connection before the request fails with 503
+POOL_WAIT = 5.0
 
 # Queue a turn's end unless it already ended: shared by the interrupt of a queued turn and
 # by a reader that found the owner's lease gone (KEYS: meta, log; ARGV: status, code, message, ttl).
@@ -269,7 +274,7 @@ class RemoteReader:
         while True:
             wait = POLL_SECONDS if deadline is None else min(POLL_SECONDS, max(0.0, deadline - loop.time()))
             try:
-                found = await self.store.redis.xread({log_key(self._turn_id): f"{self.pos}-0"},
+                found = await self.store.reads.xread({log_key(self._turn_id): f"{self.pos}-0"},
                                                      count=READ_COUNT, block=max(1, int(wait * 1000)))
                 events = self._decode(found) if found else await self._check_owner()
             except RedisError as exc:
@@ -314,16 +319,24 @@ class RedisStore(TurnStore):
         self.settings = settings
         self.manager = RedisManager(backend, settings, self, recorder)
         self.process = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            settings.store, decode_responses=True, socket_connect_timeout=2, socket_timeout=POLL_SECONDS + 4,
-            # one quick retry: a pooled connection broken by a Redis restart reconnects instead of failing
-            retry=Retry(ConstantBackoff(0.1), 1), health_check_interval=30)
+        #: commands: a bounded pool that queues a burst (500 turns starting at once) instead of refusing it
+        self.redis = self._client(COMMAND_CONNECTIONS)
+        #: blocking reads of streams attached here to turns generating elsewhere: one connection each
+        self.reads = self._client(READ_CONNECTIONS)
         self.writer = Writer(self)
         self._interrupt = self.redis.register_script(INTERRUPT_SCRIPT)
         self._abandon = self.redis.register_script(ABANDON_SCRIPT)
         self._claim = self.redis.register_script(CLAIM_SCRIPT)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
+
+    def _client(self, connections: int) -> aioredis.Redis:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.settings.store, max_connections=connections, timeout=POOL_WAIT, decode_responses=True,
+            socket_connect_timeout=2, socket_timeout=POLL_SECONDS + 4, health_check_interval=30,
+            # one quick retry: a pooled connection broken by a Redis restart reconnects instead of failing
+            retry=Retry(ConstantBackoff(0.1), 1))
+        return aioredis.Redis(connection_pool=pool)
 
     @property
     def ttl(self) -> int:
@@ -338,6 +351,7 @@ class RedisStore(TurnStore):
             await self._renew_lease()
         except RedisError as exc:
             await self.redis.aclose()
+            await self.reads.aclose()
             raise RuntimeError(f"cannot reach the turn store at {self.settings.store}: {exc}") from exc
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._heartbeat(), name="nbchat-store-heartbeat"),
@@ -356,6 +370,7 @@ class RedisStore(TurnStore):
         with contextlib.suppress(RedisError):
             await self.redis.delete(lease_key(self.process))
         await self.redis.aclose()
+        await self.reads.aclose()
 
     # ------------------------------------------------------------ the store
 
