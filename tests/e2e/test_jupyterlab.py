@@ -5,7 +5,8 @@ written here; Playwright opens it in the system's Chromium (never a
 downloaded browser) and runs cells through JupyterLab's own commands. The
 answers come from the embedded model through the server the kernel starts for
 itself, and from an echo server for the hostile-HTML checks. Screenshots go
-to ``artifacts/e2e/``.
+to ``artifacts/e2e/``. The widget's rendering alone, in a plain page, is tested in
+``test_render_page.py``.
 """
 
 from __future__ import annotations
@@ -175,85 +176,6 @@ def page(lab: Lab, browser: Any) -> Iterator[Any]:
     yield tab
     tab.screenshot(path=str(ARTIFACTS / "final.png"), full_page=True)
     tab.close()
-
-
-HARNESS = """<!doctype html><html><body><div id=root></div><script type=module>
-const mod = await import("data:text/javascript;base64,%s");
-const handlers = {};
-const state = {messages: [], transport: "ws", transports: ["ws", "sse"], busy: false, stats: ""};
-window.model = {sent: [], get: (k) => state[k], set: (k, v) => { state[k] = v; }, save_changes() {},
-  send(m) { this.sent.push(m); }, on(n, f) { (handlers[n] ||= []).push(f); }, off() {}};
-window.emit = (n, m) => (handlers[n] || []).forEach((f) => f(m));
-window.frame = () => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
-mod.default.render({model: window.model, el: document.getElementById("root")});
-window.ready = true;
-</script></body></html>"""
-
-MARKDOWN = ("# Notes\n\nSome **bold** and *soft* text with `code <b>` and a [link](https://example.com).\n\n"
-            "```python\nprint('<b>hi</b>')\nx = 1\n```\n\n- one\n- two\n\n1. first\n2. second\n\n> quoted\n\n"
-            "<img src=x onerror=\"window.__xss=1\"> [bad](javascript:alert(1))\n")
-
-
-@pytest.fixture(scope="module")
-def harness(browser: Any) -> Iterator[Any]:
-    """The widget's front end alone in a page, with a stand-in model: no JupyterLab, no kernel."""
-    import base64
-
-    source = (Path(__file__).resolve().parents[2] / "nbchat" / "notebook" / "widget.js").read_bytes()
-    tab = browser.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    tab.set_content(HARNESS % base64.b64encode(source).decode())
-    tab.wait_for_function("() => window.ready === true")
-    yield tab
-    tab.close()
-    assert not errors, errors
-
-
-def stream_into(page: Any, text: str, piece: int) -> None:
-    page.evaluate("() => emit('msg:custom', {type: 'start', user: 'q'})")
-    page.evaluate("([text, n]) => { for (let i = 0; i < text.length; i += n)"
-                  " emit('msg:custom', {type: 'delta', text: text.slice(i, i + n)}); }", [text, piece])
-    page.evaluate("() => frame()")
-    page.evaluate("() => emit('msg:custom', {type: 'end', status: '[DONE]'})")
-
-
-def test_streamed_markdown_renders_like_the_whole_and_stays_inert(harness: Any) -> None:
-    rendered = []
-    for piece in (1, 3, 7, len(MARKDOWN)):
-        stream_into(harness, MARKDOWN, piece)
-        rendered.append(harness.evaluate("() => [...document.querySelectorAll('.nbchat-assistant')].pop().innerHTML"))
-    assert len(set(rendered)) == 1, rendered  # however the text was split, the result is the same
-    html = rendered[0]
-    for expected in ("<h1>Notes</h1>", "<strong>bold</strong>", "<em>soft</em>", "<code>code &lt;b&gt;</code>",
-                     '<code class="language-python">print(\'&lt;b&gt;hi&lt;/b&gt;\')\nx = 1\n</code>',
-                     "<li>one</li>", "<ol><li>first</li>", "<blockquote>quoted</blockquote>",
-                     '<a href="https://example.com"', "&lt;img src=x", "[bad](javascript:alert(1))"):
-        assert expected in html, (expected, html)
-    assert harness.evaluate("() => document.querySelectorAll('#root img, #root script').length") == 0
-    assert harness.evaluate("() => window.__xss") is None
-
-
-def test_finished_blocks_are_never_rendered_again(harness: Any) -> None:
-    harness.evaluate("() => emit('msg:custom', {type: 'start', user: 'q'})")
-    harness.evaluate("() => emit('msg:custom', {type: 'delta', text: 'First paragraph.\\n\\nSecond'}) || frame()")
-    harness.evaluate("() => frame()")
-    harness.evaluate("() => { window.first = [...document.querySelectorAll('.nbchat-assistant p')].at(-2); }")
-    # Count the DOM nodes each batch creates (deterministic, unlike timings on a shared machine): re-rendering
-    # the whole answer per frame would create ever more nodes per batch as the answer grows.
-    harness.evaluate("""() => { window.made = 0;
-        for (const name of ['createElement', 'createTextNode']) { const original = document[name].bind(document);
-          document[name] = (...args) => { window.made++; return original(...args); }; } }""")
-    made = []
-    for _ in range(6):  # 6 x 400 more paragraphs
-        made.append(harness.evaluate("async () => { window.made = 0; for (let i = 0; i < 400; i++)"
-                                     " emit('msg:custom', {type: 'delta', text: ` more text ${i}.\\n\\nNext`});"
-                                     " await frame(); return window.made; }"))
-    assert harness.evaluate("() => window.first.isConnected && window.first.textContent") == "First paragraph."
-    harness.evaluate("() => emit('msg:custom', {type: 'end', status: '[DONE]'})")
-    assert harness.evaluate("() => [...document.querySelectorAll('.nbchat-assistant')].pop()"
-                            ".querySelectorAll('p').length") == 2402
-    assert max(made) <= 1.1 * min(made) and max(made) < 2_000, made  # ~2 nodes per new paragraph, flat
 
 
 def run_cell(page: Any, index: int) -> float:
