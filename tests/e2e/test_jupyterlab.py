@@ -45,7 +45,7 @@ CELLS = [
     "from nbchat.server.config import Settings\nfrom nbchat.server.serving import start_server_thread\n"
     "echo = start_server_thread(Settings(port=0, backend='echo', rate=50))",
     "%%chat --server {echo.url} --token {echo.token}\n" + XSS,
-    "xss_widget = ChatWidget(server=echo.url, token=echo.token)\nxss_widget",
+    "from nbchat import ChatWidget\nxss_widget = ChatWidget(server=echo.url, token=echo.token)\nxss_widget",
     # browser-direct widgets, and the relayed one for contrast, on one slow echo server the kernel owns
     "import time\nfrom nbchat import ChatWidget\nfrom nbchat.notebook.kernel_server import KernelServer\n"
     "ks = KernelServer(backend='echo', rate=20)\n"
