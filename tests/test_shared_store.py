@@ -307,3 +307,17 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_the_benchmark_starts_workers(redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``nbchat bench --workers 2`` waits for the line ``nbchat serve --workers 2`` prints once every worker
+    accepts, which ends in `` (2 workers)``."""
+    from nbchat.bench import procs
+
+    monkeypatch.setattr(procs, "START_TIMEOUT", 60.0)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with procs.in_background(procs.nbchat_server(extra=("--store", redis_server.url, "--workers", "2"))) as child:
+        assert child.process is not None and len(descendants(child.process.pid)) >= 2
+        done = httpx.post(child.url + "/talkByStream", json=request("two workers"), headers={"token": child.token},
+                          timeout=20)
+    assert [json.loads(line) for line in done.text.splitlines()][-1] == {"status": "[DONE]"}

@@ -28,8 +28,9 @@ from ..wire.errors import ServerStartError
 T = TypeVar("T")
 
 START_TIMEOUT = 120.0  # the embedded model takes a while to load
-#: what ``nbchat serve`` prints once it accepts connections; group 1 is its base URL
-SERVING_LINE = re.compile(rb"nbchat serving \S+ at (http://\S+?)/(?:\?token=\S*)?\s*$")
+#: what ``nbchat serve`` prints once it accepts connections; group 1 is its base URL. With
+#: ``--workers N`` the line ends in `` (N workers)``, printed once every worker accepts.
+SERVING_LINE = re.compile(rb"nbchat serving \S+ at (http://\S+?)/(?:\?token=\S*)?(?: \(\d+ workers\))?\s*$")
 _RAW = re.compile(rb"rawtcp listening on (\d+)")
 
 
