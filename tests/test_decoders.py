@@ -21,6 +21,7 @@ from nbchat.wire.protocol import (
     decode_ndjson_line,
     decode_ws,
     dumps,
+    encode_chunk_record,
     encode_ndjson,
     encode_sse_event,
     encode_ws,
@@ -301,3 +302,12 @@ def test_openai_error_object_with_an_unknown_code_is_an_error_end() -> None:
 def test_openai_done_without_a_finish_reason_raises() -> None:
     with pytest.raises(ProtocolError):
         openai_items({"choices": [{"delta": {"content": "a"}}]}, "[DONE]")
+
+
+@pytest.mark.parametrize("content", ["", "a", "line\nbreak\r\nand\rcr", "你好 🚀", "\u2028\u2029\x85\x00", "data: x\n\n"])
+@pytest.mark.parametrize("ts", [None, 1700000000.123456])
+def test_sse_chunk_template_is_the_generic_framing(content: str, ts: float | None) -> None:
+    chunk = Chunk(content=content, seq=12345, server_time=ts)
+    generic = encode_sse(SSEMessage(data=encode_chunk_record(chunk), id="12345"))
+    assert encode_sse_event(chunk) == generic
+    assert feed_all(generic) == [SSEMessage(data=encode_chunk_record(chunk), id="12345")]

@@ -330,7 +330,10 @@ def encode_sse_event(event: Event) -> bytes:
     ``data: <status>``. An error record goes as a data-only message (no id, so a
     browser's Last-Event-ID stays at the last seq) right before the status."""
     if isinstance(event, Chunk):
-        return encode_sse(SSEMessage(data=encode_chunk_record(event), id=str(event.seq)))
+        # A template, as for the record itself: the id is digits and the record is one line of
+        # JSON (it escapes every CR and LF), so the generic framing's line splitting finds
+        # nothing to split. Same bytes as ``encode_sse(SSEMessage(data=record, id=str(seq)))``.
+        return f"id: {event.seq:d}\ndata: {encode_chunk_record(event)}\n\n".encode()
     out = b"" if event.error is None else encode_sse(SSEMessage(data=dumps({"error": event.error.to_dict()})))
     return out + encode_sse(SSEMessage(data=event.status.value, id=event.status.value))
 
