@@ -304,7 +304,8 @@ def test_openai_done_without_a_finish_reason_raises() -> None:
         openai_items({"choices": [{"delta": {"content": "a"}}]}, "[DONE]")
 
 
-@pytest.mark.parametrize("content", ["", "a", "line\nbreak\r\nand\rcr", "你好 🚀", "\u2028\u2029\x85\x00", "data: x\n\n"])
+@pytest.mark.parametrize("content", ["", "a", "line\nbreak\r\nand\rcr", "你好 🚀", "\u2028\u2029\x85\x00",
+                                     "data: x\n\n"])
 @pytest.mark.parametrize("ts", [None, 1700000000.123456])
 def test_sse_chunk_template_is_the_generic_framing(content: str, ts: float | None) -> None:
     chunk = Chunk(content=content, seq=12345, server_time=ts)
