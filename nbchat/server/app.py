@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from .._version import __version__
@@ -52,6 +52,7 @@ from .config import Settings
 from .openai_routes import chat_completions, list_models
 from .recording import Recorder
 from .store import MemoryStore, Reader, TurnStore
+from .streaming import EventStreamResponse
 from .turns import TurnManager
 from .ws import websocket_endpoint
 
@@ -87,18 +88,10 @@ async def read_json(request: Request) -> Any:
 
 
 def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict[str, str],
-                    keepalive: float | None = None) -> StreamingResponse:
-    """Encode a subscription's events as they come; a client that leaves detaches it
-    (Starlette cancels the body when the client disconnects)."""
-
-    async def body() -> AsyncIterator[bytes]:
-        async with sub:
-            while not sub.done:
-                batch = await sub.next_batch(keepalive)
-                # many chunks ready at once go out in one write: fewer syscalls at high rates
-                yield b"".join(encode(ev) for ev in batch) if batch else encode_sse_comment("keep-alive")
-
-    return StreamingResponse(body(), headers={**headers, TURN_HEADER: sub.turn_id})
+                    keepalive: float | None = None) -> EventStreamResponse:
+    """Encode a subscription's events as they come; a client that leaves detaches it."""
+    return EventStreamResponse(sub, encode, {**headers, TURN_HEADER: sub.turn_id}, keepalive=keepalive,
+                               idle=encode_sse_comment("keep-alive"))
 
 
 async def find_turn(store: TurnStore, turn_id: str | None, uid: str | None) -> str | None:
