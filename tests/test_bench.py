@@ -18,6 +18,7 @@ from nbchat.bench.buffering import BufferingProxy, assess, detect_buffering
 from nbchat.bench.measure import ClientStreamer, echo_message, open_streamer, wire_bytes
 from nbchat.bench.rawtcp import _serve_stream, stream_raw
 from nbchat.bench.report import Results, Row, summarize
+from nbchat.bench.runner import BenchConfig, load_limits
 from nbchat.bench.stats import Trace, delivered_rate, percentile
 from nbchat.bench.wire import ChunkedDecoder, parse_host_port
 from nbchat.server.config import Settings
@@ -238,3 +239,9 @@ def test_notebook_runs_on_a_fresh_kernel(tmp_path: Path) -> None:
     finally:
         nbformat.write(nb, tmp_path / NOTEBOOK.name)  # kept for a failure's post-mortem
     check_comparison_notebook(nb)
+
+
+def test_the_concurrency_server_admits_the_largest_sweep_point() -> None:
+    # past --max-connections (1,000 by default) the server answers 503: a 1,500-stream point needs room
+    assert load_limits(BenchConfig(concurrency=(500, 1000, 1500))) == ("--max-connections", "1756")
+    assert load_limits(BenchConfig(concurrency=(1, 10, 100, 500))) == ()

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..server.config import Settings
 from ..wire.contract import TRANSPORTS
 from .measure import Streamer, echo_message, open_streamer
 from .procs import Child, nbchat_server, raw_server
@@ -70,6 +71,13 @@ class BenchConfig:
         return with_raw + (len(self.transports) if self.model else 0)
 
 
+def load_limits(config: BenchConfig) -> tuple[str, ...]:
+    """Options for the server of the concurrency sweep: room for its largest point's streams (the
+    server refuses connections past ``--max-connections``, 1,000 by default, with 503)."""
+    wanted = max(config.concurrency, default=0) + 256
+    return ("--max-connections", str(wanted)) if wanted > Settings().max_connections else ()
+
+
 @dataclass
 class _Run:
     config: BenchConfig
@@ -99,7 +107,7 @@ async def run_benchmark(config: BenchConfig | None = None) -> Results:
         extra = config.serve_args
         async with raw_server() as raw, nbchat_server(rate=0, extra=extra) as fast, \
                 nbchat_server(rate=config.latency_rate, extra=extra) as paced, \
-                nbchat_server(rate=config.concurrency_rate, extra=extra) as load:
+                nbchat_server(rate=config.concurrency_rate, extra=(*extra, *load_limits(config))) as load:
             run.servers.update(raw=raw, fast=fast, paced=paced, load=load)
             await _ttft(run)
             await _latency(run)
