@@ -72,7 +72,13 @@ class Turn:
 
     @property
     def attached(self) -> int:
+        """How many streams read this turn now."""
         return self._attached
+
+    @property
+    def generation(self) -> asyncio.Task[None] | None:
+        """The task that runs the backend, once started (awaited by a shutdown, and by tests)."""
+        return self._task
 
     def start(self) -> None:
         """Begin generating (idempotent)."""
@@ -183,7 +189,7 @@ class Turn:
             self._record.end(end)
         self._cancel_grace()
         self._pulse()
-        self._manager._turn_ended(self)
+        self._manager.turn_ended(self)
 
     def events_after(self, seq: int) -> list[Event]:
         """Everything buffered after ``seq``: chunks, then the End once the turn has ended;
@@ -199,7 +205,7 @@ class Turn:
         self._changed.set()
         self._changed.clear()
 
-    async def _wait_change(self, timeout: float | None) -> bool:
+    async def wait_change(self, timeout: float | None) -> bool:
         """Wait until the buffer changes; False on timeout."""
         if timeout is None:
             await self._changed.wait()
@@ -225,13 +231,15 @@ class Turn:
                               f"{self.replay.first_seq}")
         return Subscription(self, after)
 
-    def _attach(self) -> None:
+    def attach(self) -> None:
+        """A stream starts reading: the grace period, if running, stops (a :class:`Subscription` calls it)."""
         self._attached += 1
         self._cancel_grace()
 
-    def _detach(self) -> None:
+    def detach(self) -> None:
+        """A stream stopped reading: the last one to leave a running turn starts its grace period."""
         self._attached -= 1
-        self._manager._detached(self)
+        self._manager.turn_detached(self)
         if self._attached == 0 and self.state is TurnState.RUNNING:
             self._detach_grace()
 
@@ -260,11 +268,11 @@ class Subscription:
         self.done = False
 
     def __enter__(self) -> Subscription:
-        self.turn._attach()
+        self.turn.attach()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.turn._detach()
+        self.turn.detach()
 
     async def next_batch(self, timeout: float | None = None) -> list[Event]:
         """The next events (all that are ready, in order); [] when ``timeout`` passes first."""
@@ -285,7 +293,7 @@ class Subscription:
                     else:
                         self.done = True
                 return events
-            if not await self.turn._wait_change(timeout):
+            if not await self.turn.wait_change(timeout):
                 return []
 
     async def __aiter__(self) -> AsyncIterator[Event]:
@@ -366,7 +374,8 @@ class TurnManager:
                 return
         raise RequestError("too many turns at once; try again shortly", code="too_many_turns", status=429)
 
-    def _turn_ended(self, turn: Turn) -> None:
+    def turn_ended(self, turn: Turn) -> None:
+        """Called by a turn when it ends: it is kept for ``retain_seconds``, then forgotten."""
         self._expire_later(turn, self.settings.retain_seconds)
 
     def _expire_later(self, turn: Turn, seconds: float) -> None:
@@ -403,7 +412,7 @@ class TurnManager:
         turns = self.running()
         for turn in turns:
             turn.interrupt()
-        tasks = [t._task for t in turns if t._task is not None]
+        tasks = [t.generation for t in turns if t.generation is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
         for handle in self._expiry.values():
@@ -418,7 +427,8 @@ class TurnManager:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout)
 
-    def _detached(self, turn: Turn) -> None:
+    def turn_detached(self, turn: Turn) -> None:
+        """Called by a turn when a stream leaves it: an expired turn goes with its last reader."""
         if turn.expired and turn.attached == 0:
             self._forget(turn.id)
         if self._drained is not None and not any(t.attached for t in self._turns.values()):
