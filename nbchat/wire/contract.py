@@ -30,11 +30,12 @@ SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache",
                "x-accel-buffering": "no", "connection": "keep-alive"}
 NDJSON_HEADERS = {"content-type": "application/x-ndjson", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
-Transport: TypeAlias = Literal["ws", "sse", "stream", "ndjson", "openai"]
-"""A transport's name: ``"ndjson"`` is another name for the fetch stream, ``"stream"``."""
+Transport: TypeAlias = Literal["ws", "sse", "stream", "ndjson", "fetch", "openai"]
+"""A transport's name: ``"ndjson"`` and ``"fetch"`` (what a page reads it with) are other names for the
+fetch stream, ``"stream"``."""
 TRANSPORTS: tuple[Transport, ...] = ("ws", "sse", "stream", "openai")
 """One name per transport, in the order they are listed and benchmarked."""
-_ALIASES: dict[str, Transport] = {"ndjson": "stream"}
+_ALIASES: dict[str, Transport] = {"ndjson": "stream", "fetch": "stream"}
 
 #: what a client asks for when the caller does not say (client.stream, %%chat, nbchat chat, the OpenAI route)
 DEFAULT_TEMPERATURE = 0.7
@@ -47,7 +48,7 @@ def transport_name(name: str) -> Transport:
     for known in TRANSPORTS:
         if canonical == known:
             return known
-    raise ValueError(f"unknown transport {name!r}: use one of {', '.join(TRANSPORTS)} (or ndjson for stream)")
+    raise ValueError(f"unknown transport {name!r}: use one of {', '.join(TRANSPORTS)} (or ndjson or fetch for stream)")
 
 
 def interrupt_path(turn_id: str) -> str:
