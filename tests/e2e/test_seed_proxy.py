@@ -28,7 +28,6 @@ import http.server
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +45,8 @@ import pytest
 from nbchat.backends.echo import split_pieces
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
+from tests.e2e.test_jupyterlab import CHROMIUM, CHROMIUM_ARGS
+from tests.helpers import free_port, stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -53,9 +54,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT.parent / "shared" / "checks"
 POLYFILL = Path.home() / ".cache" / "nbchat-checks" / "node_modules" / "event-source-polyfill" / "src"
 POLYFILL = POLYFILL / "eventsource.js"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 START_TIMEOUT = 60.0
 FRAME_MS = 16.0
 MSG = "你好，世界！流式输出。 \"quotes\", a \\ backslash,\nemoji 🚀🙂, déjà vu. " * 4
@@ -92,13 +90,6 @@ RUN = """async ([name, uid, limit]) => {
 class Jupyter:
     url: str
     token: str
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _serve_page(port: int) -> http.server.ThreadingHTTPServer:
@@ -151,7 +142,7 @@ def page_port() -> Iterator[int]:
         pytest.skip(f"the shared checks are not beside this checkout ({CHECKS})")
     if not POLYFILL.exists():
         pytest.skip("event-source-polyfill is not in ~/.cache/nbchat-checks: run ../shared/checks/seed_clients.py once")
-    port = _free_port()
+    port = free_port()
     httpd = _serve_page(port)
     yield port
     httpd.shutdown()
@@ -163,7 +154,7 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory, page_port: int) -> Iterato
     if shutil.which("jupyter") is None:
         pytest.skip("needs jupyter_server with jupyter-server-proxy")
     root = tmp_path_factory.mktemp("jupyter")
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     # The page asks for /eventsource.js at the root of its origin: a named proxy entry answers there.
     (root / "jupyter_server_config.py").write_text(
         f"c.ServerProxy.servers = {{'eventsource.js': {{'port': {page_port}, 'absolute_url': True,"
@@ -179,12 +170,7 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory, page_port: int) -> Iterato
         _wait_for(f"{url}/api/status?token={token}", proc, START_TIMEOUT)
         yield Jupyter(url, token)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 20)
 
 
 @pytest.fixture(scope="module")
