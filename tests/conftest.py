@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +19,8 @@ from nbchat.backends import Backend
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from tests.helpers import TOKEN, ServerFactory
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -35,3 +45,108 @@ def echo_server() -> Iterator[ServerHandle]:
     handle = start_server_thread(Settings(port=0, token=TOKEN, backend="echo", rate=0.0))
     yield handle
     handle.stop()
+
+
+# ---------------------------------------------------------------- the shared store
+
+
+class RedisProcess:
+    """Debian's ``redis-server`` on a free loopback port, with no persistence: a restart empties it."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run does)")
+        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        # A subprocess's readiness cannot be awaited: ask until it answers, within a bound.
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    server = RedisProcess()
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class ServeProcess:
+    """``nbchat serve`` in a process of its own."""
+
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+ServeFactory = Callable[..., ServeProcess]
+
+
+@pytest.fixture
+def serve_process() -> Iterator[ServeFactory]:
+    """Start ``nbchat serve --backend echo`` processes (extra arguments appended); all stop at teardown."""
+    procs: list[ServeProcess] = []
+
+    def start(*extra: str, rate: float = 50.0) -> ServeProcess:
+        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        proc = subprocess.Popen([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--rate", str(rate),
+                                 "--port", "0", f"--token={TOKEN}", "--log-level", "warning", *extra],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if " at " not in line:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"nbchat serve did not start: {line!r}")
+        served = ServeProcess(proc, int(line.split(" at ", 1)[1].split("/?", 1)[0].rsplit(":", 1)[1]))
+        procs.append(served)
+        return served
+
+    yield start
+    for served in procs:
+        if served.proc.poll() is None:
+            served.proc.terminate()
+            try:
+                served.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                served.proc.kill()
+                served.proc.wait()
+        if served.proc.stdout is not None:
+            served.proc.stdout.close()

@@ -132,6 +132,8 @@ def test_type_only_imports_make_no_cycle_either() -> None:
 
 # Standard-library names that begin with an underscore and are used as documented.
 PRIVATE_BY_NAME_ONLY = {"os._exit", "argparse._SubParsersAction"}
+# anywidget's documented class attributes for a widget's front end.
+PUBLIC_BY_CONVENTION = {"_esm", "_css"}
 
 
 def foreign_private_members(source: str) -> list[str]:
@@ -140,6 +142,8 @@ def foreign_private_members(source: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source)):
         if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+            continue
+        if node.attr in PUBLIC_BY_CONVENTION:
             continue
         owner = node.value
         if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):

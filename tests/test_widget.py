@@ -245,8 +245,17 @@ def test_chat_widget_is_exported_lazily_and_the_magic_shares_its_conversation() 
 
 
 def test_front_end_never_parses_model_output_as_html() -> None:
-    source = (pathlib.Path(nbchat.__file__).parent / "notebook" / "widget.js").read_text()
-    code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("//"))
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
-        assert sink not in code, sink
-    assert "requestAnimationFrame" in source and "msg:custom" in source
+    notebook = pathlib.Path(nbchat.__file__).parent / "notebook"
+    sources = [notebook / "widget.js", *sorted((notebook / "js").glob("*.js"))]
+    assert len(sources) >= 5
+    for path in [*sources, notebook / "static" / "widget.js"]:  # the bundle too: its libraries build nodes
+        source = path.read_text(encoding="utf-8")
+        code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("//"))
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function",
+                     "DOMParser", "createContextualFragment", "srcdoc"):
+            assert sink not in code, (path.name, sink)
+    widget = (notebook / "widget.js").read_text(encoding="utf-8")
+    assert "requestAnimationFrame" in widget and "msg:custom" in widget
+    render = (notebook / "js" / "dom.js").read_text(encoding="utf-8")
+    assert "trust: false" in render and "katex.render(" in render and "renderToString" not in render
+    assert "html: false" in (notebook / "js" / "parse.js").read_text(encoding="utf-8")

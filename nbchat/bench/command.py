@@ -59,6 +59,10 @@ def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="also measure the embedded smollm2 model's real cadence (skipped if unavailable)")
     p.add_argument("--client", choices=["wire", "nbchat"], default="wire",
                    help="wire: lean socket clients (default); nbchat: nbchat.clients (httpx, websockets)")
+    p.add_argument("--store", metavar="redis://HOST:PORT/DB", default="",
+                   help="measure servers sharing their turns in this Redis (nbchat serve --store)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="measure servers of N processes (nbchat serve --workers; needs --store)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--csv", metavar="PATH", help="also write the result rows as CSV")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -68,7 +72,10 @@ def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     from .runner import BenchConfig
 
-    overrides: dict[str, Any] = {"model": args.model, "client": args.client, "progress": not args.no_progress}
+    serve_args = (("--store", args.store) if args.store else ()) + (("--workers", str(args.workers))
+                                                                     if args.workers > 1 else ())
+    overrides: dict[str, Any] = {"model": args.model, "client": args.client, "progress": not args.no_progress,
+                                 "serve_args": serve_args}
     for key, value in (("transports", args.transports), ("concurrency", args.concurrency),
                        ("concurrency_seconds", args.seconds), ("concurrency_rate", args.rate)):
         if value is not None:

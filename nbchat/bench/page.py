@@ -176,7 +176,7 @@ def run(turns: int = 5, rate: float = 50.0, rtts: tuple[float, ...] = (0.02, 0.1
     from ..server.serving import start_server_thread
 
     jtoken = secrets.token_hex(16)
-    module = (Path(__file__).resolve().parents[1] / "notebook" / "widget.js").read_bytes()
+    module = (Path(__file__).resolve().parents[1] / "notebook" / "static" / "widget.js").read_bytes()
     html = (PAGE % {"jtoken": jtoken, "module": base64.b64encode(module).decode()}).encode()
     results: dict[str, Any] = {"rate": rate, "turns": turns, "text_chars": len(TEXT), "page": {}, "python": {},
                                "proxy_accept": {}}

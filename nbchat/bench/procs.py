@@ -20,6 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from ..wire.errors import ServerStartError
@@ -42,8 +43,24 @@ class Child:
     port: int = 0
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the child has used so far (0.0 where /proc is unavailable)."""
-        return cpu_seconds(self.process.pid) if self.process is not None else 0.0
+        """User + system CPU time the child and its own children (``--workers``) have used so far
+        (0.0 where /proc is unavailable)."""
+        if self.process is None:
+            return 0.0
+        return sum(cpu_seconds(pid) for pid in (self.process.pid, *descendants(self.process.pid)))
+
+
+def descendants(pid: int) -> list[int]:
+    """The live children of ``pid``, their children and so on (from /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread or process ended meanwhile
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -95,11 +112,12 @@ async def python_child(args: list[str], prefix: tuple[str, ...] = ()) -> AsyncIt
 
 @contextlib.asynccontextmanager
 async def nbchat_server(backend: str = "echo", rate: float = 0.0, host: str = "127.0.0.1",
-                        prefix: tuple[str, ...] = ()) -> AsyncIterator[Child]:
-    """``nbchat serve`` on a free port, in a child process (run through ``prefix``, e.g. ``ip netns exec NS``)."""
+                        prefix: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> AsyncIterator[Child]:
+    """``nbchat serve`` on a free port, in a child process (run through ``prefix``, e.g. ``ip netns exec NS``;
+    ``extra`` are more serve options, e.g. ``--store URL --workers 2``)."""
     token = secrets.token_urlsafe(16)
     args = ["-m", "nbchat.cli.main", "serve", "--host", host, "--port", "0", f"--token={token}",
-            "--backend", backend, "--rate", str(rate), "--log-level", "warning"]
+            "--backend", backend, "--rate", str(rate), "--log-level", "warning", *extra]
     async with python_child(args, prefix) as proc:
         found = await _announced(proc, SERVING_LINE, START_TIMEOUT)
         # keep draining its output, so a chatty server never blocks on a full pipe

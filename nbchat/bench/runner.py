@@ -55,6 +55,8 @@ class BenchConfig:
     model_max_tokens: int = 48
     client: str = "wire"
     progress: bool = True
+    #: more ``nbchat serve`` options for every server measured (``--store URL``, ``--workers N``)
+    serve_args: tuple[str, ...] = ()
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
@@ -94,9 +96,10 @@ async def run_benchmark(config: BenchConfig | None = None) -> Results:
     bar = _progress(config)
     run = _Run(config, results, advance=lambda what: _step(bar, what))
     try:
-        async with raw_server() as raw, nbchat_server(rate=0) as fast, \
-                nbchat_server(rate=config.latency_rate) as paced, \
-                nbchat_server(rate=config.concurrency_rate) as load:
+        extra = config.serve_args
+        async with raw_server() as raw, nbchat_server(rate=0, extra=extra) as fast, \
+                nbchat_server(rate=config.latency_rate, extra=extra) as paced, \
+                nbchat_server(rate=config.concurrency_rate, extra=extra) as load:
             run.servers.update(raw=raw, fast=fast, paced=paced, load=load)
             await _ttft(run)
             await _latency(run)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import quote
 
 from ..backends import BACKEND_NAMES
@@ -15,6 +15,9 @@ from ..backends.echo import DEFAULT_RATE
 from ..server.config import Settings
 
 LIMIT_OPTIONS = ("max_body_bytes", "header_timeout", "max_header_bytes", "max_connections", "max_queued_bytes")
+
+
+STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +46,12 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="also allow this Origin (repeatable; '*' allows any)")
     p.add_argument("--grace-period", type=float, default=30.0,
                    help="seconds a turn keeps generating after its last client leaves, for a reattach")
+    p.add_argument("--store", default="", metavar="redis://HOST:PORT/DB",
+                   help="keep turns in Redis, shared by every process given the same URL (resume, Stop and the "
+                        "uid's queued turn then work on whichever process a request lands on); default: in memory")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N server processes on the one port (needs --store: they share the turns there; "
+                        "each worker loads its own model)")
     limits = p.add_argument_group("limits", "what one client may hold or send (see docs/security.md)")
     d = Settings()
     limits.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
@@ -76,13 +85,37 @@ def run_serve(args: argparse.Namespace) -> int:
     if any(value <= 0 for value in limits.values()):
         print("nbchat serve: the limits (--max-body-bytes ... --max-queued-bytes) must be > 0", file=sys.stderr)
         return 2
+    if args.store and not args.store.startswith(STORE_SCHEMES):
+        print(f"nbchat serve: --store takes a Redis URL ({', '.join(STORE_SCHEMES)}...), not {args.store!r}",
+              file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("nbchat serve: --workers must be >= 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and not args.store:
+        print(f"nbchat serve: --workers {args.workers} needs --store redis://HOST:PORT/DB: each worker is a process "
+              "with its own memory, so a resume, a Stop or a queued turn that lands on another worker than the one "
+              "holding the turn would not find it. Give the workers a shared store, or run one process.",
+              file=sys.stderr)
+        return 2
     options = {"n_threads": args.threads} if args.threads else {}
     settings = Settings(host=args.host, port=args.port, token=args.token, backend=args.backend,
                         rate=DEFAULT_RATE if args.rate is None else args.rate, replay_rate=args.rate,
                         record=args.record, replay=args.replay,
                         model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
                         allow_origins=tuple(args.allow_origin), grace_period=args.grace_period,
-                        backend_options=options, **limits).with_token()
+                        store=args.store, backend_options=options, **limits).with_token()
+
+    def announce_port(port: int) -> None:
+        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+        url = f"http://{host}:{port}/"
+        if settings.token:
+            url += f"?token={quote(settings.token)}"
+        workers = f" ({args.workers} workers)" if args.workers > 1 else ""
+        print(f"nbchat serving {settings.backend} at {url}{workers}", flush=True)
+
+    if args.workers > 1:
+        return run_workers(settings, args.workers, args.log_level, announce_port)
     try:
         server = make_server(settings, log_level=args.log_level)
     except Exception as exc:  # a backend that cannot be built: one clear line
@@ -90,16 +123,23 @@ def run_serve(args: argparse.Namespace) -> int:
         return 1
 
     def announce(srv: NBChatServer) -> None:
-        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-        url = f"http://{host}:{srv.port}/"
-        if settings.token:
-            url += f"?token={quote(settings.token)}"
-        print(f"nbchat serving {settings.backend} at {url}", flush=True)
+        announce_port(srv.port)
 
     server.on_ready = announce
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve())
     return 0 if server.started else 1
+
+
+def run_workers(settings: Settings, workers: int, log_level: str, announce: Callable[[int], None]) -> int:
+    from ..server.workers import Supervisor
+
+    try:
+        supervisor = Supervisor(settings, workers, log_level)
+    except OSError as exc:
+        print(f"nbchat serve: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
+    return supervisor.run(announce)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

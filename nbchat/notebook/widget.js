@@ -1,168 +1,25 @@
 // The browser side of nbchat.ChatWidget (an anywidget ES module).
 //
-// Safety: model output is never parsed as HTML. The small Markdown renderer
-// below builds the DOM with createElement and text nodes only (no innerHTML),
-// so "<script>" or "<img onerror=...>" in an answer shows as text.
+// Safety: model output is never parsed as HTML. The Markdown renderer
+// (js/stream.js, js/dom.js) builds the DOM from markdown-it's tokens with
+// createElement and text nodes only (no innerHTML), so "<script>" or
+// "<img onerror=...>" in an answer shows as text; math is typeset by KaTeX.
 //
 // Cost: deltas are appended to the answer's text; once per animation frame
-// the renderer commits the complete lines that arrived since the last frame
-// and re-renders only the open block (the last paragraph, or the partial last
-// line of an open code fence). Finished blocks are never touched again, so
-// the work is linear in the answer's length, not quadratic.
+// the renderer commits the blocks that are finished and re-renders only the
+// open block. Finished blocks are never touched again, so the work is linear
+// in the answer's length, not quadratic.
+//
+// This file is the source: js/build.sh bundles it with js/ and its npm
+// libraries into static/widget.js, the module the widget loads.
 
-const INLINE = /(`+)([\s\S]*?[^`])\1(?!`)|\*\*(?=\S)([\s\S]*?\S)\*\*|\*(?=\S)([\s\S]*?\S)\*|\b_(?=\S)([\s\S]*?\S)_\b|\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/g;
-const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
-const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
-const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
-const ITEM = /^(\s*)([-*+]|\d{1,9}[.)])\s+(.*)$/;
-const QUOTE = /^ {0,3}>\s?(.*)$/;
+import { MarkdownStream } from "./js/stream.js";
 
 function node(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text;
   return e;
-}
-
-function renderInline(parent, text) {
-  let last = 0;
-  const re = new RegExp(INLINE.source, "g"); // a fresh lastIndex: emphasis recurses
-  for (let m = re.exec(text); m !== null; m = re.exec(text)) {
-    if (m.index > last) parent.append(document.createTextNode(text.slice(last, m.index)));
-    if (m[1] !== undefined) parent.append(node("code", null, m[2].replace(/^ (.*) $/s, "$1")));
-    else if (m[3] !== undefined) renderInline(parent.appendChild(node("strong")), m[3]);
-    else if (m[4] !== undefined) renderInline(parent.appendChild(node("em")), m[4]);
-    else if (m[5] !== undefined) renderInline(parent.appendChild(node("em")), m[5]);
-    else {
-      const a = node("a", null, m[6]);
-      a.href = m[7]; // only http(s) URLs match: never javascript:
-      a.target = "_blank";
-      a.rel = "noopener noreferrer";
-      parent.append(a);
-    }
-    last = re.lastIndex;
-  }
-  if (last < text.length) parent.append(document.createTextNode(text.slice(last)));
-}
-
-// One block: the lines between two blank lines, outside code fences.
-function renderBlock(lines) {
-  const out = [];
-  const paras = [];
-  let para = null;
-  let list = null;
-  let quote = null;
-  const close = () => { para = null; list = null; quote = null; };
-  for (const line of lines) {
-    let m;
-    if ((m = HEADING.exec(line))) {
-      close();
-      const h = node(`h${m[1].length}`);
-      renderInline(h, m[2]);
-      out.push(h);
-    } else if (RULE.test(line)) {
-      close();
-      out.push(node("hr"));
-    } else if ((m = ITEM.exec(line))) {
-      const ordered = /\d/.test(m[2]);
-      if (!list || list.ordered !== ordered) {
-        close();
-        list = { ordered, el: node(ordered ? "ol" : "ul") };
-        if (ordered && parseInt(m[2], 10) !== 1) list.el.start = parseInt(m[2], 10);
-        out.push(list.el);
-      }
-      para = null;
-      const li = node("li");
-      renderInline(li, m[3]);
-      list.el.append(li);
-      list.last = li;
-    } else if ((m = QUOTE.exec(line))) {
-      if (!quote) { close(); quote = node("blockquote"); out.push(quote); }
-      if (quote.childNodes.length) quote.append(document.createTextNode("\n"));
-      renderInline(quote, m[1]);
-    } else if (list && /^\s+\S/.test(line)) {
-      list.last.append(document.createTextNode("\n"));
-      renderInline(list.last, line.trim());
-    } else {
-      if (!para) { close(); para = { text: line, el: node("p") }; paras.push(para); out.push(para.el); }
-      else para.text += "\n" + line;
-    }
-  }
-  // Paragraph text is rendered whole, so inline code and emphasis may span its lines.
-  for (const p of paras) renderInline(p.el, p.text);
-  return out;
-}
-
-// Streams Markdown into a container: committed blocks stay, the open block is redrawn.
-class MarkdownStream {
-  constructor(container) {
-    this.container = container;
-    this.text = "";
-    this.pos = 0; // everything before pos is committed (complete lines)
-    this.block = []; // complete lines of the open block
-    this.fence = null; // {marker, code, partial}
-    this.tail = node("div", "nbchat-tail");
-    container.append(this.tail);
-  }
-
-  append(delta) { this.text += delta; }
-
-  render() {
-    for (let nl = this.text.indexOf("\n", this.pos); nl !== -1; nl = this.text.indexOf("\n", this.pos)) {
-      this.line(this.text.slice(this.pos, nl));
-      this.pos = nl + 1;
-    }
-    const partial = this.text.slice(this.pos);
-    if (this.fence) {
-      this.fence.partial.data = partial;
-      this.tail.replaceChildren();
-    } else {
-      const lines = partial ? [...this.block, partial] : this.block;
-      this.tail.replaceChildren(...renderBlock(lines));
-    }
-  }
-
-  line(line) {
-    if (this.fence) {
-      this.fence.partial.data = ""; // the line is complete now: it replaces its partial text
-      const closing = line.trim();
-      if (closing.length >= this.fence.marker.length && closing === closing[0].repeat(closing.length)
-          && closing[0] === this.fence.marker[0]) {
-        this.fence = null;
-      } else {
-        this.fence.code.insertBefore(document.createTextNode(line + "\n"), this.fence.partial);
-      }
-      return;
-    }
-    const m = FENCE.exec(line);
-    if (m) {
-      this.commit();
-      const pre = node("pre");
-      const code = node("code", m[2] ? `language-${m[2]}` : null);
-      const partial = document.createTextNode("");
-      code.append(partial);
-      pre.append(code);
-      this.container.insertBefore(pre, this.tail);
-      this.fence = { marker: m[1], code, partial };
-    } else if (line.trim() === "") {
-      this.commit();
-    } else {
-      this.block.push(line);
-    }
-  }
-
-  commit() {
-    if (!this.block.length) return;
-    for (const el of renderBlock(this.block)) this.container.insertBefore(el, this.tail);
-    this.block = [];
-  }
-
-  finish() {
-    this.text += "\n";
-    this.render();
-    this.commit();
-    this.tail.remove();
-  }
 }
 
 function renderMessage(log, message) {

@@ -8,8 +8,10 @@ turn, at its end. Generation runs as an asyncio task on the kernel's own
 loop with the async client, so the kernel stays free to receive the Stop
 click while an answer streams.
 
-The browser side (``widget.js``) renders Markdown itself, from text nodes
-only: model output never becomes live HTML.
+The browser side (``widget.js`` and ``js/``, bundled with markdown-it, Lezer
+and KaTeX into ``static/`` by ``js/build.sh``) renders Markdown, highlighted
+code and math itself, from text nodes only: model output never becomes live
+HTML, and nothing is fetched from the network.
 
 ``ChatWidget(direct=True)`` skips the kernel on the way: the page streams from
 the server itself (see :mod:`.direct`), so an answer keeps streaming while the
@@ -82,8 +84,8 @@ class ChatWidget(anywidget.AnyWidget):
     that shares the magic's conversation and server.
     """
 
-    _esm = _HERE / "widget.js"
-    _css = _HERE / "widget.css"
+    _esm = _HERE / "static" / "widget.js"
+    _css = _HERE / "static" / "widget.css"
 
     #: the conversation so far: [{"role", "content", "status"?, "provenance"?}]; synced at turn ends only
     messages = traitlets.List(traitlets.Dict()).tag(sync=True)

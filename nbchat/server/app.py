@@ -51,7 +51,8 @@ from .auth import SecurityMiddleware
 from .config import Settings
 from .openai_routes import chat_completions, list_models
 from .recording import Recorder
-from .turns import Subscription, Turn, TurnManager
+from .store import MemoryStore, Reader, TurnStore
+from .turns import TurnManager
 from .ws import websocket_endpoint
 
 log = logging.getLogger("nbchat.server.app")
@@ -61,9 +62,9 @@ def error_response(code: str, message: str, status: int = 400) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=status)
 
 
-def manager_of(request: Request) -> TurnManager:
-    manager: TurnManager = request.app.state.turns
-    return manager
+def store_of(request: Request) -> TurnStore:
+    store: TurnStore = request.app.state.store
+    return store
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -85,28 +86,28 @@ async def read_json(request: Request) -> Any:
     return parse_json_body(await read_body(request, settings.max_body_bytes))
 
 
-def stream_response(sub: Subscription, encode: Callable[[Event], bytes], headers: dict[str, str],
+def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict[str, str],
                     keepalive: float | None = None) -> StreamingResponse:
     """Encode a subscription's events as they come; a client that leaves detaches it
     (Starlette cancels the body when the client disconnects)."""
 
     async def body() -> AsyncIterator[bytes]:
-        with sub:
+        async with sub:
             while not sub.done:
                 batch = await sub.next_batch(keepalive)
                 # many chunks ready at once go out in one write: fewer syscalls at high rates
                 yield b"".join(encode(ev) for ev in batch) if batch else encode_sse_comment("keep-alive")
 
-    return StreamingResponse(body(), headers={**headers, TURN_HEADER: sub.turn.id})
+    return StreamingResponse(body(), headers={**headers, TURN_HEADER: sub.turn_id})
 
 
-def find_turn(manager: TurnManager, turn_id: str | None, uid: str | None) -> Turn | None:
+async def find_turn(store: TurnStore, turn_id: str | None, uid: str | None) -> str | None:
     if turn_id:
-        turn = manager.get(turn_id)
-        if turn is None:
+        if await store.get(turn_id) is None:
             raise ResumeError(f"unknown turn {turn_id!r} (it may have expired)")
-        return turn
-    return manager.latest(uid) if uid else None
+        return turn_id
+    found = await store.latest(uid) if uid else None
+    return None if found is None else found.id
 
 
 def parse_after(value: str | None) -> int | None:
@@ -118,11 +119,17 @@ def parse_after(value: str | None) -> int | None:
     return parse_position(value)
 
 
-def subscribe_for_resume(turn: Turn | None, after: int | None) -> Subscription | None:
-    if turn is None or after is None:
+async def subscribe_for_resume(store: TurnStore, turn_id: str | None, after: int | None) -> Reader | None:
+    if turn_id is None or after is None:
         return None
-    turn.start()  # a queued turn starts when its first stream attaches
-    return turn.subscribe(after)
+    return await store.open(turn_id, after)  # a queued turn starts when its first stream attaches
+
+
+async def start_turn(request: Request) -> Reader:
+    """A new turn from the request's body, and a reader of it from the start."""
+    store = store_of(request)
+    turn = await store.create(parse_turn_request(await read_json(request)))
+    return await store.open(turn.id, 0)
 
 
 # ---------------------------------------------------------------- routes
@@ -131,34 +138,34 @@ def subscribe_for_resume(turn: Turn | None, after: int | None) -> Subscription |
 async def health(request: Request) -> Response:
     backend: Backend = request.app.state.backend
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
-                         "model": backend.model_name, "turns": len(manager_of(request))})
+                         "model": backend.model_name, "turns": len(store_of(request))})
 
 
 async def post_turns(request: Request) -> Response:
     req = parse_turn_request(await read_json(request))
     if not req.uid:
         raise RequestError("POST /turns needs a 'uid' in the body: the WebSocket or SSE GET that starts it names it")
-    turn = manager_of(request).create(req, start=False)
+    turn = await store_of(request).create(req, start=False)
     return JSONResponse({"id": turn.id, "uid": turn.uid})
 
 
 async def interrupt_turn(request: Request) -> Response:
-    turn = manager_of(request).get(request.path_params["turn_id"])
+    turn = await store_of(request).interrupt(request.path_params["turn_id"])
     if turn is None:
         return error_response("unknown_turn", "unknown turn id (it may have ended and expired)", 404)
-    turn.interrupt()
     return JSONResponse({"id": turn.id, "interrupted": True, "state": turn.state.value})
 
 
 async def create_sse(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     if request.method == "POST":
-        sub = manager_of(request).create(parse_turn_request(await read_json(request))).subscribe(0)
+        sub = await start_turn(request)
     else:
+        store = store_of(request)
         uid = request.headers.get("uid") or request.query_params.get("uid")
-        turn = find_turn(manager_of(request), request.query_params.get("turn"), uid)
+        turn = await find_turn(store, request.query_params.get("turn"), uid)
         last = request.headers.get("last-event-id", request.query_params.get("lastEventId"))
-        found = subscribe_for_resume(turn, parse_after(last))
+        found = await subscribe_for_resume(store, turn, parse_after(last))
         if found is None:
             return Response(status_code=204)  # nothing to stream: stops a browser's reconnect loop
         sub = found
@@ -167,10 +174,11 @@ async def create_sse(request: Request) -> Response:
 
 async def talk_by_stream(request: Request) -> Response:
     if request.method == "POST":
-        sub = manager_of(request).create(parse_turn_request(await read_json(request))).subscribe(0)
+        sub = await start_turn(request)
     else:
-        turn = find_turn(manager_of(request), request.query_params.get("turn"), request.query_params.get("uid"))
-        found = subscribe_for_resume(turn, parse_after(request.query_params.get("after")))
+        store = store_of(request)
+        turn = await find_turn(store, request.query_params.get("turn"), request.query_params.get("uid"))
+        found = await subscribe_for_resume(store, turn, parse_after(request.query_params.get("after")))
         if found is None:
             return Response(status_code=204)
         sub = found
@@ -212,16 +220,22 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                                  replay=settings.replay, replay_rate=settings.replay_rate,
                                  **settings.backend_options)
     recorder = Recorder(settings.record, backend.name, backend.model_name) if settings.record else None
-    manager = TurnManager(backend, settings, recorder)
+    store = make_store(backend, settings, recorder)
     origins = set(settings.allow_origins)  # shared with the middleware: see admit_origin
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await backend.start()
         try:
+            await store.start()
+        except BaseException:
+            await backend.aclose()
+            raise
+        try:
             yield
         finally:
-            await manager.shutdown()
+            await store.shutdown()
+            await store.aclose()
             await backend.aclose()
 
     routes = [
@@ -244,9 +258,19 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     )
     app.state.settings = settings
     app.state.backend = backend
-    app.state.turns = manager
+    app.state.store = store
+    app.state.turns = store.manager  # the turns generating in this process
     app.state.origins = origins
     return app
+
+
+def make_store(backend: Backend, settings: Settings, recorder: Recorder | None = None) -> TurnStore:
+    """The memory store, or a shared one when ``settings.store`` names it."""
+    if not settings.store:
+        return MemoryStore(TurnManager(backend, settings, recorder))
+    from .redis_store import RedisStore  # the redis client loads only for a shared store
+
+    return RedisStore(backend, settings, recorder)
 
 
 def admit_origin(app: Starlette, origin: str) -> None:

@@ -54,6 +54,12 @@ class Settings:
     replay: str | None = None
     #: the replay backend's pace in pieces per second; None keeps the recorded pace
     replay_rate: float | None = None
+    #: where turns live: "" keeps them in this process; "redis://HOST:PORT/DB" shares them between processes
+    store: str = ""
+    #: shared store: entries a turn's stream keeps (the oldest go first; a reader behind them gets resume_unavailable)
+    stream_max_entries: int = 100_000
+    #: shared store: a process's lease; a turn whose process stops renewing it ends with [ERROR] after this long
+    lease_seconds: float = 3.0
     backend_options: dict[str, object] = field(default_factory=dict)
 
     def with_token(self) -> Settings:

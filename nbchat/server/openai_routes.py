@@ -20,7 +20,7 @@ from ..wire.events import Chunk, End, Status
 from ..wire.openai import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
 from ..wire.protocol import dumps
 from ..wire.sse import SSEMessage, encode_sse
-from .turns import Subscription, TurnManager
+from .store import Reader, TurnStore
 
 ERROR_HTTP = {Status.MODEL_TIMEOUT: 504, Status.ERROR: 502, Status.INTERRUPTED: 503}
 # OpenAI's error "type" for the statuses a turn can be refused with before it starts
@@ -53,24 +53,24 @@ async def _chat_completions(request: Request, read_json: Callable[[Request], Awa
         return JSONResponse(openai_error(str(exc), param=exc.param), status_code=400)
     except RequestError as exc:
         return JSONResponse(openai_error(str(exc), code=exc.code), status_code=exc.status or 400)
-    manager: TurnManager = request.app.state.turns
+    store: TurnStore = request.app.state.store
     backend: Backend = request.app.state.backend
     try:
-        turn = manager.create(req.turn)
+        turn = await store.create(req.turn)
+        sub = await store.open(turn.id, 0)
     except RequestError as exc:  # too many turns (429) or shutting down (503): still in OpenAI's shape
         status = exc.status or 400
         return JSONResponse(openai_error(str(exc), type_=ERROR_TYPES.get(status, "invalid_request_error"),
                                          code=exc.code), status_code=status)
     encoder = CompletionEncoder(turn.id, req.model or backend.model_name)
-    sub = turn.subscribe(0)
     if req.stream:
         return StreamingResponse(_stream(sub, encoder, req.include_usage),
                                  headers={**SSE_HEADERS, TURN_HEADER: turn.id})
     return await _complete(sub, encoder)
 
 
-async def _stream(sub: Subscription, encoder: CompletionEncoder, include_usage: bool) -> AsyncIterator[bytes]:
-    with sub:
+async def _stream(sub: Reader, encoder: CompletionEncoder, include_usage: bool) -> AsyncIterator[bytes]:
+    async with sub:
         yield _data(encoder.role_chunk())
         while not sub.done:
             out = []
@@ -85,10 +85,10 @@ async def _stream(sub: Subscription, encoder: CompletionEncoder, include_usage: 
             yield b"".join(out)
 
 
-async def _complete(sub: Subscription, encoder: CompletionEncoder) -> Response:
+async def _complete(sub: Reader, encoder: CompletionEncoder) -> Response:
     parts: list[str] = []
     end: End | None = None
-    with sub:
+    async with sub:
         async for ev in sub:
             if isinstance(ev, Chunk):
                 parts.append(ev.content)
@@ -98,5 +98,5 @@ async def _complete(sub: Subscription, encoder: CompletionEncoder) -> Response:
     assert end is not None
     if end.status in ERROR_HTTP:
         err = encoder.final_chunk(end)
-        return JSONResponse(err, status_code=ERROR_HTTP[end.status], headers={TURN_HEADER: sub.turn.id})
-    return JSONResponse(encoder.completion("".join(parts), end), headers={TURN_HEADER: sub.turn.id})
+        return JSONResponse(err, status_code=ERROR_HTTP[end.status], headers={TURN_HEADER: sub.turn_id})
+    return JSONResponse(encoder.completion("".join(parts), end), headers={TURN_HEADER: sub.turn_id})

@@ -24,7 +24,7 @@ from ..wire.errors import ServerStartError
 from .app import create_app
 from .config import Settings
 from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction
-from .turns import TurnManager
+from .store import TurnStore
 
 WS_FRAME_SLACK = 1024  # a message of max_body_bytes plus this passes the transport; the app closes with 1009
 
@@ -47,10 +47,10 @@ class NBChatServer(uvicorn.Server):
 
     async def shutdown(self, sockets: Any = None) -> None:
         app = self.config.loaded_app if self.config.loaded else None
-        manager = _find_manager(app)
-        if manager is not None:
-            await manager.shutdown()
-            await manager.drain(5.0)
+        store = _find_store(app)
+        if store is not None:
+            await store.shutdown()
+            await store.drain(5.0)
         await super().shutdown(sockets)
 
     @property
@@ -62,12 +62,12 @@ class NBChatServer(uvicorn.Server):
         return self.config.port
 
 
-def _find_manager(app: Any) -> TurnManager | None:
+def _find_store(app: Any) -> TurnStore | None:
     # uvicorn wraps the app in its own middleware; walk down to the Starlette app.
     for _ in range(8):
         if isinstance(app, Starlette):
-            manager: TurnManager = app.state.turns
-            return manager
+            store: TurnStore = app.state.store
+            return store
         app = getattr(app, "app", None)
     return None
 

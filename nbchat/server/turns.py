@@ -40,8 +40,9 @@ class TurnState(enum.Enum):
 
 
 class Turn:
-    def __init__(self, manager: TurnManager, request: TurnRequest, uid: str | None) -> None:
-        self.id = secrets.token_urlsafe(12)
+    def __init__(self, manager: TurnManager, request: TurnRequest, uid: str | None,
+                 turn_id: str | None = None) -> None:
+        self.id = turn_id or new_turn_id()
         self.uid = uid
         self.request = request
         self.state = TurnState.PENDING
@@ -56,6 +57,7 @@ class Turn:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cancel_reason = Status.INTERRUPTED
+        self._cancel_error: ErrorInfo | None = None
         self._attached = 0
         self._grace: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
@@ -91,19 +93,20 @@ class Turn:
             self._detach_grace()  # started by a request whose stream never attaches: still bounded
 
 
-    def interrupt(self, reason: Status = Status.INTERRUPTED) -> None:
-        """Stop at once; the turn ends with ``reason`` (``[INTERRUPTED]`` unless a watchdog fired)."""
+    def interrupt(self, reason: Status = Status.INTERRUPTED, error: ErrorInfo | None = None) -> None:
+        """Stop at once; the turn ends with ``reason`` (``[INTERRUPTED]`` unless a watchdog fired,
+        ``[ERROR]`` with ``error`` when the turn can no longer be kept)."""
         if self.state is TurnState.PENDING:
-            self._finish(End(status=reason))
+            self._finish(End(status=reason, error=error))
         elif self.state is TurnState.RUNNING and self._task is not None:
-            self._cancel_reason = reason
+            self._cancel_reason, self._cancel_error = reason, error
             self._task.cancel()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         # A task cancelled before its first step never runs _run's handlers:
         # the turn must still end, with the reason it was cancelled for.
         if self.end is None:
-            self._finish(End(status=self._cancel_reason))
+            self._finish(End(status=self._cancel_reason, error=self._cancel_error))
 
     # ------------------------------------------------------------ generation
 
@@ -123,7 +126,7 @@ class Turn:
         except asyncio.CancelledError:
             if self.on_cancel is not None:
                 self.on_cancel(self)
-            self._finish(End(status=self._cancel_reason))
+            self._finish(End(status=self._cancel_reason, error=self._cancel_error))
         except BackendError as exc:
             self._finish(End(status=Status.ERROR, error=ErrorInfo(exc.code, str(exc))))
         except Exception as exc:  # a backend bug must end the turn, not kill the server
@@ -178,6 +181,7 @@ class Turn:
         self.replay.append(chunk)
         if self._record is not None:
             self._record.chunk(chunk)
+        self._published(chunk)
         self._pulse()
 
     def _finish(self, end: End) -> None:
@@ -188,8 +192,12 @@ class Turn:
         if self._record is not None:
             self._record.end(end)
         self._cancel_grace()
+        self._published(end)
         self._pulse()
         self._manager.turn_ended(self)
+
+    def _published(self, event: Event) -> None:
+        """A hook for a store that copies each event elsewhere (the shared store); nothing here."""
 
     def events_after(self, seq: int) -> list[Event]:
         """Everything buffered after ``seq``: chunks, then the End once the turn has ended;
@@ -267,12 +275,22 @@ class Subscription:
         self.pos = after
         self.done = False
 
+    @property
+    def turn_id(self) -> str:
+        return self.turn.id
+
     def __enter__(self) -> Subscription:
         self.turn.attach()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.turn.detach()
+
+    async def __aenter__(self) -> Subscription:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
 
     async def next_batch(self, timeout: float | None = None) -> list[Event]:
         """The next events (all that are ready, in order); [] when ``timeout`` passes first."""
@@ -302,6 +320,10 @@ class Subscription:
                 yield ev
 
 
+def new_turn_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
 def _as_unicode(text: str) -> str:
     """Text that can be encoded as UTF-8: a backend's lone surrogate becomes U+FFFD
     here, once, instead of breaking every stream that later encodes the chunk."""
@@ -324,6 +346,9 @@ async def _aclose(it: object) -> None:
 class TurnManager:
     """The registry of turns for one app: by id, and the latest by uid."""
 
+    #: what :meth:`create` makes (a store that mirrors turns elsewhere makes its own kind)
+    turn_class: type[Turn] = Turn
+
     def __init__(self, backend: Backend, settings: Settings, recorder: Recorder | None = None) -> None:
         self.backend = backend
         self.settings = settings
@@ -338,12 +363,13 @@ class TurnManager:
     def __len__(self) -> int:
         return len(self._turns)
 
-    def create(self, request: TurnRequest, uid: str | None = None, *, start: bool = True) -> Turn:
+    def create(self, request: TurnRequest, uid: str | None = None, *, start: bool = True,
+               turn_id: str | None = None) -> Turn:
         if self.closing:
             raise RequestError("the server is shutting down", code="shutting_down", status=503)
         self._make_room()
         uid = uid if uid is not None else request.uid
-        turn = Turn(self, request, uid)
+        turn = self.turn_class(self, request, uid, turn_id)
         self._turns[turn.id] = turn
         if uid is not None:
             previous = self._by_uid.get(uid)
@@ -369,7 +395,7 @@ class TurnManager:
         if len(self._turns) < self.settings.max_turns:
             return
         for turn in sorted((t for t in self._turns.values() if t.end is not None), key=lambda t: t.created):
-            self._forget(turn.id)
+            self.forget(turn.id)
             if len(self._turns) < self.settings.max_turns:
                 return
         raise RequestError("too many turns at once; try again shortly", code="too_many_turns", status=429)
@@ -394,11 +420,12 @@ class TurnManager:
         if turn.end is None:
             return
         if turn.attached == 0:
-            self._forget(turn_id)
+            self.forget(turn_id)
         else:
             turn.expired = True  # a stream still reads it: forgotten when the last one detaches
 
-    def _forget(self, turn_id: str) -> None:
+    def forget(self, turn_id: str) -> None:
+        """Drop a turn from the registry now (its expiry too); a store whose publication failed undoes a create."""
         turn = self._turns.pop(turn_id, None)
         handle = self._expiry.pop(turn_id, None)
         if handle is not None:
@@ -430,6 +457,6 @@ class TurnManager:
     def turn_detached(self, turn: Turn) -> None:
         """Called by a turn when a stream leaves it: an expired turn goes with its last reader."""
         if turn.expired and turn.attached == 0:
-            self._forget(turn.id)
+            self.forget(turn.id)
         if self._drained is not None and not any(t.attached for t in self._turns.values()):
             self._drained.set()

@@ -22,18 +22,20 @@ from ..wire.errors import RequestError, ResumeError
 from ..wire.events import End, ErrorInfo, Status
 from ..wire.protocol import encode_ws, parse_json_text, parse_position, parse_turn_request
 from .config import Settings
-from .turns import Subscription, Turn, TurnManager, TurnState
+from .store import Reader, TurnStore
+from .turns import TurnState
 
 
 class Session:
     """The state of one socket: its uid, the turn it streams and the pump task."""
 
-    def __init__(self, websocket: WebSocket, manager: TurnManager, settings: Settings) -> None:
+    def __init__(self, websocket: WebSocket, store: TurnStore, settings: Settings) -> None:
         self.ws = websocket
         self.uid: str = websocket.path_params["uid"]
-        self.manager = manager
+        self.store = store
         self.settings = settings
-        self.turn: Turn | None = None
+        #: the id of the turn this socket streams (or streamed last)
+        self.turn: str | None = None
         self.pump: asyncio.Task[None] | None = None
 
     async def handle(self, text: str) -> None:
@@ -42,7 +44,7 @@ class Session:
             return
         if text == INTERRUPT_FRAME:
             if self.turn is not None:
-                self.turn.interrupt()
+                await self.store.interrupt(self.turn)
             return
         try:
             await self._dispatch(text)
@@ -53,13 +55,13 @@ class Session:
 
     async def _dispatch(self, text: str) -> None:
         if text == "":
-            turn = self.manager.latest(self.uid)
-            if turn is not None and turn is self.turn and self.streaming:
+            turn = await self.store.latest(self.uid)
+            if turn is not None and turn.id == self.turn and self.streaming:
                 return  # this socket already streams that turn: it gets its one status there, not twice
             if turn is None or turn.state is TurnState.ENDED:
                 raise RequestError(f"no queued turn for uid {self.uid!r}: POST /turns first, or send a turn request",
                                    code="no_pending_turn")
-            await self.switch_to(turn, 0)
+            await self.switch_to(turn.id, 0)
             return
         obj = parse_json_text(text)
         if isinstance(obj, dict) and "resume" in obj:
@@ -67,7 +69,7 @@ class Session:
             return
         request = parse_turn_request(obj)
         await self.stop_current()
-        await self.switch_to(self.manager.create(request, uid=self.uid), 0)
+        await self.switch_to((await self.store.create(request, uid=self.uid)).id, 0)
 
     @property
     def streaming(self) -> bool:
@@ -78,15 +80,15 @@ class Session:
             raise RequestError('resume takes {"resume": {"after": SEQ, "turn": "optional id"}}')
         after = parse_position(spec.get("after", 0))
         turn_id = spec.get("turn")
-        turn = self.manager.get(turn_id) if isinstance(turn_id, str) else self.manager.latest(self.uid)
+        turn = await self.store.get(turn_id) if isinstance(turn_id, str) else await self.store.latest(self.uid)
         if turn is None:
             raise ResumeError(f"no turn to resume for uid {self.uid!r}")
-        await self.switch_to(turn, after)
+        await self.switch_to(turn.id, after)
 
     async def stop_current(self, interrupt: bool = True) -> None:
         """End the pump of the current turn; a new question interrupts the one still streaming."""
         if self.turn is not None and interrupt:
-            self.turn.interrupt()
+            await self.store.interrupt(self.turn)
         if self.pump is not None:
             if not interrupt:
                 self.pump.cancel()
@@ -94,22 +96,21 @@ class Session:
                 await self.pump
             self.pump = None
 
-    async def switch_to(self, turn: Turn, after: int) -> None:
-        """Stream ``turn`` from ``after`` on; one pump per socket, so a previous stream stops first
-        (without interrupting its turn: a resume may switch back to it)."""
-        sub = turn.subscribe(after)  # raises before anything changes when the position is gone
+    async def switch_to(self, turn: str, after: int) -> None:
+        """Stream ``turn`` from ``after`` on (starting it when it is queued); one pump per socket, so a
+        previous stream stops first (without interrupting its turn: a resume may switch back to it)."""
+        sub = await self.store.open(turn, after)  # raises before anything changes when the position is gone
         await self.stop_current(interrupt=False)
-        turn.start()
         self.turn = turn
         self.pump = asyncio.get_running_loop().create_task(self._pump(sub))
 
-    async def _pump(self, sub: Subscription) -> None:
-        with sub:
+    async def _pump(self, sub: Reader) -> None:
+        async with sub:
             while not sub.done:
                 for event in await sub.next_batch():
                     for frame in encode_ws(event):
                         await self.ws.send_text(frame)
-        if self.manager.closing:
+        if self.store.closing:
             await self.ws.close(CloseCode.GOING_AWAY, "server shutting down")
 
     async def reject(self, code: str, message: str) -> None:
@@ -118,7 +119,7 @@ class Session:
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    session = Session(websocket, websocket.app.state.turns, websocket.app.state.settings)
+    session = Session(websocket, websocket.app.state.store, websocket.app.state.settings)
     await websocket.accept()
     try:
         while True:

@@ -46,7 +46,7 @@ window.ready = true;
 @pytest.fixture(scope="module")
 def origin() -> Iterator[str]:
     """The page's own loopback origin (Chromium lets only a loopback page reach a loopback server)."""
-    source = (Path(__file__).resolve().parents[2] / "nbchat" / "notebook" / "widget.js").read_bytes()
+    source = (Path(__file__).resolve().parents[2] / "nbchat" / "notebook" / "static" / "widget.js").read_bytes()
     html = (PAGE % base64.b64encode(source).decode()).encode()
 
     class Page(http.server.BaseHTTPRequestHandler):

@@ -5,7 +5,8 @@ written here; Playwright opens it in the system's Chromium (never a
 downloaded browser) and runs cells through JupyterLab's own commands. The
 answers come from the embedded model through the server the kernel starts for
 itself, and from an echo server for the hostile-HTML checks. Screenshots go
-to ``artifacts/e2e/``.
+to ``artifacts/e2e/``. The widget's rendering alone, in a plain page, is tested in
+``test_render_page.py``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
+IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 START_TIMEOUT = 90.0
 XSS = 'Hi <img src=x onerror="window.__xss=1"> and <script>window.__xss=2</script> **bold** done'
 
@@ -44,7 +46,7 @@ CELLS = [
     "from nbchat.server.config import Settings\nfrom nbchat.server.serving import start_server_thread\n"
     "echo = start_server_thread(Settings(port=0, backend='echo', rate=50))",
     "%%chat --server {echo.url} --token {echo.token}\n" + XSS,
-    "xss_widget = ChatWidget(server=echo.url, token=echo.token)\nxss_widget",
+    "from nbchat import ChatWidget\nxss_widget = ChatWidget(server=echo.url, token=echo.token)\nxss_widget",
     # browser-direct widgets, and the relayed one for contrast, on one slow echo server the kernel owns
     "import time\nfrom nbchat import ChatWidget\nfrom nbchat.notebook.kernel_server import KernelServer\n"
     "ks = KernelServer(backend='echo', rate=20)\n"
@@ -60,6 +62,10 @@ CELLS = [
     "relayed.ask(LONG)\ntime.sleep(15)",
     "print(*[(w.transport, w.route, w.conversation.exchanges[-1].status, len(w.conversation.exchanges[-1].answer))"
     " for w in [*direct.values(), *proxied.values()]], sep='\\n')",
+    # a widget whose echo server streams back Markdown with code and math, then is saved and reopened
+    "from nbchat.server.config import Settings\nfrom nbchat.server.serving import start_server_thread\n"
+    "from nbchat import ChatWidget\nrender_echo = start_server_thread(Settings(port=0, backend='echo', rate=60))\n"
+    "render_widget = ChatWidget(server=render_echo.url, token=render_echo.token)\nrender_widget",
 ]
 # True once a cell's output shows answer text rather than the magic's placeholder.
 ANSWER_STARTED = ("i => { const t = jupyterapp.shell.currentWidget.content.widgets[i]"
@@ -67,7 +73,7 @@ ANSWER_STARTED = ("i => { const t = jupyterapp.shell.currentWidget.content.widge
                   " return !!t && !!t.innerText.trim()"
                   " && !/waiting for the first token|starting the nbchat server/.test(t.innerText); }")
 (LOAD, SKY, STORY, WIDGET, ECHO, XSS_CELL, XSS_WIDGET, DIRECT_SETUP, DIRECT_SHOW, DIRECT_ASK, PROXY_SHOW, PROXY_ASK,
- RELAYED_SHOW, RELAYED_ASK, DIRECT_CHECK) = range(len(CELLS))
+ RELAYED_SHOW, RELAYED_ASK, DIRECT_CHECK, RENDER_WIDGET) = range(len(CELLS))
 TRANSPORTS = ("ws", "sse", "fetch")
 CELLS[DIRECT_SETUP] = f"TRANSPORTS = {TRANSPORTS!r}\n" + CELLS[DIRECT_SETUP]
 
@@ -162,85 +168,6 @@ def page(lab: Lab, browser: Any) -> Iterator[Any]:
     yield tab
     tab.screenshot(path=str(ARTIFACTS / "final.png"), full_page=True)
     tab.close()
-
-
-HARNESS = """<!doctype html><html><body><div id=root></div><script type=module>
-const mod = await import("data:text/javascript;base64,%s");
-const handlers = {};
-const state = {messages: [], transport: "ws", transports: ["ws", "sse"], busy: false, stats: ""};
-window.model = {sent: [], get: (k) => state[k], set: (k, v) => { state[k] = v; }, save_changes() {},
-  send(m) { this.sent.push(m); }, on(n, f) { (handlers[n] ||= []).push(f); }, off() {}};
-window.emit = (n, m) => (handlers[n] || []).forEach((f) => f(m));
-window.frame = () => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
-mod.default.render({model: window.model, el: document.getElementById("root")});
-window.ready = true;
-</script></body></html>"""
-
-MARKDOWN = ("# Notes\n\nSome **bold** and *soft* text with `code <b>` and a [link](https://example.com).\n\n"
-            "```python\nprint('<b>hi</b>')\nx = 1\n```\n\n- one\n- two\n\n1. first\n2. second\n\n> quoted\n\n"
-            "<img src=x onerror=\"window.__xss=1\"> [bad](javascript:alert(1))\n")
-
-
-@pytest.fixture(scope="module")
-def harness(browser: Any) -> Iterator[Any]:
-    """The widget's front end alone in a page, with a stand-in model: no JupyterLab, no kernel."""
-    import base64
-
-    source = (Path(__file__).resolve().parents[2] / "nbchat" / "notebook" / "widget.js").read_bytes()
-    tab = browser.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    tab.set_content(HARNESS % base64.b64encode(source).decode())
-    tab.wait_for_function("() => window.ready === true")
-    yield tab
-    tab.close()
-    assert not errors, errors
-
-
-def stream_into(page: Any, text: str, piece: int) -> None:
-    page.evaluate("() => emit('msg:custom', {type: 'start', user: 'q'})")
-    page.evaluate("([text, n]) => { for (let i = 0; i < text.length; i += n)"
-                  " emit('msg:custom', {type: 'delta', text: text.slice(i, i + n)}); }", [text, piece])
-    page.evaluate("() => frame()")
-    page.evaluate("() => emit('msg:custom', {type: 'end', status: '[DONE]'})")
-
-
-def test_streamed_markdown_renders_like_the_whole_and_stays_inert(harness: Any) -> None:
-    rendered = []
-    for piece in (1, 3, 7, len(MARKDOWN)):
-        stream_into(harness, MARKDOWN, piece)
-        rendered.append(harness.evaluate("() => [...document.querySelectorAll('.nbchat-assistant')].pop().innerHTML"))
-    assert len(set(rendered)) == 1, rendered  # however the text was split, the result is the same
-    html = rendered[0]
-    for expected in ("<h1>Notes</h1>", "<strong>bold</strong>", "<em>soft</em>", "<code>code &lt;b&gt;</code>",
-                     '<code class="language-python">print(\'&lt;b&gt;hi&lt;/b&gt;\')\nx = 1\n</code>',
-                     "<li>one</li>", "<ol><li>first</li>", "<blockquote>quoted</blockquote>",
-                     '<a href="https://example.com"', "&lt;img src=x", "[bad](javascript:alert(1))"):
-        assert expected in html, (expected, html)
-    assert harness.evaluate("() => document.querySelectorAll('#root img, #root script').length") == 0
-    assert harness.evaluate("() => window.__xss") is None
-
-
-def test_finished_blocks_are_never_rendered_again(harness: Any) -> None:
-    harness.evaluate("() => emit('msg:custom', {type: 'start', user: 'q'})")
-    harness.evaluate("() => emit('msg:custom', {type: 'delta', text: 'First paragraph.\\n\\nSecond'}) || frame()")
-    harness.evaluate("() => frame()")
-    harness.evaluate("() => { window.first = [...document.querySelectorAll('.nbchat-assistant p')].at(-2); }")
-    # Count the DOM nodes each batch creates (deterministic, unlike timings on a shared machine): re-rendering
-    # the whole answer per frame would create ever more nodes per batch as the answer grows.
-    harness.evaluate("""() => { window.made = 0;
-        for (const name of ['createElement', 'createTextNode']) { const original = document[name].bind(document);
-          document[name] = (...args) => { window.made++; return original(...args); }; } }""")
-    made = []
-    for _ in range(6):  # 6 x 400 more paragraphs
-        made.append(harness.evaluate("async () => { window.made = 0; for (let i = 0; i < 400; i++)"
-                                     " emit('msg:custom', {type: 'delta', text: ` more text ${i}.\\n\\nNext`});"
-                                     " await frame(); return window.made; }"))
-    assert harness.evaluate("() => window.first.isConnected && window.first.textContent") == "First paragraph."
-    harness.evaluate("() => emit('msg:custom', {type: 'end', status: '[DONE]'})")
-    assert harness.evaluate("() => [...document.querySelectorAll('.nbchat-assistant')].pop()"
-                            ".querySelectorAll('p').length") == 2402
-    assert max(made) <= 1.1 * min(made) and max(made) < 2_000, made  # ~2 nodes per new paragraph, flat
 
 
 def run_cell(page: Any, index: int) -> float:
@@ -466,3 +393,86 @@ def test_direct_answers_join_the_kernels_conversation(page: Any) -> None:
     for line in lines:  # e.g. ('ws', 'direct', '[INTERRUPTED]', 312)
         assert "'[INTERRUPTED]'" in line and int(line.rstrip(")").rsplit(",", 1)[1]) > 20, lines
     assert not page.nbchat_errors, page.nbchat_errors
+
+
+# ---------------------------------------------------------------- code and math, saved and reopened
+
+CODE_AND_MATH = r"""Euler's identity $e^{i\pi} + 1 = 0$, and a sum:
+
+$$\sum_{k=1}^{n} k = \frac{n(n+1)}{2}$$
+
+```python
+def total(n: int) -> int:
+    return n * (n + 1) // 2  # the same sum
+```
+
+With \(n = 4\): **10**."""
+
+# The output holding the widget's saved Markdown copy, and whether it is shown.
+MIRROR_SHOWN = ("i => { const m = jupyterapp.shell.currentWidget.content.widgets[i].node"
+                ".querySelector('.nbchat-mirror'); if (!m) return null; const o = m.closest('.jp-OutputArea-child');"
+                " return {shown: getComputedStyle(o).display !== 'none', text: o.innerText}; }")
+
+
+def test_widget_streams_code_and_math_and_renders_them_at_the_end(page: Any) -> None:
+    run_cell(page, RENDER_WIDGET)
+    wait_cell(page, RENDER_WIDGET)
+    widget = page.locator(".jp-Notebook .jp-Cell").nth(RENDER_WIDGET).locator(".nbchat-widget")
+    widget.locator(".nbchat-input").fill(CODE_AND_MATH)
+    widget.locator(".nbchat-send").click()
+    answer = widget.locator(".nbchat-assistant").last
+    page.wait_for_function("i => jupyterapp.shell.currentWidget.content.widgets[i].node"
+                           ".querySelector('.nbchat-stats').innerText.includes('[DONE]')",
+                           arg=RENDER_WIDGET, timeout=30_000)
+    done = answer.evaluate("""a => ({
+        katex: a.querySelectorAll('.katex').length, display: a.querySelectorAll('.katex-display').length,
+        errors: a.querySelectorAll('.katex-error').length, mathml: a.querySelectorAll('math').length,
+        keywords: [...a.querySelectorAll('.tok-keyword')].map((e) => e.textContent),
+        color: getComputedStyle(a.querySelector('.tok-keyword')).color,
+        copy: a.querySelectorAll('.nbchat-copy').length, code: a.querySelector('pre code').textContent,
+        font: getComputedStyle(a.querySelector('.katex')).fontFamily })""")
+    assert done["katex"] == 3 and done["display"] == 1 and done["errors"] == 0 and done["mathml"] == 3, done
+    assert {"def", "return"} <= set(done["keywords"]) and done["color"] != "rgb(0, 0, 0)", done
+    assert done["copy"] == 1 and done["code"].startswith("def total(n: int) -> int:\n"), done
+    assert "KaTeX_Main" in done["font"], done  # KaTeX's CSS (and its inlined fonts) came with the widget
+    assert page.evaluate("() => document.fonts.check('16px KaTeX_Main')")
+    mirror = page.evaluate(MIRROR_SHOWN, RENDER_WIDGET)
+    assert mirror is not None and mirror["shown"] is False, mirror  # the live widget shows it: the copy is hidden
+    assert not page.nbchat_errors, page.nbchat_errors
+    IMG.mkdir(parents=True, exist_ok=True)
+    widget.screenshot(path=str(IMG / "widget-code-math.png"))
+
+
+def test_saved_notebook_reopened_without_a_kernel_shows_the_conversation(page: Any, lab: Lab, browser: Any) -> None:
+    import nbformat
+
+    page.evaluate("() => jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+    saved = nbformat.read(lab.root / "chat.ipynb", as_version=4)
+    outputs = saved.cells[RENDER_WIDGET].outputs
+    assert any("Euler's identity" in o.get("data", {}).get("text/markdown", "") for o in outputs), outputs
+    nbformat.write(saved, lab.root / "reopened.ipynb")
+    # A fresh page in its own workspace (nothing restored, no widget CSS loaded), the notebook opened with no kernel.
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    tab = context.new_page()
+    try:
+        tab.goto(f"{lab.url}/lab/workspaces/reopened?reset&token={lab.token}")
+        tab.wait_for_function("() => !!window.jupyterapp", timeout=START_TIMEOUT * 1000)
+        tab.evaluate("async () => { await jupyterapp.restored;"
+                     " await jupyterapp.commands.execute('docmanager:open', {path: 'reopened.ipynb',"
+                     " factory: 'Notebook', kernelPreference: {shouldStart: false, canStart: false}}); }")
+        tab.wait_for_function("i => { const nb = jupyterapp.shell.currentWidget; return !!nb && !!nb.content"
+                              " && nb.context.path === 'reopened.ipynb' && nb.content.widgets.length > i"
+                              " && !!nb.content.widgets[i].node.querySelector('.nbchat-mirror'); }",
+                              arg=RENDER_WIDGET, timeout=60_000)
+        tab.evaluate("i => jupyterapp.shell.currentWidget.content.widgets[i].node.scrollIntoView()", RENDER_WIDGET)
+        assert tab.evaluate("() => jupyterapp.shell.currentWidget.sessionContext.session?.kernel ?? null") is None
+        mirror = tab.evaluate(MIRROR_SHOWN, RENDER_WIDGET)
+        assert mirror is not None and mirror["shown"] is True, mirror
+        assert "ChatWidget conversation (1 exchange)" in mirror["text"], mirror
+        assert "def total(n: int) -> int:" in mirror["text"] and "Euler's identity" in mirror["text"], mirror
+        cell = tab.locator(".jp-Notebook .jp-Cell").nth(RENDER_WIDGET)
+        IMG.mkdir(parents=True, exist_ok=True)
+        cell.screenshot(path=str(IMG / "widget-saved-no-kernel.png"))
+    finally:
+        context.close()

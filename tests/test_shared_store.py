@@ -1,0 +1,309 @@
+"""Two ``nbchat serve --store redis://...`` processes on different ports sharing one turn log: a turn
+started on one is resumed, started, interrupted and read on the other; a process killed mid-turn and
+a Redis that goes away end streams with [ERROR] in bounded time, never a hang or a 500."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
+
+from tests.conftest import ROOT, RedisProcess, ServeFactory, ServeProcess
+from tests.helpers import TOKEN, descendants
+
+H = {"token": TOKEN}
+# about 90 pieces of the echo backend: at 50 pieces/s a turn lasts about two seconds
+MESSAGE = "Shared turns: 你好，世界 🚀 — \"quotes\", a \\ backslash,\na newline; " * 5
+STATUSES = ("[DONE]", "[TOKENS]", "[INTERRUPTED]", "[MODEL_TIMEOUT]", "TEMPERATURE_THRESHOLD", "[ERROR]")
+
+
+def request(content: str = MESSAGE, **extra: object) -> dict[str, object]:
+    return {"userMessage": {"role": "user", "content": content}, **extra}
+
+
+@pytest.fixture
+def pair(redis_server: RedisProcess, serve_process: ServeFactory) -> tuple[ServeProcess, ServeProcess]:
+    return (serve_process("--store", redis_server.url), serve_process("--store", redis_server.url))
+
+
+def read_events(response: httpx.Response, count: int, sep: bytes) -> bytes:
+    """The raw bytes of the first ``count`` events (``sep`` ends each) of a streaming response."""
+    out = b""
+    for part in response.iter_raw():
+        out += part
+        if out.count(sep) >= count:
+            break
+    assert out.count(sep) >= count, out
+    cut = 0
+    for _ in range(count):
+        cut = out.index(sep, cut) + len(sep)
+    return out[:cut]
+
+
+def ndjson_records(body: bytes) -> list[dict[str, object]]:
+    return [json.loads(line) for line in body.splitlines() if line]
+
+
+def chunk_seqs(records: list[dict[str, object]]) -> list[object]:
+    return [r["seq"] for r in records if "seq" in r]
+
+
+# ---------------------------------------------------------------- resume on the other process
+
+
+def test_sse_post_on_a_resumed_on_b_byte_exact(pair: tuple[ServeProcess, ServeProcess]) -> None:
+    a, b = pair
+    with httpx.stream("POST", a.url + "/createSse", json=request(uid="sse-u"), headers=H, timeout=10) as r:
+        turn = r.headers["x-nbchat-turn"]
+        head = read_events(r, 10, b"\n\n")
+    rest = httpx.get(b.url + "/createSse", headers={**H, "uid": "sse-u", "last-event-id": "10"}, timeout=20)
+    assert rest.status_code == 200 and rest.headers["x-nbchat-turn"] == turn
+    assert rest.content.endswith(b"id: [DONE]\ndata: [DONE]\n\n")
+    # the whole turn, replayed from its start on B, is exactly what A sent then B sent
+    whole = httpx.get(b.url + "/createSse", params={"turn": turn, "lastEventId": "0"}, headers=H, timeout=10)
+    assert head + rest.content == whole.content
+    ids = [line[4:] for line in whole.content.split(b"\n") if line.startswith(b"id: ")]
+    assert ids == [str(i).encode() for i in range(1, len(ids))] + [b"[DONE]"]
+    text = "".join(json.loads(line[6:])["content"] for line in whole.content.split(b"\n")
+                   if line.startswith(b"data: {"))
+    assert text == MESSAGE
+
+
+def test_ndjson_post_on_a_resumed_on_b_byte_exact(pair: tuple[ServeProcess, ServeProcess]) -> None:
+    a, b = pair
+    with httpx.stream("POST", a.url + "/talkByStream", json=request(), headers=H, timeout=10) as r:
+        turn = r.headers["x-nbchat-turn"]
+        head = read_events(r, 10, b"\n")
+    rest = httpx.get(b.url + "/talkByStream", params={"turn": turn, "after": "10"}, headers=H, timeout=20)
+    assert rest.status_code == 200
+    whole = httpx.get(b.url + "/talkByStream", params={"turn": turn, "after": "0"}, headers=H, timeout=10)
+    assert head + rest.content == whole.content
+    records = ndjson_records(whole.content)
+    assert chunk_seqs(records) == list(range(1, len(records)))
+    assert records[-1] == {"status": "[DONE]"}
+    assert "".join(str(r["content"]) for r in records[:-1]) == MESSAGE
+
+
+def ws(server: ServeProcess, uid: str) -> ClientConnection:
+    return ws_connect(f"ws://127.0.0.1:{server.port}/websocket/{uid}?token={TOKEN}", open_timeout=10)
+
+
+def frames_until_status(conn: ClientConnection, timeout: float = 20) -> list[str]:
+    frames: list[str] = []
+    deadline = time.monotonic() + timeout
+    while not frames or frames[-1] not in STATUSES:
+        frame = conn.recv(timeout=max(0.1, deadline - time.monotonic()))
+        assert isinstance(frame, str)
+        frames.append(frame)
+    return frames
+
+
+def test_websocket_on_a_resumed_on_b(pair: tuple[ServeProcess, ServeProcess]) -> None:
+    a, b = pair
+    with ws(a, "ws-u") as conn:
+        conn.send(json.dumps(request()))
+        head = [conn.recv(timeout=10) for _ in range(10)]
+    with ws(b, "ws-u") as conn:
+        conn.send(json.dumps({"resume": {"after": 10}}))
+        rest = frames_until_status(conn)
+    frames = [str(f) for f in head] + rest
+    assert frames[-1] == "[DONE]"
+    records = [json.loads(f) for f in frames[:-1]]
+    assert chunk_seqs(records) == list(range(1, len(records) + 1))
+    assert "".join(r["content"] for r in records) == MESSAGE
+
+
+def test_queued_turn_on_a_started_by_websocket_on_b(pair: tuple[ServeProcess, ServeProcess]) -> None:
+    a, b = pair
+    r = httpx.post(a.url + "/turns", json=request("queued on A", uid="queue-u"), headers=H, timeout=10)
+    assert r.status_code == 200, r.text
+    with ws(b, "queue-u") as conn:
+        conn.send("")
+        frames = frames_until_status(conn)
+    assert frames[-1] == "[DONE]"
+    assert "".join(json.loads(f)["content"] for f in frames[:-1]) == "queued on A"
+    # and the SSE GET on A sees that same turn, ended
+    again = httpx.get(a.url + "/createSse", headers={**H, "uid": "queue-u"}, timeout=10)
+    assert again.headers["x-nbchat-turn"] == r.json()["id"]
+    assert again.content.endswith(b"data: [DONE]\n\n")
+
+
+# ---------------------------------------------------------------- interrupts
+
+
+class Collector(threading.Thread):
+    """Reads an NDJSON stream to its end in the background."""
+
+    def __init__(self, url: str, params: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.url, self.params = url, params
+        self.records: list[dict[str, object]] = []
+        self.first = threading.Event()
+
+    def run(self) -> None:
+        with httpx.stream("GET", self.url + "/talkByStream", params=self.params, headers=H, timeout=30) as r:
+            for line in r.iter_lines():
+                if line:
+                    self.records.append(json.loads(line))
+                    self.first.set()
+        self.first.set()
+
+
+def test_interrupt_on_b_stops_the_generation_on_a(redis_server: RedisProcess, serve_process: ServeFactory) -> None:
+    a = serve_process("--store", redis_server.url, rate=20)
+    b = serve_process("--store", redis_server.url, rate=20)
+    long = "x" * 3000  # about a minute of pieces at 20/s: only the interrupt can end it in time
+    with httpx.stream("POST", a.url + "/talkByStream", json=request(long, uid="int-u"), headers=H, timeout=30) as r:
+        turn = r.headers["x-nbchat-turn"]
+        on_b = Collector(b.url, {"turn": turn, "after": "0"})
+        on_b.start()
+        assert on_b.first.wait(10)
+        with ws(b, "int-u") as conn:
+            conn.send(json.dumps({"resume": {"turn": turn, "after": 0}}))
+            seen = [conn.recv(timeout=10) for _ in range(3)]
+            conn.send("[INTERRUPT]")
+            sent_at = json.loads(seen[-1])["seq"]
+            frames = frames_until_status(conn, timeout=10)
+        on_a = ndjson_records(b"".join(r.iter_raw()))
+    on_b.join(10)
+    assert frames[-1] == "[INTERRUPTED]"
+    assert on_a[-1] == {"status": "[INTERRUPTED]"}
+    assert on_b.records[-1] == {"status": "[INTERRUPTED]"}
+    # every reader saw the same chunks; the generation on A stopped within a piece or two of the interrupt
+    last = chunk_seqs(on_a)[-1]
+    assert chunk_seqs(on_b.records)[-1] == last
+    assert isinstance(last, int) and isinstance(sent_at, int) and last <= sent_at + 3
+    assert last < len(long) // 4
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_a_killed_mid_turn_ends_b_readers_with_error(pair: tuple[ServeProcess, ServeProcess]) -> None:
+    a, b = pair
+    with httpx.stream("POST", a.url + "/talkByStream", json=request("y" * 3000), headers=H, timeout=30) as r:
+        turn = r.headers["x-nbchat-turn"]
+        on_b = Collector(b.url, {"turn": turn, "after": "0"})
+        on_b.start()
+        assert on_b.first.wait(10)
+        a.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        on_b.join(20)
+    assert not on_b.is_alive(), "B's reader still waits for a turn whose process died"
+    assert time.monotonic() - killed < 10
+    assert on_b.records[-1] == {"status": "[ERROR]"}
+    error = on_b.records[-2]["error"]
+    assert isinstance(error, dict) and error["code"] == "process_lost" and error["message"]
+    # a late reader on B gets the same recorded end
+    late = ndjson_records(httpx.get(b.url + "/talkByStream", params={"turn": turn, "after": "0"},
+                                    headers=H, timeout=10).content)
+    assert late[-1] == {"status": "[ERROR]"}
+
+
+def test_redis_unreachable_gives_503_and_error_status(pair: tuple[ServeProcess, ServeProcess],
+                                                      redis_server: RedisProcess) -> None:
+    a, b = pair
+    with httpx.stream("POST", a.url + "/talkByStream", json=request("z" * 3000), headers=H, timeout=30) as r:
+        turn = r.headers["x-nbchat-turn"]
+        on_b = Collector(b.url, {"turn": turn, "after": "0"})
+        on_b.start()
+        assert on_b.first.wait(10)
+        redis_server.stop()
+        stopped = time.monotonic()
+        on_a = ndjson_records(b"".join(r.iter_raw()))
+        on_b.join(15)
+    assert time.monotonic() - stopped < 15
+    for records in (on_a, on_b.records):
+        assert records[-1] == {"status": "[ERROR]"}
+        error = records[-2]["error"]
+        assert isinstance(error, dict) and error["code"] == "store_unavailable"
+    for method, path, kwargs in (("POST", "/createSse", {"json": request()}),
+                                 ("POST", "/talkByStream", {"json": request()}),
+                                 ("POST", "/turns", {"json": request(uid="u")}),
+                                 ("GET", "/createSse", {"params": {"uid": "u"}}),
+                                 ("POST", "/v1/chat/completions",
+                                  {"json": {"messages": [{"role": "user", "content": "hi"}]}})):
+        resp = httpx.request(method, b.url + path, headers=H, timeout=15, **kwargs)  # type: ignore[arg-type]
+        assert resp.status_code == 503, (path, resp.status_code, resp.text)
+        assert "store" in resp.text and "Redis" in resp.text
+    with ws(a, "down-u") as conn:
+        conn.send(json.dumps(request()))
+        frames = frames_until_status(conn, timeout=15)
+    assert frames[-1] == "[ERROR]" and json.loads(frames[-2])["error"]["code"] == "store_unavailable"
+    assert httpx.get(a.url + "/health", timeout=5).status_code == 200
+
+
+def test_redis_restarted_ends_running_turns_and_serves_again(pair: tuple[ServeProcess, ServeProcess],
+                                                             redis_server: RedisProcess) -> None:
+    a, b = pair
+    with httpx.stream("POST", a.url + "/talkByStream", json=request("w" * 3000), headers=H, timeout=30) as r:
+        turn = r.headers["x-nbchat-turn"]
+        on_b = Collector(b.url, {"turn": turn, "after": "0"})
+        on_b.start()
+        assert on_b.first.wait(10)
+        redis_server.restart()  # no persistence: the turn's record is gone
+        on_a = ndjson_records(b"".join(r.iter_raw()))
+        on_b.join(15)
+    assert on_a[-1] == {"status": "[ERROR]"} and on_b.records[-1] == {"status": "[ERROR]"}
+    # new turns work on both processes once Redis answers again
+    for server in (a, b):
+        whole = ndjson_records(httpx.post(server.url + "/talkByStream", json=request("again"), headers=H,
+                                          timeout=15).content)
+        assert whole[-1] == {"status": "[DONE]"}
+
+
+# ---------------------------------------------------------------- --workers
+
+
+def test_workers_need_a_shared_store() -> None:
+    done = subprocess.run([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--port", "0",
+                           "--workers", "2"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2
+    assert "--workers 2 needs --store redis://" in done.stderr and "own memory" in done.stderr
+
+
+def test_workers_share_one_port_and_the_turns(redis_server: RedisProcess, serve_process: ServeFactory) -> None:
+    served = serve_process("--workers", "2", "--store", redis_server.url)
+    workers = descendants(served.proc.pid)
+    assert len(workers) >= 2
+    # each request opens a new connection, which the kernel hands to either worker: every resume,
+    # queued turn and interrupt must work wherever it lands
+    for i in range(4):
+        uid = f"workers-{i}"
+        with httpx.stream("POST", served.url + "/createSse", json=request(uid=uid), headers=H, timeout=10) as r:
+            head = read_events(r, 10, b"\n\n")
+        rest = httpx.get(served.url + "/createSse", headers={**H, "uid": uid, "last-event-id": "10"}, timeout=20)
+        whole = httpx.get(served.url + "/createSse", params={"turn": r.headers["x-nbchat-turn"]}, headers=H,
+                          timeout=10)
+        assert head + rest.content == whole.content and whole.content.endswith(b"data: [DONE]\n\n")
+        assert httpx.post(served.url + "/turns", json=request(f"queued {i}", uid=uid), headers=H,
+                          timeout=10).status_code == 200
+        with ws(served, uid) as conn:
+            conn.send("")
+            frames = frames_until_status(conn)
+        assert frames[-1] == "[DONE]" and "".join(json.loads(f)["content"] for f in frames[:-1]) == f"queued {i}"
+    served.proc.terminate()
+    assert served.proc.wait(30) == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
