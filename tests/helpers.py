@@ -1,11 +1,14 @@
-"""What the tests share: the token and the message every server test uses, and
-backends made for the tests. The backends are real backends, only with
-behaviour chosen to reach a status (stall, fail) or to observe cancellation."""
+"""What the tests share: the token and the message every server test uses,
+backends made for the tests, and how to find a free port and stop a child
+process. The backends are real backends, only with behaviour chosen to reach
+a status (stall, fail) or to observe cancellation."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,6 +30,28 @@ LONG_MESSAGE = (
 
 ServerFactory = Callable[..., ServerHandle]
 """The ``make_server`` fixture: keyword settings in, a running server out."""
+
+
+def free_port() -> int:
+    """A loopback port free now (for a child process that needs its port on the command line)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes], wait: float = 15) -> None:
+    """Terminate a child, kill it if it has not left after ``wait`` seconds, and close its pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 class RecordingBackend(Backend):

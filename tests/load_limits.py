@@ -33,6 +33,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.helpers import stop_process
+
 TOKEN = "load-token-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -77,15 +79,8 @@ def serve(tree: Path = ROOT, extra: Sequence[str] = (), fd_limit: int | None = N
         port = int(line.split(" at ", 1)[1].split("/?", 1)[0].rsplit(":", 1)[1])
         yield Server(proc, port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def slow_head(port: int) -> socket.socket:

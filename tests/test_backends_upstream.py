@@ -27,6 +27,7 @@ from nbchat.backends.smollm2 import find_gguf
 from nbchat.backends.upstream import OpenAIUpstreamBackend
 from nbchat.wire.errors import BackendError
 from nbchat.wire.events import Message
+from tests.helpers import stop_process
 
 SERVER_START_TIMEOUT = 60.0
 
@@ -79,14 +80,7 @@ def llama_server() -> Iterator[str]:
             time.sleep(0.2)
         yield base_url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        stop_process(proc, 10)
 
 
 async def test_streams_a_real_answer_from_llama_cpp_server(llama_server: str) -> None:

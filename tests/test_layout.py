@@ -1,7 +1,15 @@
 """The package's shape: the sans-I/O layer imports no I/O library, the import
-graph has no cycle, and the public names of nbchat, nbchat.clients and
-nbchat.server are the ones documented (a change to them is a decision, not an
-accident)."""
+graph has no cycle, no module reaches into another object's private members,
+and the public names of nbchat, nbchat.clients and nbchat.server are the ones
+documented (a change to them is a decision, not an accident).
+
+Type-only imports (``if TYPE_CHECKING:``) count as edges of the import graph.
+They never run, so a cycle through one cannot fail at import time; but the
+graph is the layering, and a module that names a type of the module that
+imports it depends on it all the same. So there are two assertions: no cycle
+among the imports that run (a cycle there is a bug), and none once type-only
+imports are added (a cycle there is a layering to straighten out).
+"""
 
 from __future__ import annotations
 
@@ -34,12 +42,17 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _runtime_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """Every import that runs (at module level or inside functions); ``if TYPE_CHECKING:`` blocks never run."""
+def _is_type_checking(test: ast.expr) -> bool:
+    return isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+
+
+def _imports(tree: ast.Module, *, type_only: bool) -> list[ast.Import | ast.ImportFrom]:
+    """Every import that runs (at module level or inside functions), and with ``type_only``
+    those in ``if TYPE_CHECKING:`` blocks too."""
     found: list[ast.Import | ast.ImportFrom] = []
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+        if not type_only and isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.orelse:
                 visit(child)
             return
@@ -52,14 +65,15 @@ def _runtime_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    """nbchat's modules and the nbchat modules each imports (function-level imports included)."""
+def import_graph(*, type_only: bool = False) -> dict[str, set[str]]:
+    """nbchat's modules and the nbchat modules each imports (function-level imports included;
+    with ``type_only``, the imports made for annotations only as well)."""
     paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in paths.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps: set[str] = set()
-        for node in _runtime_imports(ast.parse(path.read_text())):
+        for node in _imports(ast.parse(path.read_text()), type_only=type_only):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -106,6 +120,50 @@ def test_the_import_graph_has_no_cycle() -> None:
     assert {"nbchat.server.app", "nbchat.server.openai_routes", "nbchat.bench.report"} <= set(graph)
     assert "nbchat.server.openai_routes" in graph["nbchat.server.app"]  # the graph sees real edges
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_type_only_imports_make_no_cycle_either() -> None:
+    graph = import_graph(type_only=True)
+    # the graph sees an edge made only for annotations
+    assert "nbchat.notebook.render" in graph["nbchat.notebook.provenance"]
+    assert "nbchat.notebook.render" not in import_graph()["nbchat.notebook.provenance"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+# Standard-library names that begin with an underscore and are used as documented.
+PRIVATE_BY_NAME_ONLY = {"os._exit", "argparse._SubParsersAction"}
+# anywidget's documented class attributes for a widget's front end.
+PUBLIC_BY_CONVENTION = {"_esm", "_css"}
+
+
+def foreign_private_members(source: str) -> list[str]:
+    """``obj._name`` where ``obj`` is not ``self``, ``cls`` or ``super()``: reaching into
+    another object's private members (dunders are public protocol)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+            continue
+        if node.attr in PUBLIC_BY_CONVENTION:
+            continue
+        owner = node.value
+        if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+            continue
+        if isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super":
+            continue
+        if ast.unparse(node) not in PRIVATE_BY_NAME_ONLY:
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_private_member_finder_finds_one() -> None:
+    assert foreign_private_members("self.turn._attach()\nself._ok = 1\nsuper()._x()\nos._exit(0)\n") == [
+        "1: self.turn._attach"]
+
+
+def test_no_module_reaches_into_another_objects_private_members() -> None:
+    found = {str(path.relative_to(ROOT)): hits for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py")]
+             if (hits := foreign_private_members(path.read_text()))}
+    assert found == {}
 
 
 def test_exported_names() -> None:

@@ -18,7 +18,7 @@ from nbchat.clients import TRANSPORTS, connect
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
-from tests.helpers import TOKEN, ServerFactory, StallBackend, tree_cpu_seconds
+from tests.helpers import TOKEN, ServerFactory, StallBackend, stop_process, tree_cpu_seconds
 
 QUESTION = "Name three colours of the rainbow."
 
@@ -100,10 +100,7 @@ def test_interrupt_stops_the_model_process_cpu(tmp_path: Path) -> None:
         assert busy > 0.3, f"the model was not running before the interrupt ({busy:.2f} s CPU in 1 s)"
         assert idle < 0.1, f"the server still used {idle:.2f} s CPU per second 0.5 s after the interrupt"
     finally:
-        proc.terminate()
-        proc.wait(15)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 def test_upstream_backend_through_a_second_nbchat_server(make_server: ServerFactory,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from nbchat.notebook.conversation import ChatOptions
+from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.provenance import FIELDS, describe, provenance, public_url
 from nbchat.notebook.render import TurnStats
 from tests.helpers import TOKEN, ServerFactory

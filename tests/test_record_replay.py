@@ -22,7 +22,7 @@ from nbchat.clients import connect
 from nbchat.wire.errors import ProtocolError
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
 from nbchat.wire.recording import Recording, parse_recording
-from tests.helpers import TOKEN, ServerFactory
+from tests.helpers import TOKEN, ServerFactory, stop_process
 
 #: irregular gaps, as a model's are: a long first-token wait, bursts and pauses
 GAPS = [0.15, 0.02, 0.09, 0.005, 0.005, 0.12, 0.03, 0.2, 0.01, 0.06, 0.04, 0.11]
@@ -172,10 +172,7 @@ def serve_once(command: list[str]) -> str:
         assert end.status is Status.DONE
         return "".join(c.content for c in chunks)
     finally:
-        proc.terminate()
-        proc.wait(15)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc)
 
 
 @pytest.mark.slow

@@ -147,8 +147,8 @@ async def test_the_replay_bound_counts_the_memory_of_its_records() -> None:
     try:
         before = tracemalloc.get_traced_memory()[0]
         turn = turns.create(REQ)
-        assert turn._task is not None
-        await turn._task
+        assert turn.generation is not None
+        await turn.generation
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
@@ -164,8 +164,8 @@ async def test_a_reader_behind_the_bound_gets_resume_unavailable_and_a_late_resu
     with sub:
         first = await sub.next_batch()
         assert isinstance(first[0], Chunk) and first[0].seq == 1
-        assert turn._task is not None
-        await turn._task  # the turn runs on while this reader sleeps
+        assert turn.generation is not None
+        await turn.generation  # the turn runs on while this reader sleeps
         rest = await sub.next_batch()
     assert len(rest) == 1 and isinstance(rest[0], End)
     assert rest[0].status is Status.ERROR and rest[0].error is not None

@@ -15,7 +15,8 @@ import pytest
 
 import nbchat
 from nbchat.backends.base import Backend, Finish, GenerationRequest
-from nbchat.notebook.conversation import ChatOptions, Conversation
+from nbchat.notebook.conversation import Conversation
+from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.widget import ChatWidget
 from nbchat.server.serving import ServerHandle
 from tests.helpers import TOKEN, RecordingBackend, ServerFactory

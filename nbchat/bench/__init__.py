@@ -11,7 +11,7 @@ against the number of concurrent streams. The layout:
 - :mod:`.measure` — one stream into a trace, with either client;
 - :mod:`.procs` — the servers as child processes;
 - :mod:`.runner` — the scenarios (:class:`~.runner.BenchConfig`, :func:`~.runner.run_benchmark`);
-- :mod:`.report`, :mod:`.tables` — rows, tables, targets, JSON and CSV;
+- :mod:`.report` — rows, tables, targets, JSON and CSV;
 - :mod:`.plots` — the figures (matplotlib, imported there only);
 - :mod:`.buffering` — spotting a buffering proxy from emit and receive times;
 - :mod:`.wan` — the comparison over an emulated WAN (network namespaces, netem);

@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .report import Results
+from .report import NAMES, Results
 from .stats import Trace, ms, pooled
-from .tables import NAMES
 
 COLORS = {"raw": "#777777", "ws": "#1f77b4", "sse": "#ff7f0e", "stream": "#2ca02c", "openai": "#d62728"}
 

@@ -3,10 +3,10 @@
 One socket per client carries its turns one after another (it is reopened if
 it dropped). A turn starts with a turn-request frame; ``[INTERRUPT]`` stops
 it; ``{"resume": {"after": N, "turn": ID}}`` reattaches. Frames are decoded
-by :func:`nbchat.wire.protocol.decode_ws`. The frame readers are plain iterators,
-not generators, so a ``KeyboardInterrupt`` during a read leaves them usable:
-the notebook magic interrupts the turn and keeps reading to its
-``[INTERRUPTED]``.
+and sorted per turn by the sans-I/O :class:`nbchat.wire.ws_session.WebSocketSession`;
+this module only moves frames. The frame readers are plain iterators, not
+generators, so a ``KeyboardInterrupt`` during a read leaves them usable: the
+notebook magic interrupts the turn and keeps reading to its ``[INTERRUPTED]``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -26,18 +27,11 @@ from websockets.protocol import State
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as connect_ws
 
-from ..wire.contract import INTERRUPT_FRAME, WEBSOCKET_PATH
-from ..wire.errors import AuthError, NBChatConnectionError, NBChatError, PayloadTooLarge, ProtocolError
-from ..wire.events import Item, Status, TurnRequest
-from ..wire.protocol import decode_ws, dumps, encode_turn_request
-from ._common import (
-    DEFAULT_TIMEOUT,
-    AsyncChatClient,
-    AsyncTurnStream,
-    ChatClient,
-    TurnStream,
-    auth_headers,
-)
+from ..wire.contract import WEBSOCKET_PATH
+from ..wire.errors import AuthError, NBChatConnectionError, NBChatError, PayloadTooLarge
+from ..wire.events import Item, TurnRequest
+from ..wire.ws_session import TurnFrames, WebSocketSession
+from ._common import DEFAULT_TIMEOUT, AsyncChatClient, AsyncTurnStream, ChatClient, TurnStream, auth_headers
 from ._errors import broken, cannot_connect, error_from_status, timed_out
 
 MAX_FRAME = 16 * 1024 * 1024
@@ -72,42 +66,43 @@ def handshake_error(exc: Exception, url: str) -> NBChatError:
     return cannot_connect(url, exc)
 
 
-class _FrameFilter:
-    """Turns frames into items for one turn: skips what is left of an abandoned
-    earlier turn on the same socket (up to its status) and notes the turn's own status."""
-
-    def __init__(self, skip_statuses: int) -> None:
-        self.skip = skip_statuses
-        self.done = False
-
-    def accept(self, frame: str | bytes) -> Item | None:
-        if isinstance(frame, bytes):
-            raise ProtocolError("the server sent a binary WebSocket frame; nbchat sends text frames only")
-        item = decode_ws(frame, time.time())
-        if self.skip:
-            self.skip -= isinstance(item, Status)
-            return None
-        self.done = isinstance(item, Status)
-        return item
+@contextlib.contextmanager
+def _socket_errors(url: str, timeout: float) -> Iterator[None]:
+    """Map a read's or send's failures onto nbchat's errors (for the sync and the asyncio socket alike)."""
+    try:
+        yield
+    except (TimeoutError, asyncio.TimeoutError) as exc:  # distinct types on Python 3.10
+        raise timed_out(url, timeout) from exc
+    except ConnectionClosed as exc:
+        raise closed_error(exc, url) from exc
 
 
-class _FrameReader(_FrameFilter):
-    def __init__(self, ws: ClientConnection, url: str, timeout: float, skip_statuses: int) -> None:
-        super().__init__(skip_statuses)
-        self.ws, self.url, self.timeout = ws, url, timeout
+@contextlib.contextmanager
+def _opening(url: str) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+        raise handshake_error(exc, url) from exc
+
+
+def _connect_args(client: ChatClient | AsyncChatClient) -> dict[str, Any]:
+    """websockets' connect() arguments, the same for its sync and asyncio clients."""
+    return {"uri": ws_url(client.url, client.uid), "additional_headers": auth_headers(client.token),
+            "open_timeout": min(client.timeout, 10), "max_size": MAX_FRAME}
+
+
+class _FrameReader:
+    def __init__(self, ws: ClientConnection, frames: TurnFrames, url: str, timeout: float) -> None:
+        self.ws, self.frames, self.url, self.timeout = ws, frames, url, timeout
 
     def __iter__(self) -> _FrameReader:
         return self
 
     def __next__(self) -> Item:
-        while not self.done:
-            try:
+        while not self.frames.done:
+            with _socket_errors(self.url, self.timeout):
                 frame = self.ws.recv(timeout=self.timeout)
-            except TimeoutError as exc:
-                raise timed_out(self.url, self.timeout) from exc
-            except ConnectionClosed as exc:
-                raise closed_error(exc, self.url) from exc
-            item = self.accept(frame)
+            item = self.frames.receive(frame, time.time())
             if item is not None:
                 return item
         raise StopIteration
@@ -121,16 +116,16 @@ class WebSocketClient(ChatClient):
     def __init__(self, url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  uid: str | None = None) -> None:
         super().__init__(url, token=token, timeout=timeout, uid=uid)
+        self._session = WebSocketSession()
         self._ws: ClientConnection | None = None
         self._stack = contextlib.ExitStack()
-        self._reader: _FrameReader | None = None
         self._lock = threading.Lock()  # one socket, opened once, even if two threads start turns
 
     def _start_turn(self, request: TurnRequest) -> TurnStream:
-        return self._start(dumps(encode_turn_request(request)))
+        return self._start(self._session.turn_frame(request))
 
     def resume(self, after: int, *, turn_id: str | None = None) -> TurnStream:
-        return self._start(dumps({"resume": _resume_spec(after, turn_id)}), after=after, turn_id=turn_id)
+        return self._start(self._session.resume_frame(after, turn_id), after=after, turn_id=turn_id)
 
     def close(self) -> None:
         with self._lock:
@@ -141,75 +136,59 @@ class WebSocketClient(ChatClient):
         if self._ws is not None and self._ws.state is State.OPEN:
             return self._ws
         self._stack.close()
-        self._ws, self._reader = None, None
-        url = ws_url(self.url, self.uid)
-        try:
+        self._ws = None
+        self._session.reset()
+        with _opening(self.url):
             # entered as a context manager (websockets asks for it) and held open across turns
-            self._ws = self._stack.enter_context(connect_ws(
-                url, additional_headers=auth_headers(self.token), open_timeout=min(self.timeout, 10),
-                max_size=MAX_FRAME))
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            raise handshake_error(exc, self.url) from exc
+            self._ws = self._stack.enter_context(connect_ws(**_connect_args(self)))
         return self._ws
 
     def _start(self, frame: str, *, after: int | None = None, turn_id: str | None = None) -> TurnStream:
         with self._lock:
-            reader = self._send(frame)
+            ws, turn = self._send(frame)
 
         def interrupt() -> None:
-            # only while this turn is the socket's current one: an abandoned turn must not stop the next
-            if self._reader is reader and not reader.done:
+            if self._session.is_live(turn):
                 with contextlib.suppress(ConnectionClosed):  # a closed socket ends the stream anyway
-                    reader.ws.send(INTERRUPT_FRAME)
+                    ws.send(self._session.interrupt_frame)
 
         def close() -> None:
             # Mid-turn, dropping the socket is the only way to stop reading without leaving
             # frames to the next turn; the server keeps the turn for its grace period.
-            if self._reader is reader and not reader.done:
-                reader.ws.close()
+            if self._session.is_live(turn):
+                ws.close()
 
+        reader = _FrameReader(ws, turn, self.url, self.timeout)
         return TurnStream(reader, interrupt=interrupt, close=close, turn_id=turn_id, after=after)
 
-    def _send(self, frame: str) -> _FrameReader:
-        """Send on the open socket; a socket found closed on sending is reopened once."""
-        for attempt in (1, 2):
+    def _send(self, frame: str) -> tuple[ClientConnection, TurnFrames]:
+        """Send on the open socket; a socket found closed on sending (the server closed it
+        while idle) is reopened once."""
+        ws = self._socket()
+        try:
+            turn = self._session.begin()
+            ws.send(frame)
+        except ConnectionClosed:
             ws = self._socket()
-            # an earlier turn left unread: the server ends it ([INTERRUPTED]) before this one starts
-            unfinished = int(self._reader is not None and not self._reader.done)
-            reader = _FrameReader(ws, self.url, self.timeout, unfinished)
-            try:
+            turn = self._session.begin()
+            with _socket_errors(self.url, self.timeout):
                 ws.send(frame)
-            except ConnectionClosed as exc:
-                if attempt == 2:
-                    raise closed_error(exc, self.url) from exc
-                continue
-            self._reader = reader
-            return reader
-        raise AssertionError("unreachable")
+        return ws, turn
 
 
-def _resume_spec(after: int, turn_id: str | None) -> dict[str, Any]:
-    return {"after": after, "turn": turn_id} if turn_id else {"after": after}
-
-
-class _AsyncFrameReader(_FrameFilter):
-    def __init__(self, ws: AsyncConnection, url: str, timeout: float, skip_statuses: int) -> None:
-        super().__init__(skip_statuses)
-        self.ws, self.url, self.timeout = ws, url, timeout
+class _AsyncFrameReader:
+    def __init__(self, ws: AsyncConnection, frames: TurnFrames, url: str, timeout: float) -> None:
+        self.ws, self.frames, self.url, self.timeout = ws, frames, url, timeout
 
     def __aiter__(self) -> _AsyncFrameReader:
         return self
 
     async def __anext__(self) -> Item:
-        while not self.done:
-            try:
+        while not self.frames.done:
+            with _socket_errors(self.url, self.timeout):
                 # cancelling recv() loses no data (websockets documents this), so a timeout is safe
                 frame = await asyncio.wait_for(self.ws.recv(), self.timeout)
-            except asyncio.TimeoutError as exc:  # not yet the builtin TimeoutError on Python 3.10
-                raise timed_out(self.url, self.timeout) from exc
-            except ConnectionClosed as exc:
-                raise closed_error(exc, self.url) from exc
-            item = self.accept(frame)
+            item = self.frames.receive(frame, time.time())
             if item is not None:
                 return item
         raise StopAsyncIteration
@@ -223,15 +202,15 @@ class AsyncWebSocketClient(AsyncChatClient):
     def __init__(self, url: str, *, token: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  uid: str | None = None) -> None:
         super().__init__(url, token=token, timeout=timeout, uid=uid)
+        self._session = WebSocketSession()
         self._ws: AsyncConnection | None = None
         self._stack = contextlib.AsyncExitStack()
-        self._reader: _AsyncFrameReader | None = None
 
     async def _start_turn(self, request: TurnRequest) -> AsyncTurnStream:
-        return await self._start(dumps(encode_turn_request(request)))
+        return await self._start(self._session.turn_frame(request))
 
     async def _resume(self, after: int, turn_id: str | None) -> AsyncTurnStream:
-        return await self._start(dumps({"resume": _resume_spec(after, turn_id)}), after=after, turn_id=turn_id)
+        return await self._start(self._session.resume_frame(after, turn_id), after=after, turn_id=turn_id)
 
     async def aclose(self) -> None:
         await self._stack.aclose()
@@ -241,42 +220,36 @@ class AsyncWebSocketClient(AsyncChatClient):
         if self._ws is not None and self._ws.state is State.OPEN:
             return self._ws
         await self._stack.aclose()
-        self._ws, self._reader = None, None
-        url = ws_url(self.url, self.uid)
-        try:
-            self._ws = await self._stack.enter_async_context(aconnect_ws(
-                url, additional_headers=auth_headers(self.token), open_timeout=min(self.timeout, 10),
-                max_size=MAX_FRAME))
-        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            raise handshake_error(exc, self.url) from exc
+        self._ws = None
+        self._session.reset()
+        with _opening(self.url):
+            self._ws = await self._stack.enter_async_context(aconnect_ws(**_connect_args(self)))
         return self._ws
 
     async def _start(self, frame: str, *, after: int | None = None,
                      turn_id: str | None = None) -> AsyncTurnStream:
-        reader = await self._send(frame)
+        ws, turn = await self._send(frame)
 
         async def interrupt() -> None:
-            if self._reader is reader and not reader.done:
+            if self._session.is_live(turn):
                 with contextlib.suppress(ConnectionClosed):
-                    await reader.ws.send(INTERRUPT_FRAME)
+                    await ws.send(self._session.interrupt_frame)
 
         async def close() -> None:
-            if self._reader is reader and not reader.done:
-                await reader.ws.close()
+            if self._session.is_live(turn):
+                await ws.close()
 
+        reader = _AsyncFrameReader(ws, turn, self.url, self.timeout)
         return AsyncTurnStream(reader, interrupt=interrupt, close=close, turn_id=turn_id, after=after)
 
-    async def _send(self, frame: str) -> _AsyncFrameReader:
-        for attempt in (1, 2):
+    async def _send(self, frame: str) -> tuple[AsyncConnection, TurnFrames]:
+        ws = await self._socket()
+        try:
+            turn = self._session.begin()
+            await ws.send(frame)
+        except ConnectionClosed:
             ws = await self._socket()
-            unfinished = int(self._reader is not None and not self._reader.done)
-            reader = _AsyncFrameReader(ws, self.url, self.timeout, unfinished)
-            try:
+            turn = self._session.begin()
+            with _socket_errors(self.url, self.timeout):
                 await ws.send(frame)
-            except ConnectionClosed as exc:
-                if attempt == 2:
-                    raise closed_error(exc, self.url) from exc
-                continue
-            self._reader = reader
-            return reader
-        raise AssertionError("unreachable")
+        return ws, turn

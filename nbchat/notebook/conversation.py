@@ -1,6 +1,6 @@
 """The conversation the magic and the widget share: its messages, its
-defaults (transport, server, sampling), and how a new user message becomes a
-:class:`~nbchat.wire.events.TurnRequest`.
+defaults (:class:`~nbchat.notebook.options.ChatOptions`), and how a new user
+message becomes a :class:`~nbchat.wire.events.TurnRequest`.
 
 A conversation is an object, never module state: each ``%%chat`` magic
 instance owns one, and a widget made with ``%chat widget`` shares it.
@@ -8,38 +8,12 @@ instance owns one, and a widget made with ``%chat widget`` shares it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
-from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Transport
 from ..wire.events import Message, Status, TurnRequest
+from .options import ChatOptions
 from .provenance import ServerInfo, describe
-
-
-@dataclass(frozen=True)
-class ChatOptions:
-    """Per-turn settings; ``None`` means "the server's (or the environment's) default"."""
-
-    transport: Transport = "ws"
-    server: str | None = None
-    token: str | None = None
-    model: str | None = None
-    temperature: float = DEFAULT_TEMPERATURE
-    max_tokens: int | None = DEFAULT_MAX_TOKENS
-    system: str | None = None
-
-    def merged(self, **overrides: Any) -> ChatOptions:
-        """A copy with the given options replaced; ``None`` values are ignored (not given)."""
-        given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = set(given) - {f.name for f in fields(self)}
-        if unknown:
-            raise TypeError(f"unknown chat options: {', '.join(sorted(unknown))}")
-        return replace(self, **given)
-
-    def describe(self) -> str:
-        token = "set" if self.token else None
-        shown = {**{f.name: getattr(self, f.name) for f in fields(self)}, "token": token}
-        return "\n".join(f"{name:12} {value!r}" for name, value in shown.items())
 
 
 @dataclass(frozen=True)

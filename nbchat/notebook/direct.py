@@ -25,8 +25,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..wire.protocol import encode_turn_request
-from .conversation import ChatOptions, Conversation
+from .conversation import Conversation
 from .kernel_server import Endpoint, KernelServer, resolve_endpoint
+from .options import ChatOptions
 
 #: how a page may reach the server: the server's own URL, Jupyter's /proxy/<port>/, or the proxy when it is there
 ROUTES = ("auto", "direct", "proxy")

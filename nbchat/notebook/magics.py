@@ -28,8 +28,9 @@ from IPython.core.magic import Magics, magics_class
 from ..wire.contract import transport_name
 from ..wire.errors import NBChatError, ServerStartError
 from ..wire.events import Chunk, End
-from .conversation import ChatOptions, Conversation
+from .conversation import Conversation
 from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
+from .options import ChatOptions
 from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats, answer_markdown
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
-    from .conversation import ChatOptions
+    from .options import ChatOptions
     from .render import TurnStats
 
 #: the keys of a provenance record, in the order they are written

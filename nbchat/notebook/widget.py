@@ -31,9 +31,10 @@ import traitlets
 from ..wire.contract import TRANSPORTS, transport_name
 from ..wire.errors import NBChatError
 from ..wire.events import STATUS_STRINGS, Chunk, End, Status
-from .conversation import ChatOptions, Conversation
+from .conversation import Conversation
 from .direct import ROUTES, DirectLink
 from .kernel_server import KernelServer, resolve_endpoint
+from .options import ChatOptions
 from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats
 

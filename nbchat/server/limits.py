@@ -64,7 +64,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_body = False
         self._heads = 0  # request heads parsed on this connection
         self._deadline: asyncio.TimerHandle | None = None
-        self._refused = False
+        #: answered and closed by :meth:`refuse`; nothing more of it is parsed
+        self.refused = False
 
     # ------------------------------------------------------------ connection
 
@@ -77,7 +78,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _evict_slowest_head(self) -> bool:
         heads = [c for c in self.connections if isinstance(c, GuardedHttpProtocol) and c is not self
-                 and c.head_started is not None and not c._refused]
+                 and c.head_started is not None and not c.refused]
         if not heads:
             return False
         min(heads, key=lambda c: c.head_started or 0.0).refuse(
@@ -90,7 +91,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def refuse(self, status: int, reason: str, message: str) -> None:
         """Answer ``status`` and close; nothing more of this connection is parsed."""
-        self._refused = True
+        self.refused = True
         self.head_started = None
         self._stop_deadline()
         if not self.transport.is_closing():
@@ -134,7 +135,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------ head size
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
+        if self.refused:
             return
         if self._in_body:
             super().data_received(data)
@@ -148,7 +149,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # rest is body or the next request); if it does not, the head is too large.
         self._head_bytes, heads = self.limits.max_header_bytes, self._heads
         super().data_received(data[:room])
-        if self._refused or self.transport.is_closing() or self.transport.get_protocol() is not self:
+        if self.refused or self.transport.is_closing() or self.transport.get_protocol() is not self:
             return
         if self._heads == heads:
             self.refuse(431, "Request Header Fields Too Large",

@@ -396,7 +396,7 @@ class RedisStore(TurnStore):
                     await self.interrupt(str(previous))  # one current turn per uid, on whichever process it runs
         except RequestError:
             if turn is not None:
-                self.manager._forget(turn_id)
+                self.manager.forget(turn_id)
             raise
         if turn is None:
             return TurnInfo(turn_id, uid, TurnState.PENDING)

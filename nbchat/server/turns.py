@@ -74,7 +74,13 @@ class Turn:
 
     @property
     def attached(self) -> int:
+        """How many streams read this turn now."""
         return self._attached
+
+    @property
+    def generation(self) -> asyncio.Task[None] | None:
+        """The task that runs the backend, once started (awaited by a shutdown, and by tests)."""
+        return self._task
 
     def start(self) -> None:
         """Begin generating (idempotent)."""
@@ -188,7 +194,7 @@ class Turn:
         self._cancel_grace()
         self._published(end)
         self._pulse()
-        self._manager._turn_ended(self)
+        self._manager.turn_ended(self)
 
     def _published(self, event: Event) -> None:
         """A hook for a store that copies each event elsewhere (the shared store); nothing here."""
@@ -208,6 +214,18 @@ class Turn:
             if not waiter.done():  # a waiter cancelled (its client left) or woken by its keep-alive
                 waiter.set_result(True)
 
+    def waiter(self) -> asyncio.Future[bool]:
+        """A future the next change resolves with True (one per waiting stream, which may
+        resolve it itself with False: its keep-alive is due)."""
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def drop_waiter(self, waiter: asyncio.Future[bool]) -> None:
+        """Forget the future of a stream that left, rather than keep it until the next change."""
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+
     # ------------------------------------------------------------ attach / grace
 
     def subscribe(self, after: int = 0) -> Subscription:
@@ -218,13 +236,15 @@ class Turn:
                               f"{self.replay.first_seq}")
         return Subscription(self, after)
 
-    def _attach(self) -> None:
+    def attach(self) -> None:
+        """A stream starts reading: the grace period, if running, stops (a :class:`Subscription` calls it)."""
         self._attached += 1
         self._cancel_grace()
 
-    def _detach(self) -> None:
+    def detach(self) -> None:
+        """A stream stopped reading: the last one to leave a running turn starts its grace period."""
         self._attached -= 1
-        self._manager._detached(self)
+        self._manager.turn_detached(self)
         if self._attached == 0 and self.state is TurnState.RUNNING:
             self._detach_grace()
 
@@ -264,14 +284,14 @@ class Subscription:
         return self.turn.id
 
     def __enter__(self) -> Subscription:
-        self.turn._attach()
+        self.turn.attach()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.turn._detach()
+        self.turn.detach()
 
     async def __aenter__(self) -> Subscription:
         return self.__enter__()
@@ -304,8 +324,7 @@ class Subscription:
     async def _wait(self, timeout: float | None) -> bool:
         """Wait until the turn's buffer changes; False when ``timeout`` passes first."""
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self.turn._waiters.append(waiter)
+        waiter = self.turn.waiter()
         if timeout is not None:
             self._timeout, self._wait_began = timeout, loop.time()
             if self._timer is None:
@@ -315,9 +334,8 @@ class Subscription:
             return await waiter
         finally:
             self._waiter = None
-            if waiter.cancelled():  # the stream left: do not keep its future until the next change
-                with contextlib.suppress(ValueError):
-                    self.turn._waiters.remove(waiter)
+            if waiter.cancelled():  # the stream left
+                self.turn.drop_waiter(waiter)
 
     def _keepalive_due(self) -> None:
         loop = asyncio.get_running_loop()
@@ -410,12 +428,13 @@ class TurnManager:
         if len(self._turns) < self.settings.max_turns:
             return
         for turn in sorted((t for t in self._turns.values() if t.end is not None), key=lambda t: t.created):
-            self._forget(turn.id)
+            self.forget(turn.id)
             if len(self._turns) < self.settings.max_turns:
                 return
         raise RequestError("too many turns at once; try again shortly", code="too_many_turns", status=429)
 
-    def _turn_ended(self, turn: Turn) -> None:
+    def turn_ended(self, turn: Turn) -> None:
+        """Called by a turn when it ends: it is kept for ``retain_seconds``, then forgotten."""
         self._expire_later(turn, self.settings.retain_seconds)
 
     def _expire_later(self, turn: Turn, seconds: float) -> None:
@@ -434,11 +453,12 @@ class TurnManager:
         if turn.end is None:
             return
         if turn.attached == 0:
-            self._forget(turn_id)
+            self.forget(turn_id)
         else:
             turn.expired = True  # a stream still reads it: forgotten when the last one detaches
 
-    def _forget(self, turn_id: str) -> None:
+    def forget(self, turn_id: str) -> None:
+        """Drop a turn from the registry now (its expiry too); a store whose publication failed undoes a create."""
         turn = self._turns.pop(turn_id, None)
         handle = self._expiry.pop(turn_id, None)
         if handle is not None:
@@ -452,7 +472,7 @@ class TurnManager:
         turns = self.running()
         for turn in turns:
             turn.interrupt()
-        tasks = [t._task for t in turns if t._task is not None]
+        tasks = [t.generation for t in turns if t.generation is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
         for handle in self._expiry.values():
@@ -467,8 +487,9 @@ class TurnManager:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), timeout)
 
-    def _detached(self, turn: Turn) -> None:
+    def turn_detached(self, turn: Turn) -> None:
+        """Called by a turn when a stream leaves it: an expired turn goes with its last reader."""
         if turn.expired and turn.attached == 0:
-            self._forget(turn.id)
+            self.forget(turn.id)
         if self._drained is not None and not any(t.attached for t in self._turns.values()):
             self._drained.set()

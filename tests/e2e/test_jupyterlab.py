@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import free_port, stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -84,13 +85,6 @@ class Lab:
     root: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _write_notebook(path: Path) -> None:
     import nbformat
 
@@ -115,7 +109,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         pytest.skip("needs JupyterLab and /usr/bin/chromium")
     root = tmp_path_factory.mktemp("lab")
     _write_notebook(root / "chat.ipynb")
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in ("NBCHAT_URL", "NBCHAT_TOKEN")}
     env.update(JUPYTERLAB_SETTINGS_DIR=str(_quiet_settings(root)), JUPYTERLAB_WORKSPACES_DIR=str(root / "ws"),
                JUPYTER_RUNTIME_DIR=str(root / "runtime"), IPYTHONDIR=str(root / "ipython"))
@@ -141,14 +135,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             pytest.fail("JupyterLab did not start:\n" + "".join(log[-30:]))
         yield Lab(f"http://127.0.0.1:{port}", token, root)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc, 20)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,38 @@
+"""The per-turn settings of the notebook layer: transport, server, sampling.
+
+Their own module, below the conversation and the provenance record that both
+read them, so neither has to import the other for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Transport
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """Per-turn settings; ``None`` means "the server's (or the environment's) default"."""
+
+    transport: Transport = "ws"
+    server: str | None = None
+    token: str | None = None
+    model: str | None = None
+    temperature: float = DEFAULT_TEMPERATURE
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
+    system: str | None = None
+
+    def merged(self, **overrides: Any) -> ChatOptions:
+        """A copy with the given options replaced; ``None`` values are ignored (not given)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown chat options: {', '.join(sorted(unknown))}")
+        return replace(self, **given)
+
+    def describe(self) -> str:
+        token = "set" if self.token else None
+        shown = {**{f.name: getattr(self, f.name) for f in fields(self)}, "token": token}
+        return "\n".join(f"{name:12} {value!r}" for name, value in shown.items())
