@@ -182,3 +182,27 @@ async def test_a_backend_lone_surrogate_is_replaced_not_streamed() -> None:
     chunks = [e for e in events if isinstance(e, Chunk)]
     assert [c.content for c in chunks] == ["a\ufffdb", "a\ufffdb"]
     assert events[-1] == End(status=Status.DONE)
+
+
+async def test_a_waiting_stream_gets_its_keepalive_between_pieces_and_every_piece_after_it() -> None:
+    backend = Paced(count=3, interval=0.15)
+    turn = manager(backend).create(REQ)
+    got: list[str] = []
+    with turn.subscribe(0) as sub:
+        while not sub.done:
+            batch = await sub.next_batch(0.05)  # the keep-alive comes due about twice per piece
+            got += ["keepalive"] if not batch else [type(ev).__name__ for ev in batch]
+    assert [g for g in got if g != "keepalive"] == ["Chunk", "Chunk", "Chunk", "End"]
+    assert got.count("keepalive") >= 3  # due again after each piece: the one timer re-arms itself
+
+
+async def test_a_stream_that_leaves_while_waiting_leaves_nothing_behind() -> None:
+    turn = manager(Paced(count=10_000, interval=10.0)).create(REQ)
+    with turn.subscribe(0) as sub:
+        waiting = asyncio.ensure_future(sub.next_batch(30.0))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    # its future is gone from the turn and its keep-alive timer is cancelled with the stream
+    assert not turn.waiting_streams and sub.keepalive_timer is None

@@ -221,6 +221,11 @@ class Turn:
         self._waiters.append(waiter)
         return waiter
 
+    @property
+    def waiting_streams(self) -> int:
+        """How many streams wait for the next change."""
+        return len(self._waiters)
+
     def drop_waiter(self, waiter: asyncio.Future[bool]) -> None:
         """Forget the future of a stream that left, rather than keep it until the next change."""
         with contextlib.suppress(ValueError):
@@ -292,6 +297,11 @@ class Subscription:
             self._timer.cancel()
             self._timer = None
         self.turn.detach()
+
+    @property
+    def keepalive_timer(self) -> asyncio.TimerHandle | None:
+        """The timer of this stream's keep-alive, while one is armed."""
+        return self._timer
 
     async def __aenter__(self) -> Subscription:
         return self.__enter__()
