@@ -132,7 +132,11 @@ class Model:
         self.extra_buffers = not check_library(self.system_info, ()).amx
         load = contextlib.nullcontext() if self.extra_buffers else model_params_without_extra_buffers(llama_cpp)
         with load:
-            self.llama: Llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads, verbose=False)
+            # Decoding uses n_threads; a prompt's big batches use every core.
+            batch_threads = max(n_threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                else os.cpu_count() or 1)
+            self.llama: Llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads,
+                                      n_threads_batch=batch_threads, verbose=False)
         self.version = llama_cpp.__version__
         self.n_ctx, self.n_threads, self.path = n_ctx, n_threads, path
         llama = self.llama
@@ -150,6 +154,7 @@ class Model:
 
     def info(self) -> dict[str, Any]:
         return {"version": self.version, "system_info": self.system_info, "threads": self.n_threads,
+                "batch_threads": self.llama.n_threads_batch,
                 "n_ctx": self.n_ctx, "model": self.path, "extra_buffers": self.extra_buffers, "pid": os.getpid()}
 
     def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:

@@ -69,13 +69,24 @@ def find_gguf() -> Path:
     raise BackendError(f"the SmolLM2 model file {GGUF_NAME} was not found; install it with: {INSTALL_HINT}")
 
 
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_threads() -> int:
-    """Threads for llama.cpp: ``NBCHAT_THREADS`` when set, else the cores this process may run on
-    (docs/install.md has the measurements behind this default, idle and with the cores shared)."""
+    """Decoding threads for llama.cpp: ``NBCHAT_THREADS`` when set, else half the cores.
+
+    Measured on 2 cores (docs/install.md): with OpenMP's threads sleeping when idle, one
+    decoding thread keeps ~75 tokens/s idle and with a core busy elsewhere, while two
+    fall to ~40; two spinning threads reach ~120 idle but collapse to ~3 tokens/s (and a
+    first token after 20 s) as soon as another process wants a core. Prompts are still
+    evaluated with every core (big batches pay for the threads' wake-ups).
+    """
     configured = os.environ.get("NBCHAT_THREADS", "").strip()
     if configured.isdecimal() and int(configured) > 0:
         return int(configured)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, available_cores() // 2)
 
 
 _SIGNAL_NAMES: dict[int, str] = {
@@ -203,7 +214,7 @@ def worker_environment(n_threads: int) -> dict[str, str]:
     """
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.setdefault("OMP_NUM_THREADS", str(n_threads))
+    env.setdefault("OMP_NUM_THREADS", str(max(n_threads, available_cores())))  # prompts use every core
     return env
 
 

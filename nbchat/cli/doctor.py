@@ -70,7 +70,8 @@ def _model_report(args: argparse.Namespace) -> list[str]:
     print(f"model file: {path} ({path.stat().st_size / 1e6:.0f} MB)")
     backend = SmolLM2Backend(n_threads=args.threads)
     env = worker_environment(backend.n_threads)
-    print(f"threads: {backend.n_threads} (OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}; change with --threads)")
+    print(f"threads: {backend.n_threads} decoding, {env['OMP_NUM_THREADS']} for prompts "
+          f"(OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}; change with --threads)")
     if args.no_run:
         return []
     try:

@@ -39,7 +39,7 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="replay backend: the recording to stream back (a file, or a directory played in turn)")
     p.add_argument("--model", default=None, help="model id for the openai backend")
     p.add_argument("--threads", type=int, default=None,
-                   help="smollm2 backend: llama.cpp threads (default: the cores this process may use)")
+                   help="smollm2 backend: llama.cpp decoding threads (default: half the cores; prompts use all)")
     p.add_argument("--model-timeout", type=float, default=30.0,
                    help="end a turn with [MODEL_TIMEOUT] when the backend yields nothing this long (seconds)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
