@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from nbchat.backends import Backend
+from nbchat.bench.procs import free_port
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from tests.helpers import TOKEN, ServerFactory
@@ -54,7 +55,7 @@ class RedisProcess:
     """Debian's ``redis-server`` on a free loopback port, with no persistence: a restart empties it."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -89,11 +90,6 @@ class RedisProcess:
         self.start()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ a status (stall, fail) or to observe cancellation."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from nbchat.backends.base import Backend, Finish, GenerationRequest
+from nbchat.bench.procs import cpu_seconds, descendants
 from nbchat.server.serving import ServerHandle
 from nbchat.wire.errors import BackendError
 
@@ -30,14 +29,6 @@ LONG_MESSAGE = (
 
 ServerFactory = Callable[..., ServerHandle]
 """The ``make_server`` fixture: keyword settings in, a running server out."""
-
-
-def free_port() -> int:
-    """A loopback port free now (for a child process that needs its port on the command line)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes], wait: float = 15) -> None:
@@ -130,28 +121,6 @@ class CapturingBackend(Backend):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
         self.requests.append(request)
         yield "ok"
-
-
-def descendants(pid: int) -> list[int]:
-    """The live child processes of ``pid``, their children and so on (from /proc)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = [int(c) for c in (task / "children").read_text().split()]
-        except OSError:  # the thread or process ended meanwhile
-            continue
-        for child in children:
-            found += [child, *descendants(child)]
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_seconds(pid: int) -> float:

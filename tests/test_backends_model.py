@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from nbchat.backends import LENGTH, Finish, GenerationRequest, create_backend
 from nbchat.backends.llama_worker import block_cuts
 from nbchat.backends.smollm2 import SmolLM2Backend, find_gguf
+from nbchat.bench.procs import cpu_seconds
 from nbchat.wire.errors import BackendError, QueueFull
 from nbchat.wire.events import Message
 
@@ -44,12 +43,6 @@ async def worker_idle(backend: SmolLM2Backend, timeout: float) -> None:
     done: concurrent.futures.Future[None] = concurrent.futures.Future()
     backend.model.submit(lambda: done.set_result(None))
     await asyncio.wait_for(asyncio.wrap_future(done), timeout)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (the model runs in its own process)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from nbchat.backends import LENGTH, Finish, GenerationRequest, create_backend
 from nbchat.backends.smollm2 import find_gguf
 from nbchat.backends.upstream import OpenAIUpstreamBackend
+from nbchat.bench.procs import free_port
 from nbchat.wire.errors import BackendError
 from nbchat.wire.events import Message
 from tests.helpers import stop_process
@@ -49,10 +50,6 @@ def chunk(content: str | None = None, finish: str | None = None) -> bytes:
 # --- llama-cpp-python's server, streaming the embedded model -----------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

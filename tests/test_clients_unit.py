@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from websockets.sync.server import Server, ServerConnection, serve
 
+from nbchat.bench.procs import free_port
 from nbchat.clients import TRANSPORTS, aconnect, connect
 from nbchat.clients.websocket import ws_url
 from nbchat.wire.errors import (
@@ -151,11 +152,6 @@ def body_of(transport: str, events: list[Chunk | End]) -> bytes:
 PATHS = {"sse": "/createSse", "stream": "/talkByStream", "openai": "/v1/chat/completions"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 # ---------------------------------------------------------------- HTTP transports

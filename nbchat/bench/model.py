@@ -46,7 +46,7 @@ from ..clients import ChatClient, collect, connect
 from ..wire.contract import OPENAI_MODELS_PATH, TRANSPORTS
 from ..wire.errors import ServerStartError
 from ..wire.events import Message
-from .procs import START_TIMEOUT, drain, in_background, nbchat_server, python_child
+from .procs import START_TIMEOUT, drain, free_port, in_background, nbchat_server, python_child
 
 PROMPTS = (
     "Explain in a few sentences why the sky is blue.",
@@ -155,14 +155,6 @@ async def _llama_ready(proc: asyncio.subprocess.Process, url: str) -> str:
                 pass
             await asyncio.sleep(0.2)
     raise ServerStartError("llama_cpp.server did not start (is llama-cpp-python[server] installed?)")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def measure(runners: dict[str, Runner], rounds: int) -> dict[str, list[Sample]]:

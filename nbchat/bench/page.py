@@ -24,7 +24,6 @@ import itertools
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .procs import free_port
 from .relay import DelayRelay
 from .stats import percentile
 
@@ -78,15 +78,9 @@ window.ready = true;
 </script></body></html>"""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
-def _page_server(html: bytes) -> Iterator[int]:
+def page_server(html: bytes) -> Iterator[int]:
+    """Serve ``html`` at every path on a free loopback port; yields the port."""
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
@@ -110,7 +104,7 @@ def _page_server(html: bytes) -> Iterator[int]:
 @contextmanager
 def jupyter_server(token: str) -> Iterator[str]:
     """A Jupyter server (with jupyter-server-proxy, as the lab extra installs it) on a free loopback port."""
-    port = _free_port()
+    port = free_port()
     root = tempfile.mkdtemp(prefix="nbchat-page-bench-")
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": os.path.join(root, "runtime")}
     proc = subprocess.Popen([sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root",
@@ -180,7 +174,7 @@ def run(turns: int = 5, rate: float = 50.0, rtts: tuple[float, ...] = (0.02, 0.1
     html = (PAGE % {"jtoken": jtoken, "module": base64.b64encode(module).decode()}).encode()
     results: dict[str, Any] = {"rate": rate, "turns": turns, "text_chars": len(TEXT), "page": {}, "python": {},
                                "proxy_accept": {}}
-    with jupyter_server(jtoken) as jurl, _page_server(html) as page_port:
+    with jupyter_server(jtoken) as jurl, page_server(html) as page_port:
         server = start_server_thread(Settings(port=0, backend="echo", rate=rate, allow_origins=(jurl,)))
         relays = {f"rtt{round(rtt * 1000)}": DelayRelay(_port(server.url), rtt).start()
                   for rtt in rtts}

@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import secrets
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -49,6 +50,13 @@ class Child:
         if self.process is None:
             return 0.0
         return sum(cpu_seconds(pid) for pid in (self.process.pid, *descendants(self.process.pid)))
+
+
+def free_port() -> int:
+    """A loopback port free now, for a child process that needs its port on its command line."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def descendants(pid: int) -> list[int]:

@@ -11,14 +11,13 @@ character, and leave hostile HTML inert.
 from __future__ import annotations
 
 import base64
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nbchat.bench.page import page_server
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 
@@ -49,22 +48,8 @@ def origin() -> Iterator[str]:
     source = (Path(__file__).resolve().parents[2] / "nbchat" / "notebook" / "static" / "widget.js").read_bytes()
     html = (PAGE % base64.b64encode(source).decode()).encode()
 
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(html)))
-            self.end_headers()
-            self.wfile.write(html)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with page_server(html) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import free_port, stop_process
+from nbchat.bench.procs import free_port
+from tests.helpers import stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
