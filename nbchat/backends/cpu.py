@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import platform
 import subprocess
 import sys
@@ -58,6 +59,11 @@ LIBRARY_FEATURE_FLAGS: dict[str, frozenset[str]] = {
 }
 
 AMX_FEATURES = frozenset({"AMX_INT8", "AMX_TILE", "AMX_BF16"})
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def is_x86() -> bool:

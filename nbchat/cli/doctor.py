@@ -15,9 +15,13 @@ import asyncio
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from .._version import __version__
 from ..backends.cpu import REBUILD_HINT, check_library, is_x86, probe_installed, read_cpu
+
+if TYPE_CHECKING:
+    from ..backends.smollm2 import SmolLM2Backend
 
 #: the /proc/cpuinfo flags worth showing: the instruction sets llama.cpp can use
 SHOWN_FLAGS = ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
@@ -84,12 +88,10 @@ def _model_report(args: argparse.Namespace) -> list[str]:
     return []
 
 
-async def _try_model(backend: object) -> tuple[float, dict[str, object]]:
+async def _try_model(backend: SmolLM2Backend) -> tuple[float, dict[str, object]]:
     from ..backends.base import GenerationRequest
-    from ..backends.smollm2 import SmolLM2Backend
     from ..wire.events import Message
 
-    assert isinstance(backend, SmolLM2Backend)
     await backend.start()
     request = GenerationRequest([Message("user", "Count from 1 to 100, separated by commas.")], temperature=0.0,
                                 max_tokens=48)
