@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -126,6 +127,22 @@ class CapturingBackend(Backend):
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of a process and its live descendants (the server and its model process)."""
     return sum(cpu_seconds(p) for p in (pid, *descendants(pid)))
+
+
+def quiet_after(pid: int, windows: int = 6, seconds: float = 0.5) -> list[float]:
+    """CPU seconds the process tree uses in each of ``windows`` windows of ``seconds``, from now.
+
+    Whether computation stopped is read from the smallest and the last of them: one
+    busy window on a machine doing other work does not make a stopped model look alive,
+    while a model still computing keeps every window busy.
+    """
+    used = []
+    for _ in range(windows):
+        before = tree_cpu_seconds(pid)
+        time.sleep(seconds)
+        used.append(tree_cpu_seconds(pid) - before)
+    return used
+
 
 
 def model_processes(pid: int) -> list[int]:

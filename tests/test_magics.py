@@ -120,9 +120,14 @@ def test_fast_stream_updates_are_coalesced(ip: InteractiveShell, magics: ChatMag
 
 def test_unpaced_stream_costs_a_few_display_messages(ip: InteractiveShell, magics: ChatMagics,
                                                      published: Published, echo_server: ServerHandle) -> None:
+    began = time.monotonic()
     result = chat(ip, echo_server, "x" * 20_000, "--max-tokens 100000")
+    elapsed = time.monotonic() - began
     assert result.success and magics.last is not None and magics.last.stats.chunks == 5000
-    assert len(published.messages) <= 10
+    # Bounded by time, not by the 5,000 chunks: at most ~20 a second plus the first output,
+    # the final one and its provenance, however loaded the machine running this is.
+    messages = len(published.messages)
+    assert messages <= elapsed * 20 + 4 and messages < 5000 / 50, (messages, elapsed)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -25,7 +25,7 @@ from nbchat.clients import TRANSPORTS, connect
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
-from tests.helpers import TOKEN, model_processes, tree_cpu_seconds
+from tests.helpers import TOKEN, model_processes, quiet_after, tree_cpu_seconds
 
 STORY = TurnRequest(user_message=Message("user", "Count from 1 to 500, separated by commas."), temperature=0.0,
                     max_tokens=400)
@@ -112,17 +112,13 @@ def test_a_stop_during_prompt_processing_stops_the_computation(model_server: Ser
         busy = tree_cpu_seconds(server) - cpu0
         assert events.empty(), f"{events.queue[0]} came before the interrupt"
         turn.interrupt()
-        interrupted = time.monotonic()
         reader.join(30)
     seen = list(events.queue)
     assert isinstance(seen[-1], End) and seen[-1].status is Status.INTERRUPTED
     assert not any(isinstance(e, Chunk) for e in seen)
-    time.sleep(max(0.0, 0.5 - (time.monotonic() - interrupted)))
-    idle0 = tree_cpu_seconds(server)
-    time.sleep(1.0)
-    idle = tree_cpu_seconds(server) - idle0
     assert busy > 0.3, f"the model was not processing the prompt ({busy:.2f} s CPU in 0.6 s)"
-    assert idle < 0.1, f"{idle:.2f} s CPU in the second starting 0.5 s after the interrupt"
+    windows = quiet_after(server)  # a prompt still in evaluation keeps every window busy
+    assert min(windows) < 0.05 and windows[-1] < 0.1, f"CPU per half second after the interrupt: {windows}"
     assert answer(model_server.url, "stream", SHORT)[1].status in (Status.DONE, Status.TOKENS)
 
 

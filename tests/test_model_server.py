@@ -18,7 +18,7 @@ from nbchat.clients import TRANSPORTS, connect
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
-from tests.helpers import TOKEN, ServerFactory, StallBackend, stop_process, tree_cpu_seconds
+from tests.helpers import TOKEN, ServerFactory, StallBackend, quiet_after, stop_process, tree_cpu_seconds
 
 QUESTION = "Name three colours of the rainbow."
 
@@ -93,12 +93,11 @@ def test_interrupt_stops_the_model_process_cpu(tmp_path: Path) -> None:
             turn.interrupt()
             rest = list(events)
         assert isinstance(rest[-1], End) and rest[-1].status is Status.INTERRUPTED
-        time.sleep(0.5)
-        idle0 = tree_cpu_seconds(proc.pid)
-        time.sleep(1.0)
-        idle = tree_cpu_seconds(proc.pid) - idle0
         assert busy > 0.3, f"the model was not running before the interrupt ({busy:.2f} s CPU in 1 s)"
-        assert idle < 0.1, f"the server still used {idle:.2f} s CPU per second 0.5 s after the interrupt"
+        # Within the stop deadline (2 s), the server and its model process fall quiet: a half-second
+        # window with next to no CPU. A model still decoding uses ~0.5 s of CPU in every such window.
+        windows = quiet_after(proc.pid)
+        assert min(windows) < 0.05 and windows[-1] < 0.1, f"CPU per half second after the interrupt: {windows}"
     finally:
         stop_process(proc)
 

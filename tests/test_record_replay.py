@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -27,7 +28,10 @@ from tests.helpers import TOKEN, ServerFactory, stop_process
 #: irregular gaps, as a model's are: a long first-token wait, bursts and pauses
 GAPS = [0.15, 0.02, 0.09, 0.005, 0.005, 0.12, 0.03, 0.2, 0.01, 0.06, 0.04, 0.11]
 PIECES = ["Le", "t's", " see", ": ", "`x", " = ", "1`", " — ", "déjà", " 🚀", "\n\n", "done."]
+#: how far a replayed chunk may be from its recorded time: the typical chunk (the median) and the
+#: worst one, which a machine busy with other work can delay by a scheduler tick or two
 GAP_TOLERANCE = 0.010
+WORST_TOLERANCE = 0.050
 
 
 class IrregularBackend(Backend):
@@ -67,6 +71,19 @@ def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
+def timeline_off(times: list[float], recorded: list[float]) -> list[float]:
+    """How far each chunk is from its recorded time, both measured from the first chunk.
+
+    A replay keeps the recorded schedule rather than each gap, so one late chunk is off
+    by its own delay only; a replay at any fixed rate is off by tens of milliseconds.
+    """
+    return [abs((t - times[0]) - (r - recorded[0])) for t, r in zip(times, recorded, strict=True)]
+
+
+def assert_on_schedule(off: list[float]) -> None:
+    assert statistics.median(off) <= GAP_TOLERANCE and max(off) <= WORST_TOLERANCE, off
+
+
 def test_record_writes_chunks_request_and_provenance(make_server: ServerFactory, tmp_path: Path) -> None:
     server = make_server(IrregularBackend(), record=str(tmp_path))
     chunks, end = stream(server.url)
@@ -100,10 +117,9 @@ def test_replay_has_the_recorded_text_and_gaps(make_server: ServerFactory, tmp_p
     assert "".join(c.content for c in chunks) == recorded.text == replayed.text
     assert [c.content for c in chunks] == [c.content for c in recorded.chunks]
     assert abs(replayed.chunks[0].t - recorded.chunks[0].t) <= GAP_TOLERANCE  # the first-token wait too
-    server_side = [abs(a - b) for a, b in zip(replayed.gaps, recorded.gaps, strict=True)]
-    client_side = [abs(a - b) for a, b in zip(gaps([c.received for c in chunks]), recorded.gaps, strict=True)]
-    assert max(server_side) <= GAP_TOLERANCE, server_side
-    assert max(client_side) <= GAP_TOLERANCE, client_side
+    recorded_times = [c.t for c in recorded.chunks]
+    assert_on_schedule(timeline_off([c.t for c in replayed.chunks], recorded_times))
+    assert_on_schedule(timeline_off([c.received for c in chunks], recorded_times))
 
 
 def test_replay_rate_and_max_tokens(make_server: ServerFactory, tmp_path: Path) -> None:
@@ -187,7 +203,7 @@ def test_a_recorded_model_turn_replays_with_its_cadence(make_server: ServerFacto
     replayed, replay_end = stream(replay.url, question)
     assert [c.content for c in replayed] == [c.content for c in recorded.chunks]
     assert replay_end.status is end.status
-    off = [abs(a - b) for a, b in zip(gaps([c.received for c in replayed]), recorded.gaps, strict=True)]
-    assert max(off) <= GAP_TOLERANCE, off
+    off = timeline_off([c.received for c in replayed], [c.t for c in recorded.chunks])
+    assert_on_schedule(off)
     print(f"model turn: {len(recorded.chunks)} chunks, recorded gaps {min(recorded.gaps) * 1000:.1f}–"
           f"{max(recorded.gaps) * 1000:.1f} ms, replay off by at most {max(off) * 1000:.2f} ms", file=sys.stderr)
