@@ -4,6 +4,7 @@ a Redis that goes away end streams with [ERROR] in bounded time, never a hang or
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -321,3 +322,74 @@ def test_the_benchmark_starts_workers(redis_server: RedisProcess, monkeypatch: p
         done = httpx.post(child.url + "/talkByStream", json=request("two workers"), headers={"token": child.token},
                           timeout=20)
     assert [json.loads(line) for line in done.text.splitlines()][-1] == {"status": "[DONE]"}
+
+
+async def test_one_command_writes_a_batch_and_a_failing_turn_alone_ends(redis_server: RedisProcess) -> None:
+    """The writer's batch reaches every turn's stream in order, times included; a turn whose stream the
+    store refuses ends with [ERROR] while the others of the same batch are written."""
+    import redis.asyncio as aioredis
+
+    from nbchat.backends.echo import EchoBackend
+    from nbchat.server.config import Settings
+    from nbchat.server.redis_store import RedisStore, log_key
+    from nbchat.wire.events import Chunk, Message, Status, TurnRequest
+
+    store = RedisStore(EchoBackend(rate=0), Settings(store=redis_server.url))
+    await store.start()
+    direct = aioredis.from_url(redis_server.url, decode_responses=True)
+    try:
+        question = TurnRequest(user_message=Message("user", "hi"))
+        good, bad, other = (store.manager.create(question, start=False, turn_id=name) for name in ("g", "b", "o"))
+        await direct.set(log_key("b"), "not a stream")  # XADD on it fails with WRONGTYPE
+        for seq in (1, 2, 3):
+            store.writer.add(good, Chunk(content=f"g{seq}", seq=seq, server_time=1000.125 + seq))
+            store.writer.add(bad, Chunk(content=f"b{seq}", seq=seq))
+        store.writer.add(other, Chunk(content="o1 \u00e9 🚀 \"x\"\n", seq=1))
+        store.writer.add(good, Chunk(content="g5", seq=5, server_time=None))  # a gap, and no time
+        await store.writer.drain()
+        entries = await direct.xrange(log_key("g"))
+        assert [(i, f["seq"], f["c"], float(f["t"]) if "t" in f else None) for i, f in entries] == [
+            ("1-0", "1", "g1", 1001.125), ("2-0", "2", "g2", 1002.125), ("3-0", "3", "g3", 1003.125),
+            ("5-0", "5", "g5", None)]
+        assert await direct.xrange(log_key("o")) == [("1-0", {"seq": "1", "c": "o1 \u00e9 🚀 \"x\"\n"})]
+        assert bad.end is not None and bad.end.status is Status.ERROR and bad.end.error is not None
+        assert bad.end.error.code == "store_unavailable"
+        assert good.end is None and other.end is None
+    finally:
+        await direct.aclose()
+        await store.shutdown()
+        await store.aclose()
+
+
+async def test_the_heartbeat_reads_interrupts_and_readers_on_other_processes(redis_server: RedisProcess) -> None:
+    """One look per heartbeat: a stream counted by a live process keeps a turn out of its grace period,
+    one counted by a process whose lease is gone does not, and an interrupt field stops the turn."""
+    import redis.asyncio as aioredis
+
+    from nbchat.backends.echo import EchoBackend
+    from nbchat.server.config import Settings
+    from nbchat.server.redis_store import RedisStore, lease_key, meta_key, readers_key
+    from nbchat.wire.events import Message, Status, TurnRequest
+
+    store = RedisStore(EchoBackend(rate=1.0), Settings(store=redis_server.url))
+    await store.start()
+    direct = aioredis.from_url(redis_server.url, decode_responses=True)
+    try:
+        info = await store.create(TurnRequest(user_message=Message("user", "a long answer " * 50)))
+        turn = store.manager.get(info.id)
+        assert turn is not None
+        await direct.set(lease_key("live"), "1")
+        await direct.hset(readers_key(turn.id), mapping={"live": "1", "gone": "3"})
+        await store._check_turns()
+        assert turn.idle_since is None and turn.end is None  # "live" reads it
+        await direct.hset(readers_key(turn.id), "live", "0")
+        await store._check_turns()
+        assert turn.idle_since is not None and turn.end is None  # only a dead process's count is left
+        await direct.hset(meta_key(turn.id), "interrupt", Status.INTERRUPTED.value)
+        await store._check_turns()
+        await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]
+        assert turn.end is not None and turn.end.status is Status.INTERRUPTED
+    finally:
+        await direct.aclose()
+        await store.shutdown()
+        await store.aclose()

@@ -55,6 +55,9 @@ PREFIX = "nbchat:"
 CHANNEL = PREFIX + "interrupt"
 #: a blocked remote reader wakes this often to check the owner's lease
 POLL_SECONDS = 1.0
+#: the shortest time between two writes of one process's events (a stream in another process
+#: sees a chunk up to this much later than one in the owner's process)
+FLUSH_SECONDS = 0.005
 #: entries one read takes at most
 READ_COUNT = 1000
 #: connections to Redis for commands, and for the blocking reads of remote streams
@@ -73,6 +76,50 @@ redis.call('XADD', KEYS[2], seq .. '-0', 'seq', seq, 'status', ARGV[1], 'code', 
 redis.call('HSET', KEYS[1], 'state', 'ended')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+"""
+
+# Append a batch of events to the turns' streams in one command with one reply, its entries in one
+# JSON argument: the Python client's cost is per command, per reply and per argument, and one XADD per
+# chunk spent more CPU on them than on the chunk. KEYS: the streams, metas and reader hashes the
+# entries name; ARGV: maxlen, ttl, then a JSON array of entries, each
+#   [log, seq, content, time or null]                          a chunk
+#   [log, seq, status, code, message, meta, readers]           the end ("" code and message: no error)
+# A turn whose entry fails (out of memory, say) does not stop the others: returns the failed logs' numbers.
+APPEND_SCRIPT = """
+local maxlen, ttl, failed = ARGV[1], ARGV[2], {}
+local function add(key, seq, ...)
+  local id = string.format('%d', seq)
+  local ok = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, id .. '-0', 'seq', id, ...)
+  return type(ok) ~= 'table' or not ok.err
+end
+for _, e in ipairs(cjson.decode(ARGV[3])) do
+  local log, ok = KEYS[e[1]], true
+  if #e == 4 then
+    if e[4] == cjson.null then ok = add(log, e[2], 'c', e[3])
+    else ok = add(log, e[2], 'c', e[3], 't', string.format('%.17g', e[4])) end
+  else
+    if e[4] == '' then ok = add(log, e[2], 'status', e[3])
+    else ok = add(log, e[2], 'status', e[3], 'code', e[4], 'message', e[5]) end
+    redis.call('HSET', KEYS[e[6]], 'state', 'ended')
+    for _, key in ipairs({KEYS[e[6]], log, KEYS[e[7]]}) do redis.call('EXPIRE', key, ttl) end
+  end
+  if not ok then failed[#failed + 1] = e[1] end
+end
+return failed
+"""
+
+# The heartbeat's look at the turns generating in this process, in one command: each turn's state,
+# pending interrupt and attached readers, and its keys kept alive. KEYS: meta, log, readers of each
+# turn; ARGV: ttl. Returns {state or "", interrupt or "", {process, count, ...}} per turn.
+CHECK_SCRIPT = """
+local out = {}
+for i = 1, #KEYS, 3 do
+  local found = redis.call('HMGET', KEYS[i], 'state', 'interrupt')
+  local readers = redis.call('HGETALL', KEYS[i + 2])
+  for j = 0, 2 do redis.call('EXPIRE', KEYS[i + j], ARGV[1]) end
+  out[#out + 1] = {found[1] or '', found[2] or '', readers}
+end
+return out
 """
 
 # KEYS: meta, log; ARGV: status, code, message, ttl, channel. Returns {state, uid}.
@@ -200,12 +247,13 @@ class RedisManager(TurnManager):
 
 class Writer:
     """Copies events to the turns' streams: everything queued while one write is out goes in the next
-    pipeline, so a busy process writes many chunks per round trip, in order."""
+    command (:data:`APPEND_SCRIPT`), so a busy process writes many chunks per round trip, in order."""
 
     def __init__(self, store: RedisStore) -> None:
         self.store = store
         self._queue: list[tuple[RedisTurn, Event]] = []
         self._task: asyncio.Task[None] | None = None
+        self._append = store.redis.register_script(APPEND_SCRIPT)
 
     def add(self, turn: RedisTurn, event: Event) -> None:
         self._queue.append((turn, event))
@@ -220,30 +268,49 @@ class Writer:
         settings = self.store.settings
         while self._queue:
             batch, self._queue = self._queue, []
-            pipe = self.store.redis.pipeline(transaction=False)
-            for turn, event in batch:
-                seq = event.seq if isinstance(event, Chunk) else turn.last_seq + 1
-                pipe.xadd(log_key(turn.id), encode_entry(event, seq), id=f"{seq}-0",
-                          maxlen=settings.stream_max_entries, approximate=True)
-                if isinstance(event, End):
-                    ttl = max(1, int(settings.retain_seconds))
-                    pipe.hset(meta_key(turn.id), "state", "ended")
-                    for key in (meta_key(turn.id), log_key(turn.id), readers_key(turn.id)):
-                        pipe.expire(key, ttl)
+            keys: dict[str, int] = {}
+            entries = append_args(batch, keys)
             try:
-                results = await pipe.execute(raise_on_error=False)
+                failed = await self._append(keys=list(keys), args=[settings.stream_max_entries,
+                                                                  max(1, int(settings.retain_seconds)), entries])
             except RedisError as exc:
-                results = [exc] * len(pipe)
-            self._fail_where(batch, results)
+                self._fail({turn for turn, _ in batch}, exc)
+                continue
+            if failed:
+                names = {number: key for key, number in keys.items()}
+                lost = {names[int(n)] for n in failed}
+                self._fail({turn for turn, _ in batch if log_key(turn.id) in lost},
+                           RedisError("the store refused the turn's entries"))
+            # What comes meanwhile waits for the next command: at load, hundreds of events per command
+            # (each costs the client a task and a timeout); a quiet turn's chunk still goes at once.
+            await asyncio.sleep(FLUSH_SECONDS)
 
-    def _fail_where(self, batch: list[tuple[RedisTurn, Event]], results: list[Any]) -> None:
+    @staticmethod
+    def _fail(turns: set[RedisTurn], exc: RedisError) -> None:
         # A turn whose write failed cannot be resumed elsewhere: end it here with [ERROR] too.
-        failed = {turn for (turn, _), result in zip(batch, results, strict=False) if isinstance(result, Exception)}
-        for turn in failed:
-            exc = next(r for (t, _), r in zip(batch, results, strict=False) if t is turn and isinstance(r, Exception))
+        for turn in turns:
             log.warning("turn %s: writing to the store failed: %s", turn.id, exc)
             end = store_error(exc)
             turn.interrupt(end.status, end.error)
+
+
+def append_args(batch: list[tuple[RedisTurn, Event]], keys: dict[str, int]) -> str:
+    """:data:`APPEND_SCRIPT`'s entries for ``batch``, as JSON; ``keys`` gathers the keys they name,
+    numbered from 1."""
+    def number(key: str) -> int:
+        return keys.setdefault(key, len(keys) + 1)
+
+    entries: list[list[object]] = []
+    for turn, event in batch:
+        log_number = number(log_key(turn.id))
+        if isinstance(event, Chunk):
+            entries.append([log_number, event.seq, event.content, event.server_time])
+            continue
+        assert isinstance(event, End)
+        code, message = (event.error.code, event.error.message) if event.error is not None else ("", "")
+        entries.append([log_number, turn.last_seq + 1, event.status.value, code, message,
+                        number(meta_key(turn.id)), number(readers_key(turn.id))])
+    return json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
 
 
 class RemoteReader:
@@ -327,6 +394,7 @@ class RedisStore(TurnStore):
         self._interrupt = self.redis.register_script(INTERRUPT_SCRIPT)
         self._abandon = self.redis.register_script(ABANDON_SCRIPT)
         self._claim = self.redis.register_script(CLAIM_SCRIPT)
+        self._check = self.redis.register_script(CHECK_SCRIPT)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -350,8 +418,7 @@ class RedisStore(TurnStore):
             await self.redis.ping()
             await self._renew_lease()
         except RedisError as exc:
-            await self.redis.aclose()
-            await self.reads.aclose()
+            await self._close_clients()
             raise RuntimeError(f"cannot reach the turn store at {self.settings.store}: {exc}") from exc
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._heartbeat(), name="nbchat-store-heartbeat"),
@@ -369,8 +436,12 @@ class RedisStore(TurnStore):
                 await task
         with contextlib.suppress(RedisError):
             await self.redis.delete(lease_key(self.process))
-        await self.redis.aclose()
-        await self.reads.aclose()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        # A client made on a pool of its own does not close that pool by default: its sockets would leak.
+        await self.redis.aclose(close_connection_pool=True)
+        await self.reads.aclose(close_connection_pool=True)
 
     # ------------------------------------------------------------ the store
 
@@ -537,14 +608,10 @@ class RedisStore(TurnStore):
         turns = [t for t in self.manager.running() if isinstance(t, RedisTurn)]
         if not turns:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for turn in turns:
-            pipe.hmget(meta_key(turn.id), ["state", "interrupt"])
-            pipe.hgetall(readers_key(turn.id))
-            for key in (meta_key(turn.id), log_key(turn.id), readers_key(turn.id)):
-                pipe.expire(key, self.ttl)
-        results = await pipe.execute()
-        found = [(results[i * 5], results[i * 5 + 1]) for i in range(len(turns))]
+        keys = [key for t in turns for key in (meta_key(t.id), log_key(t.id), readers_key(t.id))]
+        results = await self._check(keys=keys, args=[self.ttl])
+        found = [((state or None, interrupt or None), dict(zip(flat[::2], flat[1::2], strict=True)))
+                 for state, interrupt, flat in results]
         others = sorted({p for _, readers in found for p in readers if p != self.process})
         alive = {self.process}
         if others:
