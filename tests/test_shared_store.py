@@ -380,13 +380,13 @@ async def test_the_heartbeat_reads_interrupts_and_readers_on_other_processes(red
         assert turn is not None
         await direct.set(lease_key("live"), "1")
         await direct.hset(readers_key(turn.id), mapping={"live": "1", "gone": "3"})
-        await store._check_turns()
+        await store.check_turns()
         assert turn.idle_since is None and turn.end is None  # "live" reads it
         await direct.hset(readers_key(turn.id), "live", "0")
-        await store._check_turns()
+        await store.check_turns()
         assert turn.idle_since is not None and turn.end is None  # only a dead process's count is left
         await direct.hset(meta_key(turn.id), "interrupt", Status.INTERRUPTED.value)
-        await store._check_turns()
+        await store.check_turns()
         await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]
         assert turn.end is not None and turn.end.status is Status.INTERRUPTED
     finally:

@@ -52,7 +52,7 @@ from .config import Settings
 from .openai_routes import chat_completions, list_models
 from .recording import Recorder
 from .store import MemoryStore, Reader, TurnStore
-from .streaming import EventStreamResponse
+from .streaming import EventStreamResponse, NBChatApp
 from .turns import TurnManager
 from .ws import websocket_endpoint
 
@@ -241,7 +241,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         Route(OPENAI_MODELS_PATH, list_models),
         WebSocketRoute(WEBSOCKET_PATH, websocket_endpoint),
     ]
-    app = Starlette(
+    app = NBChatApp(
         routes=routes,
         middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=origins,
                                bind_host=settings.host)],

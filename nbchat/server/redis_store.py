@@ -593,7 +593,7 @@ class RedisStore(TurnStore):
             await asyncio.sleep(self.settings.lease_seconds / 3)
             try:
                 await self._renew_lease()
-                await self._check_turns()
+                await self.check_turns()
             except RedisError as exc:
                 log.warning("the turn store (Redis) failed: %s", exc)
                 for turn in self.manager.running():
@@ -602,7 +602,7 @@ class RedisStore(TurnStore):
             except Exception:  # the heartbeat must outlive a bug in one pass
                 log.exception("turn store heartbeat failed")
 
-    async def _check_turns(self) -> None:
+    async def check_turns(self) -> None:
         """For each turn generating here: keep its keys alive, apply a missed interrupt, end it when its
         record is gone, and run the grace period over the streams attached on every process."""
         turns = [t for t in self.manager.running() if isinstance(t, RedisTurn)]

@@ -16,11 +16,35 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 
+from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..wire.events import Event
 from .store import Reader
+
+#: the scope key under which :class:`NBChatApp` keeps the server's own ``send`` of a connection
+SERVER_SEND = "nbchat.server_send"
+
+
+def server_send(scope: Scope, send: Send) -> Send:
+    """The server's own ``send`` for a response's body messages and a WebSocket's frames.
+
+    The app's middleware (error pages, exception handlers, CORS) act on a response's start and on
+    nothing after it, yet each wraps ``send`` in a coroutine of its own: at thousands of chunks a
+    second those wrappers were a tenth of the server's CPU. So the start goes through them and the
+    body past them. ``send`` when the app was not entered through :class:`NBChatApp`.
+    """
+    raw: Send | None = scope.get(SERVER_SEND)
+    return send if raw is None else raw
+
+
+class NBChatApp(Starlette):
+    """Starlette, keeping the server's own ``send`` in the scope for :func:`server_send`."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 class EventStreamResponse(Response):
@@ -38,7 +62,7 @@ class EventStreamResponse(Response):
         self.init_headers(headers)  # no body: no content-length, as with StreamingResponse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        stream = asyncio.ensure_future(self._stream(send))
+        stream = asyncio.ensure_future(self._stream(send, server_send(scope, send)))
         listener = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait((stream, listener), return_when=asyncio.FIRST_COMPLETED)
@@ -49,8 +73,8 @@ class EventStreamResponse(Response):
         if not stream.cancelled() and stream.exception() is not None:
             raise stream.exception()  # type: ignore[misc]
 
-    async def _stream(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+    async def _stream(self, start: Send, send: Send) -> None:
+        await start({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         reader, encode, keepalive = self.reader, self.encode, self.keepalive
         try:
             async with reader:

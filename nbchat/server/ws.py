@@ -23,6 +23,7 @@ from ..wire.events import End, ErrorInfo, Status
 from ..wire.protocol import encode_ws, parse_json_text, parse_position, parse_turn_request
 from .config import Settings
 from .store import Reader, TurnStore
+from .streaming import server_send
 from .turns import TurnState
 
 
@@ -37,6 +38,8 @@ class Session:
         #: the id of the turn this socket streams (or streamed last)
         self.turn: str | None = None
         self.pump: asyncio.Task[None] | None = None
+        #: frames of a turn go past the middleware (see server_send); they act on the handshake only
+        self._send = server_send(websocket.scope, websocket.send)
 
     async def handle(self, text: str) -> None:
         if len(text.encode()) > self.settings.max_body_bytes:
@@ -106,10 +109,14 @@ class Session:
 
     async def _pump(self, sub: Reader) -> None:
         async with sub:
-            while not sub.done:
-                for event in await sub.next_batch():
-                    for frame in encode_ws(event):
-                        await self.ws.send_text(frame)
+            try:
+                while not sub.done:
+                    for event in await sub.next_batch():
+                        for frame in encode_ws(event):
+                            await self._send({"type": "websocket.send", "text": frame})
+            except OSError:  # the client went away mid-frame: what Starlette's send would have said
+                self.ws.application_state = WebSocketState.DISCONNECTED
+                raise WebSocketDisconnect(code=1006) from None
         if self.store.closing:
             await self.ws.close(CloseCode.GOING_AWAY, "server shutting down")
 
