@@ -21,6 +21,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 from ..backends.base import LENGTH, Backend, GenerationRequest
 from ..wire.errors import BackendError, RequestError, ResumeError
@@ -202,9 +203,10 @@ class Turn:
     def events_after(self, seq: int) -> list[Event]:
         """Everything buffered after ``seq``: chunks, then the End once the turn has ended;
         ResumeError when the replay bound already dropped some of them."""
+        if self.end is None:
+            return cast("list[Event]", self.replay.after(seq))  # a new list, the caller's to keep
         out: list[Event] = list(self.replay.after(seq))
-        if self.end is not None:
-            out.append(self.end)
+        out.append(self.end)
         return out
 
     def _pulse(self) -> None:
