@@ -241,6 +241,40 @@ def test_a_reader_behind_the_replay_bound_gets_an_error_status_and_a_resume_gets
     assert r.json()["error"]["code"] == "resume_unavailable"
 
 
+@pytest.mark.parametrize("path", ["/talkByStream", "/createSse"])
+def test_a_client_that_stops_reading_then_reads_gets_every_chunk_once(make_server: ServerFactory, path: str) -> None:
+    """Chunks go out from the generating task while the client keeps up; once its socket is full a
+    send has to wait, and what follows must come after it: every seq once, in order, then the status."""
+    count = 60_000  # ~6 MB: past the socket buffers (4 MB at most here) while the client reads nothing
+    server = make_server(backend=FloodBackend(count=count), replay_max_bytes=64 * 1024 * 1024)
+    s = raw_post(port_of(server), path, json.dumps(ask("go")).encode())
+    manager = server.app.state.turns
+    deadline = time.monotonic() + 30
+    while not (len(manager) == 1 and manager.running() == []) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the whole turn is made while nothing is read
+    status, _, body = read_response(s)
+    s.close()
+    assert status == 200
+    text = body.decode()
+    if path == "/createSse":
+        ids = [line[4:] for line in text.splitlines() if line.startswith("id: ")]
+        assert ids == [str(i) for i in range(1, count + 1)] + ["[DONE]"]
+    else:
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert [line["seq"] for line in lines[:-1]] == list(range(1, count + 1))
+        assert lines[-1] == {"status": "[DONE]"}
+
+
+def test_a_websocket_client_that_stops_reading_then_reads_gets_every_chunk_once(make_server: ServerFactory) -> None:
+    server = make_server(backend=FloodBackend(count=20_000))
+    with ws(server, "paused") as sock:
+        sock.send(json.dumps(ask("go")))
+        time.sleep(1.5)  # the whole turn is made, and sent, while the client reads nothing
+        frames = ws_until_status(sock, limit=30_000)
+    assert frames[-1] == "[DONE]"
+    assert [json.loads(f)["seq"] for f in frames[:-1]] == list(range(1, 20_001))
+
+
 # ---------------------------------------------------------------- 6, 7: WebSocket requests
 
 

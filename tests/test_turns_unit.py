@@ -206,3 +206,29 @@ async def test_a_stream_that_leaves_while_waiting_leaves_nothing_behind() -> Non
             await waiting
     # its future is gone from the turn and its keep-alive timer is cancelled with the stream
     assert not turn.waiting_streams and sub.keepalive_timer is None
+
+
+async def test_send_now_sends_in_order_and_hands_a_waiting_send_to_a_task() -> None:
+    """What goes out at once goes out before send_now returns; once the server's send must wait
+    (the client is behind), a task finishes it and the rest, in order; a client gone raises."""
+    from nbchat.server.streaming import send_now
+
+    sent: list[str] = []
+    writable = asyncio.Event()
+    writable.set()
+
+    async def send(message: dict[str, object]) -> None:  # the shape of uvicorn's: waits only when paused
+        await writable.wait()
+        if message["text"] == "gone":
+            raise ConnectionResetError("the client left")
+        sent.append(str(message["text"]))
+
+    assert send_now(send, [{"text": "a"}, {"text": "b"}]) is None and sent == ["a", "b"]
+    writable.clear()
+    pending = send_now(send, [{"text": "c"}, {"text": "d"}])
+    assert pending is not None and sent == ["a", "b"]
+    writable.set()
+    await asyncio.wait_for(pending, 5)
+    assert sent == ["a", "b", "c", "d"]
+    with pytest.raises(ConnectionResetError):
+        send_now(send, [{"text": "gone"}])

@@ -47,7 +47,7 @@ from ..wire.protocol import encode_turn_request, parse_turn_request
 from .config import Settings
 from .recording import Recorder
 from .store import Reader, TurnInfo, TurnStore, info_of
-from .turns import Turn, TurnManager, TurnState, new_turn_id
+from .turns import Direct, Turn, TurnManager, TurnState, new_turn_id
 
 log = logging.getLogger("nbchat.server.redis_store")
 
@@ -333,7 +333,8 @@ class RemoteReader:
     async def __aexit__(self, *exc: object) -> None:
         self.store.count_reader(self._turn_id, -1)
 
-    async def next_batch(self, timeout: float | None = None) -> list[Event]:
+    async def next_batch(self, timeout: float | None = None, direct: Direct | None = None) -> list[Event]:
+        # ``direct`` is for a turn generating here; this one's entries come by reads, in batches.
         if self.done:
             return []
         loop = asyncio.get_running_loop()

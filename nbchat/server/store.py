@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ..wire.errors import ResumeError
 from ..wire.events import Event, TurnRequest
-from .turns import Turn, TurnManager, TurnState
+from .turns import Direct, Turn, TurnManager, TurnState
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Reader(Protocol):
     @property
     def turn_id(self) -> str: ...
 
-    async def next_batch(self, timeout: float | None = None) -> list[Event]: ...
+    async def next_batch(self, timeout: float | None = None, direct: Direct | None = None) -> list[Event]: ...
 
     async def __aenter__(self) -> Reader: ...
 

@@ -14,11 +14,13 @@ middleware around it and the connection limits below it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..wire.events import Event
 from .store import Reader
@@ -37,6 +39,43 @@ def server_send(scope: Scope, send: Send) -> Send:
     """
     raw: Send | None = scope.get(SERVER_SEND)
     return send if raw is None else raw
+
+
+def send_now(send: Send, messages: list[Message]) -> asyncio.Future[None] | None:
+    """Send ``messages`` in order from the calling code, without a task: None when all went out, else
+    a task finishing them (the server's ``send`` had to wait: its client is behind, or a frame is
+    too big for the write buffer). Raises what ``send`` raises when the client is gone.
+
+    The server's ``send`` writes to the socket and returns without suspending unless the client is
+    behind, so the common case runs it to completion here, as an eager task would.
+    """
+    for i, message in enumerate(messages):
+        sending = send(message)
+        if not isinstance(sending, Coroutine):  # some other awaitable: a task sends it and the rest
+            return asyncio.ensure_future(_finish(sending, send, messages[i + 1:]))
+        try:
+            waiting = sending.send(None)
+        except StopIteration:
+            continue
+        return asyncio.ensure_future(_finish(_resume(sending, waiting), send, messages[i + 1:]))
+    return None
+
+
+async def _finish(sending: Awaitable[None], send: Send, rest: list[Message]) -> None:
+    await sending
+    for message in rest:
+        await send(message)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, Any, None]:
+    """Go on with ``coro``, suspended on ``waiting``: the task waits for that first, then drives the rest."""
+    try:
+        yield waiting
+    except BaseException:
+        coro.close()
+        raise
+    yield from coro.__await__()
 
 
 class NBChatApp(Starlette):
@@ -77,9 +116,13 @@ class EventStreamResponse(Response):
         await start({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         reader, encode, keepalive = self.reader, self.encode, self.keepalive
         try:
+            def direct(events: list[Event]) -> asyncio.Future[None] | None:
+                body = b"".join(map(encode, events))
+                return send_now(send, [{"type": "http.response.body", "body": body, "more_body": True}])
+
             async with reader:
                 while not reader.done:
-                    batch = await reader.next_batch(keepalive)
+                    batch = await reader.next_batch(keepalive, direct)
                     # many chunks ready at once go out in one write: fewer syscalls at high rates
                     body = b"".join(map(encode, batch)) if batch else self.idle
                     await send({"type": "http.response.body", "body": body, "more_body": True})

@@ -32,6 +32,11 @@ from .replay import ReplayBuffer
 
 log = logging.getLogger("nbchat.server.turns")
 
+#: sends a stream's events at once, from the task that made them (see :meth:`Subscription.next_batch`):
+#: None when they went out, else a future that ends once they have (the client is behind); raises
+#: when the client is gone
+Direct = Callable[[list[Event]], "asyncio.Future[None] | None"]
+
 
 class TurnState(enum.Enum):
     PENDING = "pending"
@@ -56,6 +61,8 @@ class Turn:
         self.expired = False
         #: one future per stream waiting for the buffer to change (see Subscription._wait)
         self._waiters: list[asyncio.Future[bool]] = []
+        #: streams waiting that take each new chunk directly (see Subscription.push)
+        self._sinks: list[Subscription] = []
         self._task: asyncio.Task[None] | None = None
         self._cancel_reason = Status.INTERRUPTED
         self._cancel_error: ErrorInfo | None = None
@@ -183,6 +190,9 @@ class Turn:
         if self._record is not None:
             self._record.chunk(chunk)
         self._published(chunk)
+        if self._sinks:
+            for sub in tuple(self._sinks):
+                sub.push(chunk)
         self._pulse()
 
     def _finish(self, end: End) -> None:
@@ -194,7 +204,7 @@ class Turn:
             self._record.end(end)
         self._cancel_grace()
         self._published(end)
-        self._pulse()
+        self._pulse(sinks=True)
         self._manager.turn_ended(self)
 
     def _published(self, event: Event) -> None:
@@ -209,8 +219,12 @@ class Turn:
         out.append(self.end)
         return out
 
-    def _pulse(self) -> None:
-        """Wake every stream waiting for a change; the next wait blocks again."""
+    def _pulse(self, sinks: bool = False) -> None:
+        """Wake every stream waiting for a change (with ``sinks``, those taking chunks directly
+        too: the turn ended); the next wait blocks again."""
+        if sinks:
+            for sub in tuple(self._sinks):
+                sub.wake()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():  # a waiter cancelled (its client left) or woken by its keep-alive
@@ -227,6 +241,13 @@ class Turn:
     def waiting_streams(self) -> int:
         """How many streams wait for the next change."""
         return len(self._waiters)
+
+    def add_sink(self, sub: Subscription) -> None:
+        self._sinks.append(sub)
+
+    def drop_sink(self, sub: Subscription) -> None:
+        with contextlib.suppress(ValueError):
+            self._sinks.remove(sub)
 
     def drop_waiter(self, waiter: asyncio.Future[bool]) -> None:
         """Forget the future of a stream that left, rather than keep it until the next change."""
@@ -285,6 +306,10 @@ class Subscription:
         self._timeout = 0.0
         self._wait_began = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        #: while waiting with a direct sender: how new chunks go out without waking the stream's task
+        self._direct: Direct | None = None
+        #: a direct send that had to wait for the client (the stream's task resumes when it ends)
+        self._sending: asyncio.Future[None] | None = None
 
     @property
     def turn_id(self) -> str:
@@ -298,6 +323,12 @@ class Subscription:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._sending is not None:
+            if self._sending.done() and not self._sending.cancelled():
+                self._sending.exception()  # seen: the client left while it was sent
+            self._sending.cancel()
+            self._sending = None
+        self.turn.drop_sink(self)
         self.turn.detach()
 
     @property
@@ -311,10 +342,19 @@ class Subscription:
     async def __aexit__(self, *exc: object) -> None:
         self.__exit__()
 
-    async def next_batch(self, timeout: float | None = None) -> list[Event]:
-        """The next events (all that are ready, in order); [] when ``timeout`` passes first."""
+    async def next_batch(self, timeout: float | None = None, direct: Direct | None = None) -> list[Event]:
+        """The next events (all that are ready, in order); [] when ``timeout`` passes first.
+
+        With ``direct``, chunks that come while the stream waits go out through it from the task
+        that made them, and this returns only when something else is due (the end, a keep-alive,
+        catching up after a send that had to wait): one task wake per chunk instead of two, which
+        was most of what the server added per chunk to a bare socket's cost.
+        """
         if self.done:
             return []
+        if self._sending is not None:
+            await self._sending  # a direct send still waiting for the client: what follows goes after it
+            self._sending = None
         while True:
             try:
                 events = self.turn.events_after(self.pos)
@@ -330,13 +370,21 @@ class Subscription:
                     else:
                         self.done = True
                 return events
-            if not await self._wait(timeout):
+            if not await self._wait(timeout, direct):
                 return []
+            if self._sending is not None:
+                await self._sending
+                self._sending = None
 
-    async def _wait(self, timeout: float | None) -> bool:
+    async def _wait(self, timeout: float | None, direct: Direct | None = None) -> bool:
         """Wait until the turn's buffer changes; False when ``timeout`` passes first."""
         loop = asyncio.get_running_loop()
-        waiter = self.turn.waiter()
+        if direct is None:
+            waiter = self.turn.waiter()
+        else:
+            waiter = loop.create_future()
+            self._direct = direct
+            self.turn.add_sink(self)
         if timeout is not None:
             self._timeout, self._wait_began = timeout, loop.time()
             if self._timer is None:
@@ -346,8 +394,39 @@ class Subscription:
             return await waiter
         finally:
             self._waiter = None
-            if waiter.cancelled():  # the stream left
+            if direct is not None:
+                self._direct = None
+                self.turn.drop_sink(self)
+            elif waiter.cancelled():  # the stream left
                 self.turn.drop_waiter(waiter)
+
+    def push(self, chunk: Chunk) -> None:
+        """Send a new chunk through the waiting stream's direct sender (called by the turn)."""
+        direct, waiter = self._direct, self._waiter
+        if direct is None or waiter is None or waiter.done() or chunk.seq != self.pos + 1:
+            self.wake()
+            return
+        try:
+            pending = direct([chunk])
+        except Exception as exc:  # the client is gone: the stream's task ends with what its send raised
+            self.turn.drop_sink(self)
+            self._direct = None
+            waiter.set_exception(exc)
+            return
+        self.pos = chunk.seq
+        self._wait_began = asyncio.get_running_loop().time()  # the keep-alive counts from the last send
+        if pending is not None:  # the client is behind: nothing more goes out until that send is done
+            self.turn.drop_sink(self)
+            self._direct = None
+            self._sending = pending
+            pending.add_done_callback(lambda _: self.wake())
+
+    def wake(self) -> None:
+        """End the wait: the stream's task reads what is new itself."""
+        self.turn.drop_sink(self)
+        self._direct = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
 
     def _keepalive_due(self) -> None:
         loop = asyncio.get_running_loop()

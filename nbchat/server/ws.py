@@ -19,11 +19,11 @@ from websockets.frames import CloseCode
 
 from ..wire.contract import INTERRUPT_FRAME
 from ..wire.errors import RequestError, ResumeError
-from ..wire.events import End, ErrorInfo, Status
+from ..wire.events import End, ErrorInfo, Event, Status
 from ..wire.protocol import encode_ws, parse_json_text, parse_position, parse_turn_request
 from .config import Settings
 from .store import Reader, TurnStore
-from .streaming import server_send
+from .streaming import send_now, server_send
 from .turns import TurnState
 
 
@@ -109,9 +109,13 @@ class Session:
 
     async def _pump(self, sub: Reader) -> None:
         async with sub:
+            def direct(events: list[Event]) -> asyncio.Future[None] | None:
+                return send_now(self._send, [{"type": "websocket.send", "text": frame}
+                                             for event in events for frame in encode_ws(event)])
+
             try:
                 while not sub.done:
-                    for event in await sub.next_batch():
+                    for event in await sub.next_batch(direct=direct):
                         for frame in encode_ws(event):
                             await self._send({"type": "websocket.send", "text": frame})
             except OSError:  # the client went away mid-frame: what Starlette's send would have said
