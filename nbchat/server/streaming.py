@@ -115,17 +115,18 @@ class EventStreamResponse(Response):
     async def _stream(self, start: Send, send: Send) -> None:
         await start({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         reader, encode, keepalive = self.reader, self.encode, self.keepalive
-        try:
-            def direct(events: list[Event]) -> asyncio.Future[None] | None:
-                body = b"".join(map(encode, events))
-                return send_now(send, [{"type": "http.response.body", "body": body, "more_body": True}])
 
+        def body(events: list[Event]) -> asyncio.Future[None] | None:
+            # many chunks ready at once go out in one write: fewer syscalls at high rates
+            data = b"".join(map(encode, events)) if events else self.idle
+            return send_now(send, [{"type": "http.response.body", "body": data, "more_body": True}])
+
+        try:
             async with reader:
                 while not reader.done:
-                    batch = await reader.next_batch(keepalive, direct)
-                    # many chunks ready at once go out in one write: fewer syscalls at high rates
-                    body = b"".join(map(encode, batch)) if batch else self.idle
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    pending = body(await reader.next_batch(keepalive, body))
+                    if pending is not None:
+                        await pending
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # the client went away mid-write: nothing more to send
             return

@@ -328,7 +328,7 @@ class Subscription:
                 self._sending.exception()  # seen: the client left while it was sent
             self._sending.cancel()
             self._sending = None
-        self.turn.drop_sink(self)
+        self._leave_sinks()
         self.turn.detach()
 
     @property
@@ -352,10 +352,10 @@ class Subscription:
         """
         if self.done:
             return []
-        if self._sending is not None:
-            await self._sending  # a direct send still waiting for the client: what follows goes after it
-            self._sending = None
         while True:
+            if self._sending is not None:
+                await self._sending  # a direct send still waiting for the client: what follows goes after it
+                self._sending = None
             try:
                 events = self.turn.events_after(self.pos)
             except ResumeError as exc:
@@ -372,9 +372,6 @@ class Subscription:
                 return events
             if not await self._wait(timeout, direct):
                 return []
-            if self._sending is not None:
-                await self._sending
-                self._sending = None
 
     async def _wait(self, timeout: float | None, direct: Direct | None = None) -> bool:
         """Wait until the turn's buffer changes; False when ``timeout`` passes first."""
@@ -395,8 +392,7 @@ class Subscription:
         finally:
             self._waiter = None
             if direct is not None:
-                self._direct = None
-                self.turn.drop_sink(self)
+                self._leave_sinks()
             elif waiter.cancelled():  # the stream left
                 self.turn.drop_waiter(waiter)
 
@@ -409,24 +405,26 @@ class Subscription:
         try:
             pending = direct([chunk])
         except Exception as exc:  # the client is gone: the stream's task ends with what its send raised
-            self.turn.drop_sink(self)
-            self._direct = None
+            self._leave_sinks()
             waiter.set_exception(exc)
             return
         self.pos = chunk.seq
         self._wait_began = asyncio.get_running_loop().time()  # the keep-alive counts from the last send
         if pending is not None:  # the client is behind: nothing more goes out until that send is done
-            self.turn.drop_sink(self)
-            self._direct = None
+            self._leave_sinks()
             self._sending = pending
             pending.add_done_callback(lambda _: self.wake())
 
     def wake(self) -> None:
         """End the wait: the stream's task reads what is new itself."""
-        self.turn.drop_sink(self)
-        self._direct = None
+        self._leave_sinks()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(True)
+
+    def _leave_sinks(self) -> None:
+        """Take no more chunks directly (at once, not when the stream's task next runs)."""
+        self.turn.drop_sink(self)
+        self._direct = None
 
     def _keepalive_due(self) -> None:
         loop = asyncio.get_running_loop()

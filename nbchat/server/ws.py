@@ -108,16 +108,16 @@ class Session:
         self.pump = asyncio.get_running_loop().create_task(self._pump(sub))
 
     async def _pump(self, sub: Reader) -> None:
-        async with sub:
-            def direct(events: list[Event]) -> asyncio.Future[None] | None:
-                return send_now(self._send, [{"type": "websocket.send", "text": frame}
-                                             for event in events for frame in encode_ws(event)])
+        def frames(events: list[Event]) -> asyncio.Future[None] | None:
+            return send_now(self._send, [{"type": "websocket.send", "text": frame}
+                                         for event in events for frame in encode_ws(event)])
 
+        async with sub:
             try:
                 while not sub.done:
-                    for event in await sub.next_batch(direct=direct):
-                        for frame in encode_ws(event):
-                            await self._send({"type": "websocket.send", "text": frame})
+                    pending = frames(await sub.next_batch(direct=frames))
+                    if pending is not None:
+                        await pending
             except OSError:  # the client went away mid-frame: what Starlette's send would have said
                 self.ws.application_state = WebSocketState.DISCONNECTED
                 raise WebSocketDisconnect(code=1006) from None
