@@ -12,12 +12,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
+from nbchat.backends.echo import EchoBackend
+from nbchat.server.config import Settings
+from nbchat.server.redis_store import RedisStore, lease_key, log_key, meta_key, readers_key
+from nbchat.wire.events import Chunk, Message, Status, TurnRequest
 from tests.conftest import ROOT, RedisProcess, ServeFactory, ServeProcess
 from tests.helpers import TOKEN, descendants
 
@@ -210,20 +216,28 @@ def test_a_killed_mid_turn_ends_b_readers_with_error(pair: tuple[ServeProcess, S
     assert late[-1] == {"status": "[ERROR]"}
 
 
-def test_redis_unreachable_gives_503_and_error_status(pair: tuple[ServeProcess, ServeProcess],
-                                                      redis_server: RedisProcess) -> None:
-    a, b = pair
-    with httpx.stream("POST", a.url + "/talkByStream", json=request("z" * 3000), headers=H, timeout=30) as r:
+def read_across(a: ServeProcess, b: ServeProcess, content: str,
+                disrupt: Callable[[], None]) -> tuple[list[dict[str, object]], list[dict[str, object]], float]:
+    """A turn started on A and read on B too, ``disrupt`` called once both read: the records A's
+    stream and B's got, and the seconds from the disruption until both ended."""
+    with httpx.stream("POST", a.url + "/talkByStream", json=request(content), headers=H, timeout=30) as r:
         turn = r.headers["x-nbchat-turn"]
         on_b = Collector(b.url, {"turn": turn, "after": "0"})
         on_b.start()
         assert on_b.first.wait(10)
-        redis_server.stop()
-        stopped = time.monotonic()
+        disrupt()
+        disrupted = time.monotonic()
         on_a = ndjson_records(b"".join(r.iter_raw()))
         on_b.join(15)
-    assert time.monotonic() - stopped < 15
-    for records in (on_a, on_b.records):
+    return on_a, on_b.records, time.monotonic() - disrupted
+
+
+def test_redis_unreachable_gives_503_and_error_status(pair: tuple[ServeProcess, ServeProcess],
+                                                      redis_server: RedisProcess) -> None:
+    a, b = pair
+    on_a, on_b, took = read_across(a, b, "z" * 3000, redis_server.stop)
+    assert took < 15
+    for records in (on_a, on_b):
         assert records[-1] == {"status": "[ERROR]"}
         error = records[-2]["error"]
         assert isinstance(error, dict) and error["code"] == "store_unavailable"
@@ -246,15 +260,8 @@ def test_redis_unreachable_gives_503_and_error_status(pair: tuple[ServeProcess, 
 def test_redis_restarted_ends_running_turns_and_serves_again(pair: tuple[ServeProcess, ServeProcess],
                                                              redis_server: RedisProcess) -> None:
     a, b = pair
-    with httpx.stream("POST", a.url + "/talkByStream", json=request("w" * 3000), headers=H, timeout=30) as r:
-        turn = r.headers["x-nbchat-turn"]
-        on_b = Collector(b.url, {"turn": turn, "after": "0"})
-        on_b.start()
-        assert on_b.first.wait(10)
-        redis_server.restart()  # no persistence: the turn's record is gone
-        on_a = ndjson_records(b"".join(r.iter_raw()))
-        on_b.join(15)
-    assert on_a[-1] == {"status": "[ERROR]"} and on_b.records[-1] == {"status": "[ERROR]"}
+    on_a, on_b, _ = read_across(a, b, "w" * 3000, redis_server.restart)  # no persistence: the record is gone
+    assert on_a[-1] == {"status": "[ERROR]"} and on_b[-1] == {"status": "[ERROR]"}
     # new turns work on both processes once Redis answers again
     for server in (a, b):
         whole = ndjson_records(httpx.post(server.url + "/talkByStream", json=request("again"), headers=H,
@@ -324,72 +331,60 @@ def test_the_benchmark_starts_workers(redis_server: RedisProcess, monkeypatch: p
     assert [json.loads(line) for line in done.text.splitlines()][-1] == {"status": "[DONE]"}
 
 
-async def test_one_command_writes_a_batch_and_a_failing_turn_alone_ends(redis_server: RedisProcess) -> None:
-    """The writer's batch reaches every turn's stream in order, times included; a turn whose stream the
-    store refuses ends with [ERROR] while the others of the same batch are written."""
-    import redis.asyncio as aioredis
-
-    from nbchat.backends.echo import EchoBackend
-    from nbchat.server.config import Settings
-    from nbchat.server.redis_store import RedisStore, log_key
-    from nbchat.wire.events import Chunk, Message, Status, TurnRequest
-
-    store = RedisStore(EchoBackend(rate=0), Settings(store=redis_server.url))
-    await store.start()
-    direct = aioredis.from_url(redis_server.url, decode_responses=True)
-    try:
-        question = TurnRequest(user_message=Message("user", "hi"))
-        good, bad, other = (store.manager.create(question, start=False, turn_id=name) for name in ("g", "b", "o"))
-        await direct.set(log_key("b"), "not a stream")  # XADD on it fails with WRONGTYPE
-        for seq in (1, 2, 3):
-            store.writer.add(good, Chunk(content=f"g{seq}", seq=seq, server_time=1000.125 + seq))
-            store.writer.add(bad, Chunk(content=f"b{seq}", seq=seq))
-        store.writer.add(other, Chunk(content="o1 \u00e9 🚀 \"x\"\n", seq=1))
-        store.writer.add(good, Chunk(content="g5", seq=5, server_time=None))  # a gap, and no time
-        await store.writer.drain()
-        entries = await direct.xrange(log_key("g"))
-        assert [(i, f["seq"], f["c"], float(f["t"]) if "t" in f else None) for i, f in entries] == [
-            ("1-0", "1", "g1", 1001.125), ("2-0", "2", "g2", 1002.125), ("3-0", "3", "g3", 1003.125),
-            ("5-0", "5", "g5", None)]
-        assert await direct.xrange(log_key("o")) == [("1-0", {"seq": "1", "c": "o1 \u00e9 🚀 \"x\"\n"})]
-        assert bad.end is not None and bad.end.status is Status.ERROR and bad.end.error is not None
-        assert bad.end.error.code == "store_unavailable"
-        assert good.end is None and other.end is None
-    finally:
-        await direct.aclose()
-        await store.shutdown()
-        await store.aclose()
-
-
-async def test_the_heartbeat_reads_interrupts_and_readers_on_other_processes(redis_server: RedisProcess) -> None:
-    """One look per heartbeat: a stream counted by a live process keeps a turn out of its grace period,
-    one counted by a process whose lease is gone does not, and an interrupt field stops the turn."""
-    import redis.asyncio as aioredis
-
-    from nbchat.backends.echo import EchoBackend
-    from nbchat.server.config import Settings
-    from nbchat.server.redis_store import RedisStore, lease_key, meta_key, readers_key
-    from nbchat.wire.events import Message, Status, TurnRequest
-
+@pytest.fixture
+async def store_here(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, aioredis.Redis]]:
+    """A Redis store in this process (echo backend at 1 piece/s), and a client of the same Redis."""
     store = RedisStore(EchoBackend(rate=1.0), Settings(store=redis_server.url))
     await store.start()
     direct = aioredis.from_url(redis_server.url, decode_responses=True)
     try:
-        info = await store.create(TurnRequest(user_message=Message("user", "a long answer " * 50)))
-        turn = store.manager.get(info.id)
-        assert turn is not None
-        await direct.set(lease_key("live"), "1")
-        await direct.hset(readers_key(turn.id), mapping={"live": "1", "gone": "3"})
-        await store.check_turns()
-        assert turn.idle_since is None and turn.end is None  # "live" reads it
-        await direct.hset(readers_key(turn.id), "live", "0")
-        await store.check_turns()
-        assert turn.idle_since is not None and turn.end is None  # only a dead process's count is left
-        await direct.hset(meta_key(turn.id), "interrupt", Status.INTERRUPTED.value)
-        await store.check_turns()
-        await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]
-        assert turn.end is not None and turn.end.status is Status.INTERRUPTED
+        yield store, direct
     finally:
         await direct.aclose()
         await store.shutdown()
         await store.aclose()
+
+
+async def test_one_command_writes_a_batch_and_a_failing_turn_alone_ends(
+        store_here: tuple[RedisStore, aioredis.Redis]) -> None:
+    """The writer's batch reaches every turn's stream in order, times included; a turn whose stream the
+    store refuses ends with [ERROR] while the others of the same batch are written."""
+    store, direct = store_here
+    question = TurnRequest(user_message=Message("user", "hi"))
+    good, bad, other = (store.manager.create(question, start=False, turn_id=name) for name in ("g", "b", "o"))
+    await direct.set(log_key("b"), "not a stream")  # XADD on it fails with WRONGTYPE
+    for seq in (1, 2, 3):
+        store.writer.add(good, Chunk(content=f"g{seq}", seq=seq, server_time=1000.125 + seq))
+        store.writer.add(bad, Chunk(content=f"b{seq}", seq=seq))
+    store.writer.add(other, Chunk(content="o1 \u00e9 🚀 \"x\"\n", seq=1))
+    store.writer.add(good, Chunk(content="g5", seq=5, server_time=None))  # a gap, and no time
+    await store.writer.drain()
+    entries = await direct.xrange(log_key("g"))
+    assert [(i, f["seq"], f["c"], float(f["t"]) if "t" in f else None) for i, f in entries] == [
+        ("1-0", "1", "g1", 1001.125), ("2-0", "2", "g2", 1002.125), ("3-0", "3", "g3", 1003.125),
+        ("5-0", "5", "g5", None)]
+    assert await direct.xrange(log_key("o")) == [("1-0", {"seq": "1", "c": "o1 \u00e9 🚀 \"x\"\n"})]
+    assert bad.end is not None and bad.end.status is Status.ERROR and bad.end.error is not None
+    assert bad.end.error.code == "store_unavailable"
+    assert good.end is None and other.end is None
+
+
+async def test_the_heartbeat_reads_interrupts_and_readers_on_other_processes(
+        store_here: tuple[RedisStore, aioredis.Redis]) -> None:
+    """One look per heartbeat: a stream counted by a live process keeps a turn out of its grace period,
+    one counted by a process whose lease is gone does not, and an interrupt field stops the turn."""
+    store, direct = store_here
+    info = await store.create(TurnRequest(user_message=Message("user", "a long answer " * 50)))
+    turn = store.manager.get(info.id)
+    assert turn is not None
+    await direct.set(lease_key("live"), "1")
+    await direct.hset(readers_key(turn.id), mapping={"live": "1", "gone": "3"})
+    await store.check_turns()
+    assert turn.idle_since is None and turn.end is None  # "live" reads it
+    await direct.hset(readers_key(turn.id), "live", "0")
+    await store.check_turns()
+    assert turn.idle_since is not None and turn.end is None  # only a dead process's count is left
+    await direct.hset(meta_key(turn.id), "interrupt", Status.INTERRUPTED.value)
+    await store.check_turns()
+    await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]
+    assert turn.end is not None and turn.end.status is Status.INTERRUPTED

@@ -23,7 +23,6 @@ from nbchat.server.serving import ServerHandle, start_server_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
 TRANSPORTS = ["ws", "sse", "fetch"]
 TEXT = "你好，世界! Streaming \"quotes\", emoji 🚀 and a\nsecond line. " * 12
 XSS = 'Hi <img src=x onerror="window.__xss=1"> and <script>window.__xss=2</script> **bold** done'
@@ -60,24 +59,18 @@ def server(origin: str) -> Iterator[ServerHandle]:
 
 
 @pytest.fixture(scope="module")
-def page(server: ServerHandle, origin: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs /usr/bin/chromium")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True)
-        tab = browser.new_page()
-        errors: list[str] = []
-        tab.on("pageerror", lambda exc: errors.append(str(exc)))
-        tab.goto(f"{origin}/harness.html")
-        tab.wait_for_function("() => window.ready === true")
-        assert tab.evaluate("() => model.sent[0]") == {"type": "hello", "origin": origin}
-        endpoint = {"url": server.url, "token": server.token, "port": 0, "loopback": True, "proxy": False}
-        tab.evaluate("e => emit('msg:custom', {type: 'endpoint', endpoint: e})", endpoint)
-        yield tab
-        browser.close()
-        assert not errors, errors
+def page(browser: Any, server: ServerHandle, origin: str) -> Iterator[Any]:
+    tab = browser.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.goto(f"{origin}/harness.html")
+    tab.wait_for_function("() => window.ready === true")
+    assert tab.evaluate("() => model.sent[0]") == {"type": "hello", "origin": origin}
+    endpoint = {"url": server.url, "token": server.token, "port": 0, "loopback": True, "proxy": False}
+    tab.evaluate("e => emit('msg:custom', {type: 'endpoint', endpoint: e})", endpoint)
+    yield tab
+    tab.close()
+    assert not errors, errors
 
 
 def ask(page: Any, transport: str, text: str) -> None:

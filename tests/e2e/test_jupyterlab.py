@@ -27,13 +27,11 @@ from typing import Any
 import pytest
 
 from nbchat.bench.procs import free_port
+from tests.e2e.conftest import CHROMIUM
 from tests.helpers import stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 START_TIMEOUT = 90.0
@@ -140,19 +138,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield Lab(f"http://127.0.0.1:{port}", token, root)
     finally:
         stop_process(proc, 20)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """One headless Chromium for the module (Playwright's sync API allows one instance at a time)."""
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs /usr/bin/chromium")
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,6 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 STATIC = Path(__file__).resolve().parents[2] / "nbchat" / "notebook" / "static"
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 PAGE_URL = "http://127.0.0.1:9/render.html"
@@ -74,18 +71,6 @@ def square(x: int) -> int:
 const s = "<script>";
 ```
 Done: `x ** 2` is **fast**."""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs /usr/bin/chromium")
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 def open_harness(context: Any, css: str) -> Any:

@@ -46,7 +46,7 @@ from nbchat.backends.echo import split_pieces
 from nbchat.bench.procs import free_port
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
-from tests.e2e.test_jupyterlab import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.helpers import stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
