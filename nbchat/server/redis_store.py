@@ -268,17 +268,15 @@ class Writer:
         settings = self.store.settings
         while self._queue:
             batch, self._queue = self._queue, []
-            keys: dict[str, int] = {}
-            entries = append_args(batch, keys)
+            keys, entries = append_args(batch)
             try:
-                failed = await self._append(keys=list(keys), args=[settings.stream_max_entries,
-                                                                  max(1, int(settings.retain_seconds)), entries])
+                failed = await self._append(keys=keys, args=[settings.stream_max_entries,
+                                                             max(1, int(settings.retain_seconds)), entries])
             except RedisError as exc:
                 self._fail({turn for turn, _ in batch}, exc)
                 continue
             if failed:
-                names = {number: key for key, number in keys.items()}
-                lost = {names[int(n)] for n in failed}
+                lost = {keys[int(n) - 1] for n in failed}  # Lua numbers the keys from 1
                 self._fail({turn for turn, _ in batch if log_key(turn.id) in lost},
                            RedisError("the store refused the turn's entries"))
             # What comes meanwhile waits for the next command: at load, hundreds of events per command
@@ -294,11 +292,12 @@ class Writer:
             turn.interrupt(end.status, end.error)
 
 
-def append_args(batch: list[tuple[RedisTurn, Event]], keys: dict[str, int]) -> str:
-    """:data:`APPEND_SCRIPT`'s entries for ``batch``, as JSON; ``keys`` gathers the keys they name,
-    numbered from 1."""
+def append_args(batch: list[tuple[RedisTurn, Event]]) -> tuple[list[str], str]:
+    """:data:`APPEND_SCRIPT`'s keys and entries (JSON) for ``batch``; entries name keys by number, from 1."""
+    numbers: dict[str, int] = {}
+
     def number(key: str) -> int:
-        return keys.setdefault(key, len(keys) + 1)
+        return numbers.setdefault(key, len(numbers) + 1)
 
     entries: list[list[object]] = []
     for turn, event in batch:
@@ -310,7 +309,7 @@ def append_args(batch: list[tuple[RedisTurn, Event]], keys: dict[str, int]) -> s
         code, message = (event.error.code, event.error.message) if event.error is not None else ("", "")
         entries.append([log_number, turn.last_seq + 1, event.status.value, code, message,
                         number(meta_key(turn.id)), number(readers_key(turn.id))])
-    return json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
+    return list(numbers), json.dumps(entries, ensure_ascii=False, separators=(",", ":"))
 
 
 class RemoteReader:
