@@ -3,6 +3,7 @@ chunked decoder, real mini runs of every transport, the buffering check, the com
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import json
@@ -15,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from nbchat.bench.buffering import BufferingProxy, assess, detect_buffering
+from nbchat.bench.command import add_bench_parser, config_from_args
 from nbchat.bench.measure import ClientStreamer, echo_message, open_streamer, wire_bytes
 from nbchat.bench.rawtcp import _serve_stream, stream_raw
-from nbchat.bench.report import Results, Row, summarize
-from nbchat.bench.runner import BenchConfig, load_limits
+from nbchat.bench.report import Results, Row, Target, summarize, wall_time
+from nbchat.bench.runner import BenchConfig, Window, in_rounds, load_limits, pool_rounds
 from nbchat.bench.stats import Trace, delivered_rate, percentile
 from nbchat.bench.wire import ChunkedDecoder, parse_host_port
 from nbchat.server.config import Settings
@@ -112,6 +114,85 @@ def test_json_and_csv_outputs(tmp_path: Path) -> None:
     assert float(rows[0]["latency_p50_ms"]) == pytest.approx(0.2)
 
 
+def cpu_results(rounds: dict[str, list[float]], streams: int = 500) -> Results:
+    """Sweep rows at one point with each round's server us/chunk, the pooled figure their mean."""
+    rows = [Row(section="concurrency", transport=t, streams=streams, server_us_per_chunk=sum(us) / len(us),
+                server_us_rounds=us) for t, us in rounds.items()]
+    return Results(config={"concurrency_rate": 20.0, "rounds": len(rounds["raw"])}, rows=rows)
+
+
+def cpu_targets(results: Results) -> dict[str, Target]:
+    return {t.transport: t for t in results.targets() if t.name.startswith("server us/chunk")}
+
+
+def test_cpu_target_is_the_median_of_the_ratios_round_by_round() -> None:
+    targets = cpu_targets(cpu_results({
+        "raw": [10.0, 20.0, 30.0],
+        "ws": [30.0, 26.0, 36.0],  # 3.0x, 1.3x, 1.2x: the mean ratio and the ratio of the means are past 1.4
+        "sse": [10.0, 30.0, 45.0],  # 1.0x, 1.5x, 1.5x: the mean ratio is 1.33, the median past 1.4
+        "stream": [math.nan, 26.0, 33.0],  # a round too short to measure is left out
+    }))
+    ws, sse, stream = targets["ws"], targets["sse"], targets["stream"]
+    assert ws.passed is True and ws.measured == "30.7 us (1.30x, median of 3 rounds)"
+    assert ws.baseline == "raw 20.0 us" and ws.rounds == pytest.approx([3.0, 1.3, 1.2])
+    assert sse.passed is False and "(1.50x, median of 3 rounds)" in sse.measured
+    assert stream.passed is True and "(1.20x, median of 2 rounds)" in stream.measured
+    assert math.isnan(stream.rounds[0])
+
+
+def test_cpu_target_needs_the_load_point_and_enough_cpu() -> None:
+    not_run = cpu_targets(cpu_results({"raw": [10.0], "ws": [11.0]}, streams=50))["ws"]
+    assert not_run.passed is None and "not run" in not_run.measured
+    idle = cpu_targets(cpu_results({"raw": [math.nan, math.nan], "ws": [math.nan, 12.0]}))["ws"]
+    assert idle.passed is None and "too little" in idle.measured
+    old = cpu_results({"raw": [20.0], "ws": [30.0]})  # JSON from before rounds were kept: the pooled figures
+    for row in old.rows:
+        row.server_us_rounds = []
+    assert "(1.50x, median of 1 round)" in cpu_targets(old)["ws"].measured
+
+
+def test_round_figures_in_json_and_csv(tmp_path: Path) -> None:
+    results = cpu_results({"raw": [10.0, math.nan], "ws": [13.0, 12.5]})
+    results.write_json(tmp_path / "r.json")
+    results.write_csv(tmp_path / "r.csv")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["rows"][0]["server_us_rounds"] == [10.0, None]
+    assert [t["rounds"] for t in data["targets"] if t["name"].startswith("server")] == [[1.3, None]]
+    back = Row.from_dict(data["rows"][0])
+    assert back.server_us_rounds[0] == 10.0 and math.isnan(back.server_us_rounds[1])
+    old = {k: v for k, v in data["rows"][1].items() if k != "server_us_rounds"}
+    assert Row.from_dict(old).server_us_rounds == []
+    with (tmp_path / "r.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [float(x) for x in rows[1]["server_us_rounds"].split()] == [13.0, 12.5]
+    assert math.isnan(float(rows[0]["server_us_rounds"].split()[1]))
+
+
+async def test_sweep_rounds_take_turns_and_pool_into_one_row() -> None:
+    order: list[str] = []
+    cpu = iter([0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+
+    async def measure(transport: str) -> Window:
+        order.append(transport)
+        return Window([synthetic() for _ in range(4)], server_cpu=next(cpu), client_cpu=0.01)
+
+    windows = await in_rounds(("raw", "ws", "sse"), 2, measure)
+    assert order == ["raw", "ws", "sse"] * 2
+    results = Results()
+    for transport, found in windows.items():
+        results.add(pool_rounds(transport, found, rate=20.0, streams=4))
+    assert [(r.transport, r.streams) for r in results.rows] == [("raw", 4), ("ws", 4), ("sse", 4)]
+    ws = results.rows[1]
+    assert ws.chunks == 2 * 4 * 5 and len(results.traces[("concurrency", "ws", 4)]) == 8
+    assert ws.server_us_rounds == pytest.approx([1e6 * 0.4 / 20, 1e6 * 0.7 / 20])
+    assert ws.server_us_per_chunk == pytest.approx(1e6 * 1.1 / 40)
+    # chunks/s of all streams together: one round's (the rounds' mean), not over the span of both
+    assert ws.total_rate == pytest.approx(delivered_rate(windows["ws"][0].traces))
+    # every round's window has the same span here: over their sum, not the span of all rounds
+    assert ws.server_cpu_pct == pytest.approx(100 * 1.1 / (2 * wall_time([synthetic()])))
+    assert ws.client_cpu_pct == pytest.approx(100 * 0.02 / (2 * wall_time([synthetic()])))
+
+
 # ---------------------------------------------------------------- wire
 
 
@@ -188,18 +269,43 @@ async def test_buffering_proxy_is_detected(paced: ServerHandle) -> None:
 # ---------------------------------------------------------------- command
 
 
+def bench_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers())
+    return parser.parse_args(["bench", *argv])
+
+
+def test_rounds_option() -> None:
+    assert config_from_args(bench_args()).rounds == 1
+    config = config_from_args(bench_args("--rounds", "3"))
+    assert config.rounds == 3 and config.concurrency_seconds == BenchConfig().concurrency_seconds
+    quick = config_from_args(bench_args("--quick", "--rounds", "2"))
+    assert quick.rounds == 2 and quick.concurrency == BenchConfig.quick().concurrency
+    assert quick.steps() == BenchConfig.quick().steps() + 5 * len(quick.concurrency)
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit):
+            bench_args("--rounds", bad)
+
+
 def test_bench_quick_command(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "nbchat.cli.main", "bench", "--quick", "--no-progress", "--transports", "ws,stream",
-         "--concurrency", "3", "--seconds", "0.3", "--json", str(out)],
+         "--concurrency", "3", "--seconds", "0.3", "--rounds", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    for needle in ("raw TCP", "WebSocket", "NDJSON", "lat p50 ms", "Targets", "PASS"):
+    for needle in ("raw TCP", "WebSocket", "NDJSON", "lat p50 ms", "Targets", "PASS", "2 rounds pooled"):
         assert needle in proc.stdout
     data = json.loads(out.read_text())
     assert {r["section"] for r in data["rows"]} == {"ttft", "latency", "max_rate", "concurrency"}
     assert all(r["errors"] == 0 for r in data["rows"])
+    sweep = [r for r in data["rows"] if r["section"] == "concurrency"]
+    assert sorted((r["transport"], r["streams"]) for r in sweep) == [("raw", 3), ("stream", 3), ("ws", 3)]
+    per_stream = max(2, round(data["config"]["concurrency_rate"] * 0.3))
+    assert all(r["chunks"] == 2 * 3 * per_stream and len(r["server_us_rounds"]) == 2 for r in sweep)
+    cpu = [t for t in data["targets"] if t["name"].startswith("server us/chunk")]
+    assert {t["transport"] for t in cpu} == {"ws", "stream"}
+    assert all(t["passed"] is None for t in cpu)  # no 500-stream point in this run
 
 
 # ---------------------------------------------------------------- notebook

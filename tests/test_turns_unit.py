@@ -13,6 +13,7 @@ import pytest
 
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.server.config import Settings
+from nbchat.server.expiry import Deadlines
 from nbchat.server.turns import Turn, TurnManager
 from nbchat.wire.errors import ResumeError
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
@@ -232,3 +233,48 @@ async def test_send_now_sends_in_order_and_hands_a_waiting_send_to_a_task() -> N
     assert sent == ["a", "b", "c", "d"]
     with pytest.raises(ConnectionResetError):
         send_now(send, [{"text": "gone"}])
+
+
+async def test_deadlines_fire_in_order_once_each_on_one_loop_timer() -> None:
+    fired: list[str] = []
+    done = asyncio.Event()
+
+    def due(key: str) -> None:
+        fired.append(key)
+        if key == "again":
+            deadlines.set("late", 0.01)  # a deadline set from inside another's call still fires
+        if key == "late":
+            done.set()
+
+    deadlines = Deadlines(due)
+    before = live_timers()
+    deadlines.set("b", 0.04)
+    deadlines.set("a", 0.02)  # earlier than the armed timer: it moves forward
+    deadlines.set("moved", 0.01)
+    deadlines.set("moved", 0.06)  # its first deadline must not fire
+    deadlines.set("dropped", 0.03)
+    deadlines.drop("dropped")
+    deadlines.set("again", 0.05)
+    assert len(deadlines) == 4
+    assert live_timers() == before + 1  # one for all of them
+    await asyncio.wait_for(done.wait(), 2)
+    assert fired == ["a", "b", "again", "moved", "late"]
+    assert len(deadlines) == 0 and live_timers() == before
+
+
+async def test_retained_turns_add_no_timers_to_the_loop() -> None:
+    manager = TurnManager(Paced(count=1, interval=0.0), Settings(retain_seconds=60))
+    before = live_timers()
+    for _ in range(50):
+        turn = manager.create(REQ)
+        generation = turn.generation
+        assert generation is not None
+        await generation
+    assert manager.running() == [] and len(manager) == 50  # all ended, all kept
+    assert live_timers() == before + 1  # the turns' 50 deadlines: one timer
+    await manager.shutdown()
+
+
+def live_timers() -> int:
+    """Timers scheduled on this thread's loop and not cancelled."""
+    return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.TimerHandle) and not o.cancelled())

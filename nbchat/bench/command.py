@@ -33,6 +33,16 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
+    return value
+
+
 def _transports(text: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in text.split(",") if t.strip())
     try:
@@ -55,6 +65,10 @@ def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--seconds", type=float, default=None,
                    help="how long each concurrent stream runs (default 5; --quick 1.5)")
     p.add_argument("--rate", type=float, default=None, help="chunks/s per concurrent stream (default 20)")
+    p.add_argument("--rounds", type=_positive, default=None, metavar="N",
+                   help="the concurrency sweep measures each point N times, taking raw TCP and the transports in "
+                        "turn, so that load from elsewhere falls on all alike; figures pooled, the CPU ratio is the "
+                        "median of the rounds (default 1)")
     p.add_argument("--model", action="store_true",
                    help="also measure the embedded smollm2 model's real cadence (skipped if unavailable)")
     p.add_argument("--client", choices=["wire", "nbchat"], default="wire",
@@ -77,7 +91,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     overrides: dict[str, Any] = {"model": args.model, "client": args.client, "progress": not args.no_progress,
                                  "serve_args": serve_args}
     for key, value in (("transports", args.transports), ("concurrency", args.concurrency),
-                       ("concurrency_seconds", args.seconds), ("concurrency_rate", args.rate)):
+                       ("concurrency_seconds", args.seconds), ("concurrency_rate", args.rate),
+                       ("rounds", args.rounds)):
         if value is not None:
             overrides[key] = value
     return BenchConfig.quick(**overrides) if args.quick else BenchConfig(**overrides)

@@ -19,6 +19,7 @@ import json
 import sys
 import time
 
+from ..server.heap import settle_heap
 from .stats import Trace
 
 # Leave the loop this often when sending flat out, as the echo backend does,
@@ -73,6 +74,7 @@ async def stream_raw(port: int, n: int, rate: float, piece: str = "abcd", host: 
 
 
 def main() -> int:
+    settle_heap()  # the collector set as in ``nbchat serve``: the floor differs from it in nothing else
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"))
     return 0

@@ -13,7 +13,8 @@ import csv
 import dataclasses
 import json
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ NAMES = {"raw": "raw TCP", "ws": "WebSocket", "sse": "SSE", "stream": "NDJSON", 
 LATENCY_RATIO = 2.0  # p50 latency at most twice the raw TCP floor
 MIN_CHUNK_RATE = 10_000.0  # chunks/s in one stream
 LOAD_STREAMS, LOAD_P99_MS = 500, 50.0  # 500 streams at 20/s with p99 under 50 ms
+CPU_RATIO = 1.4  # server CPU per chunk at LOAD_STREAMS at most 1.4 times the raw TCP server's
 GOOD_STATUSES = {"[DONE]", "[TOKENS]", "eof"}
 MIN_CPU_SECONDS = 0.2
 
@@ -48,37 +50,69 @@ class Row:
     client_cpu_pct: float = math.nan
     server_us_per_chunk: float = math.nan  # server CPU per chunk delivered: its cost, whatever else ran
     errors: int = 0
+    #: server_us_per_chunk of each round of a sweep point (empty where the row is not a sweep point's)
+    server_us_rounds: list[float] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Row:
         """A row back from JSON (where unmeasured figures are null)."""
-        fields: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in data.items()}
+        fields: dict[str, Any] = {k: ([_nan(x) for x in v] if isinstance(v, list) else _nan(v))
+                                  for k, v in data.items()}
         return cls(**fields)
 
 
+def _nan(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+def wall_time(traces: Sequence[Trace]) -> float:
+    """Seconds from the first request sent to the last chunk received (NaN if none arrived)."""
+    receiving = [t for t in traces if t.chunks]
+    return max(t.received[-1] for t in receiving) - min(t.sent for t in traces) if receiving else math.nan
+
+
+def us_per_chunk(server_cpu: float, chunks: int) -> float:
+    """The server's CPU per chunk delivered, in microseconds."""
+    # /proc counts CPU in 10 ms ticks: a per-chunk cost from a handful of ticks would be noise
+    return 1e6 * server_cpu / chunks if chunks and server_cpu >= MIN_CPU_SECONDS else math.nan
+
+
 def summarize(section: str, transport: str, traces: list[Trace], *, rate: float = math.nan, streams: int = 1,
-              server_cpu: float = math.nan, client_cpu: float = math.nan) -> tuple[Row, list[Trace]]:
-    """A row from the traces of one measurement (returned with them, for :meth:`Results.add`)."""
+              server_cpu: float = math.nan, client_cpu: float = math.nan, wall: float = math.nan,
+              server_us_rounds: Sequence[float] = (), total_rate: float = math.nan) -> tuple[Row, list[Trace]]:
+    """A row from the traces of one measurement (returned with them, for :meth:`Results.add`).
+
+    ``wall`` is the time the CPU figures were spent in, by default the traces' span; rounds
+    pooled from windows taken in turn with other transports pass the sum of their own windows,
+    and their mean ``total_rate`` (over the span of all rounds it would count the gaps between).
+    """
     lat, jit = pooled(traces, "latencies"), pooled(traces, "jitter")
     ttft = [t.ttft() for t in traces if t.chunks]
     rates = [r for r in (t.client_rate() for t in traces) if not math.isnan(r)]
     chunks = sum(t.chunks for t in traces)
-    receiving = [t for t in traces if t.chunks]
-    wall = max(t.received[-1] for t in receiving) - min(t.sent for t in traces) if receiving else math.nan
+    if math.isnan(wall):
+        wall = wall_time(traces)
     row = Row(
         section=section, transport=transport, streams=streams, rate=rate, chunks=chunks,
         ttft_p50_ms=ms(percentile(ttft, 50)), ttft_p99_ms=ms(percentile(ttft, 99)),
         latency_p50_ms=ms(percentile(lat, 50)), latency_p99_ms=ms(percentile(lat, 99)),
         jitter_p50_ms=ms(percentile(jit, 50)), jitter_p99_ms=ms(percentile(jit, 99)),
-        rate_per_stream=sum(rates) / len(rates) if rates else math.nan, total_rate=delivered_rate(traces),
+        rate_per_stream=sum(rates) / len(rates) if rates else math.nan,
+        total_rate=delivered_rate(traces) if math.isnan(total_rate) else total_rate,
         bytes_per_chunk=sum(t.wire_bytes for t in traces) / chunks if chunks else math.nan,
         server_cpu_pct=100 * server_cpu / wall if wall > 0 else math.nan,
         client_cpu_pct=100 * client_cpu / wall if wall > 0 else math.nan,
-        # /proc counts CPU in 10 ms ticks: a per-chunk cost from a handful of ticks would be noise
-        server_us_per_chunk=1e6 * server_cpu / chunks if chunks and server_cpu >= MIN_CPU_SECONDS else math.nan,
+        server_us_per_chunk=us_per_chunk(server_cpu, chunks),
         errors=sum(1 for t in traces if t.status not in GOOD_STATUSES),
+        server_us_rounds=list(server_us_rounds),
     )
     return row, traces
+
+
+def error_summary(traces: Iterable[Trace], most: int = 3) -> str:
+    """The commonest ways the streams of one measurement ended badly, with their counts."""
+    found = Counter(t.status for t in traces if t.status not in GOOD_STATUSES)
+    return "; ".join(f"{count} x {status[:160]}" for status, count in found.most_common(most))
 
 
 @dataclass
@@ -92,6 +126,9 @@ class Results:
         row, traces = summary
         self.rows.append(row)
         self.traces[(row.section, row.transport, row.streams)] = traces
+        if row.errors:  # the count alone would not say what failed
+            self.notes.append(f"{row.section} {NAMES.get(row.transport, row.transport)} x{row.streams}: "
+                              f"{row.errors} streams failed: {error_summary(traces)}")
 
     def get(self, section: str, transport: str, streams: int = 1) -> Row | None:
         return next((r for r in self.rows if (r.section, r.transport, r.streams) == (section, transport, streams)),
@@ -104,7 +141,7 @@ class Results:
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "notes": self.notes, "rows": [_clean(dataclasses.asdict(r)) for r in self.rows],
-                "targets": [dataclasses.asdict(t) for t in self.targets()]}
+                "targets": [_clean(dataclasses.asdict(t)) for t in self.targets()]}
 
     def write_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -115,7 +152,7 @@ class Results:
             writer = csv.DictWriter(f, fieldnames=names)
             writer.writeheader()
             for row in self.rows:
-                writer.writerow(_clean(dataclasses.asdict(row)))
+                writer.writerow({k: _cell(v) for k, v in _clean(dataclasses.asdict(row)).items()})
 
     def targets(self) -> list[Target]:
         return evaluate(self)
@@ -126,7 +163,18 @@ class Results:
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
     """NaN is not JSON: unmeasured figures become null (an empty CSV cell)."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+    return {k: ([_null(x) for x in v] if isinstance(v, list) else _null(v)) for k, v in d.items()}
+
+
+def _null(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: a list (one figure per round) as its figures separated by spaces, null ones as nan."""
+    if isinstance(value, list):
+        return " ".join("nan" if x is None else str(x) for x in value)
+    return value
 
 
 # ---------------------------------------------------------------- targets and tables
@@ -139,6 +187,8 @@ class Target:
     measured: str
     passed: bool | None  # None: not measured in this run
     baseline: str = ""
+    #: the figure of each round where the target takes their median (NaN: a round too short to measure)
+    rounds: list[float] = field(default_factory=list)
 
 
 def fmt(value: float, digits: int = 2) -> str:
@@ -164,7 +214,7 @@ def _name(transport: str) -> str:
 
 
 def evaluate(results: Results) -> list[Target]:
-    """The three targets per transport, each against the raw TCP floor of the same run."""
+    """The four targets per transport, each against the raw TCP floor of the same run."""
     out: list[Target] = []
     raw_lat, raw_max = results.get("latency", "raw"), results.get("max_rate", "raw")
     for transport in (t for t in results.transports() if t != "raw"):
@@ -182,6 +232,7 @@ def evaluate(results: Results) -> list[Target]:
                               f"{fmt(top.rate_per_stream)}/s{ratio_text}", top.rate_per_stream >= MIN_CHUNK_RATE,
                               base))
         out.append(_load_target(results, transport))
+        out.append(_cpu_target(results, transport))
     return out
 
 
@@ -194,6 +245,31 @@ def _load_target(results: Results, transport: str) -> Target:
     passed = load.latency_p99_ms < LOAD_P99_MS and load.errors == 0
     return Target(name, transport, f"p99 {fmt(load.latency_p99_ms)} ms, {fmt(load.rate_per_stream)}/s per stream",
                   passed, base)
+
+
+def _cpu_target(results: Results, transport: str) -> Target:
+    name = f"server us/chunk <= {CPU_RATIO:g}x raw TCP"
+    load, raw = results.get("concurrency", transport, LOAD_STREAMS), results.get("concurrency", "raw", LOAD_STREAMS)
+    if load is None or raw is None:
+        return Target(name, transport, "not run (the full run includes it)", None)
+    ratios = round_ratios(load, raw)
+    measured = [r for r in ratios if not math.isnan(r)]
+    base = f"raw {fmt(raw.server_us_per_chunk, 1)} us"
+    if not measured:
+        return Target(name, transport, "too little server CPU to measure", None, base, ratios)
+    # the median of ratios taken round by round: a burst of load from elsewhere falls on one round's raw and
+    # transport windows alike, and a round it skewed anyway does not move the median
+    ratio, count = percentile(measured, 50), len(measured)
+    return Target(name, transport, f"{fmt(load.server_us_per_chunk, 1)} us ({ratio:.2f}x, median of {count} "
+                  f"round{'s' if count > 1 else ''})", ratio <= CPU_RATIO, base, ratios)
+
+
+def round_ratios(row: Row, raw: Row) -> list[float]:
+    """The row's server us/chunk over raw TCP's, round by round; rows without rounds (from before
+    rounds were kept) count as one round of their pooled figures."""
+    ours = row.server_us_rounds or [row.server_us_per_chunk]
+    theirs = raw.server_us_rounds or [raw.server_us_per_chunk]
+    return [a / b for a, b in zip(ours, theirs, strict=False)]
 
 
 def _single(results: Results) -> str:
@@ -227,10 +303,11 @@ def _concurrency(results: Results) -> str:
     rows = [[_name(r.transport), str(r.streams), fmt(r.latency_p50_ms), fmt(r.latency_p99_ms),
              fmt(r.rate_per_stream), fmt(r.total_rate), fmt(r.server_cpu_pct, 0), fmt(r.server_us_per_chunk, 0),
              fmt(r.client_cpu_pct, 0), str(r.errors)] for r in _load_rows(results, "concurrency")]
-    rate = results.config.get("concurrency_rate", math.nan)
+    rate, rounds = results.config.get("concurrency_rate", math.nan), results.config.get("rounds", 1)
     header = ["transport", "streams", "lat p50 ms", "lat p99 ms", "per stream/s", "total/s", "server CPU%",
               "server us/chunk", "client CPU%", "errors"]
-    return f"Concurrent streams at {fmt(rate, 0)} chunks/s each\n" + grid(header, rows)
+    pooled_rounds = f" ({rounds} rounds pooled)" if rounds > 1 else ""
+    return f"Concurrent streams at {fmt(rate, 0)} chunks/s each{pooled_rounds}\n" + grid(header, rows)
 
 
 def _model(results: Results) -> str:

@@ -6,7 +6,8 @@
   jitter the transport adds to the server's cadence;
 - ``max_rate``: one long stream from an echo server at rate 0 (chunks/s at the client);
 - ``concurrency``: 1..N streams at once, each at a set rate, starting at
-  random offsets within one interval (independent users do not start in step);
+  random offsets within one interval (independent users do not start in step),
+  in rounds taking raw TCP and the transports in turn;
 - ``model``: the embedded model's real cadence (optional).
 
 Every scenario runs the raw TCP floor (:mod:`.rawtcp`) in the same run. The
@@ -19,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +32,8 @@ from ..wire.contract import TRANSPORTS
 from .measure import Streamer, echo_message, open_streamer
 from .procs import Child, nbchat_server, raw_server
 from .rawtcp import stream_raw
-from .report import Results, summarize
-from .stats import Trace
+from .report import Results, Row, summarize, us_per_chunk, wall_time
+from .stats import Trace, delivered_rate
 from .wire import parse_host_port
 
 MODEL_PROMPT = "Explain in two sentences why the sky is blue."
@@ -51,6 +53,8 @@ class BenchConfig:
     concurrency: tuple[int, ...] = (1, 10, 100, 500)
     concurrency_rate: float = 20.0
     concurrency_seconds: float = 5.0
+    #: each sweep point measured this many times, raw TCP and the transports in turn
+    rounds: int = 1
     model: bool = False
     model_turns: int = 2
     model_max_tokens: int = 48
@@ -67,7 +71,7 @@ class BenchConfig:
 
     def steps(self) -> int:
         """How many measurements a run makes (for the progress bar)."""
-        with_raw = (len(self.transports) + 1) * (3 + len(self.concurrency))
+        with_raw = (len(self.transports) + 1) * (3 + self.rounds * len(self.concurrency))
         return with_raw + (len(self.transports) if self.model else 0)
 
 
@@ -189,25 +193,74 @@ async def _max_rate(run: _Run) -> None:
         run.advance(f"max rate {transport}")
 
 
+@dataclass
+class Window:
+    """One measurement window of a sweep point: its streams' traces and the CPU spent meanwhile."""
+
+    traces: list[Trace]
+    server_cpu: float
+    client_cpu: float
+
+
 async def _concurrency(run: _Run, streams: int) -> None:
     rate = run.config.concurrency_rate
     n = max(2, round(rate * run.config.concurrency_seconds))
+
+    async def measure(transport: str) -> Window:
+        window = await (_raw_point(run, streams, n) if transport == "raw"
+                        else _concurrency_point(run, transport, streams, n))
+        run.advance(f"{streams} streams {transport}")
+        return window
+
+    windows = await in_rounds(("raw", *run.config.transports), run.config.rounds, measure)
+    for transport, found in windows.items():
+        run.results.add(pool_rounds(transport, found, rate=rate, streams=streams))
+
+
+async def in_rounds(transports: Sequence[str], rounds: int,
+                    measure: Callable[[str], Awaitable[Window]]) -> dict[str, list[Window]]:
+    """Each transport's windows of one sweep point, measured in rounds taking them in turn, so that
+    load from elsewhere on the machine falls on all alike (the CPU target compares each round's
+    transport with that round's raw TCP)."""
+    windows: dict[str, list[Window]] = {t: [] for t in transports}
+    for _ in range(rounds):
+        for transport, found in windows.items():
+            found.append(await measure(transport))
+    return windows
+
+
+def pool_rounds(transport: str, windows: Sequence[Window], *, rate: float, streams: int) -> tuple[Row, list[Trace]]:
+    """One sweep row from a transport's rounds: traces pooled, CPU summed, each round's us/chunk kept."""
+    traces = [t for w in windows for t in w.traces]
+    # the rounds' own windows: the span from the first to the last would take in the other transports' windows
+    wall = sum(wall_time(w.traces) for w in windows)
+    rounds = [us_per_chunk(w.server_cpu, sum(t.chunks for t in w.traces)) for w in windows]
+    rates = [r for r in (delivered_rate(w.traces) for w in windows) if not math.isnan(r)]
+    return summarize("concurrency", transport, traces, rate=rate, streams=streams,
+                     server_cpu=sum(w.server_cpu for w in windows), client_cpu=sum(w.client_cpu for w in windows),
+                     wall=wall, server_us_rounds=rounds, total_rate=sum(rates) / len(rates) if rates else math.nan)
+
+
+async def _window(server: Child, streams: Callable[[], Awaitable[list[Trace]]]) -> Window:
+    server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
+    traces = await streams()
+    return Window(traces, server.cpu_seconds() - server_cpu, time.process_time() - client_cpu)
+
+
+async def _raw_point(run: _Run, streams: int, n: int) -> Window:
+    rate = run.config.concurrency_rate
 
     async def raw_one() -> Trace:
         await asyncio.sleep(random.uniform(0, 1 / rate))
         return await run.raw(n, rate)
 
-    server_cpu, client_cpu = run.servers["raw"].cpu_seconds(), time.process_time()
-    traces = await asyncio.gather(*(raw_one() for _ in range(streams)))
-    run.add("concurrency", "raw", traces, rate=rate, streams=streams,
-            server_cpu=run.servers["raw"].cpu_seconds() - server_cpu, client_cpu=time.process_time() - client_cpu)
-    run.advance(f"{streams} streams raw")
-    for transport in run.config.transports:
-        await _concurrency_point(run, transport, streams, n)
-        run.advance(f"{streams} streams {transport}")
+    async def all_streams() -> list[Trace]:
+        return list(await asyncio.gather(*(raw_one() for _ in range(streams))))
+
+    return await _window(run.servers["raw"], all_streams)
 
 
-async def _concurrency_point(run: _Run, transport: str, streams: int, n: int) -> None:
+async def _concurrency_point(run: _Run, transport: str, streams: int, n: int) -> Window:
     rate = run.config.concurrency_rate
     gate = asyncio.Semaphore(CONNECT_AT_ONCE)
 
@@ -228,11 +281,11 @@ async def _concurrency_point(run: _Run, transport: str, streams: int, n: int) ->
                 return streamer
 
         ready = await asyncio.gather(*(connect() for _ in range(streams)))
-        server = run.servers["load"]
-        server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
-        traces = await asyncio.gather(*(one(s) for s in ready))
-        run.add("concurrency", transport, list(traces), rate=rate, streams=streams,
-                server_cpu=server.cpu_seconds() - server_cpu, client_cpu=time.process_time() - client_cpu)
+
+        async def all_streams() -> list[Trace]:
+            return list(await asyncio.gather(*(one(s) for s in ready)))
+
+        return await _window(run.servers["load"], all_streams)
 
 
 async def _model(run: _Run) -> None:

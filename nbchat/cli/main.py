@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -70,7 +68,7 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..server.serving import NBChatServer, make_server
+    from ..server.serving import NBChatServer, make_server, serve_here
 
     if args.rate is not None and args.rate < 0:
         print("nbchat serve: --rate must be >= 0", file=sys.stderr)
@@ -126,8 +124,7 @@ def run_serve(args: argparse.Namespace) -> int:
         announce_port(srv.port)
 
     server.on_ready = announce
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve())
+    serve_here(server)
     return 0 if server.started else 1
 
 

@@ -106,8 +106,10 @@ class SecurityMiddleware:
         name = hostname_of(host)
         if name is None:
             return False
-        origin_hosts = {hostname_of(urlsplit(o).netloc) for o in self.origins}
-        return name in self.own_names or name in origin_hosts or name.endswith(".localhost") or is_ip_literal(name)
+        if name in self.own_names or name.endswith(".localhost") or is_ip_literal(name):
+            return True
+        # last, and per request: the admitted origins can change while the server runs
+        return name in {hostname_of(urlsplit(o).netloc) for o in self.origins}
 
     def origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
         if "*" in self.origins or origin in self.origins:

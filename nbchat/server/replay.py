@@ -5,6 +5,12 @@ their text and timestamps), not characters: a turn of many small pieces
 costs several times its text. When the bound is passed the oldest chunks go;
 a reader that still needed them is told it fell behind
 (:class:`~nbchat.wire.errors.ResumeError`) instead of being handed a gap.
+
+The chunks are kept as plain tuples of their fields, not as :class:`Chunk`
+objects: a tuple of text and numbers is one the cyclic garbage collector stops
+tracking, while every Chunk stays tracked. With a few hundred turns retained
+for resume, hundreds of thousands of tracked chunks made each full collection
+pause the server for ~100 ms and cost more CPU per chunk than the stream itself.
 """
 
 from __future__ import annotations
@@ -14,17 +20,24 @@ import sys
 from ..wire.errors import ResumeError
 from ..wire.events import Chunk
 
+#: a buffered chunk: its content, seq and server time
+Record = tuple[str, int, "float | None"]
+
 # A list slot per record, and the float of a server timestamp when there is one.
 _SLOT = 8
 _FLOAT = sys.getsizeof(0.0)
-# A chunk object has slots: every one has the same size. Its seq is a small int shared or an int
-# of 28 bytes (counted) until 2**30, which no turn reaches: measured once, not per chunk.
-_FIXED = _SLOT + sys.getsizeof(Chunk(content="", seq=1)) + sys.getsizeof(2**29)
+# Every record is a tuple of three. Its seq is a small int shared or an int of 28 bytes (counted)
+# until 2**30, which no turn reaches: measured once, not per chunk.
+_FIXED = _SLOT + sys.getsizeof(("", 1, None)) + sys.getsizeof(2**29)
 
 
 def record_size(chunk: Chunk) -> int:
     """The bytes a buffered chunk keeps alive."""
-    return _FIXED + sys.getsizeof(chunk.content) + (_FLOAT if chunk.server_time is not None else 0)
+    return _size(chunk.content, chunk.server_time)
+
+
+def _size(content: str, server_time: float | None) -> int:
+    return _FIXED + sys.getsizeof(content) + (_FLOAT if server_time is not None else 0)
 
 
 class ReplayBuffer:
@@ -34,13 +47,13 @@ class ReplayBuffer:
         self.max_bytes = max_bytes
         self.first_seq = 1
         self.nbytes = 0
-        self._chunks: list[Chunk] = []
+        self._records: list[Record] = []
 
     def __len__(self) -> int:
-        return len(self._chunks)
+        return len(self._records)
 
     def append(self, chunk: Chunk) -> None:
-        self._chunks.append(chunk)
+        self._records.append((chunk.content, chunk.seq, chunk.server_time))
         self.nbytes += record_size(chunk)
         if self.nbytes > self.max_bytes:
             self._trim()
@@ -49,13 +62,14 @@ class ReplayBuffer:
         # Down to nine tenths at once, so that deleting from the front of a
         # list stays amortised O(1) per chunk. The newest chunk always stays.
         keep = self.max_bytes * 9 // 10
-        drop, size, last = 0, self.nbytes, len(self._chunks) - 1
+        drop, size, last = 0, self.nbytes, len(self._records) - 1
         while drop < last and size > keep:
-            size -= record_size(self._chunks[drop])
+            content, _, server_time = self._records[drop]
+            size -= _size(content, server_time)
             drop += 1
         self.nbytes = size
-        self.first_seq = self._chunks[drop].seq
-        del self._chunks[:drop]
+        self.first_seq = self._records[drop][1]
+        del self._records[:drop]
 
     def holds_after(self, seq: int) -> bool:
         """Whether everything after ``seq`` is still here."""
@@ -66,4 +80,4 @@ class ReplayBuffer:
         if not self.holds_after(seq):
             raise ResumeError(f"seq {seq + 1} is no longer buffered (the oldest kept is {self.first_seq}): "
                               "the stream fell behind the replay bound")
-        return self._chunks[seq + 1 - self.first_seq:]
+        return [Chunk(content, n, ts) for content, n, ts in self._records[seq + 1 - self.first_seq:]]

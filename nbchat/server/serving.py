@@ -10,6 +10,7 @@ hold HTTP streams open until their turns end).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from ..backends import Backend
 from ..wire.errors import ServerStartError
 from .app import create_app
 from .config import Settings
+from .heap import settle_heap
 from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction
 from .store import TurnStore
 
@@ -98,6 +100,15 @@ def make_server(settings: Settings, backend: Backend | None = None, log_level: s
         timeout_graceful_shutdown=5, access_log=False,
     )
     return NBChatServer(config)
+
+
+def serve_here(server: NBChatServer, sockets: list[Any] | None = None) -> None:
+    """Run ``server`` in this process until it stops, the process having nothing else to do
+    (``nbchat serve`` and each of its workers; not a kernel, whose heap is its user's), with the
+    collector set for serving (:mod:`.heap`)."""
+    settle_heap()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve(sockets=sockets))
 
 
 @dataclass

@@ -27,6 +27,7 @@ from ..backends.base import LENGTH, Backend, GenerationRequest
 from ..wire.errors import BackendError, RequestError, ResumeError
 from ..wire.events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
 from .config import Settings
+from .expiry import Deadlines
 from .recording import Recorder, TurnRecord
 from .replay import ReplayBuffer
 
@@ -79,6 +80,11 @@ class Turn:
     @property
     def last_seq(self) -> int:
         return self._next_seq - 1
+
+    @property
+    def last_piece(self) -> float:
+        """The loop time the backend's latest piece came at."""
+        return self._last_piece
 
     @property
     def attached(self) -> int:
@@ -145,9 +151,9 @@ class Turn:
             await _aclose(pieces)
 
     async def _pump(self, pieces: AsyncIterator[str | object]) -> Status:
-        loop = asyncio.get_running_loop()
+        now = asyncio.get_running_loop().time
         async for piece in pieces:
-            self._last_piece = loop.time()
+            self._last_piece = now()
             if piece is LENGTH:
                 return Status.TOKENS
             if isinstance(piece, str) and piece:
@@ -191,9 +197,10 @@ class Turn:
             self._record.chunk(chunk)
         self._published(chunk)
         if self._sinks:
-            for sub in tuple(self._sinks):
+            for sub in tuple(self._sinks):  # a push may drop its sink from the list
                 sub.push(chunk)
-        self._pulse()
+        if self._waiters:
+            self._pulse()
 
     def _finish(self, end: End) -> None:
         if self.end is not None:
@@ -409,7 +416,7 @@ class Subscription:
             waiter.set_exception(exc)
             return
         self.pos = chunk.seq
-        self._wait_began = asyncio.get_running_loop().time()  # the keep-alive counts from the last send
+        self._wait_began = self.turn.last_piece  # the keep-alive counts from the last send
         if pending is not None:  # the client is behind: nothing more goes out until that send is done
             self._leave_sinks()
             self._sending = pending
@@ -459,6 +466,8 @@ def _as_unicode(text: str) -> str:
 
 
 async def _aclose(it: object) -> None:
+    if getattr(it, "ag_frame", False) is None:
+        return  # an async generator that already finished: nothing to close (and no task to shield it)
     aclose = getattr(it, "aclose", None)
     if aclose is not None:
         with contextlib.suppress(Exception):
@@ -478,7 +487,7 @@ class TurnManager:
         self.recorder = recorder
         self._turns: dict[str, Turn] = {}
         self._by_uid: dict[str, Turn] = {}
-        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._expiry = Deadlines(self._expire)
         self._drained: asyncio.Event | None = None
         self.closing = False
 
@@ -527,11 +536,8 @@ class TurnManager:
         self._expire_later(turn, self.settings.retain_seconds)
 
     def _expire_later(self, turn: Turn, seconds: float) -> None:
-        old = self._expiry.pop(turn.id, None)
-        if old is not None:
-            old.cancel()
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
-            self._expiry[turn.id] = asyncio.get_running_loop().call_later(seconds, self._expire, turn.id)
+            self._expiry.set(turn.id, seconds)
 
     def _expire(self, turn_id: str) -> None:
         turn = self._turns.get(turn_id)
@@ -549,9 +555,7 @@ class TurnManager:
     def forget(self, turn_id: str) -> None:
         """Drop a turn from the registry now (its expiry too); a store whose publication failed undoes a create."""
         turn = self._turns.pop(turn_id, None)
-        handle = self._expiry.pop(turn_id, None)
-        if handle is not None:
-            handle.cancel()
+        self._expiry.drop(turn_id)
         if turn is not None and turn.uid is not None and self._by_uid.get(turn.uid) is turn:
             del self._by_uid[turn.uid]
 
@@ -564,8 +568,6 @@ class TurnManager:
         tasks = [t.generation for t in turns if t.generation is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
-        for handle in self._expiry.values():
-            handle.cancel()
         self._expiry.clear()
 
     async def drain(self, timeout: float) -> None:

@@ -10,8 +10,6 @@ worker that dies, and stops them all on SIGINT or SIGTERM.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import multiprocessing
 import signal
@@ -41,7 +39,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def _worker(settings: Settings, log_level: str, sock: socket.socket, ready: EventType) -> None:
-    from .serving import NBChatServer, make_server
+    from .serving import NBChatServer, make_server, serve_here
 
     logging.basicConfig(level=log_level.upper())
     server = make_server(settings, log_level=log_level)
@@ -50,8 +48,7 @@ def _worker(settings: Settings, log_level: str, sock: socket.socket, ready: Even
         ready.set()
 
     server.on_ready = on_ready
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve(sockets=[sock]))
+    serve_here(server, [sock])
 
 
 class Supervisor:

@@ -30,6 +30,8 @@ ROLES = ("system", "user", "assistant")
 # Compact separators keep the bytes per chunk small; ensure_ascii=False keeps
 # Chinese and emoji as UTF-8 instead of six-byte escapes.
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+# What that encoder does with a str, without its type dispatch: the chunk templates' one JSON value.
+_dumps_str = json.encoder.encode_basestring
 
 
 def dumps(obj: object) -> str:
@@ -202,8 +204,8 @@ def encode_chunk_record(chunk: Chunk) -> str:
     time per chunk under load. Same text as ``dumps(chunk_record(chunk))``
     up to the float format of ``ts`` (fixed to microseconds here)."""
     if chunk.server_time is None:
-        return f'{{"content":{_dumps(chunk.content)},"seq":{chunk.seq:d}}}'
-    return f'{{"content":{_dumps(chunk.content)},"seq":{chunk.seq:d},"ts":{chunk.server_time:.6f}}}'
+        return f'{{"content":{_dumps_str(chunk.content)},"seq":{chunk.seq:d}}}'
+    return f'{{"content":{_dumps_str(chunk.content)},"seq":{chunk.seq:d},"ts":{chunk.server_time:.6f}}}'
 
 
 def record_to_event(rec: Any, received: float) -> Chunk | ErrorInfo:
