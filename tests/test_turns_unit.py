@@ -15,7 +15,7 @@ from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.server.config import Settings
 from nbchat.server.expiry import Deadlines
 from nbchat.server.turns import Turn, TurnManager
-from nbchat.wire.errors import ResumeError
+from nbchat.wire.errors import RequestError, ResumeError
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
 from tests.helpers import StallBackend
 
@@ -278,3 +278,23 @@ async def test_retained_turns_add_no_timers_to_the_loop() -> None:
 def live_timers() -> int:
     """Timers scheduled on this thread's loop and not cancelled."""
     return sum(1 for o in gc.get_objects() if isinstance(o, asyncio.TimerHandle) and not o.cancelled())
+
+
+async def test_at_the_turn_limit_the_oldest_ended_turns_make_room() -> None:
+    manager = TurnManager(StallBackend(before=0), Settings(max_turns=6, retain_seconds=60))
+    turns = [manager.create(REQ) for _ in range(6)]
+    await asyncio.sleep(0)
+    for i in (1, 3, 4):  # the running ones, 0, 2 and 5, stay whatever their age
+        turns[i].interrupt()
+    await asyncio.sleep(0)
+    newer = manager.create(REQ)
+    assert manager.get(turns[1].id) is None  # the oldest ended turn went
+    assert all(manager.get(t.id) is t for t in (turns[0], turns[2], turns[3], turns[4], turns[5], newer))
+    newest = manager.create(REQ)
+    assert manager.get(turns[3].id) is None and manager.get(turns[4].id) is turns[4]
+    assert len(manager) == 6 and newest.end is None
+    manager.create(REQ)  # takes turns[4], the last ended one
+    with pytest.raises(RequestError) as refused:  # all six running: nothing to forget
+        manager.create(REQ)
+    assert refused.value.status == 429 and len(manager) == 6
+    await manager.shutdown()
