@@ -351,3 +351,17 @@ def test_the_concurrency_server_admits_the_largest_sweep_point() -> None:
     # past --max-connections (1,000 by default) the server answers 503: a 1,500-stream point needs room
     assert load_limits(BenchConfig(concurrency=(500, 1000, 1500))) == ("--max-connections", "1756")
     assert load_limits(BenchConfig(concurrency=(1, 10, 100, 500))) == ()
+
+
+def test_failed_streams_are_counted_and_named_in_the_notes() -> None:
+    lost = "[ERROR] turn_lost: the turn's record is gone from the store"
+    traces = [synthetic() for _ in range(5)]
+    for trace, status in zip(traces, (lost, lost, "error: connection reset", "[DONE]", "eof"), strict=True):
+        trace.status = status
+    results = Results()
+    results.add(summarize("concurrency", "sse", traces, streams=5))
+    assert results.rows[0].errors == 3
+    assert results.notes == [f"concurrency SSE x5: 3 streams failed: 2 x {lost}; 1 x error: connection reset"]
+    clean = Results()
+    clean.add(summarize("concurrency", "ws", [synthetic()], streams=1))
+    assert clean.notes == []

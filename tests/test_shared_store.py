@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
@@ -388,3 +389,31 @@ async def test_the_heartbeat_reads_interrupts_and_readers_on_other_processes(
     await store.check_turns()
     await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]
     assert turn.end is not None and turn.end.status is Status.INTERRUPTED
+
+
+async def test_the_heartbeat_leaves_a_turn_alone_while_its_record_is_being_written(
+        store_here: tuple[RedisStore, aioredis.Redis], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load the record of a new turn reaches Redis late; a heartbeat meanwhile must not take the
+    missing record for a lost turn (it ended such turns with [ERROR] turn_lost)."""
+    store, direct = store_here
+    written = asyncio.Event()
+    release = asyncio.Event()
+    execute = Pipeline.execute
+
+    async def slow_execute(self: Pipeline, *args: object, **kwargs: object) -> object:
+        written.set()
+        await release.wait()  # the record is on its way
+        return await execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "execute", slow_execute)
+    creating = asyncio.ensure_future(store.create(TurnRequest(user_message=Message("user", "hello there"))))
+    await asyncio.wait_for(written.wait(), 5)
+    (turn,) = [t for t in store.manager.running() if t.end is None]
+    await store.check_turns()
+    assert turn.end is None  # not "turn_lost"
+    release.set()
+    monkeypatch.undo()
+    info = await asyncio.wait_for(creating, 5)
+    assert info.id == turn.id and await direct.hget(meta_key(turn.id), "state") == "running"
+    await store.check_turns()
+    assert turn.end is None

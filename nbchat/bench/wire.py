@@ -26,7 +26,7 @@ from websockets.uri import parse_uri
 
 from ..wire.contract import NDJSON_PATH, OPENAI_COMPLETIONS_PATH, SSE_PATH, WEBSOCKET_PATH
 from ..wire.decoders import ItemDecoder, NDJSONItemDecoder, SSEItemDecoder
-from ..wire.events import Chunk, Item, Message, Status, TurnRequest
+from ..wire.events import Chunk, ErrorInfo, Item, Message, Status, TurnRequest
 from ..wire.openai import OpenAIItemDecoder, completion_body
 from ..wire.protocol import decode_ws, dumps, encode_turn_request
 from .stats import Trace
@@ -89,8 +89,10 @@ def _add(trace: Trace, items: list[Item]) -> bool:
     for item in items:
         if isinstance(item, Chunk):
             trace.add(item.server_time if item.server_time is not None else math.nan, item.received)
+        elif isinstance(item, ErrorInfo):  # comes right before [ERROR]: kept so the report can say what failed
+            trace.status = f"{item.code}: {item.message}"
         elif isinstance(item, Status):
-            trace.status = item.value
+            trace.status = item.value if not trace.status else f"{item.value} {trace.status}"
             return True
     return False
 

@@ -605,7 +605,9 @@ class RedisStore(TurnStore):
     async def check_turns(self) -> None:
         """For each turn generating here: keep its keys alive, apply a missed interrupt, end it when its
         record is gone, and run the grace period over the streams attached on every process."""
-        turns = [t for t in self.manager.running() if isinstance(t, RedisTurn)]
+        # Running ones only: a turn being created is here before its record is written (under load the
+        # write can take seconds), and a look at it then would find no record and end it as lost.
+        turns = [t for t in self.manager.running() if isinstance(t, RedisTurn) and t.state is TurnState.RUNNING]
         if not turns:
             return
         keys = [key for t in turns for key in (meta_key(t.id), log_key(t.id), readers_key(t.id))]
