@@ -149,6 +149,10 @@ def test_cpu_target_needs_the_load_point_and_enough_cpu() -> None:
     for row in old.rows:
         row.server_us_rounds = []
     assert "(1.50x, median of 1 round)" in cpu_targets(old)["ws"].measured
+    shared = cpu_results({"raw": [20.0], "ws": [25.0]})  # a --store run: shown, not judged against raw TCP
+    shared.config["serve_args"] = ["--store", "redis://127.0.0.1:6379/0"]
+    redis = cpu_targets(shared)["ws"]
+    assert redis.passed is None and redis.measured.startswith("25.0 us (1.25x") and "memory store" in redis.measured
 
 
 def test_round_figures_in_json_and_csv(tmp_path: Path) -> None:

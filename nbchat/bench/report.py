@@ -260,8 +260,11 @@ def _cpu_target(results: Results, transport: str) -> Target:
     # the median of ratios taken round by round: a burst of load from elsewhere falls on one round's raw and
     # transport windows alike, and a round it skewed anyway does not move the median
     ratio, count = percentile(measured, 50), len(measured)
-    return Target(name, transport, f"{fmt(load.server_us_per_chunk, 1)} us ({ratio:.2f}x, median of {count} "
-                  f"round{'s' if count > 1 else ''})", ratio <= CPU_RATIO, base, ratios)
+    text = f"{fmt(load.server_us_per_chunk, 1)} us ({ratio:.2f}x, median of {count} round{'s' if count > 1 else ''})"
+    if results.config.get("serve_args"):  # --store, --workers: compared with a run on the memory store instead
+        return Target(name, transport, f"{text}; the target is for one process on the memory store", None,
+                      base, ratios)
+    return Target(name, transport, text, ratio <= CPU_RATIO, base, ratios)
 
 
 def round_ratios(row: Row, raw: Row) -> list[float]:
