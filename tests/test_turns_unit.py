@@ -262,6 +262,29 @@ async def test_deadlines_fire_in_order_once_each_on_one_loop_timer() -> None:
     assert len(deadlines) == 0 and live_timers() == before
 
 
+async def test_a_deadline_set_while_others_fire_does_not_delay_an_earlier_one() -> None:
+    """A turn ending at its deadline sets a later deadline of its own; one still pending in between
+    keeps its time (the timer went to the latest one set, not to the earliest pending)."""
+    loop = asyncio.get_running_loop()
+    fired: dict[str, float] = {}
+    done = asyncio.Event()
+
+    def due(key: str) -> None:
+        fired[key] = loop.time()
+        if key == "first":
+            deadlines.set("much later", 5.0)
+        if key == "next":
+            done.set()
+
+    deadlines = Deadlines(due)
+    start = loop.time()
+    deadlines.set("first", 0.01)
+    deadlines.set("next", 0.1)
+    await asyncio.wait_for(done.wait(), 2)
+    assert fired["next"] - start < 1.0 and "much later" not in fired
+    deadlines.clear()
+
+
 async def test_retained_turns_add_no_timers_to_the_loop() -> None:
     manager = TurnManager(Paced(count=1, interval=0.0), Settings(retain_seconds=60))
     before = live_timers()

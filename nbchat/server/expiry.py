@@ -65,5 +65,6 @@ class Deadlines:
                 self._due(key)
         while heap and self._when.get(heap[0][2]) != heap[0][0]:
             heapq.heappop(heap)  # stale: no timer for it
-        if heap and self._timer is None:
+        # A ``due`` call may have set a deadline, arming the timer for it: the earliest one pending rules.
+        if heap and (self._timer is None or heap[0][0] < self._timer.when()):
             self._arm(loop, heap[0][0])
