@@ -31,12 +31,8 @@ _FLOAT = sys.getsizeof(0.0)
 _FIXED = _SLOT + sys.getsizeof(("", 1, None)) + sys.getsizeof(2**29)
 
 
-def record_size(chunk: Chunk) -> int:
+def record_size(content: str, server_time: float | None) -> int:
     """The bytes a buffered chunk keeps alive."""
-    return _size(chunk.content, chunk.server_time)
-
-
-def _size(content: str, server_time: float | None) -> int:
     return _FIXED + sys.getsizeof(content) + (_FLOAT if server_time is not None else 0)
 
 
@@ -54,7 +50,7 @@ class ReplayBuffer:
 
     def append(self, chunk: Chunk) -> None:
         self._records.append((chunk.content, chunk.seq, chunk.server_time))
-        self.nbytes += record_size(chunk)
+        self.nbytes += record_size(chunk.content, chunk.server_time)
         if self.nbytes > self.max_bytes:
             self._trim()
 
@@ -65,7 +61,7 @@ class ReplayBuffer:
         drop, size, last = 0, self.nbytes, len(self._records) - 1
         while drop < last and size > keep:
             content, _, server_time = self._records[drop]
-            size -= _size(content, server_time)
+            size -= record_size(content, server_time)
             drop += 1
         self.nbytes = size
         self.first_seq = self._records[drop][1]
