@@ -23,6 +23,16 @@ from tests.helpers import TOKEN, ServerFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: the finer markers say what a test needs; each implies the tier the README's fast layer deselects
+_IMPLIED = {"model": "slow", "redis": "slow", "browser": "e2e"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker, tier in _IMPLIED.items():
+            if item.get_closest_marker(marker) is not None and item.get_closest_marker(tier) is None:
+                item.add_marker(getattr(pytest.mark, tier))
+
 
 @pytest.fixture
 def make_server() -> Iterator[ServerFactory]:
