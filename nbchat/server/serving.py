@@ -24,6 +24,7 @@ from ..backends import Backend
 from ..wire.errors import ServerStartError
 from .app import create_app
 from .config import Settings
+from .context import context_of
 from .heap import settle_heap
 from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction
 from .store import TurnStore
@@ -68,8 +69,7 @@ def _find_store(app: Any) -> TurnStore | None:
     # uvicorn wraps the app in its own middleware; walk down to the Starlette app.
     for _ in range(8):
         if isinstance(app, Starlette):
-            store: TurnStore = app.state.store
-            return store
+            return context_of(app).store
         app = getattr(app, "app", None)
     return None
 
@@ -89,9 +89,7 @@ def make_server(settings: Settings, backend: Backend | None = None, log_level: s
         error_log.addFilter(_RefusedHandshakeFilter())
     install_token_redaction()
     app = create_app(settings, backend)
-    limits = Limits(header_timeout=settings.header_timeout, max_header_bytes=settings.max_header_bytes,
-                    max_connections=admit_connections(settings.max_connections),
-                    max_queued_bytes=settings.max_queued_bytes)
+    limits = Limits.of(settings, max_connections=admit_connections(settings.max_connections))
     http_protocol, ws_protocol = guarded_protocols(limits)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",

@@ -19,7 +19,6 @@ from .errors import REQUEST_ERROR_CODES, ProtocolError, RequestError
 from .events import STATUS_STRINGS, Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
 from .sse import SSEMessage, encode_sse
 
-MAX_BODY_BYTES = 1024 * 1024
 #: requests are flat; this leaves room for OpenAI content parts and tool fields
 MAX_JSON_DEPTH = 32
 #: a seq is a count of pieces: 15 digits is far past any turn, well short of costly ints
