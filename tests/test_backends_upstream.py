@@ -80,6 +80,7 @@ def llama_server() -> Iterator[str]:
         stop_process(proc, 10)
 
 
+@pytest.mark.model
 async def test_streams_a_real_answer_from_llama_cpp_server(llama_server: str) -> None:
     backend = OpenAIUpstreamBackend(model="smollm2", base_url=llama_server, api_key="unused")
     try:
@@ -90,6 +91,7 @@ async def test_streams_a_real_answer_from_llama_cpp_server(llama_server: str) ->
     assert len(pieces) > 1 and "Paris" in text
 
 
+@pytest.mark.model
 async def test_max_tokens_from_llama_cpp_server_is_length(llama_server: str) -> None:
     backend = OpenAIUpstreamBackend(model="smollm2", base_url=llama_server)
     try:
@@ -100,6 +102,7 @@ async def test_max_tokens_from_llama_cpp_server_is_length(llama_server: str) -> 
     assert 1 <= len(pieces) - 1 <= 6
 
 
+@pytest.mark.model
 async def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, llama_server: str) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", llama_server + "/")
     monkeypatch.setenv("OPENAI_API_KEY", "key-from-env")

@@ -333,14 +333,14 @@ def check_comparison_notebook(nb: object) -> None:
 
 
 def test_committed_notebook_shows_its_results() -> None:
-    nbformat = pytest.importorskip("nbformat")
+    nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
     check_comparison_notebook(nbformat.read(NOTEBOOK, as_version=4))
 
 
 @pytest.mark.slow
 def test_notebook_runs_on_a_fresh_kernel(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
+    nbclient = pytest.importorskip("nbclient", reason="needs the lab extra: pip install -e '.[lab]'")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300, startup_timeout=120,
                                      resources={"metadata": {"path": str(NOTEBOOK.parent)}})

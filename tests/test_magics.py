@@ -333,7 +333,7 @@ def test_code_puts_the_answer_code_into_the_next_cell(ip: InteractiveShell, magi
 def test_export_writes_markdown_and_openai_messages_that_parse(
         ip: InteractiveShell, magics: ChatMagics, published: Published, echo_server: ServerHandle,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    mistune = pytest.importorskip("mistune", reason="the export test parses Markdown with mistune (nbconvert's)")
+    mistune = pytest.importorskip("mistune", reason="needs mistune (nbconvert's, in the lab extra) to parse the export")
     assert chat(ip, echo_server, "first question", "-t sse --system 'be brief'").success
     assert chat(ip, echo_server, CODE_ANSWER, "--raw").success
     ip.run_line_magic("chat", f"export {tmp_path / 'chat.json'}")

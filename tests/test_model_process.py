@@ -33,6 +33,8 @@ SHORT = TurnRequest(user_message=Message("user", "Name three colours of the rain
                     max_tokens=16)
 SIGNALS = {"SIGKILL": "SIGKILL", "SIGILL": "illegal instruction", "SIGSEGV": "segmentation fault"}
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def model_server() -> Iterator[ServerHandle]:

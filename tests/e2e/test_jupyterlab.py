@@ -30,7 +30,7 @@ from nbchat.bench.procs import free_port
 from tests.e2e.conftest import CHROMIUM
 from tests.helpers import stop_process
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
