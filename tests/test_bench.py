@@ -291,6 +291,7 @@ def test_rounds_option() -> None:
             bench_args("--rounds", bad)
 
 
+@pytest.mark.slow  # a whole benchmark run, servers and all
 def test_bench_quick_command(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(

@@ -140,6 +140,7 @@ async def test_pieces_closer_than_the_timeout_never_trip_the_watchdog() -> None:
 # ---------------------------------------------------------------- the replay bound
 
 
+@pytest.mark.slow  # 100,000 pieces under tracemalloc: seconds of CPU
 async def test_the_replay_bound_counts_the_memory_of_its_records() -> None:
     bound = 256 * 1024
     turns = manager(Paced(count=100_000, interval=0, piece="abcd"), replay_max_bytes=bound, grace_period=60)
