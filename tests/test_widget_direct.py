@@ -7,12 +7,15 @@ kernel sends back is recorded. The browser half is tested in
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import traitlets
 
 from nbchat.notebook.conversation import Conversation
 from nbchat.notebook.kernel_server import KernelServer
@@ -39,8 +42,6 @@ def direct(kernel_server: KernelServer) -> Iterator[tuple[ChatWidget, RecordingC
 
 
 async def wait_for(comm: RecordingComm, kind: str) -> dict[str, Any]:
-    import asyncio
-
     for _ in range(300):  # the endpoint is resolved in a thread: give it up to 30 s (the echo server starts fast)
         found = comm.custom(kind)
         if found:
@@ -96,6 +97,109 @@ async def test_ask_goes_to_the_page_and_its_answer_joins_the_conversation(
     assert widget.messages[-1] == {"role": "assistant", "content": "an answer", "status": "[INTERRUPTED]"}
     # the page's next Send builds on the conversation as it is now
     assert comm.custom("context")[-1]["request"]["conversation"][-1] == {"role": "assistant", "content": "an answer"}
+
+
+async def test_the_endpoint_and_an_ask_reach_the_page_while_the_kernel_is_busy(kernel_server: KernelServer) -> None:
+    """Run All: show the widget, then ask and block the loop (time.sleep); nothing the page needs may wait."""
+    comm = RecordingComm()
+    widget = ChatWidget(Conversation(), direct=True, kernel_server=kernel_server, transport="stream")
+    widget.comm = comm
+    try:
+        pending = widget.ask("while the kernel sleeps")
+        kinds: list[str] = []
+        for _ in range(300):  # the kernel's loop stays blocked for all of this
+            time.sleep(0.1)
+            kinds = [m["content"]["type"] for m in comm.sent if m.get("method") == "custom"]
+            if "ask" in kinds:
+                break
+        assert "ask" in kinds, comm.sent
+        # the page needs the endpoint and the conversation before the ask: they come first, in that order
+        first_ask = kinds.index("ask")
+        assert "endpoint" in kinds[:first_ask] and "context" in kinds[:first_ask], kinds
+        assert comm.custom("endpoint")[-1]["endpoint"]["token"] == kernel_server.endpoint().token
+        ask = comm.custom("ask")[-1]
+        assert ask["text"] == "while the kernel sleeps" and isinstance(ask["id"], int)
+        assert pending is not None and not pending.done()
+    finally:
+        widget.close()
+
+
+async def test_until_the_page_is_heard_from_what_it_needs_is_sent_again(kernel_server: KernelServer) -> None:
+    comm = RecordingComm()
+    widget = ChatWidget(Conversation(), direct=True, kernel_server=kernel_server)
+    widget.comm = comm
+    try:
+        widget.ask("hello")
+        time.sleep(2.0)  # a page that loaded the widget's module late still gets the endpoint and the ask
+        asks = comm.custom("ask")
+        assert len(asks) >= 3 and len({a["id"] for a in asks}) == 1, asks  # the same ask: the page starts it once
+        click(widget, {"type": "hello", "origin": PAGE_ORIGIN})
+        await asyncio.sleep(1.5)  # the resending thread sees the page was heard from
+        count = len(comm.sent)
+        time.sleep(1.5)
+        assert len(comm.sent) == count, comm.sent[count:]
+    finally:
+        widget.close()
+
+
+async def test_a_failed_start_is_told_to_the_page_while_the_kernel_is_busy() -> None:
+    def broken(_settings: Any) -> Any:
+        raise OSError("no free port, say")
+
+    comm = RecordingComm()
+    widget = ChatWidget(Conversation(), direct=True, kernel_server=KernelServer(start=broken))
+    widget.comm = comm
+    try:
+        for _ in range(50):
+            time.sleep(0.1)
+            if comm.custom("failed"):
+                break
+        assert comm.custom("failed")[-1]["error"] == "OSError: no free port, say"
+    finally:
+        widget.close()
+
+
+async def test_local_jupyter_servers_are_admitted_before_the_page_says_hello(
+        kernel_server: KernelServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "jpserver-1.json").write_text(json.dumps({"url": "http://localhost:8899/", "pid": 1}))
+    (tmp_path / "jpserver-2.json").write_text(json.dumps({"url": "http://example.org:8888/", "pid": 2}))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    comm = RecordingComm()
+    widget = ChatWidget(Conversation(), direct=True, kernel_server=kernel_server)
+    widget.comm = comm
+    try:
+        for _ in range(300):
+            time.sleep(0.1)
+            if comm.custom("endpoint"):
+                break
+        endpoint = comm.custom("endpoint")[-1]["endpoint"]
+        async with httpx.AsyncClient() as client:
+            statuses = [(await client.get(endpoint["url"] + "/v1/models", headers={"Origin": origin,
+                                                                                   "token": endpoint["token"]})
+                         ).status_code for origin in ("http://127.0.0.1:8899", "http://localhost:8899",
+                                                      "http://example.org:8888", "http://127.0.0.1:8900")]
+        assert statuses == [200, 200, 403, 403]  # only loopback Jupyter servers of this machine
+    finally:
+        widget.close()
+
+
+def test_openai_is_refused_in_direct_mode_and_not_offered() -> None:
+    with pytest.raises(ValueError, match="cannot stream browser-direct: use one of ws, sse, stream"):
+        ChatWidget(Conversation(), direct=True, transport="openai")
+    widget = ChatWidget(Conversation(), direct=True, transport="fetch", kernel_server=KernelServer(start=_never))
+    try:
+        assert widget.transport == "stream" and widget.transports == ["ws", "sse", "stream"]
+        with pytest.raises(traitlets.TraitError, match="cannot stream browser-direct"):
+            widget.transport = "openai"
+    finally:
+        widget.close()
+    relayed = ChatWidget(Conversation(), transport="openai")
+    assert relayed.transports == ["ws", "sse", "stream", "openai"]
+    relayed.close()
+
+
+def _never(_settings: Any) -> Any:
+    raise OSError("not started in this test")
 
 
 async def test_stop_is_forwarded_to_the_page(direct: tuple[ChatWidget, RecordingComm]) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import anywidget
 import traitlets
 
-from ..wire.contract import TRANSPORTS, transport_name
+from ..wire.contract import DIRECT_TRANSPORTS, TRANSPORTS, transport_name
 from ..wire.errors import NBChatError
 from ..wire.events import STATUS_STRINGS, Chunk, End, Status
 from .conversation import Conversation
@@ -39,6 +39,10 @@ from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats
 
 _HERE = pathlib.Path(__file__).parent
+
+_NOT_DIRECT = ("transport {name!r} cannot stream browser-direct: use one of {direct}. The OpenAI route's chunks "
+               "carry no seq, so the page could not resume its stream after a dropped connection without a gap or "
+               "a repeat; ChatWidget(transport={name!r}) without direct=True streams it through the kernel")
 
 #: custom messages carry at most this much time's worth of new text
 DELTA_INTERVAL = 0.05
@@ -106,7 +110,10 @@ class ChatWidget(anywidget.AnyWidget):
         options = self.conversation.options
         if route not in ROUTES:
             raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
-        super().__init__(transport=transport_name(transport or options.transport), transports=list(TRANSPORTS),
+        name = transport_name(transport or options.transport)
+        if direct and name not in DIRECT_TRANSPORTS:
+            raise ValueError(_NOT_DIRECT.format(name=name, direct=", ".join(DIRECT_TRANSPORTS)))
+        super().__init__(transport=name, transports=list(DIRECT_TRANSPORTS if direct else TRANSPORTS),
                          messages=self._history(), direct=direct, route=route, **kwargs)
         # Explicit endpoints win; otherwise each turn reads the conversation's current defaults.
         self._server = server
@@ -122,6 +129,21 @@ class ChatWidget(anywidget.AnyWidget):
         self.last_metrics: dict[str, Any] | None = None
         self._direct = DirectLink(self.send, self.conversation, self._kernel_server, server, token)
         self.on_msg(self._on_frontend_msg)
+        if direct:  # now, not when the page says hello: by then the kernel may be busy with the next cell
+            self._direct.start(self._options())
+
+    @traitlets.validate("transport")
+    def _valid_transport(self, proposal: Any) -> str:
+        value = str(proposal["value"])
+        if not self.direct:  # relayed, an unknown name ends its turn with a clear error in the stats line
+            return value
+        try:
+            name = transport_name(value)
+        except ValueError as exc:
+            raise traitlets.TraitError(str(exc)) from None
+        if name not in DIRECT_TRANSPORTS:
+            raise traitlets.TraitError(_NOT_DIRECT.format(name=name, direct=", ".join(DIRECT_TRANSPORTS)))
+        return name
 
     # ------------------------------------------------------------ saved copy
 
@@ -179,8 +201,15 @@ class ChatWidget(anywidget.AnyWidget):
         if not text.strip():
             return None
         if self.direct:  # the page refuses a second turn while one streams; this future then ends with the first
-            self._task = self._direct.ask(text, self._options())
-            return self._task
+            done: asyncio.Future[Any] = _running_loop().create_future()
+
+            def settle(report: dict[str, Any]) -> None:
+                if not done.done():
+                    done.set_result(report)
+
+            self._direct.ask(text, self._options(), settle)
+            self._task = done
+            return done
         if self._task is not None and not self._task.done():
             return None
         self._stop_requested = False
@@ -311,13 +340,20 @@ def _one_line(exc: Exception) -> str:
     return line if isinstance(exc, NBChatError) and line else f"{type(exc).__name__}: {line}".rstrip(": ")
 
 
-def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+def _running_loop() -> asyncio.AbstractEventLoop:
     # The kernel's loop is running whenever a cell or a comm message is handled.
     try:
-        loop = asyncio.get_running_loop()
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError("ChatWidget needs a running event loop (a Jupyter kernel, or an async test)") from None
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    try:
+        loop = _running_loop()
     except RuntimeError:
         coro.close()
-        raise RuntimeError("ChatWidget needs a running event loop (a Jupyter kernel, or an async test)") from None
+        raise
     return loop.create_task(coro)
 
 
