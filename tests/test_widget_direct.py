@@ -134,10 +134,15 @@ async def test_until_the_page_is_heard_from_what_it_needs_is_sent_again(kernel_s
         asks = comm.custom("ask")
         assert len(asks) >= 3 and len({a["id"] for a in asks}) == 1, asks  # the same ask: the page starts it once
         click(widget, {"type": "hello", "origin": PAGE_ORIGIN})
-        await asyncio.sleep(1.5)  # the resending thread sees the page was heard from
-        count = len(comm.sent)
-        time.sleep(1.5)
-        assert len(comm.sent) == count, comm.sent[count:]
+        # the resending thread sees the page was heard from: nothing more within a pause longer than its longest
+        counts = []
+        for _ in range(6):  # a starved thread (a busy machine) may still send one batch it had begun
+            counts.append(len(comm.sent))
+            await asyncio.sleep(1.5)
+            if len(comm.sent) == counts[-1]:
+                break
+        else:
+            raise AssertionError(f"still sending after the page said hello: {counts}")
     finally:
         widget.close()
 

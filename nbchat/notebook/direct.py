@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..wire.contract import DIRECT_TRANSPORTS, Transport, transport_name
 from ..wire.protocol import encode_turn_request
 from .conversation import Conversation
 from .kernel_server import Endpoint, KernelServer, resolve_endpoint
@@ -52,6 +53,17 @@ RESEND_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.0)
 RESEND_FOR = 120.0
 
 Send = Callable[[dict[str, Any]], None]
+
+
+def direct_transport(name: str) -> Transport:
+    """The canonical name of a transport a page can stream itself; ValueError for another."""
+    canonical = transport_name(name)
+    if canonical not in DIRECT_TRANSPORTS:
+        raise ValueError(f"transport {canonical!r} cannot stream browser-direct: use one of "
+                         f"{', '.join(DIRECT_TRANSPORTS)}. The OpenAI route's chunks carry no seq, so the page could "
+                         "not resume its stream after a dropped connection without a gap or a repeat; "
+                         f"ChatWidget(transport={canonical!r}) without direct=True streams it through the kernel")
+    return canonical
 
 
 def page_endpoint(endpoint: Endpoint) -> dict[str, Any]:

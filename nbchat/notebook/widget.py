@@ -32,17 +32,13 @@ from ..wire.contract import DIRECT_TRANSPORTS, TRANSPORTS, transport_name
 from ..wire.errors import NBChatError
 from ..wire.events import STATUS_STRINGS, Chunk, End, Status
 from .conversation import Conversation
-from .direct import ROUTES, DirectLink
+from .direct import ROUTES, DirectLink, direct_transport
 from .kernel_server import KernelServer, resolve_endpoint
 from .options import ChatOptions
 from .provenance import provenance, utc_now
 from .render import Throttle, TurnStats
 
 _HERE = pathlib.Path(__file__).parent
-
-_NOT_DIRECT = ("transport {name!r} cannot stream browser-direct: use one of {direct}. The OpenAI route's chunks "
-               "carry no seq, so the page could not resume its stream after a dropped connection without a gap or "
-               "a repeat; ChatWidget(transport={name!r}) without direct=True streams it through the kernel")
 
 #: custom messages carry at most this much time's worth of new text
 DELTA_INTERVAL = 0.05
@@ -110,9 +106,8 @@ class ChatWidget(anywidget.AnyWidget):
         options = self.conversation.options
         if route not in ROUTES:
             raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
-        name = transport_name(transport or options.transport)
-        if direct and name not in DIRECT_TRANSPORTS:
-            raise ValueError(_NOT_DIRECT.format(name=name, direct=", ".join(DIRECT_TRANSPORTS)))
+        wanted = transport or options.transport
+        name = direct_transport(wanted) if direct else transport_name(wanted)
         super().__init__(transport=name, transports=list(DIRECT_TRANSPORTS if direct else TRANSPORTS),
                          messages=self._history(), direct=direct, route=route, **kwargs)
         # Explicit endpoints win; otherwise each turn reads the conversation's current defaults.
@@ -138,12 +133,9 @@ class ChatWidget(anywidget.AnyWidget):
         if not self.direct:  # relayed, an unknown name ends its turn with a clear error in the stats line
             return value
         try:
-            name = transport_name(value)
+            return direct_transport(value)
         except ValueError as exc:
             raise traitlets.TraitError(str(exc)) from None
-        if name not in DIRECT_TRANSPORTS:
-            raise traitlets.TraitError(_NOT_DIRECT.format(name=name, direct=", ".join(DIRECT_TRANSPORTS)))
-        return name
 
     # ------------------------------------------------------------ saved copy
 
