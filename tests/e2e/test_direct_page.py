@@ -157,3 +157,37 @@ def test_a_foreign_origin_is_refused_with_a_clear_message(page: Any, server: Ser
         other.stop()
         endpoint = {"url": server.url, "token": server.token, "port": 0, "loopback": True, "proxy": False}
         page.evaluate("e => emit('msg:custom', {type: 'endpoint', endpoint: e})", endpoint)
+
+
+def test_an_ask_sent_again_starts_one_turn(page: Any) -> None:
+    """The kernel sends an ask again until it hears from the page: the page starts it once, by its id."""
+    message = {"type": "ask", "id": 9001, "text": "only once", "request": {"conversation": []}}
+    page.evaluate("() => { model.set('transport', 'sse'); model.sent.length = 0; }")
+    bubbles = page.locator(".nbchat-assistant").count()
+    page.evaluate("m => emit('msg:custom', m)", message)
+    assert done(page)["answer"] == "only once"
+    page.evaluate("m => { model.sent.length = 0; emit('msg:custom', m); emit('msg:custom', m); }", message)
+    page.wait_for_timeout(1000)  # time enough for a second turn on a local echo server to start and end
+    assert page.evaluate("() => model.sent.length") == 0 and page.locator(".nbchat-assistant").count() == bubbles + 1
+
+
+def test_a_page_without_word_from_the_kernel_says_why(browser: Any, origin: str) -> None:
+    tab = browser.new_page()
+    try:
+        tab.goto(f"{origin}/silent.html")
+        tab.wait_for_function("() => window.ready === true")
+        tab.evaluate("() => emit('msg:custom', {type: 'pending', what: 'starting the nbchat server in the kernel'})")
+        assert tab.inner_text(".nbchat-stats") == "starting the nbchat server in the kernel…"
+        fresh = browser.new_page()  # a second page that hears nothing at all
+        try:
+            fresh.goto(f"{origin}/silent.html")
+            fresh.wait_for_function("() => window.ready === true")
+            fresh.wait_for_function("() => document.querySelector('.nbchat-stats').innerText.includes('no word')",
+                                    timeout=8000)
+            assert "no word from the kernel in 4 s" in fresh.inner_text(".nbchat-stats")
+        finally:
+            fresh.close()
+        # the page that heard "pending" keeps it: the kernel is there, starting its server
+        assert tab.inner_text(".nbchat-stats") == "starting the nbchat server in the kernel…"
+    finally:
+        tab.close()

@@ -14,6 +14,16 @@ const LONG = TEXT.repeat(4);
 const path = (url) => new URL(url).pathname;
 const query = (url) => Object.fromEntries(new URL(url).searchParams);
 
+// A whole turn over a transport that first queues it: the only fetch is POST /turns, naming the page's uid.
+async function queuedTurn(transport) {
+  const server = new FakeServer(TEXT);
+  const end = await run(DirectTurn, server, transport);
+  assert.equal(end.status, STATUS.DONE);
+  assert.equal(end.text, TEXT);
+  assert.deepEqual(server.calls.map(([m, u]) => `${m} ${path(u)}`), [`POST ${PATHS.turns}`]);
+  return { server, uid: JSON.parse(server.calls[0][2].body).uid };
+}
+
 describe("transport names", () => {
   test("aliases are the fetch stream; the OpenAI route and unknown names are refused", () => {
     assert.equal(transportName("fetch"), "stream");
@@ -121,12 +131,7 @@ describe("stream: fetch POST of the NDJSON path", () => {
 
 describe("ws: a queued turn, then a WebSocket", () => {
   test("POST /turns with the page's uid, then the socket on the WebSocket path starts it", async () => {
-    const server = new FakeServer(TEXT);
-    const end = await run(DirectTurn, server, "ws");
-    assert.equal(end.status, STATUS.DONE);
-    assert.equal(end.text, TEXT);
-    assert.deepEqual(server.calls.map(([m, u]) => `${m} ${path(u)}`), [`POST ${PATHS.turns}`]);
-    const uid = JSON.parse(server.calls[0][2].body).uid;
+    const { server, uid } = await queuedTurn("ws");
     const [socket] = server.sockets;
     assert.equal(path(socket.url), PATHS.websocket.replace("{uid}", uid));
     assert.equal(query(socket.url).token, TOKEN);
@@ -173,12 +178,7 @@ describe("ws: a queued turn, then a WebSocket", () => {
 
 describe("sse: a queued turn, then an EventSource", () => {
   test("POST /turns, then EventSource on the SSE path by uid", async () => {
-    const server = new FakeServer(TEXT);
-    const end = await run(DirectTurn, server, "sse");
-    assert.equal(end.status, STATUS.DONE);
-    assert.equal(end.text, TEXT);
-    assert.deepEqual(server.calls.map(([m, u]) => `${m} ${path(u)}`), [`POST ${PATHS.turns}`]);
-    const uid = JSON.parse(server.calls[0][2].body).uid;
+    const { server, uid } = await queuedTurn("sse");
     assert.equal(path(server.sources[0].url), PATHS.sse);
     assert.deepEqual(query(server.sources[0].url), { uid, token: TOKEN });
   });
