@@ -47,7 +47,7 @@ from ..wire.protocol import (
     parse_turn_request,
 )
 from ..wire.sse import encode_sse_comment
-from .auth import SecurityMiddleware
+from .auth import SecurityMiddleware, public_bind_refusal
 from .config import Settings
 from .openai_routes import chat_completions, list_models
 from .recording import Recorder
@@ -208,6 +208,9 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
     """The nbchat ASGI app. ``settings.token`` must be concrete (see Settings.with_token)."""
     settings = (settings or Settings()).with_token()
+    refusal = public_bind_refusal(settings.host, settings.token, settings.public_without_token)
+    if refusal is not None:
+        raise ValueError(refusal)
     if backend is None:
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
                                  replay=settings.replay, replay_rate=settings.replay_rate,

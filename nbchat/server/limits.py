@@ -18,6 +18,8 @@ exactly that and nothing else:
 - **queued bytes**: a WebSocket client whose unread backlog passes
   ``max_queued_bytes`` while it keeps sending pings is dropped. (Frames the app
   sends already wait for the client to read: uvicorn's flow control.)
+- **invalid text**: a WebSocket text message that is not UTF-8 is closed with
+  1007, as uvicorn does, without the traceback uvicorn logs for each one.
 
 They also keep the token out of the server log, and give the process file
 descriptors for the connections it admits.
@@ -33,6 +35,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import CloseCode
 
 log = logging.getLogger("nbchat.server.limits")
 
@@ -179,6 +182,20 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.abort()
             return
         super().handle_ping()
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn closes a text message that is not UTF-8 with 1007, as RFC 6455 says, but logs a full
+        # traceback for each: one client could fill the log. Same close, one debug line.
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                log.debug("closing a WebSocket (1007): a text message is not UTF-8")
+                self.conn.send_close(CloseCode.INVALID_DATA)
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
 
 
 def guarded_protocols(limits: Limits) -> tuple[type[GuardedHttpProtocol], type[GuardedWebSocketProtocol]]:

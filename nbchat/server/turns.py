@@ -30,6 +30,7 @@ from .config import Settings
 from .expiry import Deadlines
 from .recording import Recorder, TurnRecord
 from .replay import ReplayBuffer
+from .stops import StopScanner
 
 log = logging.getLogger("nbchat.server.turns")
 
@@ -151,6 +152,8 @@ class Turn:
             await _aclose(pieces)
 
     async def _pump(self, pieces: AsyncIterator[str | object]) -> Status:
+        if self.request.stop:
+            return await self._pump_until_stop(pieces, StopScanner(self.request.stop))
         now = asyncio.get_running_loop().time
         async for piece in pieces:
             self._last_piece = now()
@@ -159,6 +162,27 @@ class Turn:
             if isinstance(piece, str) and piece:
                 self._append(piece)
         return Status.DONE
+
+    async def _pump_until_stop(self, pieces: AsyncIterator[str | object], scanner: StopScanner) -> Status:
+        """:meth:`_pump` for a request with stop sequences: the answer ends before the first one
+        (the backend is closed there, as on an interrupt)."""
+        now = asyncio.get_running_loop().time
+        status = Status.DONE
+        async for piece in pieces:
+            self._last_piece = now()
+            if piece is LENGTH:
+                status = Status.TOKENS
+                break
+            if isinstance(piece, str) and piece:
+                text, stopped = scanner.feed(piece)
+                if text:
+                    self._append(text)
+                if stopped:
+                    return Status.DONE
+        rest = scanner.flush()
+        if rest:
+            self._append(rest)
+        return status
 
     def _arm_watchdog(self) -> None:
         # One timer per turn, not one per piece: each piece only records its
