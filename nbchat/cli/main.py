@@ -52,6 +52,9 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--store", default="", metavar="redis://HOST:PORT/DB",
                    help="keep turns in Redis, shared by every process given the same URL (resume, Stop and the "
                         "uid's queued turn then work on whichever process a request lands on); default: in memory")
+    p.add_argument("--lease-seconds", type=float, default=Settings().lease_seconds, metavar="SECONDS",
+                   help="with --store: a process's lease, renewed every third of it; the turns of a process that "
+                        "stops renewing end with [ERROR] after this long (default %(default)g)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N server processes on the one port (needs --store: they share the turns there; "
                         "each worker loads its own model)")
@@ -97,6 +100,9 @@ def run_serve(args: argparse.Namespace) -> int:
     if refusal is not None:
         print(f"nbchat serve: {refusal}", file=sys.stderr)
         return 2
+    if args.lease_seconds <= 0:
+        print("nbchat serve: --lease-seconds must be > 0", file=sys.stderr)
+        return 2
     if args.record_max_mb < 0:
         print("nbchat serve: --record-max-mb must be >= 0 (0: no bound)", file=sys.stderr)
         return 2
@@ -116,7 +122,7 @@ def run_serve(args: argparse.Namespace) -> int:
                         public_without_token=args.public_without_token,
                         model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
                         allow_origins=tuple(args.allow_origin), grace_period=args.grace_period,
-                        store=args.store, backend_options=options, **limits).with_token()
+                        store=args.store, lease_seconds=args.lease_seconds, backend_options=options, **limits).with_token()
 
     def announce_port(port: int) -> None:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
