@@ -122,7 +122,8 @@ def run_serve(args: argparse.Namespace) -> int:
                         public_without_token=args.public_without_token,
                         model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
                         allow_origins=tuple(args.allow_origin), grace_period=args.grace_period,
-                        store=args.store, lease_seconds=args.lease_seconds, backend_options=options, **limits).with_token()
+                        store=args.store, lease_seconds=args.lease_seconds, backend_options=options,
+                        **limits).with_token()
 
     def announce_port(port: int) -> None:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
