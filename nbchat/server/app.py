@@ -215,7 +215,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
                                  replay=settings.replay, replay_rate=settings.replay_rate,
                                  **settings.backend_options)
-    recorder = Recorder(settings.record, backend.name, backend.model_name) if settings.record else None
+    recorder = Recorder(settings.record, backend.name, backend.model_name,
+                        max_bytes=int(settings.record_max_mb * 1024 * 1024)) if settings.record else None
     store = make_store(backend, settings, recorder)
     origins = set(settings.allow_origins)  # shared with the middleware: see admit_origin
 
