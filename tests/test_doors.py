@@ -142,3 +142,27 @@ def test_a_refusal_while_a_turn_streams_comes_after_that_turns_status(make_serve
     rest = frames[status + 1:]
     assert [f for f in rest[1::2]] == ["[ERROR]"] * 3
     assert all(json.loads(f)["error"]["code"] in ("invalid_json", "invalid_request") for f in rest[::2])
+
+
+# ---------------------------------------------------------------- retention under the turn cap
+
+
+def test_a_turn_dropped_early_by_the_cap_says_so_and_health_reports_it(make_server: ServerFactory) -> None:
+    server = make_server(max_turns=20, retain_seconds=120.0)
+    ids = []
+    for i in range(40):
+        r = httpx.post(server.url + "/talkByStream", json={"userMessage": {"role": "user", "content": f"t{i}"}},
+                       headers={"token": TOKEN})
+        ids.append(r.headers["x-nbchat-turn"])
+    r = httpx.get(server.url + "/talkByStream", params={"turn": ids[0], "after": "0"}, headers={"token": TOKEN})
+    assert r.status_code == 410
+    message = r.json()["error"]["message"]
+    assert "120 s" in message and "20 turns are kept at once" in message and "dropped for room" in message, message
+    r = httpx.post(server.url + f"/turns/{ids[0]}/interrupt", headers={"token": TOKEN})
+    assert r.status_code == 404 and "20 turns" in r.json()["error"]["message"]
+    retention = httpx.get(server.url + "/health").json()["retention"]
+    assert retention["seconds"] == 120 and retention["max_turns"] == 20
+    assert retention["evicted_early"] >= 20 and 0 <= retention["evicted_after_seconds"] < 120
+    # the newest turns are all still there
+    r = httpx.get(server.url + "/talkByStream", params={"turn": ids[-1], "after": "0"}, headers={"token": TOKEN})
+    assert r.status_code == 200 and r.text.rstrip().endswith('{"status":"[DONE]"}')

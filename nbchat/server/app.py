@@ -97,7 +97,7 @@ def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict
 async def find_turn(store: TurnStore, turn_id: str | None, uid: str | None) -> str | None:
     if turn_id:
         if await store.get(turn_id) is None:
-            raise ResumeError(f"unknown turn {turn_id!r} (it may have expired)")
+            raise ResumeError(f"unknown turn {turn_id[:40]!r}: it may have expired ({store.manager.retention_note()})")
         return turn_id
     found = await store.latest(uid) if uid else None
     return None if found is None else found.id
@@ -131,7 +131,8 @@ async def start_turn(request: Request) -> Reader:
 async def health(request: Request) -> Response:
     backend: Backend = request.app.state.backend
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
-                         "model": backend.model_name, "turns": len(store_of(request))})
+                         "model": backend.model_name, "turns": len(store_of(request)),
+                         "retention": store_of(request).manager.retention()})
 
 
 async def post_turns(request: Request) -> Response:
@@ -145,7 +146,8 @@ async def post_turns(request: Request) -> Response:
 async def interrupt_turn(request: Request) -> Response:
     turn = await store_of(request).interrupt(request.path_params["turn_id"])
     if turn is None:
-        return error_response("unknown_turn", "unknown turn id (it may have ended and expired)", 404)
+        note = store_of(request).manager.retention_note()
+        return error_response("unknown_turn", f"unknown turn id: it may have ended and expired ({note})", 404)
     return JSONResponse({"id": turn.id, "interrupted": True, "state": turn.state.value})
 
 

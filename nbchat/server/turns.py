@@ -525,6 +525,11 @@ class TurnManager:
         self._expiry = Deadlines(self._expire)
         self._drained: asyncio.Event | None = None
         self.closing = False
+        #: ended turns forgotten before their retention ran out, to make room under ``max_turns``
+        self.evicted_early = 0
+        #: how long the latest of those had been ended (seconds): the retention the cap allowed then
+        self.evicted_after: float | None = None
+        self._ended_at: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._turns)
@@ -569,14 +574,34 @@ class TurnManager:
                 oldest.append(turn_id)
                 if len(oldest) == excess:
                     break
+        if oldest:
+            self.evicted_early += len(oldest)
+            self.evicted_after = time.monotonic() - self._ended_at.get(oldest[-1], time.monotonic())
         for turn_id in oldest:
             self.forget(turn_id)
         if len(self._turns) >= self.settings.max_turns:
             raise RequestError("too many turns at once; try again shortly", code="too_many_turns", status=429)
 
     def turn_ended(self, turn: Turn) -> None:
-        """Called by a turn when it ends: it is kept for ``retain_seconds``, then forgotten."""
+        """Called by a turn when it ends: it is kept for ``retain_seconds``, then forgotten (sooner when
+        ``max_turns`` turns are kept and a new one needs room: see :meth:`retention_note`)."""
+        self._ended_at[turn.id] = time.monotonic()
         self._expire_later(turn, self.settings.retain_seconds)
+
+    def retention_note(self) -> str:
+        """Why a turn may be gone, for the 410/404 a client gets: the retention, and how the turn cap
+        shortened it when it did (at 100 new turns a second, 10,000 turns last 100 s, not 120)."""
+        note = (f"ended turns are kept {self.settings.retain_seconds:g} s, or less while {self.settings.max_turns} "
+                "turns are kept at once: the oldest ended ones then make room")
+        if self.evicted_after is not None:
+            note += f"; the latest dropped for room had ended {self.evicted_after:.0f} s before"
+        return note
+
+    def retention(self) -> dict[str, float | int | None]:
+        """The retention as configured and as the turn cap let it be (reported by ``/health``)."""
+        return {"seconds": self.settings.retain_seconds, "max_turns": self.settings.max_turns,
+                "evicted_early": self.evicted_early,
+                "evicted_after_seconds": None if self.evicted_after is None else round(self.evicted_after, 1)}
 
     def _expire_later(self, turn: Turn, seconds: float) -> None:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
@@ -598,6 +623,7 @@ class TurnManager:
     def forget(self, turn_id: str) -> None:
         """Drop a turn from the registry now (its expiry too); a store whose publication failed undoes a create."""
         turn = self._turns.pop(turn_id, None)
+        self._ended_at.pop(turn_id, None)
         self._expiry.drop(turn_id)
         if turn is not None and turn.uid is not None and self._by_uid.get(turn.uid) is turn:
             del self._by_uid[turn.uid]
