@@ -239,3 +239,31 @@ def test_the_openai_client_reads_a_busy_model_as_a_rate_limit(make_server: Serve
                            default_headers={"token": TOKEN})
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.model
+def test_the_embedded_models_full_queue_is_429_on_v1_and_queue_full_elsewhere(make_server: ServerFactory) -> None:
+    from nbchat.backends.smollm2 import SmolLM2Backend
+
+    server = make_server(backend=SmolLM2Backend(queue_size=1))
+    long = {"userMessage": {"role": "user", "content": "Write a long story about a lighthouse keeper."},
+            "maxTokens": 2000, "temperature": 0.7}
+    busy = [httpx.stream("POST", server.url + "/talkByStream", json=long, headers=H, timeout=120)
+            for _ in range(2)]  # one runs on the model, one takes the one waiting place
+    try:
+        first = busy[0].__enter__()
+        next(first.iter_lines())  # the model is generating
+        second = busy[1].__enter__()
+        assert second.status_code == 200
+        ask = [{"role": "user", "content": "hi"}]
+        for stream in (False, True):
+            r = httpx.post(server.url + "/v1/chat/completions", headers=H, timeout=60,
+                           json={"model": "m", "stream": stream, "messages": ask})
+            assert r.status_code == 429, r.text
+            assert int(r.headers["retry-after"]) > 0 and r.json()["error"]["code"] == "queue_full"
+        r = httpx.post(server.url + "/talkByStream", json={"userMessage": ask[0]}, headers=H, timeout=60)
+        records = [json.loads(line) for line in r.text.splitlines()]
+        assert records[0]["error"]["code"] == "queue_full" and records[-1] == {"status": "[ERROR]"}
+    finally:
+        for response in busy:
+            response.__exit__(None, None, None)
