@@ -166,3 +166,47 @@ def test_a_turn_dropped_early_by_the_cap_says_so_and_health_reports_it(make_serv
     # the newest turns are all still there
     r = httpx.get(server.url + "/talkByStream", params={"turn": ids[-1], "after": "0"}, headers={"token": TOKEN})
     assert r.status_code == 200 and r.text.rstrip().endswith('{"status":"[DONE]"}')
+
+
+# ---------------------------------------------------------------- a burst at a low descriptor limit
+
+
+def test_a_burst_queued_while_the_server_is_stopped_never_runs_it_out_of_descriptors(tmp_path: Path) -> None:
+    import resource
+    import signal
+    import time
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("this test opens 1,000 sockets: the hard descriptor limit is too low")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+
+    def low_limit() -> None:  # the server gets 256 descriptors: it admits 192 connections
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    log = tmp_path / "server.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--port", "0",
+                                 f"--token={TOKEN}", "--log-level", "info"], stdout=subprocess.PIPE, stderr=err,
+                                text=True, env=ENV, preexec_fn=low_limit)
+    socks: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split(" at ", 1)[1].split("/?", 1)[0].rsplit(":", 1)[1])
+        proc.send_signal(signal.SIGSTOP)  # a server busy for a moment while a burst arrives
+        for _ in range(1000):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            socks.append(s)
+        time.sleep(0.5)  # the kernel completes the handshakes into the listen queue meanwhile
+        proc.send_signal(signal.SIGCONT)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+        assert len(os.listdir(f"/proc/{proc.pid}/fd")) < 256
+    finally:
+        for s in socks:
+            s.close()
+        stop_process(proc)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    text = log.read_text()
+    assert "out of system resource" not in text and "Too many open files" not in text, text[-2000:]

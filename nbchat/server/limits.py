@@ -229,6 +229,21 @@ def install_token_redaction() -> None:
             logger.addFilter(RedactTokenFilter())
 
 
+#: uvicorn's listen backlog: how many connections the kernel queues for accept(), and how many
+#: asyncio accepts in one go
+BACKLOG = 2048
+#: the backlog when the descriptor limit is what bounds connections: asyncio accepts a whole
+#: backlog's worth of queued connections before any is handed to the protocol that would evict
+#: others, so a batch must fit in the spare descriptors (a server stopped for a moment under a
+#: burst otherwise wakes up to EMFILE and stops accepting, /health included)
+SHORT_BACKLOG = 16
+
+
+def listen_backlog(admitted: int, wanted: int) -> int:
+    """The listen backlog for a server that admits ``admitted`` of ``wanted`` connections."""
+    return BACKLOG if admitted >= wanted else SHORT_BACKLOG
+
+
 def admit_connections(wanted: int, spare: int = 64) -> int:
     """Raise the soft file-descriptor limit so ``wanted`` connections fit (up to the hard
     limit), and return how many do. Beyond it, accept() fails in a loop of logged errors."""
