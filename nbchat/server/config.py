@@ -23,7 +23,7 @@ STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 _POSITIVE = ("model_timeout", "pending_seconds", "replay_max_bytes", "max_turns", "keepalive_seconds",
              "ping_interval", "max_body_bytes", "header_timeout", "max_header_bytes", "max_connections",
              "max_queued_bytes", "stream_max_entries", "lease_seconds")
-_NOT_NEGATIVE = ("rate", "grace_period", "retain_seconds")
+_NOT_NEGATIVE = ("rate", "grace_period", "retain_seconds", "record_max_mb")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,10 @@ class Settings:
     #: shared store: a process's lease; a turn whose process stops renewing it ends with [ERROR] after this long
     lease_seconds: float = 3.0
     backend_options: dict[str, object] = field(default_factory=dict)
+    #: serve on a non-loopback address with auth off (token ""): refused unless this says the network is trusted
+    public_without_token: bool = False
+    #: ``record``: the recordings' total size in MiB; past it the oldest files go (0: no bound)
+    record_max_mb: float = 256.0
 
     def __post_init__(self) -> None:
         for name in _POSITIVE:

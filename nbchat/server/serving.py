@@ -26,7 +26,7 @@ from .app import create_app
 from .config import Settings
 from .context import context_of
 from .heap import settle_heap
-from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction
+from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction, listen_backlog
 from .store import TurnStore
 
 WS_FRAME_SLACK = 1024  # a message of max_body_bytes plus this passes the transport; the app closes with 1009
@@ -109,13 +109,15 @@ def make_server(settings: Settings, backend: Backend | None = None, log_level: s
         error_log.addFilter(_RefusedHandshakeFilter())
     install_token_redaction()
     app = create_app(settings, backend)
-    limits = Limits.of(settings, max_connections=admit_connections(settings.max_connections))
+    admitted = admit_connections(settings.max_connections)
+    limits = Limits.of(settings, max_connections=admitted)
     http_protocol, ws_protocol = guarded_protocols(limits)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",
         http=http_protocol, ws=ws_protocol, ws_max_size=settings.max_body_bytes + WS_FRAME_SLACK,
         ws_ping_interval=settings.ping_interval, ws_ping_timeout=settings.ping_interval,
         timeout_graceful_shutdown=5, access_log=False,
+        backlog=listen_backlog(admitted, settings.max_connections),
     )
     return NBChatServer(config)
 
