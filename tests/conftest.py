@@ -26,7 +26,7 @@ from tests.helpers import TOKEN, ServerFactory
 ROOT = Path(__file__).resolve().parent.parent
 
 #: the finer markers say what a test needs; each implies the tier the README's fast layer deselects
-_IMPLIED = {"model": "slow", "redis": "slow", "static": "slow", "browser": "e2e"}
+_IMPLIED = {"model": "slow", "redis": "slow", "static": "slow", "node": "slow", "browser": "e2e"}
 
 #: CI=true (as .ci/run sets it): a tool a test needs must be there; a skip for a missing one fails the run
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
