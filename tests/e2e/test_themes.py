@@ -133,7 +133,7 @@ def switch_theme(tab: Any, theme: str) -> None:
 
 
 def test_every_text_is_readable_in_light_and_dark(lab: Lab, browser: Any) -> None:
-    tab = browser.new_page(viewport={"width": 1100, "height": 1600})
+    tab = browser.new_page(viewport={"width": 1100, "height": 2300})
     try:
         open_notebook(tab, lab, "themes.ipynb")
         for index in (LOAD, WIDGET, FAIL, CHAT, LIVE):
