@@ -103,9 +103,10 @@ PROBE = """() => {
   const nb = () => jupyterapp.shell.currentWidget.content;
   probe.done = (i, kind) => {
     const node = nb().widgets[i].node;
-    if (kind === 'chat') {
+    if (kind === 'chat') {  // the footer ends the answer: read only the output's last element until it shows
+      const last = node.querySelector('.jp-RenderedMarkdown')?.lastElementChild;
       const area = node.querySelector('.jp-OutputArea');
-      return !!area && /\\[(DONE|TOKENS)\\]/.test(area.textContent) ? area.textContent.length : 0;
+      return !!last && /\\[(DONE|TOKENS)\\]/.test(last.textContent) ? area.textContent.length : 0;
     }
     const bubble = node.querySelector('.nbchat-assistant');
     return bubble && !bubble.classList.contains('nbchat-streaming') ? bubble.textContent.length : 0;
