@@ -374,7 +374,7 @@ class WidgetView(StreamView):
 
     def start(self, note: str = "*waiting for the first token…*") -> None:
         super().start(note)
-        self._live.send = lambda content, buffers=None: self.deltas.append(content["text"])
+        self.live.send = lambda content, buffers=None: self.deltas.append(content["text"])
 
 
 def test_in_a_kernel_the_answer_streams_as_new_text_and_ends_as_markdown(
@@ -393,7 +393,7 @@ def test_in_a_kernel_the_answer_streams_as_new_text_and_ends_as_markdown(
     final = published.last_markdown
     assert final.startswith("Paragraph 0 with $x_0$") and "\\[DONE\\]*" in final
     assert published.metadata[-1]["nbchat"]["status"] == "[DONE]"
-    assert view._live is None  # the widget is closed: no widget state stays in the notebook
+    assert view.live is None  # the widget is closed: no widget state stays in the notebook
 
 
 def test_no_widget_streams_markdown_updates(ip: InteractiveShell, magics: ChatMagics, published: Published,

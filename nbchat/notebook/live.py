@@ -75,7 +75,8 @@ class StreamView:
         self.updates = 0
         self.widget = widgets_available() if widget is None else widget
         self._handle: Any = None
-        self._live: Any = None  # the LiveAnswer shown while the answer streams
+        #: the LiveAnswer shown while the answer streams (None before and after)
+        self.live: Any = None
         self._pieces: list[str] = []
         self._sent = 0  # pieces already sent to the live view
         self._sent_chars = 0
@@ -89,12 +90,11 @@ class StreamView:
         from IPython.display import display
 
         if self.widget:
-            if self._live is None:
-                self._live = _live_answer_class()(note=note.strip("*"))
-                data, metadata = mimebundle(self._live)
-                self._handle = display(data, metadata=metadata, raw=True, display_id=True)
+            if self.live is None:
+                self.live = _live_answer_class()(note=note.strip("*"))
+                self._handle = display(self.live, display_id=True)
             else:
-                self._live.note = note.strip("*")
+                self.live.note = note.strip("*")
             return
         if self._handle is None:
             self._handle = display(self._bundle(note, ""), raw=True, display_id=True)
@@ -107,21 +107,21 @@ class StreamView:
             self._flush()
 
     def _flush(self) -> None:
-        if self._live is not None:
+        if self.live is not None:
             if self._sent < len(self._pieces):
                 self.updates += 1
                 new = "".join(self._pieces[self._sent:])
-                self._live.send({"type": "delta", "text": new, "at": self._sent_chars})
+                self.live.send({"type": "delta", "text": new, "at": self._sent_chars})
                 self._sent, self._sent_chars = len(self._pieces), self._sent_chars + len(new)
                 if self._resync.due():
-                    self._live.text = "".join(self._pieces)
+                    self.live.text = "".join(self._pieces)
             return
         text = "".join(self._pieces)
         self._update(self._bundle(answer_markdown(text), text))
 
     def finish(self, answer: str, footer: str) -> None:
         """Show the whole answer and its footer as the Markdown output the notebook keeps."""
-        live, self._live = self._live, None
+        live, self.live = self.live, None
         self._update(self._bundle(answer_markdown(answer, footer), f"{answer}\n\n{footer}".lstrip()))
         if live is not None:
             live.close()  # its view is gone, replaced above: nothing of it stays in the notebook
@@ -141,8 +141,3 @@ class StreamView:
     def _bundle(markdown: str, plain: str) -> dict[str, str]:
         return {"text/markdown": markdown, "text/plain": plain}
 
-
-def mimebundle(widget: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A widget's display data and metadata (ipywidgets returns the bundle, anywidget the pair)."""
-    bundle: Any = widget._repr_mimebundle_()
-    return bundle if isinstance(bundle, tuple) else (bundle, {})

@@ -136,9 +136,9 @@ class ChatWidget(anywidget.AnyWidget):
         """
         from IPython.display import display
 
-        from .live import mimebundle
-
-        data, metadata = mimebundle(self)
+        # ipywidgets returns the bundle, anywidget (data, metadata): accept either
+        bundle: Any = self._repr_mimebundle_()
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
         display(data, metadata=metadata, raw=True)
         display(self._mirror_bundle(), raw=True, display_id=self._mirror_id)
         self._mirror_shown = True
