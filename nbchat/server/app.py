@@ -131,7 +131,8 @@ async def start_turn(request: Request) -> Reader:
 async def health(request: Request) -> Response:
     backend: Backend = request.app.state.backend
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
-                         "model": backend.model_name, "turns": len(store_of(request))})
+                         "model": backend.model_name, "sampling": backend.sampling,
+                         "turns": len(store_of(request))})
 
 
 async def post_turns(request: Request) -> Response:

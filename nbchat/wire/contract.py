@@ -37,8 +37,8 @@ TRANSPORTS: tuple[Transport, ...] = ("ws", "sse", "stream", "openai")
 """One name per transport, in the order they are listed and benchmarked."""
 _ALIASES: dict[str, Transport] = {"ndjson": "stream", "fetch": "stream"}
 
-#: what a client asks for when the caller does not say (client.stream, %%chat, nbchat chat, the OpenAI route)
-DEFAULT_TEMPERATURE = 0.7
+#: what a client asks for when the caller does not say (client.stream, %%chat, nbchat chat). A temperature
+#: the caller does not set is not sent at all: the backend then samples as suits its model.
 DEFAULT_MAX_TOKENS = 512
 
 

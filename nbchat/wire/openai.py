@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
-from .contract import DEFAULT_TEMPERATURE
 from .errors import ProtocolError, RequestError
 from .events import Chunk, End, ErrorInfo, Item, Message, Role, Status, TurnRequest
 from .sse import SSEDecoder
@@ -98,10 +97,10 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return value
 
 
-def _temperature(body: dict[str, Any]) -> float:
+def _temperature(body: dict[str, Any]) -> float | None:
     value = body.get("temperature")
     if value is None:
-        return DEFAULT_TEMPERATURE
+        return None  # the backend's own default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise OpenAIRequestError("'temperature' must be a number", "temperature")
     if not 0 <= value <= 2:
@@ -178,7 +177,7 @@ class Sampling(Protocol):
     def messages(self) -> list[Message]: ...
 
     @property
-    def temperature(self) -> float: ...
+    def temperature(self) -> float | None: ...
 
     @property
     def max_tokens(self) -> int | None: ...
@@ -190,8 +189,9 @@ class Sampling(Protocol):
 def completion_body(request: Sampling, *, model: str | None = None, stream: bool = True) -> dict[str, Any]:
     """A request as a chat-completions body (``model`` overrides the request's)."""
     body: dict[str, Any] = {"model": model or request.model or DEFAULT_MODEL,
-                            "messages": [m.to_dict() for m in request.messages],
-                            "temperature": request.temperature, "stream": stream}
+                            "messages": [m.to_dict() for m in request.messages], "stream": stream}
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     return body
