@@ -84,7 +84,7 @@ async def test_exact_reuse_gives_the_greedy_text_of_a_fresh_evaluation() -> None
 
 def long_history(tokens: int = 6000) -> list[Exchange]:
     """Exchanges of ~500 tokens each (a word and a space are about two tokens), ``tokens`` in all."""
-    words = "river stone lantern harbour willow copper meadow falcon".split()
+    words = ["river", "stone", "lantern", "harbour", "willow", "copper", "meadow", "falcon"]
     exchanges = []
     for i in range(tokens // 500):
         text = " ".join(f"{words[(i + j) % len(words)]}{j}" for j in range(170))
