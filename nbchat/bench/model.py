@@ -227,6 +227,36 @@ def report(samples: dict[str, list[Sample]]) -> str:
     return "\n".join(lines)
 
 
+def greedy_pairs(threads: int, pairs: int, max_tokens: int) -> str:
+    """How often a continued turn's greedy answer differs from a fresh evaluation's.
+
+    Each pair: a first turn, then a follow-up in the same conversation, once on a model
+    that continues from what it kept (the default: the answer's tokens as generated) and
+    once on a model that reads everything afresh. Another conversation runs in between,
+    so the kept state also goes through the store of other conversations.
+    """
+    kept = Model(str(find_gguf()), threads, DEFAULT_N_CTX)
+    fresh = Model(str(find_gguf()), threads, DEFAULT_N_CTX)
+    jobs = itertools.count()
+
+    def run(model: Model, messages: list[dict[str, str]]) -> str:
+        pieces: list[str] = []
+        job = {"id": next(jobs), "messages": messages, "temperature": 0.0, "max_tokens": max_tokens}
+        run_job(model, job, Control(), lambda **message: pieces.append(message.get("piece", "")))
+        return "".join(pieces)
+
+    differ = 0
+    for i in range(pairs):
+        first = [{"role": "user", "content": conversations.question(1, i)}]
+        reply = run(kept, first)
+        run(kept, [{"role": "user", "content": conversations.question(1, i + 7)}])
+        follow = [*first, {"role": "assistant", "content": reply},
+                  {"role": "user", "content": conversations.question(3, i)}]
+        fresh.forget()
+        differ += run(kept, follow) != run(fresh, follow)
+    return f"{differ} of {pairs} follow-up answers differ from a fresh evaluation's (greedy, {max_tokens} tokens)"
+
+
 def run_conversations(args: argparse.Namespace, threads: int) -> None:
     """The conversation benchmark (:mod:`nbchat.bench.conversations`): every path in turn, one table."""
     results: dict[str, dict[str, list[float]]] = {}
@@ -262,12 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-turns", type=int, default=20, help="--conversations: turns of the long one")
     parser.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=TRANSPORTS,
                         help="--conversations: the nbchat transports to run (default: all)")
+    parser.add_argument("--pairs", type=int, default=0, metavar="N",
+                        help="count how many of N continued greedy answers differ from a fresh evaluation's")
     args = parser.parse_args(argv)
     # A SIGTERM (a timeout, CI) still runs the cleanup below, so no server outlives the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     threads = default_threads()  # what nbchat serve's smollm2 backend uses
     # Every path runs llama.cpp with the environment of nbchat's model process (OpenMP's wait policy).
     os.environ.update({k: v for k, v in worker_environment(threads).items() if k.startswith("OMP_")})
+    if args.pairs:
+        print(greedy_pairs(threads, args.pairs, args.max_tokens))
+        return 0
     if args.conversations:
         run_conversations(args, threads)
         return 0
