@@ -91,12 +91,14 @@ def report(results: dict[str, dict[str, list[float]]]) -> str:
     head += f" {'A/B 8-10 / 1-2':>15} {'C t1':>7} {'C t20':>7} {'C 18-20 / 1-2':>14}"
     lines = ["TTFT ms per turn, two alternating conversations (mean of A and B); C: one long conversation",
              head, "-" * len(head)]
-    for name, result in results.items():
-        turns = alternating(result)
-        line = f"{name:<18}" + "".join(f"{t * 1e3:>7.0f}" for t in turns)
-        ratio = growth(turns)
-        long_ = result["C"]
-        line += f" {ratio:>14.2f}x {long_[0] * 1e3:>7.0f} {long_[-1] * 1e3:>7.0f} {growth(long_):>13.2f}x"
-        lines.append(line)
+    lines += [row(name, result) for name, result in results.items()]
     return "\n".join(lines)
+
+
+def row(name: str, result: dict[str, list[float]]) -> str:
+    """One path's line of the table."""
+    turns = alternating(result)
+    line = f"{name:<18}" + "".join(f"{t * 1e3:>7.0f}" for t in turns)
+    long_ = result["C"]
+    return line + f" {growth(turns):>14.2f}x {long_[0] * 1e3:>7.0f} {long_[-1] * 1e3:>7.0f} {growth(long_):>13.2f}x"
 

@@ -277,7 +277,7 @@ def run_conversations(args: argparse.Namespace, threads: int) -> None:
         for name, ask in asks.items():
             ask([], "Say hello.")  # warm-up: loads what a path loads lazily
             results[name] = conversations.run_schedules(ask, args.turns, args.long_turns)
-            print(f"{name}: done", flush=True)
+            print(conversations.row(name, results[name]), flush=True)  # a path's figures as soon as they are in
     print(conversations.report(results))
 
 
