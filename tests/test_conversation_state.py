@@ -10,6 +10,7 @@ import pytest
 
 from nbchat.backends.kv_states import Saved, StateStore, common_prefix
 from nbchat.backends.llama_worker import TRIM_STEP, Model
+from nbchat.bench.conversations import growth, report, run_schedules
 from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.provenance import provenance
 from nbchat.notebook.render import TurnStats
@@ -114,3 +115,17 @@ def test_a_temperature_is_sent_only_when_set(temperature: float | None) -> None:
     body = encode_turn_request(request)
     assert ("temperature" in body) is (temperature is not None)
     assert parse_turn_request(body).temperature == temperature
+
+
+def test_the_conversation_benchmark_alternates_and_reports_growth() -> None:
+    seen: list[int] = []
+
+    def ask(history: list[Message], text: str) -> tuple[float, str]:
+        seen.append(len(history))
+        return 0.1 * (len(history) // 2 + 1), f"answer to {text}"
+
+    result = run_schedules(ask, turns=3, long_turns=4)
+    assert [len(result[k]) for k in "ABC"] == [3, 3, 4]
+    assert seen[:4] == [0, 0, 2, 2]  # A1, B1, A2 (after A1 only), B2
+    assert growth(result["C"], first=2, last=2) == pytest.approx(0.35 / 0.15)
+    assert report({"nbchat/ws": result}).splitlines()[-1].startswith("nbchat/ws")
