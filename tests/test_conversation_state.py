@@ -4,12 +4,10 @@ wire and in the footer, and a temperature sent only when the user set one."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from nbchat.backends.kv_states import Saved, StateStore, common_prefix
-from nbchat.backends.llama_worker import TRIM_STEP, Model
+from nbchat.backends.trim import TRIM_STEP, fit
 from nbchat.bench.conversations import growth, report, run_schedules
 from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.provenance import provenance
@@ -49,36 +47,28 @@ def test_the_store_finds_the_longest_shared_prefix_and_stays_within_its_bound() 
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2 and common_prefix([], [1]) == 0
 
 
-class WordModel:
-    """Model.fit with a tokenizer of one token per word and a small context."""
-
-    fit = Model.fit
-
-    def __init__(self, n_ctx: int) -> None:
-        self.n_ctx = n_ctx
-
-    def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
-        return [0] * sum(len(m["content"].split()) + 2 for m in messages), ["<end>"]
+def words(messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
+    """A tokenizer of one token per word, plus two per message."""
+    return [0] * sum(len(m["content"].split()) + 2 for m in messages), ["<end>"]
 
 
-def history(exchanges: int, words: int) -> list[dict[str, Any]]:
+def history(exchanges: int, length: int) -> list[dict[str, str]]:
     out = [{"role": "system", "content": "be brief"}]
     for i in range(exchanges):
-        out += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "w " * words}]
+        out += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "w " * length}]
     return [*out, {"role": "user", "content": "the new question"}]
 
 
 def test_a_history_too_long_is_trimmed_oldest_first_in_steps() -> None:
-    model = WordModel(n_ctx=1000)
-    messages = history(exchanges=20, words=98)  # 100 tokens an exchange: 2,000 tokens
-    tokens, _, dropped = model.fit(messages, reserve=100)  # type: ignore[arg-type]
+    messages = history(exchanges=20, length=98)  # ~100 tokens an exchange: ~2,000 tokens
+    tokens, _, dropped = fit(words, messages, n_ctx=1000, reserve=100)
     assert dropped % TRIM_STEP == 0 and dropped == 12  # 8 exchanges + system + question + 100 fit in 1,000
     assert len(tokens) + 100 <= 1000
     # fitting already: nothing dropped
-    assert model.fit(history(3, 10), reserve=100)[2] == 0  # type: ignore[arg-type]
+    assert fit(words, history(3, 10), n_ctx=1000, reserve=100)[2] == 0
     # the newest message alone too long: everything before it goes, and the caller refuses the rest
     huge = [*history(2, 10)[:-1], {"role": "user", "content": "w " * 2000}]
-    tokens, _, dropped = model.fit(huge, reserve=10)  # type: ignore[arg-type]
+    tokens, _, dropped = fit(words, huge, n_ctx=1000, reserve=10)
     assert dropped == 2 and len(tokens) > 1000
 
 

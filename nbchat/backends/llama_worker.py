@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from .kv_states import DEFAULT_CACHE_MB, StateStore, common_prefix, load_sequence, save_sequence
+from .trim import fit
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -52,8 +53,6 @@ def block_cuts(length: int) -> list[int]:
 #: a state the new prompt leaves behind is kept when it holds at least this many tokens the new prompt
 #: does not share (copying a token's KV entries out costs ~23 KB and microseconds; re-reading it, ~3 ms)
 KEEP_MIN_TOKENS = 8
-#: exchanges are dropped from a conversation too long for the context this many at a time
-TRIM_STEP = 4
 #: tokens left for the answer when a request sets no max_tokens (at most a quarter of the context)
 DEFAULT_RESERVE = 512
 
@@ -134,7 +133,7 @@ def model_params_without_extra_buffers(llama_cpp: Any) -> Iterator[None]:
 
 
 class Model:
-    """The loaded model, its chat template and the KV blocks kept from the previous turn."""
+    """The loaded model, its chat template, the current conversation's evaluated tokens and the kept ones."""
 
     def __init__(self, path: str, n_threads: int, n_ctx: int, *, cache_mb: float = DEFAULT_CACHE_MB,
                  exact: bool = False) -> None:
@@ -297,26 +296,6 @@ class Model:
         self._cached = []
         self.llama.n_tokens = 0
 
-    def fit(self, messages: list[dict[str, str]], reserve: int) -> tuple[list[int], list[str], int]:
-        """The prompt's tokens and stop strings, with the oldest exchanges dropped until ``reserve``
-        tokens are left for the answer; and how many were dropped.
-
-        Exchanges go in steps of :data:`TRIM_STEP`, so that the next turns drop the same ones
-        and find their prompt's start still evaluated. The system prompt and the last user
-        message always stay.
-        """
-        tokens, stop = self.prompt(messages)
-        if len(tokens) + reserve <= self.n_ctx:
-            return tokens, stop, 0
-        head = 1 if messages and messages[0].get("role") == "system" else 0
-        starts = [i for i in range(head, len(messages) - 1) if messages[i].get("role") == "user"]
-        for dropped in (*range(TRIM_STEP, len(starts), TRIM_STEP), len(starts)):
-            kept = messages[:head] + messages[starts[dropped] if dropped < len(starts) else -1:]
-            tokens, stop = self.prompt(kept)
-            if len(tokens) + reserve <= self.n_ctx:
-                return tokens, stop, dropped
-        return tokens, stop, len(starts)
-
 
 Send = Callable[..., None]
 
@@ -339,7 +318,8 @@ def run_job(model: Model, job: dict[str, Any], control: Control, send: Send) -> 
         if stop():
             return
         max_tokens = job.get("max_tokens")
-        tokens, stop_strings, trimmed = model.fit(job["messages"], min(max_tokens or DEFAULT_RESERVE, model.n_ctx // 4))
+        reserve = min(max_tokens or DEFAULT_RESERVE, model.n_ctx // 4)
+        tokens, stop_strings, trimmed = fit(model.prompt, job["messages"], model.n_ctx, reserve)
         if len(tokens) >= model.n_ctx:
             send(id=job_id, code="context_length_exceeded", error=(
                 f"the message alone ({len(tokens)} tokens) does not fit the model's context of {model.n_ctx} "
