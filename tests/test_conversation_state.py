@@ -28,7 +28,7 @@ from nbchat.wire.sse import SSEDecoder
 
 
 def saved(tokens: list[int], size: int) -> Saved:
-    return Saved(tuple(tokens), b"x" * size)
+    return Saved(tuple(tokens), b"x" * size, size)
 
 
 def test_the_store_finds_the_longest_shared_prefix_and_stays_within_its_bound() -> None:

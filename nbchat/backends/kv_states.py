@@ -40,10 +40,12 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 @dataclass(frozen=True)
 class Saved:
-    """One conversation's evaluated tokens and the bytes of their KV entries."""
+    """One conversation's evaluated tokens and their KV entries: ``size`` bytes of ``data``
+    (the buffer llama.cpp wrote, handed back to it as it is: no copy on either way)."""
 
     tokens: tuple[int, ...]
-    data: bytes
+    data: Any
+    size: int
 
 
 class StateStore:
@@ -61,10 +63,10 @@ class StateStore:
         """Keep ``saved`` as the most recent; entries it extends, and the oldest past the bound, go."""
         for key in [k for k in self._entries if saved.tokens[:len(k)] == k]:
             self._drop(key)  # a shorter state of the same conversation: the new one serves all it did
-        if len(saved.data) > self.limit:
+        if saved.size > self.limit:
             return
         self._entries[saved.tokens] = saved
-        self.size += len(saved.data)
+        self.size += saved.size
         while self.size > self.limit:
             self._drop(next(iter(self._entries)))
 
@@ -84,7 +86,7 @@ class StateStore:
             self._drop(saved.tokens)
 
     def _drop(self, key: tuple[int, ...]) -> None:
-        self.size -= len(self._entries.pop(key).data)
+        self.size -= self._entries.pop(key).size
 
 
 def save_sequence(llama_cpp: Any, ctx: Any, tokens: Sequence[int]) -> Saved:
@@ -92,10 +94,9 @@ def save_sequence(llama_cpp: Any, ctx: Any, tokens: Sequence[int]) -> Saved:
     size = llama_cpp.llama_state_seq_get_size(ctx, 0)
     buffer = (ctypes.c_uint8 * size)()
     written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
-    return Saved(tuple(tokens), bytes(buffer)[:written])
+    return Saved(tuple(tokens), buffer, int(written))
 
 
 def load_sequence(llama_cpp: Any, ctx: Any, saved: Saved) -> bool:
     """Copy ``saved`` back into sequence 0 (its cells must be free); whether llama.cpp took it."""
-    buffer = (ctypes.c_uint8 * len(saved.data)).from_buffer_copy(saved.data)
-    return bool(llama_cpp.llama_state_seq_set_data(ctx, buffer, len(saved.data), 0) == len(saved.data))
+    return bool(llama_cpp.llama_state_seq_set_data(ctx, saved.data, saved.size, 0) == saved.size)

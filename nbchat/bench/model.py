@@ -271,7 +271,8 @@ def run_conversations(args: argparse.Namespace, threads: int) -> None:
             llama_url = stack.enter_context(in_background(llama_server(threads)))
             llama = stack.enter_context(connect(llama_url, transport="openai", timeout=START_TIMEOUT))
             asks["llama_cpp.server"] = client_ask(llama, args.max_tokens, model=LLAMA_MODEL)
-        asks["fresh"] = fresh_ask(threads, args.max_tokens)
+        if not args.no_fresh:
+            asks["fresh"] = fresh_ask(threads, args.max_tokens)
         print(f"conversations: 2 x {args.turns} turns alternating, 1 x {args.long_turns} turns; "
               f"{args.max_tokens} tokens an answer, greedy, {threads} model threads", flush=True)
         for name, ask in asks.items():
@@ -290,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="time to first token per turn as conversations grow (see nbchat.bench.conversations)")
     parser.add_argument("--turns", type=int, default=10, help="--conversations: turns of each alternating one")
     parser.add_argument("--long-turns", type=int, default=20, help="--conversations: turns of the long one")
+    parser.add_argument("--no-fresh", action="store_true", help="--conversations: skip the fresh evaluation")
     parser.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=TRANSPORTS,
                         help="--conversations: the nbchat transports to run (default: all)")
     parser.add_argument("--pairs", type=int, default=0, metavar="N",
