@@ -24,8 +24,10 @@ from starlette.routing import Route, WebSocketRoute
 from .._version import __version__
 from ..backends import Backend, create_backend
 from ..wire.contract import (
+    AFTER_PARAM,
     HEALTH_PATH,
     INTERRUPT_PATH,
+    LAST_EVENT_ID_PARAM,
     NDJSON_HEADERS,
     NDJSON_PATH,
     OPENAI_COMPLETIONS_PATH,
@@ -33,7 +35,9 @@ from ..wire.contract import (
     SSE_HEADERS,
     SSE_PATH,
     TURN_HEADER,
+    TURN_PARAM,
     TURNS_PATH,
+    UID_PARAM,
     WEBSOCKET_PATH,
 )
 from ..wire.errors import PayloadTooLarge, RequestError, ResumeError
@@ -47,7 +51,7 @@ from ..wire.protocol import (
     parse_turn_request,
 )
 from ..wire.sse import encode_sse_comment
-from .auth import SecurityMiddleware
+from .auth import SecurityMiddleware, public_bind_refusal
 from .config import Settings
 from .openai_routes import chat_completions, list_models
 from .recording import Recorder
@@ -97,7 +101,7 @@ def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict
 async def find_turn(store: TurnStore, turn_id: str | None, uid: str | None) -> str | None:
     if turn_id:
         if await store.get(turn_id) is None:
-            raise ResumeError(f"unknown turn {turn_id!r} (it may have expired)")
+            raise ResumeError(f"unknown turn {turn_id[:40]!r}: it may have expired ({store.manager.retention_note()})")
         return turn_id
     found = await store.latest(uid) if uid else None
     return None if found is None else found.id
@@ -132,7 +136,7 @@ async def health(request: Request) -> Response:
     backend: Backend = request.app.state.backend
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
                          "model": backend.model_name, "sampling": backend.sampling,
-                         "turns": len(store_of(request))})
+                         "turns": len(store_of(request)), "retention": store_of(request).manager.retention()})
 
 
 async def post_turns(request: Request) -> Response:
@@ -146,7 +150,8 @@ async def post_turns(request: Request) -> Response:
 async def interrupt_turn(request: Request) -> Response:
     turn = await store_of(request).interrupt(request.path_params["turn_id"])
     if turn is None:
-        return error_response("unknown_turn", "unknown turn id (it may have ended and expired)", 404)
+        note = store_of(request).manager.retention_note()
+        return error_response("unknown_turn", f"unknown turn id: it may have ended and expired ({note})", 404)
     return JSONResponse({"id": turn.id, "interrupted": True, "state": turn.state.value})
 
 
@@ -156,9 +161,9 @@ async def create_sse(request: Request) -> Response:
         sub = await start_turn(request)
     else:
         store = store_of(request)
-        uid = request.headers.get("uid") or request.query_params.get("uid")
-        turn = await find_turn(store, request.query_params.get("turn"), uid)
-        last = request.headers.get("last-event-id", request.query_params.get("lastEventId"))
+        uid = request.headers.get(UID_PARAM) or request.query_params.get(UID_PARAM)
+        turn = await find_turn(store, request.query_params.get(TURN_PARAM), uid)
+        last = request.headers.get("last-event-id", request.query_params.get(LAST_EVENT_ID_PARAM))
         found = await subscribe_for_resume(store, turn, parse_after(last))
         if found is None:
             return Response(status_code=204)  # nothing to stream: stops a browser's reconnect loop
@@ -171,8 +176,8 @@ async def talk_by_stream(request: Request) -> Response:
         sub = await start_turn(request)
     else:
         store = store_of(request)
-        turn = await find_turn(store, request.query_params.get("turn"), request.query_params.get("uid"))
-        found = await subscribe_for_resume(store, turn, parse_after(request.query_params.get("after")))
+        turn = await find_turn(store, request.query_params.get(TURN_PARAM), request.query_params.get(UID_PARAM))
+        found = await subscribe_for_resume(store, turn, parse_after(request.query_params.get(AFTER_PARAM)))
         if found is None:
             return Response(status_code=204)
         sub = found
@@ -209,11 +214,15 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
     """The nbchat ASGI app. ``settings.token`` must be concrete (see Settings.with_token)."""
     settings = (settings or Settings()).with_token()
+    refusal = public_bind_refusal(settings.host, settings.token, settings.public_without_token)
+    if refusal is not None:
+        raise ValueError(refusal)
     if backend is None:
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
                                  replay=settings.replay, replay_rate=settings.replay_rate,
                                  **settings.backend_options)
-    recorder = Recorder(settings.record, backend.name, backend.model_name) if settings.record else None
+    recorder = Recorder(settings.record, backend.name, backend.model_name,
+                        max_bytes=int(settings.record_max_mb * 1024 * 1024)) if settings.record else None
     store = make_store(backend, settings, recorder)
     origins = set(settings.allow_origins)  # shared with the middleware: see admit_origin
 
