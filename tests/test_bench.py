@@ -369,3 +369,22 @@ def test_failed_streams_are_counted_and_named_in_the_notes() -> None:
     clean = Results()
     clean.add(summarize("concurrency", "ws", [synthetic()], streams=1))
     assert clean.notes == []
+
+
+def test_long_answer_is_markdown_of_the_asked_size_with_math_code_and_tables() -> None:
+    from nbchat.bench.longpage import long_answer, stream_seconds
+    from nbchat.notebook.render import code_blocks
+
+    answer = long_answer(40_000)
+    assert 40_000 <= len(answer) < 42_000 and answer == long_answer(40_000)  # deterministic
+    assert not answer.endswith("\n") and answer.count("```") % 2 == 0
+    assert len(code_blocks(answer)) >= 20 and answer.count("$$") >= 20 and "\\[" in answer and "|---:|" in answer
+    assert stream_seconds("x" * 4000, 1000.0) == 1.0  # 4-character pieces, one per millisecond
+
+
+def test_long_answer_table_marks_runs_stopped_before_the_answer_showed() -> None:
+    from nbchat.bench.longpage import markdown
+
+    run = {"seconds": 60.4, "timed_out": True, "ratio": 6.02, "stalled_s": 59.9, "stalls": 152, "longest_ms": 1753}
+    table = markdown({"sizes": {40: {"stream_s": 10.04}}, "runs": {"chat lab": {40: run}}})
+    assert "| chat lab | 40 KB | 10.04 | > 60.4 (not shown) | > 6.02 | > 59.9 | 152 | 1753 |" in table
