@@ -20,12 +20,12 @@ from nbchat.backends.model_messages import (
     Failure,
     Fatal,
     Generate,
+    HistoryTrimmed,
     Length,
     ModelInfo,
     Piece,
     Ready,
     Stop,
-    Trimmed,
     decode_command,
     decode_reply,
     encode,
@@ -54,7 +54,7 @@ def test_a_command_decodes_to_what_was_encoded(command: Generate | Stop) -> None
 
 @pytest.mark.parametrize("reply", [
     Ready(ModelInfo(version="0.3", system_info="AVX2 = 1", threads=1, n_ctx=4096, model="/m.gguf", pid=12)),
-    Fatal("ValueError: not a GGUF"), Trimmed(1, 2), Piece(1, "Paris 🚀\n", 5), Length(1),
+    Fatal("ValueError: not a GGUF"), HistoryTrimmed(1, 2), Piece(1, "Paris 🚀\n", 5), Length(1),
     Failure(1, "too long", "context_length_exceeded"), Failure(2, "the model failed"),
     End(1, 9, 30, 8), End(2, 9),
 ])

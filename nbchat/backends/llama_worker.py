@@ -27,8 +27,23 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from . import model_messages as msg
 from .kv_states import DEFAULT_CACHE_MB, StateStore, common_prefix, load_sequence, save_sequence
+from .model_messages import (
+    PROMPT,
+    REUSED,
+    End,
+    Failure,
+    Fatal,
+    Generate,
+    HistoryTrimmed,
+    Length,
+    ModelInfo,
+    Piece,
+    Ready,
+    Reply,
+    decode_command,
+    encode,
+)
 from .trim import fit
 
 if TYPE_CHECKING:
@@ -57,7 +72,7 @@ class Stopped(Exception):
 class Control:
     """What the reader thread shares with the generating thread: the job queue and stop requests."""
 
-    jobs: queue.Queue[msg.Generate] = field(default_factory=queue.Queue)
+    jobs: queue.Queue[Generate] = field(default_factory=queue.Queue)
     running: int | None = None
     stopped: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,10 +85,10 @@ class Control:
         """Reader thread: queue jobs, record stops; exit the process when the parent is gone."""
         for line in stream:
             try:
-                command = msg.decode_command(line)
+                command = decode_command(line)
             except ValueError:
                 continue  # not from the supervisor, which writes only commands
-            if isinstance(command, msg.Generate):
+            if isinstance(command, Generate):
                 self.jobs.put(command)
             else:
                 with self.lock:
@@ -87,8 +102,8 @@ class Output:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream, self._lock = stream, threading.Lock()
 
-    def send(self, message: msg.Reply) -> None:
-        data = msg.encode(message)
+    def send(self, message: Reply) -> None:
+        data = encode(message)
         with self._lock:
             self._stream.write(data)
             self._stream.flush()
@@ -164,8 +179,8 @@ class Model:
         # Kept on the instance: llama.cpp holds only the C pointer.
         self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort())
 
-    def info(self) -> msg.ModelInfo:
-        return msg.ModelInfo(version=self.version, system_info=self.system_info, threads=self.n_threads,
+    def info(self) -> ModelInfo:
+        return ModelInfo(version=self.version, system_info=self.system_info, threads=self.n_threads,
                              batch_threads=self.llama.n_threads_batch, n_ctx=self.n_ctx, model=self.path,
                              exact=self.exact, cache_bytes=self.kept.limit, extra_buffers=self.extra_buffers,
                              pid=os.getpid())
@@ -211,7 +226,7 @@ class Model:
         self._restore(tokens)
         keep = self._usable(common_prefix(self._cached, tokens), len(tokens))
         self._truncate(tokens, keep)
-        self.last_prompt = {msg.PROMPT: len(tokens), msg.REUSED: keep}
+        self.last_prompt = {PROMPT: len(tokens), REUSED: keep}
         if self.exact:
             ends = [c for c in block_cuts(len(tokens) - 1) if c > keep]
         else:
@@ -288,10 +303,10 @@ class Model:
         self.llama.n_tokens = 0
 
 
-Send = Callable[[msg.Reply], None]
+Send = Callable[[Reply], None]
 
 
-def run_job(model: Model, job: msg.Generate, control: Control, send: Send) -> None:
+def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
     """One generation: each reply goes to ``send``, pieces as they are sampled, then exactly one End."""
     from llama_cpp import StoppingCriteriaList
 
@@ -311,12 +326,12 @@ def run_job(model: Model, job: msg.Generate, control: Control, send: Send) -> No
         reserve = min(max_tokens or DEFAULT_RESERVE, model.n_ctx // 4)
         tokens, stop_strings, trimmed = fit(model.prompt, job.messages, model.n_ctx, reserve)
         if len(tokens) >= model.n_ctx:
-            send(msg.Failure(job_id, code="context_length_exceeded", message=(
+            send(Failure(job_id, code="context_length_exceeded", message=(
                 f"the message alone ({len(tokens)} tokens) does not fit the model's context of {model.n_ctx} "
                 "tokens; shorten it")))
             return
         if trimmed:
-            send(msg.Trimmed(job_id, trimmed))
+            send(HistoryTrimmed(job_id, trimmed))
         model.prefill(tokens, stop)
         room = model.n_ctx - len(tokens)
         sampling: dict[str, Any] = dict(job.sampling)  # keyword arguments of create_completion
@@ -330,20 +345,20 @@ def run_job(model: Model, job: msg.Generate, control: Control, send: Send) -> No
                     break
                 choice = chunk["choices"][0]
                 if choice["text"]:
-                    send(msg.Piece(job_id, choice["text"], model.tokens_sampled))
+                    send(Piece(job_id, choice["text"], model.tokens_sampled))
                 if choice["finish_reason"] == "length":
-                    send(msg.Length(job_id))
+                    send(Length(job_id))
         model.answered()
     except Stopped:
         pass
     except Exception as exc:  # reported to the parent, which raises it as a BackendError
         model.forget()
-        send(msg.Failure(job_id, f"the model failed: {type(exc).__name__}: {exc}"))
+        send(Failure(job_id, f"the model failed: {type(exc).__name__}: {exc}"))
     finally:
         with control.lock:
             control.stopped.discard(job_id)
-        send(msg.End(job_id, model.tokens_sampled, model.last_prompt.get(msg.PROMPT),
-                     model.last_prompt.get(msg.REUSED)))
+        send(End(job_id, model.tokens_sampled, model.last_prompt.get(PROMPT),
+                     model.last_prompt.get(REUSED)))
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -364,9 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = Model(args.model, args.threads, args.n_ctx, cache_mb=args.cache_mb, exact=args.exact)
     except Exception as exc:  # a missing or unreadable file, not a GGUF, no llama_cpp
-        out.send(msg.Fatal(f"{type(exc).__name__}: {exc}"))
+        out.send(Fatal(f"{type(exc).__name__}: {exc}"))
         return 1
-    out.send(msg.Ready(model.info()))
+    out.send(Ready(model.info()))
     control = Control()
     threading.Thread(target=control.read_commands, args=(sys.stdin.buffer,), daemon=True).start()
     while True:

@@ -3,7 +3,7 @@
 The supervisor (:mod:`.model_process`) writes commands to the process's standard
 input: :class:`Generate` and :class:`Stop`. The process
 (:mod:`.llama_worker`) answers on its protocol pipe: :class:`Ready` once the
-model is loaded (or :class:`Fatal`), then per job :class:`Trimmed`,
+model is loaded (or :class:`Fatal`), then per job :class:`HistoryTrimmed`,
 :class:`Piece`, :class:`Length`, :class:`Failure` and finally exactly one
 :class:`End`. Both sides encode and decode here, so a key is written once.
 The model process imports this module before it loads llama.cpp: it uses the
@@ -90,7 +90,7 @@ class Fatal:
 
 
 @dataclass(frozen=True)
-class Trimmed:
+class HistoryTrimmed:
     """The oldest ``exchanges`` of the history were dropped to fit the context."""
 
     id: int
@@ -131,7 +131,7 @@ class End:
 
 
 Command = Generate | Stop
-Reply = Ready | Fatal | Trimmed | Piece | Length | Failure | End
+Reply = Ready | Fatal | HistoryTrimmed | Piece | Length | Failure | End
 
 
 def _fields(message: Command | Reply) -> dict[str, Any]:
@@ -144,7 +144,7 @@ def _fields(message: Command | Reply) -> dict[str, Any]:
         return {READY: message.info}
     if isinstance(message, Fatal):
         return {FATAL: message.message}
-    if isinstance(message, Trimmed):
+    if isinstance(message, HistoryTrimmed):
         return {ID: message.id, TRIMMED: message.exchanges}
     if isinstance(message, Piece):
         return {ID: message.id, PIECE: message.text, SAMPLED: message.sampled}
@@ -204,7 +204,7 @@ def _reply(data: dict[str, Any]) -> Reply:
     if PIECE in data:
         return Piece(job, str(data[PIECE]), int(data[SAMPLED]))
     if TRIMMED in data:
-        return Trimmed(job, int(data[TRIMMED]))
+        return HistoryTrimmed(job, int(data[TRIMMED]))
     if data.get(LENGTH):
         return Length(job)
     if ERROR in data:

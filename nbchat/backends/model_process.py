@@ -23,8 +23,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..wire.errors import BackendError
-from . import model_messages as msg
 from .base import LENGTH, Finish, GenerationRequest, Trimmed
+from .model_messages import (
+    PROMPT,
+    REUSED,
+    Failure,
+    Fatal,
+    Generate,
+    HistoryTrimmed,
+    Length,
+    ModelInfo,
+    Piece,
+    Ready,
+    Stop,
+)
 from .worker_process import ModelKey, WorkerProcess
 
 #: seconds a stopped job may take to end before its process is killed
@@ -60,10 +72,10 @@ class Job:
     started: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
 
-    def command(self) -> msg.Generate:
+    def command(self) -> Generate:
         temperature = self.request.temperature
         sampling = {**self.sampling, **({"temperature": temperature} if temperature is not None else {})}
-        return msg.Generate(self.id, [{"role": m.role, "content": m.content} for m in self.request.messages],
+        return Generate(self.id, [{"role": m.role, "content": m.content} for m in self.request.messages],
                             self.request.max_tokens, sampling)
 
 
@@ -112,9 +124,9 @@ class ModelProcess:
         return process.pid if process and process.alive() else None
 
     @property
-    def info(self) -> msg.ModelInfo:
+    def info(self) -> ModelInfo:
         """What the running process reported when it loaded: llama.cpp's version and CPU features."""
-        return msg.ModelInfo(**self._process.info) if self._process else {}
+        return ModelInfo(**self._process.info) if self._process else {}
 
     def ensure_process(self) -> WorkerProcess:
         """The running process, started (and loaded) if needed. Supervisor thread only."""
@@ -152,25 +164,25 @@ class ModelProcess:
             return
         process.send(job.command())
         if job.stop.is_set():  # stopped between the check above and the send
-            process.send(msg.Stop(job.id))
+            process.send(Stop(job.id))
         while (message := process.read()) is not None:
-            if isinstance(message, (msg.Ready, msg.Fatal)) or message.id != job.id:
+            if isinstance(message, (Ready, Fatal)) or message.id != job.id:
                 continue
-            if isinstance(message, msg.Piece):
+            if isinstance(message, Piece):
                 self.tokens_sampled = message.sampled
                 self._hand(job, message.text)
-            elif isinstance(message, msg.Trimmed):
+            elif isinstance(message, HistoryTrimmed):
                 self._hand(job, Trimmed(message.exchanges))
-            elif isinstance(message, msg.Length):
+            elif isinstance(message, Length):
                 self._hand(job, LENGTH)
-            elif isinstance(message, msg.Failure):
+            elif isinstance(message, Failure):
                 error = BackendError(message.message)
                 if message.code:
                     error.code = message.code
                 job.emit(Failed(error))
             else:
                 self.tokens_sampled = message.sampled
-                self.last_prompt = {k: v for k, v in ((msg.PROMPT, message.prompt), (msg.REUSED, message.reused))
+                self.last_prompt = {k: v for k, v in ((PROMPT, message.prompt), (REUSED, message.reused))
                                     if v is not None}
                 job.emit(Done())
                 return
@@ -188,7 +200,7 @@ class ModelProcess:
         process = self._process
         if not job.started.is_set() or job.ended.is_set() or process is None:
             return
-        process.send(msg.Stop(job.id))
+        process.send(Stop(job.id))
         timer = threading.Timer(STOP_DEADLINE, self._kill_if_running, args=(job, process))
         timer.daemon = True
         timer.start()

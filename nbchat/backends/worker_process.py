@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import IO
 
 from ..wire.errors import BackendError
-from . import model_messages as msg
 from .cpu import available_cores
 from .kv_states import DEFAULT_CACHE_MB
+from .model_messages import Command, Fatal, ModelInfo, Ready, Reply, decode_reply, encode
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class WorkerProcess:
         self._drainer = threading.Thread(target=self._drain_stderr, args=(self.popen.stderr,), daemon=True,
                                          name="nbchat-model-stderr")
         self._drainer.start()
-        self.info: msg.ModelInfo = {}
+        self.info: ModelInfo = {}
 
     @property
     def pid(self) -> int:
@@ -104,16 +104,16 @@ class WorkerProcess:
         message = self.read()
         if message is None:
             raise BackendError(self.death())
-        if isinstance(message, msg.Fatal):
+        if isinstance(message, Fatal):
             self.reap()
             raise BackendError(f"cannot load the model: {message.message}")
-        if not isinstance(message, msg.Ready):
+        if not isinstance(message, Ready):
             raise ValueError(f"the model process began with {message!r}")
         self.info = message.info
 
-    def send(self, command: msg.Command) -> bool:
+    def send(self, command: Command) -> bool:
         """Write one command; False when the process is gone."""
-        data = msg.encode(command)
+        data = encode(command)
         with self._write_lock:
             try:
                 self._stdin.write(data)
@@ -122,10 +122,10 @@ class WorkerProcess:
                 return False
         return True
 
-    def read(self) -> msg.Reply | None:
+    def read(self) -> Reply | None:
         """The next reply, or None once the process has exited."""
         line = self._stdout.readline()
-        return msg.decode_reply(line) if line else None
+        return decode_reply(line) if line else None
 
     def alive(self) -> bool:
         return self.popen.poll() is None
