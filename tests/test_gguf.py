@@ -14,27 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nbchat.backends import create_backend, model_messages
-from nbchat.backends.model_messages import (
-    End,
-    Failure,
-    Fatal,
-    Generate,
-    HistoryTrimmed,
-    Length,
-    ModelInfo,
-    Piece,
-    Ready,
-    Stop,
-    decode_command,
-    decode_reply,
-    encode,
-)
+from nbchat.backends import create_backend
+from nbchat.backends import model_messages as msg
 from nbchat.backends.smollm2 import ENV_GGUF, MODEL_ID, SmolLM2Backend, find_gguf
 from nbchat.bench.procs import SERVING_LINE
 from nbchat.clients import connect
-from nbchat.wire.events import Chunk, Message, Status, TurnRequest
-from nbchat.wire.events import End as TurnEnd
+from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
 from tests.helpers import TOKEN, model_processes, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,36 +27,36 @@ BACKENDS = ROOT / "nbchat" / "backends"
 
 
 @pytest.mark.parametrize("command", [
-    Generate(3, [{"role": "user", "content": "héllo \"x\"\n"}], 12, {"temperature": 0.0, "top_p": 0.9}),
-    Generate(4, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]),
-    Stop(7),
+    msg.Generate(3, [{"role": "user", "content": "héllo \"x\"\n"}], 12, {"temperature": 0.0, "top_p": 0.9}),
+    msg.Generate(4, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]),
+    msg.Stop(7),
 ])
-def test_a_command_decodes_to_what_was_encoded(command: Generate | Stop) -> None:
-    line = encode(command)
+def test_a_command_decodes_to_what_was_encoded(command: msg.Command) -> None:
+    line = msg.encode(command)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert decode_command(line) == command
+    assert msg.decode_command(line) == command
 
 
 @pytest.mark.parametrize("reply", [
-    Ready(ModelInfo(version="0.3", system_info="AVX2 = 1", threads=1, n_ctx=4096, model="/m.gguf", pid=12)),
-    Fatal("ValueError: not a GGUF"), HistoryTrimmed(1, 2), Piece(1, "Paris 🚀\n", 5), Length(1),
-    Failure(1, "too long", "context_length_exceeded"), Failure(2, "the model failed"),
-    End(1, 9, 30, 8), End(2, 9),
+    msg.Ready(msg.ModelInfo(version="0.3", system_info="AVX2 = 1", threads=1, n_ctx=4096, model="/m.gguf", pid=12)),
+    msg.Fatal("ValueError: not a GGUF"), msg.HistoryTrimmed(1, 2), msg.Piece(1, "Paris 🚀\n", 5), msg.Length(1),
+    msg.Failure(1, "too long", "context_length_exceeded"), msg.Failure(2, "the model failed"),
+    msg.End(1, 9, 30, 8), msg.End(2, 9),
 ])
-def test_a_reply_decodes_to_what_was_encoded(reply: object) -> None:
-    assert decode_reply(encode(reply)) == reply  # type: ignore[arg-type]
+def test_a_reply_decodes_to_what_was_encoded(reply: msg.Reply) -> None:
+    assert msg.decode_reply(msg.encode(reply)) == reply
 
 
 @pytest.mark.parametrize("line", [b"[1]\n", b"{}\n", b'{"op": "dance", "id": 1}\n', b'{"op": "stop"}\n', b"nope\n"])
 def test_a_line_that_is_no_command_is_a_value_error(line: bytes) -> None:
     with pytest.raises(ValueError):
-        decode_command(line)
+        msg.decode_command(line)
 
 
 @pytest.mark.parametrize("line", [b"[1]\n", b"{}\n", b'{"id": 1}\n', b'{"piece": "x"}\n', b"{"])
 def test_a_line_that_is_no_reply_is_a_value_error(line: bytes) -> None:
     with pytest.raises(ValueError):
-        decode_reply(line)
+        msg.decode_reply(line)
 
 
 def test_the_worker_imports_no_heavy_library_before_it_loads_the_model() -> None:
@@ -83,7 +68,7 @@ def test_the_worker_imports_no_heavy_library_before_it_loads_the_model() -> None
 
 @pytest.mark.parametrize("module", ["llama_worker.py", "model_process.py", "worker_process.py"])
 def test_the_supervisor_and_the_worker_name_no_message_key_themselves(module: str) -> None:
-    keys = {value for name, value in vars(model_messages).items()
+    keys = {value for name, value in vars(msg).items()
             if name.isupper() and isinstance(value, str)}
     used = {c.value for c in _key_positions(ast.parse((BACKENDS / module).read_text()))
             if isinstance(c, ast.Constant)}
@@ -164,7 +149,7 @@ def test_nbchat_serve_runs_a_named_gguf_in_its_supervised_process(tmp_path: Path
             events = list(client.stream(request))
         chunks = [e.content for e in events if isinstance(e, Chunk)]
         assert len(chunks) > 1 and "Paris" in "".join(chunks)
-        assert isinstance(events[-1], TurnEnd) and events[-1].status in (Status.DONE, Status.TOKENS)
+        assert isinstance(events[-1], End) and events[-1].status in (Status.DONE, Status.TOKENS)
         header = json.loads(next(recordings.glob("*.jsonl")).read_text().splitlines()[0])
         assert header["provenance"]["model"] == "my-local-model"
     finally:

@@ -28,26 +28,13 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from .kv_states import DEFAULT_CACHE_MB, StateStore, common_prefix, load_sequence, save_sequence
-from .model_messages import (
-    PROMPT,
-    REUSED,
-    End,
-    Failure,
-    Fatal,
-    Generate,
-    HistoryTrimmed,
-    Length,
-    ModelInfo,
-    Piece,
-    Ready,
-    Reply,
-    decode_command,
-    encode,
-)
+from .model_messages import End, Failure, Fatal, Generate, HistoryTrimmed, Length, Piece, Ready, decode_command, encode
 from .trim import fit
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
+
+    from .model_messages import ModelInfo, Reply
 
 
 def block_cuts(length: int) -> list[int]:
@@ -174,16 +161,17 @@ class Model:
         self.exact = exact
         self.tokens_sampled = 0
         #: the last prompt's length and how many of its tokens were reused (reported with each job's end)
-        self.last_prompt: dict[str, int] = {}
+        #: the last prompt's length in tokens and how many of them were reused (reported with its End)
+        self.last_prompt: tuple[int | None, int | None] = (None, None)
         self._abort: Callable[[], bool] = lambda: False
         # Kept on the instance: llama.cpp holds only the C pointer.
         self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort())
 
     def info(self) -> ModelInfo:
-        return ModelInfo(version=self.version, system_info=self.system_info, threads=self.n_threads,
-                             batch_threads=self.llama.n_threads_batch, n_ctx=self.n_ctx, model=self.path,
-                             exact=self.exact, cache_bytes=self.kept.limit, extra_buffers=self.extra_buffers,
-                             pid=os.getpid())
+        return {"version": self.version, "system_info": self.system_info, "threads": self.n_threads,
+                "batch_threads": self.llama.n_threads_batch, "n_ctx": self.n_ctx, "model": self.path,
+                "exact": self.exact, "cache_bytes": self.kept.limit, "extra_buffers": self.extra_buffers,
+                "pid": os.getpid()}
 
     def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
         """Token ids of the chat prompt (the GGUF's own template) and its stop strings."""
@@ -226,7 +214,7 @@ class Model:
         self._restore(tokens)
         keep = self._usable(common_prefix(self._cached, tokens), len(tokens))
         self._truncate(tokens, keep)
-        self.last_prompt = {PROMPT: len(tokens), REUSED: keep}
+        self.last_prompt = (len(tokens), keep)
         if self.exact:
             ends = [c for c in block_cuts(len(tokens) - 1) if c > keep]
         else:
@@ -303,7 +291,7 @@ class Model:
         self.llama.n_tokens = 0
 
 
-Send = Callable[[Reply], None]
+Send = Callable[["Reply"], None]
 
 
 def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
@@ -357,8 +345,7 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
     finally:
         with control.lock:
             control.stopped.discard(job_id)
-        send(End(job_id, model.tokens_sampled, model.last_prompt.get(PROMPT),
-                     model.last_prompt.get(REUSED)))
+        send(End(job_id, model.tokens_sampled, *model.last_prompt))
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

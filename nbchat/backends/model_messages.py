@@ -99,6 +99,8 @@ class HistoryTrimmed:
 
 @dataclass(frozen=True)
 class Piece:
+    """A piece of the answer, as sampled."""
+
     id: int
     text: str
     sampled: int
@@ -129,6 +131,10 @@ class End:
     prompt: int | None = None
     reused: int | None = None
 
+    def prompt_counts(self) -> dict[str, int]:
+        """``prompt`` and ``reused`` under their keys, those that were reported."""
+        return {k: v for k, v in ((PROMPT, self.prompt), (REUSED, self.reused)) if v is not None}
+
 
 Command = Generate | Stop
 Reply = Ready | Fatal | HistoryTrimmed | Piece | Length | Failure | End
@@ -152,8 +158,7 @@ def _fields(message: Command | Reply) -> dict[str, Any]:
         return {ID: message.id, LENGTH: True}
     if isinstance(message, Failure):
         return {ID: message.id, ERROR: message.message, CODE: message.code}
-    counts = {k: v for k, v in ((PROMPT, message.prompt), (REUSED, message.reused)) if v is not None}
-    return {ID: message.id, END: True, SAMPLED: message.sampled, **counts}
+    return {ID: message.id, END: True, SAMPLED: message.sampled, **message.prompt_counts()}
 
 
 def encode(message: Command | Reply) -> bytes:

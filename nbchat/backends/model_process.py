@@ -24,19 +24,7 @@ from dataclasses import dataclass, field
 
 from ..wire.errors import BackendError
 from .base import LENGTH, Finish, GenerationRequest, Trimmed
-from .model_messages import (
-    PROMPT,
-    REUSED,
-    Failure,
-    Fatal,
-    Generate,
-    HistoryTrimmed,
-    Length,
-    ModelInfo,
-    Piece,
-    Ready,
-    Stop,
-)
+from .model_messages import Failure, Fatal, Generate, HistoryTrimmed, Length, ModelInfo, Piece, Ready, Stop
 from .worker_process import ModelKey, WorkerProcess
 
 #: seconds a stopped job may take to end before its process is killed
@@ -182,8 +170,7 @@ class ModelProcess:
                 job.emit(Failed(error))
             else:
                 self.tokens_sampled = message.sampled
-                self.last_prompt = {k: v for k, v in ((PROMPT, message.prompt), (REUSED, message.reused))
-                                    if v is not None}
+                self.last_prompt = message.prompt_counts()
                 job.emit(Done())
                 return
         self._process = None
