@@ -105,7 +105,7 @@ class GGUFBackend(Backend):
             raise ValueError("cache_mb must be >= 0")
         self.cache_mb = default_cache_mb() if cache_mb is None else cache_mb
         self.exact = default_exact() if exact is None else exact
-        self.model_path = Path(model_path) if model_path else None
+        self.model_path = Path(model_path).expanduser() if model_path else None
         self.n_threads = n_threads or default_threads()
         self.queue_size = queue_size
         self.n_ctx = n_ctx
