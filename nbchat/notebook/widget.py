@@ -82,9 +82,9 @@ class _DeltaBuffer:
 class ChatWidget(anywidget.AnyWidget):
     """A conversation view with an input, Send, Stop, a transport picker and a stats line.
 
-    ``ChatWidget()`` talks to ``server`` (else ``$NBCHAT_URL``, else a server
-    started in this kernel with the embedded model). ``%chat widget`` makes one
-    that shares the magic's conversation and server.
+    ``ChatWidget()`` talks to ``server`` (else ``$NBCHAT_URL``, else the
+    kernel's own server with the embedded model, one for ``%%chat`` and every
+    widget). ``%chat widget`` makes one that shares the magic's conversation.
     """
 
     _transport_error: str | None = None  # why the transport trait's name is no transport (relayed only)
@@ -118,7 +118,7 @@ class ChatWidget(anywidget.AnyWidget):
         # Explicit endpoints win; otherwise each turn reads the conversation's current defaults.
         self._server = server
         self._token = token
-        self._kernel_server = kernel_server or _shared_kernel_server() or _kernel_server()
+        self._kernel_server = kernel_server or _kernel_server()
         self._task: asyncio.Future[Any] | None = None
         self._stop = StopSwitch()
         #: what the last turn ended with (an :class:`End`), for callers and tests
@@ -310,15 +310,3 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         coro.close()
         raise
     return loop.create_task(coro)
-
-
-def _shared_kernel_server() -> KernelServer | None:
-    """The ``%%chat`` magic's in-kernel server, when the extension is loaded, so both share one model."""
-    try:
-        from IPython.core.getipython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    magics = shell.magics_manager.registry.get("ChatMagics") if shell is not None else None
-    server = getattr(magics, "kernel_server", None)
-    return server if isinstance(server, KernelServer) else None
