@@ -55,7 +55,7 @@ async def _ask_two_widgets() -> list[dict[str, Any]]:
 
 def test_two_widgets_and_the_magic_share_one_server(starts: list[Settings]) -> None:
     shared = kernel_server()
-    assert ChatWidget(Conversation())._kernel_server is shared
+    assert ChatWidget(Conversation()).kernel_server is shared
     records = asyncio.run(_ask_two_widgets())
     shell = start_ipython() or get_ipython()
     assert isinstance(shell, InteractiveShell)
@@ -72,6 +72,6 @@ def test_two_widgets_and_the_magic_share_one_server(starts: list[Settings]) -> N
 
 def test_a_server_handed_in_still_wins(starts: list[Settings]) -> None:
     own = KernelServer(backend="echo", rate=0.0)
-    assert ChatWidget(Conversation(), kernel_server=own)._kernel_server is own
+    assert ChatWidget(Conversation(), kernel_server=own).kernel_server is own
     assert ChatMagics(None, kernel_server=own).kernel_server is own
     assert not starts

@@ -131,6 +131,11 @@ class ChatWidget(anywidget.AnyWidget):
         if direct:  # now, not when the page says hello: by then the kernel may be busy with the next cell
             self._direct.start(self._options())
 
+    @property
+    def kernel_server(self) -> KernelServer:
+        """The in-kernel server this widget uses when no server is configured (the kernel's one by default)."""
+        return self._kernel_server
+
     @traitlets.validate("transport")
     def _valid_transport(self, proposal: Any) -> str:
         """Where the picker's (or a caller's) name enters: from here on the trait holds the canonical name."""
