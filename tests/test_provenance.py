@@ -57,7 +57,8 @@ def test_saved_notebook_keeps_provenance_and_no_token(make_server: ServerFactory
 
     saved = json.loads(text)
     records = [meta(cell) for cell in saved["cells"][1:3]]
-    sampling = [(0.2, 100, "Be brief."), (0.7, 512, None)]  # %%chat options hold for their cell only
+    # %%chat options hold for their cell only; unset, no temperature is sent and the echo backend has no default
+    sampling = [(0.2, 100, "Be brief."), (None, 512, None)]
     for record, transport, asked in zip(records, ("sse", "ws"), sampling, strict=True):
         assert sorted(record) == sorted(FIELDS)
         assert record["server"] == server.url and record["transport"] == transport

@@ -50,9 +50,9 @@ def block_until(comm: RecordingComm, kind: str, seconds: float = 30.0) -> list[d
 @contextmanager
 def fresh_direct(kernel_server: KernelServer, **options: Any) -> Iterator[tuple[ChatWidget, RecordingComm]]:
     """A direct widget just made (its endpoint being resolved), with a comm that records what it sends."""
-    widget = ChatWidget(Conversation(), direct=True, kernel_server=kernel_server, **options)
     comm = RecordingComm()
-    widget.comm = comm
+    # the comm is given, not set after: the endpoint thread starts with the widget and may send at once
+    widget = ChatWidget(Conversation(), direct=True, kernel_server=kernel_server, comm=comm, **options)
     try:
         yield widget, comm
     finally:
