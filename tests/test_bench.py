@@ -83,7 +83,8 @@ def sample_results() -> Results:
     for transport, delay in (("raw", 0.0002), ("ws", 0.0003), ("openai", 0.0009)):
         results.add(summarize("latency", transport, [synthetic(n=50, interval=0.01, delays=(delay,))], rate=100.0))
         results.add(summarize("max_rate", transport, [synthetic(n=50, interval=1e-5 if transport == "ws" else 1e-3)]))
-        results.add(summarize("concurrency", transport, [synthetic(), synthetic()], rate=20.0, streams=500,
+        streams = [synthetic(n=21, interval=0.05) for _ in range(500)]  # 20/s each: all that was asked arrived
+        results.add(summarize("concurrency", transport, streams, rate=20.0, streams=500,
                               server_cpu=0.1, client_cpu=0.05))
     return results
 
