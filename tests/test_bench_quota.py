@@ -10,6 +10,7 @@ import asyncio
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -196,3 +197,22 @@ def test_the_command_says_why_and_exits_2(monkeypatch: pytest.MonkeyPatch, capsy
     for bad in ("0", "-1", "lots"):
         with pytest.raises(SystemExit):
             parser.parse_args(["bench", "--server-cpus", bad])
+
+
+def test_ctrl_c_mid_run_removes_the_groups() -> None:
+    controller = writable_controller()
+    before = groups(controller)
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "nbchat.cli.main", "bench", "--quick", "--no-progress", "--transports", "stream",
+         "--concurrency", "50", "--seconds", "30", "--server-cpus", "0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        # a shell's background job starts with SIGINT ignored: give the benchmark Python's own handler back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while len(groups(controller) - before) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the three capped servers' groups appear as the run starts them
+    assert len(groups(controller) - before) == 3
+    bench.send_signal(signal.SIGINT)
+    _, err = bench.communicate(timeout=60)
+    assert bench.returncode == 130 and "nbchat bench: interrupted" in err
+    assert groups(controller) == before
