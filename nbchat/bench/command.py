@@ -20,7 +20,9 @@ the same run: time to first token, one-way latency per chunk (p50/p99), the
 jitter each transport adds, the top chunk rate of one stream, bytes per chunk,
 and latency against concurrent streams (up to 500 at 20 chunks/s). Servers run
 as child processes (`nbchat serve --backend echo`), so client and server never
-share an event loop. --quick takes well under a minute."""
+share an event loop. --quick takes well under a minute. --server-cpus C holds
+each server to C cores per worker (a cgroup CPU quota), so that what a second
+worker adds shows on a small machine."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
