@@ -8,8 +8,6 @@ import asyncio
 import csv
 import json
 import math
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from nbchat.bench.wire import ChunkedDecoder, parse_host_port
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from nbchat.wire.events import Chunk
+from tests.helpers import bench_command
 
 TOKEN = "bench-token-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,10 +293,8 @@ def test_rounds_option() -> None:
 
 def test_bench_quick_command(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "nbchat.cli.main", "bench", "--quick", "--no-progress", "--transports", "ws,stream",
-         "--concurrency", "3", "--seconds", "0.3", "--rounds", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = bench_command("--transports", "ws,stream", "--concurrency", "3", "--seconds", "0.3", "--rounds", "2",
+                         "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     for needle in ("raw TCP", "WebSocket", "NDJSON", "lat p50 ms", "Targets", "PASS", "2 rounds pooled"):
         assert needle in proc.stdout

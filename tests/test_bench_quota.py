@@ -20,12 +20,11 @@ import pytest
 
 from nbchat.bench import quota
 from nbchat.bench.command import add_bench_parser, run_bench
-from nbchat.bench.procs import cpu_seconds, descendants
+from nbchat.bench.procs import descendants
 from nbchat.bench.quota import CpuController, QuotaUnavailable, cpu_quota, explain, find_cpu_controller
 from nbchat.bench.runner import BenchConfig, measured_server
 from tests.conftest import RedisProcess
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, bench_command, tree_cpu_seconds
 
 
 def writable_controller() -> CpuController:
@@ -64,9 +63,9 @@ async def tree_share(held: quota.CpuQuota, seconds: float) -> tuple[float, list[
         assert proc.stdout is not None
         assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"busy\n"
         tree = [proc.pid, *descendants(proc.pid)]
-        used, began = sum(map(cpu_seconds, tree)), time.monotonic()
+        used, began = tree_cpu_seconds(proc.pid), time.monotonic()
         await asyncio.sleep(seconds)
-        share = (sum(map(cpu_seconds, tree)) - used) / (time.monotonic() - began)
+        share = (tree_cpu_seconds(proc.pid) - used) / (time.monotonic() - began)
         return share, tree, held.pids()
     finally:
         for pid in descendants(proc.pid):
@@ -137,10 +136,8 @@ def test_server_cpus_runs_the_benchmark_capped_and_leaves_no_group(tmp_path: Pat
     controller = writable_controller()
     before = groups(controller)
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "nbchat.cli.main", "bench", "--quick", "--no-progress", "--transports", "stream",
-         "--concurrency", "4", "--seconds", "0.5", "--server-cpus", "0.5", "--json", str(out)],
-        capture_output=True, text=True, timeout=180, cwd=ROOT)
+    proc = bench_command("--transports", "stream", "--concurrency", "4", "--seconds", "0.5", "--server-cpus", "0.5",
+                         "--json", str(out), timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "each nbchat server held to 0.5 cores, raw TCP uncapped" in proc.stdout
     assert "(the load generator's ceiling)" in proc.stdout
