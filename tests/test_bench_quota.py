@@ -132,6 +132,7 @@ async def test_every_worker_of_a_measured_server_is_in_its_capped_group(redis_se
     assert not group.exists()  # removed once the server stopped
 
 
+@pytest.mark.slow
 def test_server_cpus_runs_the_benchmark_capped_and_leaves_no_group(tmp_path: Path) -> None:
     controller = writable_controller()
     before = groups(controller)
@@ -196,6 +197,7 @@ def test_the_command_says_why_and_exits_2(monkeypatch: pytest.MonkeyPatch, capsy
             parser.parse_args(["bench", "--server-cpus", bad])
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_run_removes_the_groups() -> None:
     controller = writable_controller()
     before = groups(controller)
