@@ -171,6 +171,22 @@ def test_the_cpu_controller_is_found_v2_first(tmp_path: Path) -> None:
         find_cpu_controller(mountinfo(tmp_path, ("/sys/fs/cgroup/memory", "cgroup", "rw,memory")))
 
 
+@pytest.mark.parametrize(("version", "files"), [
+    (1, {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "60000", "cpu.shares": "2048"}),
+    (2, {"cpu.max": "60000 100000", "cpu.weight": "200"}),
+])
+def test_what_a_quota_writes_on_each_version(tmp_path: Path, version: int, files: dict[str, str]) -> None:
+    held = quota.CpuQuota(CpuController(tmp_path, version), 0.6, processes=2)
+    held.create()
+    assert held.path.parent == tmp_path and held.path.name.startswith(f"{quota.PREFIX}{os.getpid()}-")
+    assert {f.name: f.read_text() for f in held.path.iterdir()} == files
+    # v2 hands the cpu controller down to the new group; v1 has no such switch
+    assert (tmp_path / "cgroup.subtree_control").exists() == (version == 2)
+    assert held.prefix()[-1] == str(held.path / "cgroup.procs")
+    with pytest.raises(ValueError, match=r"at least 0\.01 cores"):
+        quota.CpuQuota(CpuController(tmp_path, version), 0.005)
+
+
 def test_unwritable_cgroups_get_a_message_that_says_what_to_do() -> None:
     where = Path("/sys/fs/cgroup/cpu")
     read_only = str(explain(OSError(errno.EROFS, "Read-only file system"), where))

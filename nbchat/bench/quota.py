@@ -14,7 +14,7 @@ the workers it forks later are in the group from their first instruction.
 Where the machine is busy the group competes for CPU as one scheduling
 entity, so its weight is that of the processes it holds (a group of two
 workers weighs as much as two processes outside it would).
-Groups are named ``nbchat-bench-<pid>-<n>``; on the way out the processes
+Groups are named ``nbchat-bench-<pid>-<random>``; on the way out the processes
 left in one are killed and the group removed, and groups left by a run that
 was itself killed are removed by the next.
 """
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -39,7 +39,6 @@ WEIGHT = {1: ("cpu.shares", 1024), 2: ("cpu.weight", 100)}  # one process's weig
 MIN_QUOTA_US = 1_000  # the kernel refuses a smaller quota
 PREFIX = "nbchat-bench-"
 EMPTY_TIMEOUT = 5.0  # seconds a killed process may take to leave its group
-_counter = itertools.count()
 
 
 class QuotaUnavailable(RuntimeError):
@@ -108,7 +107,7 @@ class CpuQuota:
         self.cores = cores
         self.processes = processes
         self.controller = controller
-        self.path = controller.path / f"{PREFIX}{os.getpid()}-{next(_counter)}"
+        self.path = controller.path / f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
 
     def create(self) -> None:
         quota = round(self.cores * PERIOD_US)
