@@ -10,6 +10,7 @@ import asyncio
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,6 +193,20 @@ def test_unwritable_cgroups_get_a_message_that_says_what_to_do() -> None:
     read_only = str(explain(OSError(errno.EROFS, "Read-only file system"), where))
     assert "mounted read-only" in read_only and "Run without --server-cpus" in read_only
     assert "run the benchmark as root" in str(explain(PermissionError(errno.EACCES, "Permission denied"), where))
+
+
+def test_a_user_who_is_not_root_is_told_what_to_do() -> None:
+    writable_controller()
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    # the real thing as user nobody: the cgroup files are root's
+    snippet = ("from nbchat.bench.quota import QuotaUnavailable, cpu_quota\n"
+               "try:\n    cpu_quota(0.3).__enter__()\nexcept QuotaUnavailable as exc:\n    print(exc)\n")
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                           snippet], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "permission denied: run the benchmark as root, or in a cgroup delegated to your user" in done.stdout
 
 
 def test_the_command_says_why_and_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
