@@ -29,7 +29,7 @@ BAD_BODIES: list[tuple[bytes, str]] = [
     (b'{"userMessage": {"role": "user", "content": "hi"}, "conversation": {}}', "invalid_request"),
     (b'{"userMessage": {"role": "user", "content": "hi"}, "conversation": [1]}', "invalid_request"),
     (b'{"userMessage": {"role": "user", "content": "hi"}, "temperature": "hot"}', "invalid_request"),
-    (b'{"userMessage": {"role": "user", "content": "hi"}, "temperature": NaN}', "invalid_request"),
+    (b'{"userMessage": {"role": "user", "content": "hi"}, "temperature": NaN}', "invalid_json"),
     (b'{"userMessage": {"role": "user", "content": "hi"}, "maxTokens": 0}', "invalid_request"),
     (b'{"userMessage": {"role": "user", "content": "hi"}, "maxTokens": 2.5}', "invalid_request"),
     (b'{"userMessage": {"role": "user", "content": "hi"}, "model": 3}', "invalid_request"),

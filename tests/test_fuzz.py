@@ -166,3 +166,90 @@ def test_fuzzed_websocket_frames(server: tuple[str, Path], frames: list[str | by
         except ConnectionClosed as exc:
             raise AssertionError(f"the socket closed ({exc.rcvd}) after {frames!r}") from exc
     assert httpx.get(url + "/health", timeout=5).status_code == 200
+
+
+# ---------------------------------------------------------------- numbers out of range
+
+# A number as a client writes it in JSON text: integers of any size (a 400-digit one is valid
+# JSON), floats at and past the double's range, negative zero, and NaN / Infinity, which Python's
+# encoder writes as text although JSON has no such values.
+number_text = st.one_of(
+    st.integers(min_value=-(10**400), max_value=10**400).map(str),
+    st.integers(min_value=10**15, max_value=10**20).map(str),
+    st.integers(-5, 5).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(json.dumps),
+    st.sampled_from(["1e308", "-1e308", "1e400", "-1e400", "1E+309", "-0.0", "-0", "0.0e0", "NaN", "Infinity",
+                     "-Infinity", "1" + "0" * 400, "-1" + "0" * 400, "4.9e-324", "2147483648"]))
+SEED_NUMBERS = ["temperature", "maxTokens"]
+OPENAI_NUMBERS = ["temperature", "max_tokens", "max_completion_tokens", "top_p", "presence_penalty",
+                  "frequency_penalty", "n", "seed"]
+
+
+def seed_body(field: str, number: str) -> str:
+    return '{"userMessage": {"role": "user", "content": "numbers"}, "uid": "n", "' + field + '": ' + number + "}"
+
+
+def openai_body(stream: bool, field: str, number: str) -> str:
+    return ('{"model": "m", "stream": ' + json.dumps(stream) + ', "messages": [{"role": "user", "content": '
+            '"numbers"}], "' + field + '": ' + number + "}")
+
+
+@FUZZ
+@given(path=st.sampled_from(["/talkByStream", "/createSse", "/turns"]), field=st.sampled_from(SEED_NUMBERS),
+       number=number_text)
+def test_out_of_range_numbers_on_the_seed_routes(server: tuple[str, Path], path: str, field: str,
+                                                 number: str) -> None:
+    url, _ = server
+    r = httpx.post(url + path, content=seed_body(field, number).encode(), headers={"token": TOKEN}, timeout=30)
+    check(r)
+    assert r.status_code in (200, 400), (r.status_code, r.text[:300])
+
+
+@FUZZ
+@given(field=st.sampled_from(OPENAI_NUMBERS), number=number_text, stream=st.booleans())
+def test_out_of_range_numbers_on_the_openai_route(server: tuple[str, Path], field: str, number: str,
+                                                  stream: bool) -> None:
+    url, _ = server
+    body = openai_body(stream, field, number)
+    r = httpx.post(url + "/v1/chat/completions", content=body.encode(), headers={"token": TOKEN}, timeout=30)
+    check(r)
+    assert r.status_code in (200, 400), (r.status_code, r.text[:300])
+    if r.status_code == 400:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@FUZZ
+@given(where=st.sampled_from(["after", "lastEventId", "Last-Event-ID"]), number=number_text)
+def test_out_of_range_positions_on_the_resume_routes(server: tuple[str, Path], where: str, number: str) -> None:
+    url, _ = server
+    turn = httpx.post(url + "/talkByStream", json={"userMessage": {"role": "user", "content": "p"}},
+                      headers={"token": TOKEN}).headers["x-nbchat-turn"]
+    headers = {"token": TOKEN}
+    if where == "Last-Event-ID":
+        r = httpx.get(url + "/createSse", params={"turn": turn}, headers={**headers, where: number}, timeout=30)
+    else:
+        path = "/talkByStream" if where == "after" else "/createSse"
+        r = httpx.get(url + path, params={"turn": turn, where: number}, headers=headers, timeout=30)
+    check(r)
+    assert r.status_code in (200, 204, 400), (r.status_code, r.text[:300])
+
+
+@FUZZ
+@given(field=st.sampled_from([*SEED_NUMBERS, "resume"]), number=number_text)
+def test_out_of_range_numbers_on_a_websocket(server: tuple[str, Path], field: str, number: str) -> None:
+    url, _ = server
+    frame = '{"resume": {"after": ' + number + "}}" if field == "resume" else seed_body(field, number)
+    with ws_connect(url.replace("http://", "ws://") + f"/websocket/num?token={TOKEN}", max_size=None) as sock:
+        sock.send(frame)
+        statuses = 0
+        try:
+            while statuses < 1:  # one status for the frame, whatever it held; the socket stays open
+                got = sock.recv(timeout=20)
+                assert isinstance(got, str)
+                statuses += got in STATUS_STRINGS
+            sock.send(seed_body("temperature", "0.5"))
+            while (got := sock.recv(timeout=20)) not in STATUS_STRINGS:
+                pass
+        except ConnectionClosed as exc:
+            raise AssertionError(f"the socket closed ({exc.rcvd}) after {frame[:120]!r}") from exc
+    assert got == "[DONE]"

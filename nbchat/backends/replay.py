@@ -29,10 +29,12 @@ def load_recording(path: str | pathlib.Path) -> Recording:
     """Read a recording file; a file that is not one raises :class:`ValueError` naming it."""
     path = pathlib.Path(path)
     try:
-        with path.open(encoding="utf-8") as file:
+        with path.open("rb") as file:  # bytes: a line that is not UTF-8 is refused with its number
             return parse_recording(file)
     except ProtocolError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
 
 
 def load_recordings(path: str | pathlib.Path) -> list[Recording]:

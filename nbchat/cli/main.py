@@ -25,6 +25,8 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
     p.add_argument("--token", default=None,
                    help="access token; without it a random one is made and printed; --token '' turns auth off")
+    p.add_argument("--public-without-token", action="store_true",
+                   help="allow --token '' with a non-loopback --host (anyone reaching the port may use the server)")
     p.add_argument("--backend", choices=BACKEND_NAMES, default="smollm2",
                    help="smollm2 (embedded model, default), echo (deterministic), openai (OPENAI_BASE_URL), "
                         "replay (a recorded answer, --replay)")
@@ -33,6 +35,9 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         "(default: the recorded pace)")
     p.add_argument("--record", metavar="DIR", default=None,
                    help="write each turn's chunks with their server times to DIR, one JSON Lines file per turn")
+    p.add_argument("--record-max-mb", type=float, default=Settings().record_max_mb, metavar="N",
+                   help="bound the --record directory to N MiB, removing the oldest recordings (0: no bound; "
+                        "default %(default)g)")
     p.add_argument("--replay", metavar="FILE", default=None,
                    help="replay backend: the recording to stream back (a file, or a directory played in turn)")
     p.add_argument("--model", default=None, help="model id for the openai backend")
@@ -47,6 +52,9 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--store", default="", metavar="redis://HOST:PORT/DB",
                    help="keep turns in Redis, shared by every process given the same URL (resume, Stop and the "
                         "uid's queued turn then work on whichever process a request lands on); default: in memory")
+    p.add_argument("--lease-seconds", type=float, default=Settings().lease_seconds, metavar="SECONDS",
+                   help="with --store: a process's lease, renewed every third of it; the turns of a process that "
+                        "stops renewing end with [ERROR] after this long (default %(default)g)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N server processes on the one port (needs --store: they share the turns there; "
                         "each worker loads its own model)")
@@ -68,6 +76,7 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from ..server.auth import public_bind_refusal
     from ..server.serving import NBChatServer, make_server, serve_here
 
     if args.rate is not None and args.rate < 0:
@@ -87,6 +96,16 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"nbchat serve: --store takes a Redis URL ({', '.join(STORE_SCHEMES)}...), not {args.store!r}",
               file=sys.stderr)
         return 2
+    refusal = public_bind_refusal(args.host, args.token, args.public_without_token)
+    if refusal is not None:
+        print(f"nbchat serve: {refusal}", file=sys.stderr)
+        return 2
+    if args.lease_seconds <= 0:
+        print("nbchat serve: --lease-seconds must be > 0", file=sys.stderr)
+        return 2
+    if args.record_max_mb < 0:
+        print("nbchat serve: --record-max-mb must be >= 0 (0: no bound)", file=sys.stderr)
+        return 2
     if args.workers < 1:
         print("nbchat serve: --workers must be >= 1", file=sys.stderr)
         return 2
@@ -99,10 +118,12 @@ def run_serve(args: argparse.Namespace) -> int:
     options = {"n_threads": args.threads} if args.threads else {}
     settings = Settings(host=args.host, port=args.port, token=args.token, backend=args.backend,
                         rate=DEFAULT_RATE if args.rate is None else args.rate, replay_rate=args.rate,
-                        record=args.record, replay=args.replay,
+                        record=args.record, record_max_mb=args.record_max_mb, replay=args.replay,
+                        public_without_token=args.public_without_token,
                         model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
                         allow_origins=tuple(args.allow_origin), grace_period=args.grace_period,
-                        store=args.store, backend_options=options, **limits).with_token()
+                        store=args.store, lease_seconds=args.lease_seconds, backend_options=options,
+                        **limits).with_token()
 
     def announce_port(port: int) -> None:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"

@@ -47,7 +47,7 @@ from ..wire.protocol import (
     parse_turn_request,
 )
 from ..wire.sse import encode_sse_comment
-from .auth import SecurityMiddleware
+from .auth import SecurityMiddleware, public_bind_refusal
 from .config import Settings
 from .openai_routes import chat_completions, list_models
 from .recording import Recorder
@@ -97,7 +97,7 @@ def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict
 async def find_turn(store: TurnStore, turn_id: str | None, uid: str | None) -> str | None:
     if turn_id:
         if await store.get(turn_id) is None:
-            raise ResumeError(f"unknown turn {turn_id!r} (it may have expired)")
+            raise ResumeError(f"unknown turn {turn_id[:40]!r}: it may have expired ({store.manager.retention_note()})")
         return turn_id
     found = await store.latest(uid) if uid else None
     return None if found is None else found.id
@@ -131,7 +131,8 @@ async def start_turn(request: Request) -> Reader:
 async def health(request: Request) -> Response:
     backend: Backend = request.app.state.backend
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
-                         "model": backend.model_name, "turns": len(store_of(request))})
+                         "model": backend.model_name, "turns": len(store_of(request)),
+                         "retention": store_of(request).manager.retention()})
 
 
 async def post_turns(request: Request) -> Response:
@@ -145,7 +146,8 @@ async def post_turns(request: Request) -> Response:
 async def interrupt_turn(request: Request) -> Response:
     turn = await store_of(request).interrupt(request.path_params["turn_id"])
     if turn is None:
-        return error_response("unknown_turn", "unknown turn id (it may have ended and expired)", 404)
+        note = store_of(request).manager.retention_note()
+        return error_response("unknown_turn", f"unknown turn id: it may have ended and expired ({note})", 404)
     return JSONResponse({"id": turn.id, "interrupted": True, "state": turn.state.value})
 
 
@@ -208,11 +210,15 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None, backend: Backend | None = None) -> Starlette:
     """The nbchat ASGI app. ``settings.token`` must be concrete (see Settings.with_token)."""
     settings = (settings or Settings()).with_token()
+    refusal = public_bind_refusal(settings.host, settings.token, settings.public_without_token)
+    if refusal is not None:
+        raise ValueError(refusal)
     if backend is None:
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
                                  replay=settings.replay, replay_rate=settings.replay_rate,
                                  **settings.backend_options)
-    recorder = Recorder(settings.record, backend.name, backend.model_name) if settings.record else None
+    recorder = Recorder(settings.record, backend.name, backend.model_name,
+                        max_bytes=int(settings.record_max_mb * 1024 * 1024)) if settings.record else None
     store = make_store(backend, settings, recorder)
     origins = set(settings.allow_origins)  # shared with the middleware: see admit_origin
 

@@ -7,7 +7,15 @@ hostname, and sends that name, with no ``Origin`` at all on same-origin GETs);
 a foreign ``Origin`` gets 403 (before the token, so a hostile page learns
 nothing about tokens); a CORS preflight from an allowed origin gets 204
 without a token (browsers never send credentials on preflight); then every
-path but ``/health`` needs the token, compared in constant time.
+path but ``/health`` needs the token, compared in constant time. A refusal
+(401, 403) to an origin the server admits carries CORS headers, so the page
+can read why.
+
+A page's origin counts as the server's own only under a name that means this
+machine (an IP literal, ``localhost``), never because it equals the ``Host``
+header: under DNS rebinding both are the attacker's name. And a server bound
+to a public address with auth off is refused at start (:func:`public_bind_refusal`)
+unless its operator says so explicitly: nothing would guard it.
 """
 
 from __future__ import annotations
@@ -52,6 +60,17 @@ def is_loopback(host: str) -> bool:
     return name in LOCAL_NAMES or (is_ip_literal(name) and ipaddress.ip_address(name).is_loopback)
 
 
+def public_bind_refusal(host: str, token: str | None, allowed: bool) -> str | None:
+    """Why a server must not start with these settings, or None: a bind beyond loopback with auth
+    off serves anyone who reaches the port, and any web page that names it (its Host check is off,
+    since a public server is reached under names it cannot know)."""
+    if token != "" or is_loopback(host) or allowed:
+        return None
+    return (f"refusing to serve on {host} with auth off (--token ''): anyone who can reach the port, and any "
+            "web page a browser on that network opens (DNS rebinding), could use the model and read every turn. "
+            "Keep a token, bind to 127.0.0.1, or pass --public-without-token if the network itself is trusted.")
+
+
 def _error(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
@@ -77,12 +96,13 @@ class SecurityMiddleware:
             return
         headers = Headers(scope=scope)
         host = headers.get("host")
+        origin = headers.get("origin")
         if host is not None and not self.host_allowed(host):
             await self._reject(scope, receive, send, 403, "host_not_allowed",
                                f"Host {host} is not a name of this server; reach it as localhost or by IP, or "
-                               "start it with --allow-origin for the origin that uses this name")
+                               "start it with --allow-origin for the origin that uses this name",
+                               origin if origin is not None and self.admitted(origin) else None)
             return
-        origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, scope, headers):
             await self._reject(scope, receive, send, 403, "origin_not_allowed",
                                f"Origin {origin} is not allowed; start the server with --allow-origin {origin}")
@@ -94,7 +114,8 @@ class SecurityMiddleware:
         if scope["path"] not in OPEN_PATHS and not self.token_ok(scope, headers):
             await self._reject(scope, receive, send, 401, "unauthorized",
                                "missing or wrong token: pass the token printed by `nbchat serve` as header "
-                               "'Authorization: Bearer TOKEN', header 'token: TOKEN' or query '?token=TOKEN'")
+                               "'Authorization: Bearer TOKEN', header 'token: TOKEN' or query '?token=TOKEN'",
+                               origin)
             return
         if origin is not None and scope["type"] == "http":
             send = self._with_cors(origin, send)
@@ -111,15 +132,23 @@ class SecurityMiddleware:
         # last, and per request: the admitted origins can change while the server runs
         return name in {hostname_of(urlsplit(o).netloc) for o in self.origins}
 
+    def admitted(self, origin: str) -> bool:
+        """An origin allowed by ``--allow-origin`` (or admitted since)."""
+        return "*" in self.origins or origin in self.origins
+
     def origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
-        if "*" in self.origins or origin in self.origins:
+        if self.admitted(origin):
             return True
-        # The server's own origin: the page was served by this host and port, under
-        # a name of this server (Host alone is the attacker's to choose: DNS rebinding).
+        # The server's own origin: the page was served by this host and port, under a name that
+        # means this machine (or the bind address's). Equal to the Host header is not enough,
+        # whatever the bind: under DNS rebinding the attacker's name is in both (and a public
+        # bind checks no Host at all).
         scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme", "http"))
         host = headers.get("host")
-        return host is not None and self.host_allowed(host) and \
-            hmac.compare_digest(origin.encode(), f"{scheme}://{host}".encode())
+        name = hostname_of(host) if host is not None else None
+        if name is None or not (name in self.own_names or name.endswith(".localhost") or is_ip_literal(name)):
+            return False
+        return hmac.compare_digest(origin.encode(), f"{scheme}://{host}".encode())
 
     def token_ok(self, scope: Scope, headers: Headers) -> bool:
         if not self.token:
@@ -160,9 +189,13 @@ class SecurityMiddleware:
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str,
+                      origin: str | None = None) -> None:
+        """Refuse with a JSON error; ``origin`` (an admitted page's) gets CORS headers to read it by."""
         body = _error(code, message)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if origin is not None:
+            headers += self._cors_headers(origin)
         if scope["type"] == "http":
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})

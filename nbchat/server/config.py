@@ -61,6 +61,10 @@ class Settings:
     #: shared store: a process's lease; a turn whose process stops renewing it ends with [ERROR] after this long
     lease_seconds: float = 3.0
     backend_options: dict[str, object] = field(default_factory=dict)
+    #: serve on a non-loopback address with auth off (token ""): refused unless this says the network is trusted
+    public_without_token: bool = False
+    #: ``record``: the recordings' total size in MiB; past it the oldest files go (0: no bound)
+    record_max_mb: float = 256.0
 
     def with_token(self) -> Settings:
         """A copy whose token is concrete: a random one when none was given."""

@@ -18,6 +18,8 @@ exactly that and nothing else:
 - **queued bytes**: a WebSocket client whose unread backlog passes
   ``max_queued_bytes`` while it keeps sending pings is dropped. (Frames the app
   sends already wait for the client to read: uvicorn's flow control.)
+- **invalid text**: a WebSocket text message that is not UTF-8 is closed with
+  1007, as uvicorn does, without the traceback uvicorn logs for each one.
 
 They also keep the token out of the server log, and give the process file
 descriptors for the connections it admits.
@@ -33,6 +35,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import CloseCode
 
 log = logging.getLogger("nbchat.server.limits")
 
@@ -180,6 +183,20 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         super().handle_ping()
 
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn closes a text message that is not UTF-8 with 1007, as RFC 6455 says, but logs a full
+        # traceback for each: one client could fill the log. Same close, one debug line.
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                log.debug("closing a WebSocket (1007): a text message is not UTF-8")
+                self.conn.send_close(CloseCode.INVALID_DATA)
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
 
 def guarded_protocols(limits: Limits) -> tuple[type[GuardedHttpProtocol], type[GuardedWebSocketProtocol]]:
     """Protocol classes for uvicorn's ``http=`` and ``ws=`` options, bound to ``limits``
@@ -210,6 +227,21 @@ def install_token_redaction() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokenFilter) for f in logger.filters):
             logger.addFilter(RedactTokenFilter())
+
+
+#: uvicorn's listen backlog: how many connections the kernel queues for accept(), and how many
+#: asyncio accepts in one go
+BACKLOG = 2048
+#: the backlog when the descriptor limit is what bounds connections: asyncio accepts a whole
+#: backlog's worth of queued connections before any is handed to the protocol that would evict
+#: others, so a batch must fit in the spare descriptors (a server stopped for a moment under a
+#: burst otherwise wakes up to EMFILE and stops accepting, /health included)
+SHORT_BACKLOG = 16
+
+
+def listen_backlog(admitted: int, wanted: int) -> int:
+    """The listen backlog for a server that admits ``admitted`` of ``wanted`` connections."""
+    return BACKLOG if admitted >= wanted else SHORT_BACKLOG
 
 
 def admit_connections(wanted: int, spare: int = 64) -> int:

@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..backends import Backend
 from ..wire.contract import SSE_HEADERS, TURN_HEADER
-from ..wire.errors import RequestError
-from ..wire.events import Chunk, End, Status
+from ..wire.errors import QueueFull, RequestError
+from ..wire.events import Chunk, End, Event, Status
 from ..wire.openai import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
 from ..wire.protocol import dumps
 from ..wire.sse import SSEMessage, encode_sse
@@ -25,6 +25,14 @@ from .store import Reader, TurnStore
 ERROR_HTTP = {Status.MODEL_TIMEOUT: 504, Status.ERROR: 502, Status.INTERRUPTED: 503}
 # OpenAI's error "type" for the statuses a turn can be refused with before it starts
 ERROR_TYPES = {429: "requests", 503: "server_error"}  # OpenAI types its request-rate 429s "requests"
+#: a backend that is busy (the embedded model's queue is full) is "try again later", not a bad gateway
+BUSY_CODES = frozenset({QueueFull.code})
+#: seconds a busy answer asks the client to wait: about one short answer of the embedded model
+RETRY_AFTER_SECONDS = 2
+#: how long a stream waits for the turn's first events before it sends its 200: a backend that
+#: refuses at once (busy) does so in the turn's first step, and is then answered 429 like the
+#: non-streamed form; one whose first piece takes longer starts streaming without it
+FIRST_EVENTS_WAIT = 0.5
 
 
 def _data(obj: object) -> bytes:
@@ -63,18 +71,36 @@ async def _chat_completions(request: Request, read_json: Callable[[Request], Awa
         return JSONResponse(openai_error(str(exc), type_=ERROR_TYPES.get(status, "invalid_request_error"),
                                          code=exc.code), status_code=status)
     encoder = CompletionEncoder(turn.id, req.model or backend.model_name)
-    if req.stream:
-        return StreamingResponse(_stream(sub, encoder, req.include_usage),
-                                 headers={**SSE_HEADERS, TURN_HEADER: turn.id})
-    return await _complete(sub, encoder)
+    if not req.stream:
+        return await _complete(sub, encoder)
+    async with sub:
+        first = await sub.next_batch(FIRST_EVENTS_WAIT)
+    if first and isinstance(first[-1], End) and _is_busy(first[-1]):
+        return _busy(first[-1])
+    return StreamingResponse(_stream(sub, encoder, req.include_usage, first),
+                             headers={**SSE_HEADERS, TURN_HEADER: turn.id})
 
 
-async def _stream(sub: Reader, encoder: CompletionEncoder, include_usage: bool) -> AsyncIterator[bytes]:
+def _is_busy(end: End) -> bool:
+    return end.status is Status.ERROR and end.error is not None and end.error.code in BUSY_CODES
+
+
+def _busy(end: End) -> JSONResponse:
+    """429 with Retry-After, in OpenAI's shape (the ``openai`` package retries it after that wait)."""
+    message = end.error.message if end.error is not None else "the model is busy; try again shortly"
+    code = end.error.code if end.error is not None else None
+    return JSONResponse(openai_error(message, type_=ERROR_TYPES[429], code=code), status_code=429,
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def _stream(sub: Reader, encoder: CompletionEncoder, include_usage: bool,
+                  first: list[Event]) -> AsyncIterator[bytes]:
     async with sub:
         yield _data(encoder.role_chunk())
-        while not sub.done:
+        batch = first
+        while True:
             out = []
-            for ev in await sub.next_batch():
+            for ev in batch:
                 if isinstance(ev, Chunk):
                     out.append(_data(encoder.content_chunk(ev)))
                 else:
@@ -82,7 +108,11 @@ async def _stream(sub: Reader, encoder: CompletionEncoder, include_usage: bool) 
                     if include_usage and ev.status in (Status.DONE, Status.TOKENS):
                         out.append(_data(encoder.usage_chunk()))
                     out.append(_data("[DONE]"))
-            yield b"".join(out)
+            if out:
+                yield b"".join(out)
+            if sub.done:
+                return
+            batch = await sub.next_batch()
 
 
 async def _complete(sub: Reader, encoder: CompletionEncoder) -> Response:
@@ -96,6 +126,8 @@ async def _complete(sub: Reader, encoder: CompletionEncoder) -> Response:
             else:
                 end = ev
     assert end is not None
+    if _is_busy(end):
+        return _busy(end)
     if end.status in ERROR_HTTP:
         err = encoder.final_chunk(end)
         return JSONResponse(err, status_code=ERROR_HTTP[end.status], headers={TURN_HEADER: sub.turn_id})

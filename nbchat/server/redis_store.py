@@ -47,7 +47,7 @@ from ..wire.protocol import encode_turn_request, parse_turn_request
 from .config import Settings
 from .recording import Recorder
 from .store import Reader, TurnInfo, TurnStore, info_of
-from .turns import Direct, Turn, TurnManager, TurnState, new_turn_id
+from .turns import Direct, Turn, TurnManager, TurnState, is_turn_id, new_turn_id
 
 log = logging.getLogger("nbchat.server.redis_store")
 
@@ -85,11 +85,17 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 #   [log, seq, content, time or null]                          a chunk
 #   [log, seq, status, code, message, meta, readers]           the end ("" code and message: no error)
 # A turn whose entry fails (out of memory, say) does not stop the others: returns the failed logs' numbers.
+# Each stream gets its expiry with its entries, in the same script: a stream written by a process
+# that is killed before its first heartbeat must not outlive it (the heartbeat only extends it).
 APPEND_SCRIPT = """
-local maxlen, ttl, failed = ARGV[1], ARGV[2], {}
+local maxlen, ttl, failed, timed = ARGV[1], ARGV[2], {}, {}
 local function add(key, seq, ...)
   local id = string.format('%d', seq)
   local ok = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, id .. '-0', 'seq', id, ...)
+  if not timed[key] then
+    redis.call('EXPIRE', key, ttl)
+    timed[key] = true
+  end
   return type(ok) ~= 'table' or not ok.err
 end
 for _, e in ipairs(cjson.decode(ARGV[3])) do
@@ -206,17 +212,20 @@ def entry_seq(entry_id: str) -> int:
 
 
 def store_error(exc: BaseException) -> End:
+    # Redis's own words (a script hash, a key's type, an address) are for the log (the caller's), not clients.
     return End(status=Status.ERROR, error=ErrorInfo(
-        "store_unavailable", f"the turn store (Redis) failed: {exc}; the turn cannot continue, ask again"))
+        "store_unavailable", "the turn store (Redis) failed; the turn cannot continue, ask again"))
 
 
 @contextlib.contextmanager
 def unavailable() -> Iterator[None]:
-    """A Redis failure in a request becomes a 503 (JSON) or a WebSocket [ERROR], never a 500."""
+    """A Redis failure in a request becomes a 503 (JSON) or a WebSocket [ERROR], never a 500; what
+    Redis said goes to the log only."""
     try:
         yield
     except RedisError as exc:
-        raise RequestError(f"the turn store (Redis) is unreachable: {exc}; try again shortly",
+        log.warning("the turn store (Redis) failed in a request: %s", exc)
+        raise RequestError("the turn store (Redis) is unreachable; try again shortly",
                            code="store_unavailable", status=503) from exc
 
 
@@ -345,6 +354,7 @@ class RemoteReader:
                                                      count=READ_COUNT, block=max(1, int(wait * 1000)))
                 events = self._decode(found) if found else await self._check_owner()
             except RedisError as exc:
+                log.warning("turn %s: reading from the store failed: %s", self._turn_id, exc)
                 events = [store_error(exc)]
             if events:
                 self.done = self.done or not isinstance(events[-1], Chunk)
@@ -455,7 +465,7 @@ class RedisStore(TurnStore):
         fields: dict[FieldT, EncodableT] = {
             "uid": uid or "", "state": "running" if start else "pending", "owner": self.process if start else "",
             "request": json.dumps(encode_turn_request(request), ensure_ascii=False)}
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=True)  # the record and its expiry at once, or neither
         pipe.hset(meta_key(turn_id), mapping=fields)
         pipe.expire(meta_key(turn_id), ttl)
         if uid:
@@ -478,6 +488,8 @@ class RedisStore(TurnStore):
         turn = self.manager.get(turn_id)
         if turn is not None:
             return info_of(turn)
+        if not is_turn_id(turn_id):
+            return None  # not one this server makes: it could name another key (``<id>:log``)
         with unavailable():
             state, uid = await self.redis.hmget(meta_key(turn_id), ["state", "uid"])
         if state is None:
@@ -491,6 +503,8 @@ class RedisStore(TurnStore):
 
     async def open(self, turn_id: str, after: int) -> Reader:
         turn = self.manager.get(turn_id)
+        if turn is None and not is_turn_id(turn_id):
+            raise ResumeError(f"unknown turn {turn_id[:40]!r}")
         if turn is None:
             with unavailable():
                 turn = await self._claim_if_queued(turn_id, after)
@@ -507,6 +521,8 @@ class RedisStore(TurnStore):
         if turn is not None:
             turn.interrupt(status)
             return info_of(turn)
+        if not is_turn_id(turn_id):
+            return None
         with unavailable():
             found = await self._interrupt(keys=[meta_key(turn_id), log_key(turn_id)],
                                           args=[status.value, "", "", self.ttl, CHANNEL])
@@ -538,9 +554,11 @@ class RedisStore(TurnStore):
         return turn
 
     async def _abandon_claimed(self, turn_id: str, exc: RequestError) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(log_key(turn_id), encode_entry(End(Status.ERROR, ErrorInfo(exc.code, str(exc))), 1), id="1-0")
         pipe.hset(meta_key(turn_id), "state", "ended")
+        for key in (log_key(turn_id), meta_key(turn_id)):
+            pipe.expire(key, self.ttl)
         await pipe.execute()
 
     async def _check_position(self, turn_id: str, after: int) -> None:
@@ -573,7 +591,7 @@ class RedisStore(TurnStore):
         """Count a stream attached here to a turn generating elsewhere (its owner's grace period sees it).
         In a task of its own: a stream cancelled by its client's disconnect still counts itself out."""
         async def write() -> None:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=True)
             pipe.hincrby(readers_key(turn_id), self.process, delta)
             pipe.expire(readers_key(turn_id), self.ttl)
             with contextlib.suppress(RedisError):

@@ -25,7 +25,7 @@ from ..wire.errors import ServerStartError
 from .app import create_app
 from .config import Settings
 from .heap import settle_heap
-from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction
+from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction, listen_backlog
 from .store import TurnStore
 
 WS_FRAME_SLACK = 1024  # a message of max_body_bytes plus this passes the transport; the app closes with 1009
@@ -89,15 +89,16 @@ def make_server(settings: Settings, backend: Backend | None = None, log_level: s
         error_log.addFilter(_RefusedHandshakeFilter())
     install_token_redaction()
     app = create_app(settings, backend)
+    admitted = admit_connections(settings.max_connections)
     limits = Limits(header_timeout=settings.header_timeout, max_header_bytes=settings.max_header_bytes,
-                    max_connections=admit_connections(settings.max_connections),
-                    max_queued_bytes=settings.max_queued_bytes)
+                    max_connections=admitted, max_queued_bytes=settings.max_queued_bytes)
     http_protocol, ws_protocol = guarded_protocols(limits)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",
         http=http_protocol, ws=ws_protocol, ws_max_size=settings.max_body_bytes + WS_FRAME_SLACK,
         ws_ping_interval=settings.ping_interval, ws_ping_timeout=settings.ping_interval,
         timeout_graceful_shutdown=5, access_log=False,
+        backlog=listen_backlog(admitted, settings.max_connections),
     )
     return NBChatServer(config)
 

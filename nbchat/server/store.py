@@ -115,7 +115,7 @@ class MemoryStore(TurnStore):
     async def open(self, turn_id: str, after: int) -> Reader:
         turn = self.manager.get(turn_id)
         if turn is None:
-            raise ResumeError(f"unknown turn {turn_id!r} (it may have expired)")
+            raise ResumeError(f"unknown turn {turn_id[:40]!r}: it may have expired ({self.manager.retention_note()})")
         sub = turn.subscribe(after)  # raises before anything changes when the position is gone
         turn.start()  # a queued turn starts when its first stream attaches
         return sub

@@ -30,6 +30,7 @@ from .config import Settings
 from .expiry import Deadlines
 from .recording import Recorder, TurnRecord
 from .replay import ReplayBuffer
+from .stops import StopScanner
 
 log = logging.getLogger("nbchat.server.turns")
 
@@ -37,6 +38,10 @@ log = logging.getLogger("nbchat.server.turns")
 #: None when they went out, else a future that ends once they have (the client is behind); raises
 #: when the client is gone
 Direct = Callable[[list[Event]], "asyncio.Future[None] | None"]
+
+
+#: the length of a turn id (12 random bytes in URL-safe base64)
+TURN_ID_CHARS = 16
 
 
 class TurnState(enum.Enum):
@@ -151,6 +156,8 @@ class Turn:
             await _aclose(pieces)
 
     async def _pump(self, pieces: AsyncIterator[str | object]) -> Status:
+        if self.request.stop:
+            return await self._pump_until_stop(pieces, StopScanner(self.request.stop))
         now = asyncio.get_running_loop().time
         async for piece in pieces:
             self._last_piece = now()
@@ -159,6 +166,27 @@ class Turn:
             if isinstance(piece, str) and piece:
                 self._append(piece)
         return Status.DONE
+
+    async def _pump_until_stop(self, pieces: AsyncIterator[str | object], scanner: StopScanner) -> Status:
+        """:meth:`_pump` for a request with stop sequences: the answer ends before the first one
+        (the backend is closed there, as on an interrupt)."""
+        now = asyncio.get_running_loop().time
+        status = Status.DONE
+        async for piece in pieces:
+            self._last_piece = now()
+            if piece is LENGTH:
+                status = Status.TOKENS
+                break
+            if isinstance(piece, str) and piece:
+                text, stopped = scanner.feed(piece)
+                if text:
+                    self._append(text)
+                if stopped:
+                    return Status.DONE
+        rest = scanner.flush()
+        if rest:
+            self._append(rest)
+        return status
 
     def _arm_watchdog(self) -> None:
         # One timer per turn, not one per piece: each piece only records its
@@ -453,6 +481,13 @@ def new_turn_id() -> str:
     return secrets.token_urlsafe(12)
 
 
+def is_turn_id(text: str) -> bool:
+    """Whether ``text`` could be a turn id :func:`new_turn_id` made (URL-safe base64, 16 characters).
+    A store that builds keys from ids refuses any other text before it names a key: a client's
+    ``<id>:log`` would otherwise name the turn's stream instead of its record."""
+    return len(text) == TURN_ID_CHARS and text.isascii() and all(c.isalnum() or c in "-_" for c in text)
+
+
 def _as_unicode(text: str) -> str:
     """Text that can be encoded as UTF-8: a backend's lone surrogate becomes U+FFFD
     here, once, instead of breaking every stream that later encodes the chunk."""
@@ -490,6 +525,11 @@ class TurnManager:
         self._expiry = Deadlines(self._expire)
         self._drained: asyncio.Event | None = None
         self.closing = False
+        #: ended turns forgotten before their retention ran out, to make room under ``max_turns``
+        self.evicted_early = 0
+        #: how long the latest of those had been ended (seconds): the retention the cap allowed then
+        self.evicted_after: float | None = None
+        self._ended_at: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._turns)
@@ -534,14 +574,34 @@ class TurnManager:
                 oldest.append(turn_id)
                 if len(oldest) == excess:
                     break
+        if oldest:
+            self.evicted_early += len(oldest)
+            self.evicted_after = time.monotonic() - self._ended_at.get(oldest[-1], time.monotonic())
         for turn_id in oldest:
             self.forget(turn_id)
         if len(self._turns) >= self.settings.max_turns:
             raise RequestError("too many turns at once; try again shortly", code="too_many_turns", status=429)
 
     def turn_ended(self, turn: Turn) -> None:
-        """Called by a turn when it ends: it is kept for ``retain_seconds``, then forgotten."""
+        """Called by a turn when it ends: it is kept for ``retain_seconds``, then forgotten (sooner when
+        ``max_turns`` turns are kept and a new one needs room: see :meth:`retention_note`)."""
+        self._ended_at[turn.id] = time.monotonic()
         self._expire_later(turn, self.settings.retain_seconds)
+
+    def retention_note(self) -> str:
+        """Why a turn may be gone, for the 410/404 a client gets: the retention, and how the turn cap
+        shortened it when it did (at 100 new turns a second, 10,000 turns last 100 s, not 120)."""
+        note = (f"ended turns are kept {self.settings.retain_seconds:g} s, or less while {self.settings.max_turns} "
+                "turns are kept at once: the oldest ended ones then make room")
+        if self.evicted_after is not None:
+            note += f"; the latest dropped for room had ended {self.evicted_after:.0f} s before"
+        return note
+
+    def retention(self) -> dict[str, float | int | None]:
+        """The retention as configured and as the turn cap let it be (reported by ``/health``)."""
+        return {"seconds": self.settings.retain_seconds, "max_turns": self.settings.max_turns,
+                "evicted_early": self.evicted_early,
+                "evicted_after_seconds": None if self.evicted_after is None else round(self.evicted_after, 1)}
 
     def _expire_later(self, turn: Turn, seconds: float) -> None:
         with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
@@ -563,6 +623,7 @@ class TurnManager:
     def forget(self, turn_id: str) -> None:
         """Drop a turn from the registry now (its expiry too); a store whose publication failed undoes a create."""
         turn = self._turns.pop(turn_id, None)
+        self._ended_at.pop(turn_id, None)
         self._expiry.drop(turn_id)
         if turn is not None and turn.uid is not None and self._by_uid.get(turn.uid) is turn:
             del self._by_uid[turn.uid]

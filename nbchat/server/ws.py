@@ -6,13 +6,15 @@ resume request) while a pump task sends the current turn's events, so an
 interrupt is read even while an answer streams. Frames follow
 :func:`nbchat.wire.protocol.encode_ws`. A request the server rejects is answered
 with an error record and ``[ERROR]`` (the socket stays open), so every
-request gets exactly one status.
+request gets exactly one status; one rejected while a turn streams is sent
+right after that turn's status, never between its frames.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.frames import CloseCode
@@ -26,6 +28,8 @@ from .store import Reader, TurnStore
 from .streaming import send_now, server_send
 from .turns import TurnState
 
+log = logging.getLogger("nbchat.server.ws")
+
 
 class Session:
     """The state of one socket: its uid, the turn it streams and the pump task."""
@@ -38,6 +42,8 @@ class Session:
         #: the id of the turn this socket streams (or streamed last)
         self.turn: str | None = None
         self.pump: asyncio.Task[None] | None = None
+        #: rejections made while a turn streams: they go out after its frames (see :meth:`reject`)
+        self._deferred: list[str] = []
         #: frames of a turn go past the middleware (see server_send); they act on the handshake only
         self._send = server_send(websocket.scope, websocket.send)
 
@@ -98,6 +104,7 @@ class Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.pump
             self.pump = None
+        await self._send_deferred()  # a cancelled pump did not send them: before the next turn's frames
 
     async def switch_to(self, turn: str, after: int) -> None:
         """Stream ``turn`` from ``after`` on (starting it when it is queued); one pump per socket, so a
@@ -121,12 +128,21 @@ class Session:
             except OSError:  # the client went away mid-frame: what Starlette's send would have said
                 self.ws.application_state = WebSocketState.DISCONNECTED
                 raise WebSocketDisconnect(code=1006) from None
+        await self._send_deferred()
         if self.store.closing:
             await self.ws.close(CloseCode.GOING_AWAY, "server shutting down")
 
     async def reject(self, code: str, message: str) -> None:
-        for frame in encode_ws(End(status=Status.ERROR, error=ErrorInfo(code, message))):
-            await self.ws.send_text(frame)
+        """Answer a request with an error record and ``[ERROR]``. While a turn streams, they wait for
+        its status: a client reads a socket's statuses in the order of its requests, and an
+        ``[ERROR]`` among the turn's chunks would end that turn in its eyes."""
+        self._deferred.extend(encode_ws(End(status=Status.ERROR, error=ErrorInfo(code, message))))
+        if not self.streaming:
+            await self._send_deferred()
+
+    async def _send_deferred(self) -> None:
+        while self._deferred:
+            await self.ws.send_text(self._deferred.pop(0))
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -147,6 +163,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 break
     except WebSocketDisconnect:
         pass
+    except Exception:  # a bug must not drop the socket without a close frame, nor take the server down
+        log.exception("unexpected error on a WebSocket")
+        with contextlib.suppress(Exception):
+            await websocket.close(CloseCode.INTERNAL_ERROR, "the server hit an unexpected error; see its log")
     finally:
         if session.pump is not None:
             session.pump.cancel()

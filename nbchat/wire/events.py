@@ -56,6 +56,8 @@ class TurnRequest:
     max_tokens: int | None = DEFAULT_MAX_TOKENS
     model: str | None = None
     uid: str | None = None
+    #: the answer ends before the first of these strings (none of it is sent), with [DONE]
+    stop: tuple[str, ...] = ()
 
     @property
     def messages(self) -> list[Message]:

@@ -18,7 +18,6 @@ field, ``x_nbchat: {"seq", "ts"}``, which clients that do not know it ignore.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
@@ -26,6 +25,7 @@ from typing import Any, Protocol, TypeAlias
 from .contract import DEFAULT_TEMPERATURE
 from .errors import ProtocolError, RequestError
 from .events import Chunk, End, ErrorInfo, Item, Message, Role, Status, TurnRequest
+from .protocol import bounded_number, parse_max_tokens, parse_stop
 from .sse import SSEDecoder
 
 FINISH_REASONS = {Status.DONE: "stop", Status.TOKENS: "length"}
@@ -90,23 +90,77 @@ def _messages(raw: Any) -> list[Message]:
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    try:
+        return parse_max_tokens(body.get(key), key)
+    except RequestError as exc:
+        raise OpenAIRequestError(str(exc), key) from exc
+
+
+def _in_range(body: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    """A number parameter within [low, high] (None when absent), else a 400 naming it."""
+    value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise OpenAIRequestError("'max_tokens' must be a positive integer", "max_tokens")
-    return value
+    number = bounded_number(value)
+    if number is None:
+        raise OpenAIRequestError(f"'{key}' must be a number", key)
+    if not low <= number <= high:
+        text = json.dumps(value)
+        shown = text if len(text) <= 24 else text[:20] + "..."
+        raise OpenAIRequestError(f"{shown} is not a valid {key}: it must be between {low:g} and {high:g}", key)
+    return number
 
 
 def _temperature(body: dict[str, Any]) -> float:
-    value = body.get("temperature")
-    if value is None:
-        return DEFAULT_TEMPERATURE
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise OpenAIRequestError("'temperature' must be a number", "temperature")
-    if not 0 <= value <= 2:
-        raise OpenAIRequestError(f"{value} is not a valid temperature: it must be between 0 and 2", "temperature")
-    return float(value)
+    value = _in_range(body, "temperature", 0, 2)
+    return DEFAULT_TEMPERATURE if value is None else value
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("stop")
+    try:
+        return parse_stop([value] if isinstance(value, str) else value)
+    except RequestError as exc:
+        raise OpenAIRequestError(f"{exc} (or one string)", "stop") from exc
+
+
+def _flag(body: dict[str, Any], key: str, where: str | None = None) -> bool:
+    value = body.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise OpenAIRequestError(f"'{where or key}' must be true or false, not {json.dumps(value)[:40]}",
+                                 where or key)
+    return bool(value)
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    """400 for what changes the answer's shape and this server cannot do: ignoring it would hand
+    the caller something other than what it asked for, with no sign of it."""
+    n = body.get("n")
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128:
+            raise OpenAIRequestError("'n' must be an integer from 1 to 128", "n")
+        if n != 1:
+            raise OpenAIRequestError("this server makes one choice per request: send n=1 (or leave it out) "
+                                     "and send the request again for another answer", "n")
+    _in_range(body, "top_p", 0, 1)
+    _in_range(body, "presence_penalty", -2, 2)
+    _in_range(body, "frequency_penalty", -2, 2)
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or abs(seed) >= 2**63):
+        raise OpenAIRequestError("'seed' must be a 64-bit integer", "seed")
+    for key in ("tools", "functions", "logit_bias"):
+        if body.get(key):
+            raise OpenAIRequestError(f"'{key}' is not supported by this server (no tool calling, no logit bias)",
+                                     key)
+    for key in ("tool_choice", "function_call"):
+        if body.get(key) not in (None, "none"):
+            raise OpenAIRequestError(f"'{key}' is not supported by this server: it has no tools to call", key)
+    if _flag(body, "logprobs") or body.get("top_logprobs") is not None:
+        raise OpenAIRequestError("log probabilities are not supported by this server", "logprobs")
+    fmt = body.get("response_format")
+    if fmt is not None and fmt != {"type": "text"}:
+        raise OpenAIRequestError("only response_format {\"type\": \"text\"} is supported", "response_format")
 
 
 def parse_completion_request(body: Any) -> CompletionRequest:
@@ -116,13 +170,16 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise OpenAIRequestError("'model' must be a string", "model")
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict):
         raise OpenAIRequestError("'stream_options' must be an object", "stream_options")
+    _refuse_unsupported(body)
     turn = TurnRequest(user_message=messages[-1], conversation=tuple(messages[:-1]),
-                       temperature=_temperature(body), max_tokens=_max_tokens(body), model=model)
-    return CompletionRequest(turn=turn, stream=bool(body.get("stream", False)),
-                             include_usage=bool(options.get("include_usage", False)), model=model)
+                       temperature=_temperature(body), max_tokens=_max_tokens(body), model=model, stop=_stop(body))
+    return CompletionRequest(turn=turn, stream=_flag(body, "stream"),
+                             include_usage=_flag(options, "include_usage", "stream_options.include_usage"),
+                             model=model)
 
 
 class CompletionEncoder:
@@ -150,7 +207,9 @@ class CompletionEncoder:
         if end.status in FINISH_REASONS:
             return self._chunk({}, FINISH_REASONS[end.status])
         message = end.error.message if end.error else f"the turn ended with {end.status.value}"
-        return openai_error(message, type_="server_error", code=ERROR_CODES[end.status])
+        # an [ERROR]'s own code says what failed (queue_full, process_lost...), as on the other transports
+        code = end.error.code if end.error and end.status is Status.ERROR else ERROR_CODES[end.status]
+        return openai_error(message, type_="server_error", code=code)
 
     def usage(self) -> dict[str, int]:
         # The prompt is not tokenised by every backend, so only completion tokens are counted.

@@ -24,6 +24,14 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 32
 #: a seq is a count of pieces: 15 digits is far past any turn, well short of costly ints
 MAX_POSITION = 10**15 - 1
+#: the largest maxTokens / max_tokens: a C int, which is what a model's sampler takes
+MAX_TOKENS = 2**31 - 1
+#: a number past this magnitude is out of every range the wire has; ints beyond it are read as it,
+#: so no check converts a 400-digit integer to a float (OverflowError) and every one stays JSON
+NUMBER_BOUND = 1e300
+#: stop sequences a request may name, and their length (OpenAI's count; the length bounds the hold-back)
+MAX_STOPS = 4
+MAX_STOP_CHARS = 256
 _SURROGATE = re.compile("[\ud800-\udfff]")
 ROLES = ("system", "user", "assistant")
 
@@ -53,13 +61,39 @@ def _message(obj: object, where: str) -> Message:
     return Message(role=role, content=content)
 
 
+def bounded_number(value: object) -> float | None:
+    """A JSON number as a float within ±:data:`NUMBER_BOUND`, or None for anything else.
+
+    JSON numbers have no size limit: ``1`` followed by 400 zeros is an int that ``float()`` and
+    ``math.isfinite()`` refuse with OverflowError, and ``1e400`` decodes to infinity. Both are
+    far out of every range, so they become the bound, whose sign they keep: a range check then
+    refuses them as it refuses 3 or -1, and the value still encodes as JSON."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return float(max(-NUMBER_BOUND, min(NUMBER_BOUND, value)))  # int comparisons never overflow
+    if isinstance(value, float) and not math.isnan(value):
+        return max(-NUMBER_BOUND, min(NUMBER_BOUND, value))
+    return None
+
+
 def _number(obj: Mapping[str, Any], key: str, default: float) -> float:
     value = obj.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(f"'{key}' must be a finite number")
-    return float(value)
+    number = bounded_number(value)
+    if number is None:
+        raise RequestError(f"'{key}' must be a number")
+    return number
+
+
+def parse_max_tokens(value: object, key: str) -> int | None:
+    """A token limit: None, or an integer from 1 to :data:`MAX_TOKENS`; RequestError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
+        raise RequestError(f"'{key}' must be an integer from 1 to {MAX_TOKENS}")
+    return value
 
 
 def _optional_str(obj: Mapping[str, Any], key: str) -> str | None:
@@ -79,13 +113,18 @@ def parse_json_text(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     never be encoded back to UTF-8: caught here, once, rather than when an
     answer is half streamed)."""
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_not_json)
     except RecursionError as exc:
         raise RequestError(f"the JSON is nested deeper than {max_depth} levels", code="invalid_json") from exc
     except ValueError as exc:
         raise RequestError(f"the request is not valid JSON: {exc}", code="invalid_json") from exc
     _check_tree(obj, max_depth)
     return obj
+
+
+def _not_json(name: str) -> None:
+    # Python's decoder reads NaN, Infinity and -Infinity, which JSON (RFC 8259) does not have.
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _check_tree(obj: Any, max_depth: int) -> None:
@@ -153,10 +192,7 @@ def parse_turn_request(obj: Any) -> TurnRequest:
     if not isinstance(conv_raw, list):
         raise RequestError("'conversation' must be a list of messages")
     conversation = tuple(_message(m, f"conversation[{i}]") for i, m in enumerate(conv_raw))
-    max_tokens = obj.get("maxTokens")
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                   or max_tokens < 1):
-        raise RequestError("'maxTokens' must be a positive integer")
+    max_tokens = parse_max_tokens(obj.get("maxTokens"), "maxTokens")
     return TurnRequest(
         user_message=user,
         conversation=conversation,
@@ -164,7 +200,18 @@ def parse_turn_request(obj: Any) -> TurnRequest:
         max_tokens=max_tokens,
         model=_optional_str(obj, "model"),
         uid=_optional_str(obj, "uid"),
+        stop=parse_stop(obj.get("stop")),
     )
+
+
+def parse_stop(value: object) -> tuple[str, ...]:
+    """Stop sequences: absent, or a list of up to :data:`MAX_STOPS` non-empty strings."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_STOPS or \
+            not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in value):
+        raise RequestError(f"'stop' must be a list of up to {MAX_STOPS} strings of 1 to {MAX_STOP_CHARS} characters")
+    return tuple(value)
 
 
 def encode_turn_request(req: TurnRequest) -> dict[str, Any]:
@@ -180,6 +227,8 @@ def encode_turn_request(req: TurnRequest) -> dict[str, Any]:
         out["model"] = req.model
     if req.uid is not None:
         out["uid"] = req.uid
+    if req.stop:
+        out["stop"] = list(req.stop)
     return out
 
 

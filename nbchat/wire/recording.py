@@ -3,36 +3,50 @@ and read back by the ``replay`` backend.
 
 A recording is one file per turn::
 
-    {"type": "turn", "format": "nbchat-recording/1", "id": ..., "request": {...}, "provenance": {...}}
-    {"type": "chunk", "seq": 1, "t": 0.2031, "ts": 1717171717.25, "content": "Hel"}
+    {"type": "turn", "format": "nbchat-recording/2", "id": ..., "request": {...}, "provenance": {...}}
+    [0.2031, "Hel"]
     ...
     {"type": "end", "t": 1.52, "status": "[DONE]", "error": null, "chunks": 42}
 
-``t`` is the chunk's server time in seconds since the turn began generating
-(a monotonic clock, so the gaps between chunks are exact even when the wall
-clock is adjusted); ``ts`` is the wall-clock emit time the wire carried.
-Pure code: encoding a line and parsing a file's lines, no I/O.
+A chunk is ``[t, content]``: ``t`` is its server time in seconds since the turn
+began generating (a monotonic clock, so the gaps between chunks are exact even
+when the wall clock is adjusted), to 0.1 ms; its seq is its place in the file.
+That is about 15 bytes besides the text, where the first format's object
+(``nbchat-recording/1``: ``{"type": "chunk", "seq", "t", "ts", "content"}``,
+still read) took about 70: a model's pieces are a few characters each, so the
+record was most of the file. The wall-clock time of a chunk is the header's
+``provenance.started`` plus ``t``.
+
+Pure code: encoding a line and parsing a file's lines, no I/O. A line that is
+not what the format says is refused when the file is read, naming the line,
+never when a replayed turn reaches it.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ProtocolError
-from .events import Chunk, End, Status, TurnRequest
+from .events import STATUS_STRINGS, Chunk, End, Status, TurnRequest
 from .protocol import dumps
 
-FORMAT = "nbchat-recording/1"
+FORMAT = "nbchat-recording/2"
+#: every format this module reads
+FORMATS = ("nbchat-recording/1", FORMAT)
 
 
 def encode_request(request: TurnRequest) -> dict[str, Any]:
     """The request as the contract's JSON (``maxTokens``), with the conversation spelled out."""
-    return {"messages": [m.to_dict() for m in request.messages], "temperature": request.temperature,
-            "maxTokens": request.max_tokens, "model": request.model}
+    out = {"messages": [m.to_dict() for m in request.messages], "temperature": request.temperature,
+           "maxTokens": request.max_tokens, "model": request.model}
+    if request.stop:
+        out["stop"] = list(request.stop)
+    return out
 
 
 def header_line(turn_id: str, request: TurnRequest, provenance: dict[str, Any]) -> str:
@@ -41,8 +55,7 @@ def header_line(turn_id: str, request: TurnRequest, provenance: dict[str, Any]) 
 
 
 def chunk_line(chunk: Chunk, t: float) -> str:
-    return dumps({"type": "chunk", "seq": chunk.seq, "t": round(t, 6), "ts": chunk.server_time,
-                  "content": chunk.content}) + "\n"
+    return dumps([round(t, 4), chunk.content]) + "\n"
 
 
 def end_line(end: End, t: float, chunks: int) -> str:
@@ -79,26 +92,73 @@ class Recording:
         return [b.t - a.t for a, b in itertools.pairwise(self.chunks)]
 
 
-def parse_recording(lines: Iterable[str]) -> Recording:
-    """Read a recording's lines; raises :class:`ProtocolError` naming the bad line."""
+def parse_recording(lines: Iterable[str | bytes]) -> Recording:
+    """Read a recording's lines (text, or bytes as read from a file); raises :class:`ProtocolError`
+    naming the line that is not UTF-8, not JSON (or nested too deeply to decode) or not of the format."""
     recording: Recording | None = None
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
         try:
-            record = json.loads(line)
-            kind = record["type"]
+            text = line.decode("utf-8") if isinstance(line, bytes) else line
+            if not text.strip():
+                continue
+            record = _json(text)
             if recording is None:
-                if kind != "turn" or record.get("format") != FORMAT:
-                    raise ProtocolError(f"not an nbchat recording (expected a {FORMAT} turn line first)")
-                recording = Recording(str(record["id"]), dict(record["request"]), dict(record["provenance"]))
-            elif kind == "chunk":
-                recording.chunks.append(RecordedChunk(float(record["t"]), str(record["content"])))
-            elif kind == "end":
-                recording.status = Status(record["status"])
-                recording.error = record.get("error")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProtocolError(f"line {number} of the recording cannot be read: {exc}") from exc
+                recording = _header(record)
+            else:
+                _add(recording, record)
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"line {number}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        except ProtocolError as exc:
+            raise ProtocolError(f"line {number}: {exc}") from exc
     if recording is None:
         raise ProtocolError("the recording is empty")
     return recording
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError as exc:  # the C decoder recurses; a deep enough line would end the process's stack
+        raise ProtocolError("the line is nested too deeply to be a recording's") from exc
+    except ValueError as exc:
+        raise ProtocolError(f"not JSON: {exc}") from exc
+
+
+def _header(record: Any) -> Recording:
+    if not isinstance(record, dict) or record.get("type") != "turn" or record.get("format") not in FORMATS:
+        raise ProtocolError(f"not an nbchat recording (expected a {FORMAT} turn line first)")
+    turn_id, request, provenance = record.get("id"), record.get("request"), record.get("provenance")
+    if not isinstance(turn_id, str) or not isinstance(request, dict) or not isinstance(provenance, dict):
+        raise ProtocolError("the turn line needs a string 'id' and objects 'request' and 'provenance'")
+    return Recording(turn_id, request, provenance)
+
+
+def _add(recording: Recording, record: Any) -> None:
+    if recording.status is not None:
+        raise ProtocolError("a line after the end line")
+    if isinstance(record, list):  # the chunk of format 2: [t, content]
+        if len(record) != 2:
+            raise ProtocolError("a chunk is [t, content]")
+        recording.chunks.append(_chunk(record[0], record[1]))
+        return
+    kind = record.get("type") if isinstance(record, dict) else None
+    if kind == "chunk":
+        recording.chunks.append(_chunk(record.get("t"), record.get("content")))
+    elif kind == "end":
+        status, error = record.get("status"), record.get("error")
+        if status not in STATUS_STRINGS:
+            raise ProtocolError(f"the end line's status must be one of {', '.join(sorted(STATUS_STRINGS))}")
+        if error is not None and not (isinstance(error, dict) and isinstance(error.get("code"), str)
+                                      and isinstance(error.get("message"), str)):
+            raise ProtocolError("the end line's error must be null or {\"code\": str, \"message\": str}")
+        recording.status, recording.error = Status(status), error
+    else:
+        raise ProtocolError("expected a chunk [t, content] or an object of type chunk or end")
+
+
+def _chunk(t: Any, content: Any) -> RecordedChunk:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < math.inf:
+        raise ProtocolError("a chunk's time must be a number of seconds >= 0")
+    if not isinstance(content, str):
+        raise ProtocolError("a chunk's content must be a string")
+    return RecordedChunk(float(t), content)
