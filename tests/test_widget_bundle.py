@@ -66,3 +66,29 @@ def test_the_widget_loads_the_bundle() -> None:
 
     assert str(ChatWidget._esm) == (STATIC / "widget.js").read_text(encoding="utf-8")
     assert str(ChatWidget._css) == (STATIC / "widget.css").read_text(encoding="utf-8")
+
+
+def test_the_bundles_wire_contract_is_pythons() -> None:
+    """Paths, statuses, frames and transport names in the page are Python's: rebuild when they change."""
+    from nbchat.wire.page import page_contract, page_contract_json
+
+    second = (STATIC / "widget.js").read_text(encoding="utf-8").split("\n", 2)[1]
+    prefix = "// nbchat wire contract: "
+    assert second.startswith(prefix), "the bundle does not carry the wire contract: run nbchat/notebook/js/build.sh"
+    assert json.loads(second[len(prefix):]) == page_contract(), "the wire contract changed: run js/build.sh"
+    module = (NOTEBOOK / "js" / "contract.js").read_text(encoding="utf-8")
+    assert f"export default {page_contract_json()};\n" in module, "js/contract.js is stale: run js/build.sh"
+
+
+def test_no_wire_name_is_written_out_in_the_page_sources() -> None:
+    from nbchat.wire.page import page_contract
+
+    contract = page_contract()
+    names = {*contract["paths"].values(), *contract["statuses"].values(), contract["interruptFrame"],
+             contract["turnHeader"]}
+    sources = [NOTEBOOK / "widget.js", *(p for p in (NOTEBOOK / "js").glob("*.js") if p.name != "contract.js")]
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        code = "\n".join(line.split("//", 1)[0] for line in text.splitlines())  # comments may name them
+        for name in names:
+            assert f'"{name}"' not in code and f"`{name}" not in code and f"{name}`" not in code, (path.name, name)

@@ -7,12 +7,16 @@ kernel sends back is recorded. The browser half is tested in
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
+import traitlets
 
 from nbchat.notebook.conversation import Conversation
 from nbchat.notebook.kernel_server import KernelServer
@@ -31,16 +35,31 @@ def kernel_server() -> Iterator[KernelServer]:
 
 @pytest.fixture
 def direct(kernel_server: KernelServer) -> Iterator[tuple[ChatWidget, RecordingComm]]:
-    widget = ChatWidget(Conversation(), direct=True, kernel_server=kernel_server, transport="sse")
+    with fresh_direct(kernel_server, transport="sse") as made:
+        yield made
+
+
+def block_until(comm: RecordingComm, kind: str, seconds: float = 30.0) -> list[dict[str, Any]]:
+    """Block the event loop, as a cell's ``time.sleep`` blocks the kernel's, until ``kind`` was sent."""
+    deadline = time.monotonic() + seconds
+    while not comm.custom(kind) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return comm.custom(kind)
+
+
+@contextmanager
+def fresh_direct(kernel_server: KernelServer, **options: Any) -> Iterator[tuple[ChatWidget, RecordingComm]]:
+    """A direct widget just made (its endpoint being resolved), with a comm that records what it sends."""
+    widget = ChatWidget(Conversation(), direct=True, kernel_server=kernel_server, **options)
     comm = RecordingComm()
     widget.comm = comm
-    yield widget, comm
-    widget.close()
+    try:
+        yield widget, comm
+    finally:
+        widget.close()
 
 
 async def wait_for(comm: RecordingComm, kind: str) -> dict[str, Any]:
-    import asyncio
-
     for _ in range(300):  # the endpoint is resolved in a thread: give it up to 30 s (the echo server starts fast)
         found = comm.custom(kind)
         if found:
@@ -96,6 +115,78 @@ async def test_ask_goes_to_the_page_and_its_answer_joins_the_conversation(
     assert widget.messages[-1] == {"role": "assistant", "content": "an answer", "status": "[INTERRUPTED]"}
     # the page's next Send builds on the conversation as it is now
     assert comm.custom("context")[-1]["request"]["conversation"][-1] == {"role": "assistant", "content": "an answer"}
+
+
+async def test_the_endpoint_and_an_ask_reach_the_page_while_the_kernel_is_busy(kernel_server: KernelServer) -> None:
+    """Run All: show the widget, then ask and block the loop (time.sleep); nothing the page needs may wait."""
+    with fresh_direct(kernel_server, transport="stream") as (widget, comm):
+        pending = widget.ask("while the kernel sleeps")
+        assert block_until(comm, "ask"), comm.sent  # the kernel's loop stays blocked for all of this
+        # the page needs the endpoint and the conversation before the ask: they come first, in that order
+        kinds = [m["content"]["type"] for m in comm.sent if m.get("method") == "custom"]
+        first_ask = kinds.index("ask")
+        assert "endpoint" in kinds[:first_ask] and "context" in kinds[:first_ask], kinds
+        assert comm.custom("endpoint")[-1]["endpoint"]["token"] == kernel_server.endpoint().token
+        ask = comm.custom("ask")[-1]
+        assert ask["text"] == "while the kernel sleeps" and isinstance(ask["id"], int)
+        assert pending is not None and not pending.done()
+
+
+async def test_until_the_page_is_heard_from_what_it_needs_is_sent_again(kernel_server: KernelServer) -> None:
+    with fresh_direct(kernel_server) as (widget, comm):
+        widget.ask("hello")
+        time.sleep(2.0)  # a page that loaded the widget's module late still gets the endpoint and the ask
+        asks = comm.custom("ask")
+        assert len(asks) >= 3 and len({a["id"] for a in asks}) == 1, asks  # the same ask: the page starts it once
+        click(widget, {"type": "hello", "origin": PAGE_ORIGIN})
+        # the resending thread sees the page was heard from: nothing more within a pause longer than its longest
+        counts = []
+        for _ in range(6):  # a starved thread (a busy machine) may still send one batch it had begun
+            counts.append(len(comm.sent))
+            await asyncio.sleep(1.5)
+            if len(comm.sent) == counts[-1]:
+                break
+        else:
+            raise AssertionError(f"still sending after the page said hello: {counts}")
+
+
+async def test_a_failed_start_is_told_to_the_page_while_the_kernel_is_busy() -> None:
+    def broken(_settings: Any) -> Any:
+        raise OSError("no free port, say")
+
+    with fresh_direct(KernelServer(start=broken)) as (_widget, comm):
+        assert block_until(comm, "failed", 5)[-1]["error"] == "OSError: no free port, say"
+
+
+async def test_local_jupyter_servers_are_admitted_before_the_page_says_hello(
+        kernel_server: KernelServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "jpserver-1.json").write_text(json.dumps({"url": "http://localhost:8899/", "pid": 1}))
+    (tmp_path / "jpserver-2.json").write_text(json.dumps({"url": "http://example.org:8888/", "pid": 2}))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    with fresh_direct(kernel_server) as (_widget, comm):
+        endpoint = block_until(comm, "endpoint")[-1]["endpoint"]
+        async with httpx.AsyncClient() as client:
+            statuses = [(await client.get(endpoint["url"] + "/v1/models", headers={"Origin": origin,
+                                                                                   "token": endpoint["token"]})
+                         ).status_code for origin in ("http://127.0.0.1:8899", "http://localhost:8899",
+                                                      "http://example.org:8888", "http://127.0.0.1:8900")]
+        assert statuses == [200, 200, 403, 403]  # only loopback Jupyter servers of this machine
+
+
+def test_openai_is_refused_in_direct_mode_and_not_offered() -> None:
+    with pytest.raises(ValueError, match="cannot stream browser-direct: use one of ws, sse, stream"):
+        ChatWidget(Conversation(), direct=True, transport="openai")
+    with fresh_direct(KernelServer(start=_never), transport="fetch") as (widget, _comm):
+        assert widget.transport == "stream" and widget.transports == ["ws", "sse", "stream"]
+        with pytest.raises(traitlets.TraitError, match="cannot stream browser-direct"):
+            widget.transport = "openai"
+    relayed = ChatWidget(Conversation(), transport="openai")
+    assert relayed.transports == ["ws", "sse", "stream", "openai"]
+    relayed.close()
+
+
+def _never(_settings: Any) -> Any:
+    raise OSError("not started in this test")
 
 
 async def test_stop_is_forwarded_to_the_page(direct: tuple[ChatWidget, RecordingComm]) -> None:

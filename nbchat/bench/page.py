@@ -1,9 +1,13 @@
 """What the eye sees: the direct widget's own figures, measured in headless Chromium.
 
-The widget's page (``widget.js``, direct mode) records per chunk its arrival
-time (``performance.now()``) against the server's ``ts``; this module drives
-it in the system's Chromium against an echo server and collects, per
-transport and route, TTFT, inter-chunk cadence p50/p99 and bytes per chunk:
+The widget's page (the shipped bundle, ``static/widget.js``: its view and
+``js/direct.js``, the code a ``ChatWidget(direct=True)`` runs) records per
+chunk its arrival time (``performance.now()``) against the server's ``ts``;
+this module drives it in the system's Chromium against an echo server, with
+the messages the kernel sends (endpoint, ask) emitted into the page instead of
+a comm, and collects, per transport (``ws``, ``sse``, ``stream``, as the
+widget names them) and route, TTFT, inter-chunk cadence p50/p99 and bytes per
+chunk:
 
 - ``direct``: the page reads the server's own port;
 - ``proxy``: through a real Jupyter server's ``/proxy/<port>/`` (jupyter-server-proxy), behind its token;
@@ -36,13 +40,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..wire.contract import DIRECT_TRANSPORTS
 from .procs import free_port
 from .relay import DelayRelay
 from .stats import percentile
 
 CHROMIUM = "/usr/bin/chromium"
-TRANSPORTS = ("ws", "sse", "fetch")
-PY_TRANSPORTS = {"ws": "ws", "sse": "sse", "fetch": "stream"}
+TRANSPORTS = DIRECT_TRANSPORTS
 TEXT = "The quick brown fox jumps over the lazy dog; 你好, 世界 🚀. " * 5
 
 PAGE = """<!doctype html><html><body>
@@ -50,18 +54,19 @@ PAGE = """<!doctype html><html><body>
 <div id=root></div><script type=module>
 const mod = await import("data:text/javascript;base64,%(module)s");
 const handlers = {};
-const state = {messages: [], transport: "ws", transports: ["ws", "sse", "fetch"], busy: false, stats: "",
+const state = {messages: [], transport: "ws", transports: ["ws", "sse", "stream"], busy: false, stats: "",
                direct: true, route: "direct"};
 window.model = {sent: [], get: (k) => state[k], set: (k, v) => { state[k] = v; }, save_changes() {},
   send(m) { this.sent.push(m); }, on(n, f) { (handlers[n] ||= []).push(f); }, off() {}};
 window.emit = (n, m) => (handlers[n] || []).forEach((f) => f(m));
 mod.default.render({model: window.model, el: document.getElementById("root")});
+let asks = 0;
 window.turn = (transport, route, endpoint, text) => new Promise((resolve) => {
   model.set("transport", transport); model.set("route", route); model.sent.length = 0;
   emit("msg:custom", {type: "endpoint", endpoint});
   const before = model.send.bind(model);
   model.send = (m) => { before(m); if (m.type === "done") { model.send = before; resolve(m); } };
-  emit("msg:custom", {type: "ask", text, request: {conversation: [], temperature: 0.5}});
+  emit("msg:custom", {type: "ask", id: ++asks, text, request: {conversation: [], temperature: 0.5}});
 });
 // A fetch stream as a page would write it without the Accept trick: arrival of each read.
 window.rawFetch = async (base, token, text, accept) => {
@@ -203,9 +208,9 @@ def run(turns: int = 5, rate: float = 50.0, rtts: tuple[float, ...] = (0.02, 0.1
                         "([b, t, x, a]) => rawFetch(b, t, x, a)", [base, server.token, TEXT, accept])
                 browser.close()
             for name, url in {"direct": server.url, **{n: r.url for n, r in relays.items()}}.items():
-                for transport, py in PY_TRANSPORTS.items():
-                    results["python"].setdefault(name, {})[transport] = python_client_figures(url, server.token, py,
-                                                                                              turns)
+                for transport in TRANSPORTS:
+                    results["python"].setdefault(name, {})[transport] = python_client_figures(url, server.token,
+                                                                                              transport, turns)
         finally:
             for relay in relays.values():
                 relay.stop()

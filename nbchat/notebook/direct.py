@@ -1,14 +1,25 @@
 """The kernel's half of a browser-direct ``ChatWidget`` (``direct=True``).
 
 In direct mode the page opens the stream to the nbchat server itself (native
-WebSocket, EventSource or fetch, see ``widget.js``), so answers keep streaming
-while the kernel runs another cell. The kernel keeps three jobs:
+WebSocket, EventSource or fetch, see ``js/direct.js``), so answers keep
+streaming while the kernel runs another cell. The kernel keeps three jobs:
 
 - it resolves the endpoint (starting the in-kernel server on first use) and
   admits the page's origin on the server it owns;
 - it hands the page each turn's request, built from the conversation shared
   with ``%%chat``, and the endpoint;
 - it records the finished answer the page reports, so the conversation stays one.
+
+None of this waits for the kernel's event loop. Under **Run All** the cell
+after the one showing the widget usually blocks the loop (``w.ask(...)`` then
+``time.sleep``), so a task scheduled on it would run only when that cell ends.
+The endpoint is therefore resolved in a thread started with the widget, and
+comm messages are sent from that thread (ipykernel queues them for its IOPub
+thread). A message sent before the page has loaded the widget's module is
+lost (the front end keeps no listener for it yet), and the page's ``hello``
+is read only when the loop is free; so until a page has been heard from, the
+thread sends what the page needs again at growing intervals, and the page
+ignores what it already has (an ask carries an id).
 
 The token reaches the page only in custom comm messages. Custom messages are
 not widget state: a saved notebook stores the synced traitlets (``messages``,
@@ -18,12 +29,17 @@ until a live kernel sends it again.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
+import itertools
+import json
+import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..wire.contract import DIRECT_TRANSPORTS, Transport, transport_name
 from ..wire.protocol import encode_turn_request
 from .conversation import Conversation
 from .kernel_server import Endpoint, KernelServer, resolve_endpoint
@@ -32,6 +48,22 @@ from .options import ChatOptions
 #: how a page may reach the server: the server's own URL, Jupyter's /proxy/<port>/, or the proxy when it is there
 ROUTES = ("auto", "direct", "proxy")
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+#: until a page is heard from, what it needs is sent again after these pauses (then every last one), for so long
+RESEND_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.0)
+RESEND_FOR = 120.0
+
+Send = Callable[[dict[str, Any]], None]
+
+
+def direct_transport(name: str) -> Transport:
+    """The canonical name of a transport a page can stream itself; ValueError for another."""
+    canonical = transport_name(name)
+    if canonical not in DIRECT_TRANSPORTS:
+        raise ValueError(f"transport {canonical!r} cannot stream browser-direct: use one of "
+                         f"{', '.join(DIRECT_TRANSPORTS)}. The OpenAI route's chunks carry no seq, so the page could "
+                         "not resume its stream after a dropped connection without a gap or a repeat; "
+                         f"ChatWidget(transport={canonical!r}) without direct=True streams it through the kernel")
+    return canonical
 
 
 def page_endpoint(endpoint: Endpoint) -> dict[str, Any]:
@@ -50,66 +82,141 @@ def request_template(conversation: Conversation, options: ChatOptions) -> dict[s
     return body
 
 
-class DirectLink:
-    """Endpoint, requests and finished answers between the kernel and a direct widget's page."""
+def local_jupyter_origins() -> set[str]:
+    """The origins of the Jupyter servers on this machine's loopback, from Jupyter's runtime directory.
 
-    def __init__(self, send: Callable[[dict[str, Any]], None], conversation: Conversation,
-                 kernel_server: KernelServer, server: str | None, token: str | None) -> None:
+    A page served by one of them may stream from the kernel's own server before the kernel has read
+    the page's ``hello`` (which names its origin): the kernel may be busy with the next cell.
+    """
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+    except ImportError:
+        return set()
+    origins: set[str] = set()
+    for info in Path(jupyter_runtime_dir()).glob("jpserver-*.json"):
+        try:
+            parts = urlsplit(json.loads(info.read_text())["url"])
+            port = parts.port
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a file being written or removed by its server
+        if parts.hostname in LOOPBACK and port and parts.scheme in ("http", "https"):
+            origins.update(f"{parts.scheme}://{host}:{port}" for host in ("127.0.0.1", "localhost", "[::1]"))
+    return origins
+
+
+class DirectLink:
+    """Endpoint, requests and finished answers between the kernel and a direct widget's page.
+
+    Everything it sends goes out under one lock, in the order the page needs it: the endpoint,
+    then the request template, then the asks still waiting for their page.
+    """
+
+    def __init__(self, send: Send, conversation: Conversation, kernel_server: KernelServer,
+                 server: str | None, token: str | None) -> None:
         self._send = send
         self._conversation = conversation
         self._kernel_server = kernel_server
         self._server = server
         self._token = token
+        self._lock = threading.RLock()
         self._origins: set[str] = set()
         self.endpoint: Endpoint | None = None
-        self._resolving: asyncio.Task[None] | None = None
-        self._waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self.failure: str | None = None
+        self._context: dict[str, Any] | None = None
+        self._asks: list[dict[str, Any]] = []  # asked, not yet reported done by the page
+        self._ids = itertools.count(1)
+        self._heard = threading.Event()  # a page answered: it receives what is sent from now on
+        self._started = False
+        self._finished_callbacks: list[Callable[[dict[str, Any]], None]] = []
+
+    def start(self, options: ChatOptions) -> None:
+        """Resolve the endpoint in a thread now (the widget was just made) and keep the page told."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self._context = {"type": "context", "request": request_template(self._conversation, options)}
+        server, token = self._server or options.server, self._token or options.token
+        threading.Thread(target=self._resolve, args=(server, token), name="nbchat-direct-endpoint",
+                         daemon=True).start()
+        threading.Thread(target=self._resend, name="nbchat-direct-resend", daemon=True).start()
+
+    def _resolve(self, server: str | None, token: str | None) -> None:
+        try:  # starting the in-kernel server (the embedded model) takes seconds: never on the kernel's loop
+            endpoint = resolve_endpoint(server, token, self._kernel_server)
+        except Exception as exc:  # shown in the page's stats line: the page is the UI's boundary here
+            with self._lock:
+                self.failure = f"{type(exc).__name__}: {exc}"
+                self._deliver()
+            return
+        origins = local_jupyter_origins()
+        with self._lock:
+            self.endpoint = endpoint
+            self._admit(origins | self._origins)
+            self._deliver()
+
+    def _resend(self) -> None:
+        pauses = itertools.chain(RESEND_PAUSES, itertools.repeat(RESEND_PAUSES[-1]))
+        deadline = time.monotonic() + RESEND_FOR
+        while not self._heard.wait(next(pauses)) and time.monotonic() < deadline:
+            with self._lock:
+                self._deliver()
+
+    def _admit(self, origins: set[str]) -> None:
+        for origin in origins:
+            self._kernel_server.admit_origin(origin)  # only the server this kernel owns; others need --allow-origin
+
+    def _deliver(self) -> None:
+        """Everything the page needs now (called with the lock held)."""
+        if self.failure is not None:
+            self._send({"type": "failed", "error": self.failure})
+        elif self.endpoint is None:
+            what = "starting the nbchat server in the kernel" if not self._kernel_server.running else "resolving"
+            self._send({"type": "pending", "what": what})
+        else:
+            self._send({"type": "endpoint", "endpoint": page_endpoint(self.endpoint)})
+            if self._context is not None:
+                self._send(self._context)
+            for ask in self._asks:
+                self._send(ask)
 
     def hello(self, origin: str, options: ChatOptions) -> None:
-        """A view rendered: resolve the endpoint (off the loop) and send it with the conversation."""
-        if origin:
-            self._origins.add(origin)
-        if self.endpoint is not None:
-            self._announce(options)
-        elif self._resolving is None or self._resolving.done():
-            self._resolving = asyncio.get_running_loop().create_task(self._resolve(options))
-
-    async def _resolve(self, options: ChatOptions, then: dict[str, Any] | None = None) -> None:
-        try:
-            # Starting the in-kernel server can take seconds: never on the kernel's loop.
-            self.endpoint = await asyncio.to_thread(resolve_endpoint, self._server or options.server,
-                                                    self._token or options.token, self._kernel_server)
-        except Exception as exc:  # shown in the page's stats line: the page is the UI's boundary here
-            self._send({"type": "failed", "error": f"{type(exc).__name__}: {exc}"})
-            return
-        self._announce(options)
-        if then is not None:
-            self._send(then)
-
-    def _announce(self, options: ChatOptions) -> None:
-        assert self.endpoint is not None
-        for origin in self._origins:
-            self._kernel_server.admit_origin(origin)  # only the server this kernel owns; others need --allow-origin
-        self._send({"type": "endpoint", "endpoint": page_endpoint(self.endpoint)})
-        self.send_context(options)
+        """A view rendered (read when the kernel's loop is free): admit its origin, tell it all again."""
+        self._heard.set()
+        with self._lock:
+            if origin:
+                self._origins.add(origin)
+                if self.endpoint is not None:
+                    self._admit({origin})
+            self._context = {"type": "context", "request": request_template(self._conversation, options)}
+            self._deliver()
+        self.start(options)
 
     def send_context(self, options: ChatOptions) -> None:
         """The request template the page uses for turns it starts itself (Send while the kernel is busy)."""
-        self._send({"type": "context", "request": request_template(self._conversation, options)})
+        with self._lock:
+            self._context = {"type": "context", "request": request_template(self._conversation, options)}
+            if self.endpoint is not None:
+                self._send(self._context)
 
-    def ask(self, text: str, options: ChatOptions) -> asyncio.Future[dict[str, Any]]:
-        """Have the page start a turn; the future resolves with what the page reports at its end."""
-        message = {"type": "ask", "text": text, "request": request_template(self._conversation, options)}
-        done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.append(done)
-        if self.endpoint is not None:
-            self._send(message)  # at once: the cell that called ask may block the loop next (time.sleep)
-        else:
-            self._resolving = asyncio.get_running_loop().create_task(self._resolve(options, then=message))
-        return done
+    def ask(self, text: str, options: ChatOptions, on_done: Callable[[dict[str, Any]], None]) -> None:
+        """Have the page start a turn, now if the endpoint is known, else as soon as it is (from the thread).
+
+        ``on_done`` is called with what the page reports at the turn's end.
+        """
+        message = {"type": "ask", "id": next(self._ids), "text": text,
+                   "request": request_template(self._conversation, options)}
+        with self._lock:
+            self._finished_callbacks.append(on_done)
+            self._asks.append(message)
+            if self.endpoint is not None:
+                self._send(message)  # at once: the cell that called ask may block the loop next (time.sleep)
+        self.start(options)
 
     def finished(self, report: dict[str, Any]) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(report)
+        self._heard.set()
+        with self._lock:
+            self._asks.clear()
+            callbacks, self._finished_callbacks = self._finished_callbacks, []
+        for callback in callbacks:
+            callback(report)

@@ -28,11 +28,11 @@ from typing import Any
 import anywidget
 import traitlets
 
-from ..wire.contract import TRANSPORTS, transport_name
+from ..wire.contract import DIRECT_TRANSPORTS, TRANSPORTS, transport_name
 from ..wire.errors import NBChatError
 from ..wire.events import STATUS_STRINGS, Chunk, End, Status
 from .conversation import Conversation
-from .direct import ROUTES, DirectLink
+from .direct import ROUTES, DirectLink, direct_transport
 from .kernel_server import KernelServer, resolve_endpoint
 from .options import ChatOptions
 from .provenance import provenance, utc_now
@@ -106,7 +106,9 @@ class ChatWidget(anywidget.AnyWidget):
         options = self.conversation.options
         if route not in ROUTES:
             raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
-        super().__init__(transport=transport_name(transport or options.transport), transports=list(TRANSPORTS),
+        wanted = transport or options.transport
+        name = direct_transport(wanted) if direct else transport_name(wanted)
+        super().__init__(transport=name, transports=list(DIRECT_TRANSPORTS if direct else TRANSPORTS),
                          messages=self._history(), direct=direct, route=route, **kwargs)
         # Explicit endpoints win; otherwise each turn reads the conversation's current defaults.
         self._server = server
@@ -122,6 +124,18 @@ class ChatWidget(anywidget.AnyWidget):
         self.last_metrics: dict[str, Any] | None = None
         self._direct = DirectLink(self.send, self.conversation, self._kernel_server, server, token)
         self.on_msg(self._on_frontend_msg)
+        if direct:  # now, not when the page says hello: by then the kernel may be busy with the next cell
+            self._direct.start(self._options())
+
+    @traitlets.validate("transport")
+    def _valid_transport(self, proposal: Any) -> str:
+        value = str(proposal["value"])
+        if not self.direct:  # relayed, an unknown name ends its turn with a clear error in the stats line
+            return value
+        try:
+            return direct_transport(value)
+        except ValueError as exc:
+            raise traitlets.TraitError(str(exc)) from None
 
     # ------------------------------------------------------------ saved copy
 
@@ -179,8 +193,15 @@ class ChatWidget(anywidget.AnyWidget):
         if not text.strip():
             return None
         if self.direct:  # the page refuses a second turn while one streams; this future then ends with the first
-            self._task = self._direct.ask(text, self._options())
-            return self._task
+            done: asyncio.Future[Any] = _running_loop().create_future()
+
+            def settle(report: dict[str, Any]) -> None:
+                if not done.done():
+                    done.set_result(report)
+
+            self._direct.ask(text, self._options(), settle)
+            self._task = done
+            return done
         if self._task is not None and not self._task.done():
             return None
         self._stop_requested = False
@@ -311,13 +332,20 @@ def _one_line(exc: Exception) -> str:
     return line if isinstance(exc, NBChatError) and line else f"{type(exc).__name__}: {line}".rstrip(": ")
 
 
-def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+def _running_loop() -> asyncio.AbstractEventLoop:
     # The kernel's loop is running whenever a cell or a comm message is handled.
     try:
-        loop = asyncio.get_running_loop()
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError("ChatWidget needs a running event loop (a Jupyter kernel, or an async test)") from None
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    try:
+        loop = _running_loop()
     except RuntimeError:
         coro.close()
-        raise RuntimeError("ChatWidget needs a running event loop (a Jupyter kernel, or an async test)") from None
+        raise
     return loop.create_task(coro)
 
 

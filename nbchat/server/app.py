@@ -24,8 +24,10 @@ from starlette.routing import Route, WebSocketRoute
 from .._version import __version__
 from ..backends import Backend, create_backend
 from ..wire.contract import (
+    AFTER_PARAM,
     HEALTH_PATH,
     INTERRUPT_PATH,
+    LAST_EVENT_ID_PARAM,
     NDJSON_HEADERS,
     NDJSON_PATH,
     OPENAI_COMPLETIONS_PATH,
@@ -33,7 +35,9 @@ from ..wire.contract import (
     SSE_HEADERS,
     SSE_PATH,
     TURN_HEADER,
+    TURN_PARAM,
     TURNS_PATH,
+    UID_PARAM,
     WEBSOCKET_PATH,
 )
 from ..wire.errors import PayloadTooLarge, RequestError, ResumeError
@@ -157,9 +161,9 @@ async def create_sse(request: Request) -> Response:
         sub = await start_turn(request)
     else:
         store = store_of(request)
-        uid = request.headers.get("uid") or request.query_params.get("uid")
-        turn = await find_turn(store, request.query_params.get("turn"), uid)
-        last = request.headers.get("last-event-id", request.query_params.get("lastEventId"))
+        uid = request.headers.get(UID_PARAM) or request.query_params.get(UID_PARAM)
+        turn = await find_turn(store, request.query_params.get(TURN_PARAM), uid)
+        last = request.headers.get("last-event-id", request.query_params.get(LAST_EVENT_ID_PARAM))
         found = await subscribe_for_resume(store, turn, parse_after(last))
         if found is None:
             return Response(status_code=204)  # nothing to stream: stops a browser's reconnect loop
@@ -172,8 +176,8 @@ async def talk_by_stream(request: Request) -> Response:
         sub = await start_turn(request)
     else:
         store = store_of(request)
-        turn = await find_turn(store, request.query_params.get("turn"), request.query_params.get("uid"))
-        found = await subscribe_for_resume(store, turn, parse_after(request.query_params.get("after")))
+        turn = await find_turn(store, request.query_params.get(TURN_PARAM), request.query_params.get(UID_PARAM))
+        found = await subscribe_for_resume(store, turn, parse_after(request.query_params.get(AFTER_PARAM)))
         if found is None:
             return Response(status_code=204)
         sub = found

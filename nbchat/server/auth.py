@@ -30,7 +30,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.frames import CloseCode
 
-from ..wire.contract import HEALTH_PATH, TURN_HEADER
+from ..wire.contract import HEALTH_PATH, TOKEN_PARAM, TURN_HEADER
 
 ALLOWED_HEADERS = "uid, token, authorization, content-type, last-event-id"
 EXPOSED_HEADERS = TURN_HEADER
@@ -160,7 +160,7 @@ class SecurityMiddleware:
         if auth[:7].lower() == "bearer ":
             candidates.append(auth[7:].strip())
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        candidates.extend(query.get("token", []))
+        candidates.extend(query.get(TOKEN_PARAM, []))
         # compare every candidate, so the time taken does not depend on which one matched
         ok = False
         for candidate in candidates:

@@ -19,7 +19,7 @@ import logging
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.frames import CloseCode
 
-from ..wire.contract import INTERRUPT_FRAME
+from ..wire.contract import INTERRUPT_FRAME, RESUME_KEY
 from ..wire.errors import RequestError, ResumeError
 from ..wire.events import End, ErrorInfo, Event, Status
 from ..wire.protocol import encode_ws, parse_json_text, parse_position, parse_turn_request
@@ -73,8 +73,8 @@ class Session:
             await self.switch_to(turn.id, 0)
             return
         obj = parse_json_text(text)
-        if isinstance(obj, dict) and "resume" in obj:
-            await self.resume(obj["resume"])
+        if isinstance(obj, dict) and RESUME_KEY in obj:
+            await self.resume(obj[RESUME_KEY])
             return
         request = parse_turn_request(obj)
         await self.stop_current()

@@ -20,6 +20,16 @@ WEBSOCKET_PATH = "/websocket/{uid}"
 OPENAI_COMPLETIONS_PATH = "/v1/chat/completions"
 OPENAI_MODELS_PATH = "/v1/models"
 
+#: query parameters: the token (a browser's WebSocket and EventSource cannot set headers), the uid a queued
+#: turn is started by, and a resume's turn and last seq (``after`` for the fetch stream, ``lastEventId`` for SSE)
+TOKEN_PARAM = "token"
+UID_PARAM = "uid"
+TURN_PARAM = "turn"
+AFTER_PARAM = "after"
+LAST_EVENT_ID_PARAM = "lastEventId"
+#: a WebSocket frame ``{"resume": {"after": seq, "turn": id}}`` reattaches to a turn after its last seq
+RESUME_KEY = "resume"
+
 #: names the turn a streaming HTTP answer belongs to (for an interrupt or a resume)
 TURN_HEADER = "X-NBChat-Turn"
 #: the client-to-server WebSocket frame that stops the running turn
@@ -35,7 +45,11 @@ Transport: TypeAlias = Literal["ws", "sse", "stream", "ndjson", "fetch", "openai
 fetch stream, ``"stream"``."""
 TRANSPORTS: tuple[Transport, ...] = ("ws", "sse", "stream", "openai")
 """One name per transport, in the order they are listed and benchmarked."""
-_ALIASES: dict[str, Transport] = {"ndjson": "stream", "fetch": "stream"}
+TRANSPORT_ALIASES: dict[str, Transport] = {"ndjson": "stream", "fetch": "stream"}
+"""Other names of a transport, and the canonical name each stands for."""
+DIRECT_TRANSPORTS: tuple[Transport, ...] = ("ws", "sse", "stream")
+"""The transports a page streams itself (``ChatWidget(direct=True)``): each carries a seq, so a dropped
+connection resumes with no gap and no repeat; the OpenAI route's chunks carry none."""
 
 #: what a client asks for when the caller does not say (client.stream, %%chat, nbchat chat, the OpenAI route)
 DEFAULT_TEMPERATURE = 0.7
@@ -44,7 +58,7 @@ DEFAULT_MAX_TOKENS = 512
 
 def transport_name(name: str) -> Transport:
     """The canonical name of a transport (``"ndjson"`` -> ``"stream"``); ValueError for an unknown one."""
-    canonical = _ALIASES.get(name, name)
+    canonical = TRANSPORT_ALIASES.get(name, name)
     for known in TRANSPORTS:
         if canonical == known:
             return known

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .contract import INTERRUPT_FRAME
+from .contract import INTERRUPT_FRAME, RESUME_KEY
 from .errors import ProtocolError
 from .events import Item, Status, TurnRequest
 from .protocol import decode_ws, dumps, encode_turn_request
@@ -59,7 +59,7 @@ class WebSocketSession:
     @staticmethod
     def resume_frame(after: int, turn_id: str | None) -> str:
         spec: dict[str, Any] = {"after": after, "turn": turn_id} if turn_id else {"after": after}
-        return dumps({"resume": spec})
+        return dumps({RESUME_KEY: spec})
 
     def begin(self) -> TurnFrames:
         """A new turn on this socket, about to be requested: it owns the frames from now on."""
