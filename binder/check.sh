@@ -16,7 +16,8 @@
 #   NBCHAT_BINDER_NO_CACHE=1  install with --no-cache-dir, as repo2docker does:
 #                             llama-cpp-python is then compiled from source
 #                             (about 5 minutes on 2 cores) instead of reusing
-#                             a wheel pip built earlier
+#                             the wheel .ci/install-llama.sh built for this CPU
+#                             (~/.cache/nbchat/wheels) or one pip built earlier
 #   NBCHAT_BINDER_PYTHON=...  the interpreter for the environment (default: pythonX.Y from runtime.txt)
 #   NBCHAT_BINDER_TIMEOUT=600 seconds a notebook cell may take
 set -euo pipefail
@@ -58,7 +59,22 @@ got=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 echo "::: pip install -r binder/requirements.txt"
 began=$SECONDS
 cache=()
-[ "${NBCHAT_BINDER_NO_CACHE:-}" = 1 ] && cache=(--no-cache-dir)
+if [ "${NBCHAT_BINDER_NO_CACHE:-}" = 1 ]; then
+    cache=(--no-cache-dir)
+else
+    # The wheel .ci/install-llama.sh built for this CPU (no AMX) stands in for the portable build, so a
+    # machine that compiled llama.cpp once does not compile it again here; the notebooks' check is the same.
+    key=$(PYTHONPATH="$repo" "$python" -m nbchat.backends.cpu --key 2>/dev/null || true)
+    wheels=${NBCHAT_WHEEL_CACHE:-$HOME/.cache/nbchat/wheels}
+    for dir in "$wheels"/llama-cpp-python-*-"$key"; do
+        if [ -n "$key" ] && compgen -G "$dir/llama_cpp_python-*.whl" >/dev/null; then
+            llama=${dir#"$wheels"/llama-cpp-python-}
+            echo "llama-cpp-python==${llama%-"$key"}" > "$work/constraints.txt"
+            cache=(--find-links "$dir" --constraint "$work/constraints.txt")
+            echo "llama-cpp-python: the wheel cached in $dir"
+        fi
+    done
+fi
 # (the filter drops a notice this machine's pip configuration prints for every package)
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "${cache[@]}" -r binder/requirements.txt \
     2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)

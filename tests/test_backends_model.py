@@ -54,12 +54,14 @@ async def backend() -> AsyncIterator[SmolLM2Backend]:
     await made.aclose()
 
 
+@pytest.mark.model
 def test_the_model_file_comes_from_the_installed_wheel() -> None:
     path = find_gguf()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.stat().st_size > 50_000_000
 
 
+@pytest.mark.model
 async def test_streams_real_text(backend: SmolLM2Backend) -> None:
     pieces = await collect(backend.generate(ask("What is the capital of France? Answer in one sentence.")))
     assert len(pieces) > 1
@@ -76,6 +78,7 @@ def test_prompts_are_cut_at_fixed_positions() -> None:
     assert block_cuts(1000)[: len(block_cuts(300))] == block_cuts(300)
 
 
+@pytest.mark.model
 async def test_temperature_zero_is_deterministic(backend: SmolLM2Backend) -> None:
     request = ask("Write one sentence about the sea.")
     first = await collect(backend.generate(request))
@@ -87,6 +90,7 @@ async def test_temperature_zero_is_deterministic(backend: SmolLM2Backend) -> Non
     assert text_of(first)
 
 
+@pytest.mark.model
 async def test_max_tokens_ends_with_length(backend: SmolLM2Backend) -> None:
     before = backend.model.tokens_sampled
     pieces = await collect(backend.generate(ask(LONG_PROMPT, max_tokens=8)))
@@ -96,10 +100,12 @@ async def test_max_tokens_ends_with_length(backend: SmolLM2Backend) -> None:
     assert backend.model.tokens_sampled - before <= 9  # llama.cpp asks the stop check once more at the end
 
 
+@pytest.mark.model
 async def test_max_tokens_zero_generates_nothing(backend: SmolLM2Backend) -> None:
     assert await collect(backend.generate(ask(LONG_PROMPT, max_tokens=0))) == [LENGTH]
 
 
+@pytest.mark.model
 async def test_cancel_stops_the_model_within_a_token(backend: SmolLM2Backend) -> None:
     received: list[str | Finish] = []
     three = asyncio.Event()
@@ -129,6 +135,7 @@ async def test_cancel_stops_the_model_within_a_token(backend: SmolLM2Backend) ->
     assert time.process_time() - own < 0.1
 
 
+@pytest.mark.model
 async def test_aclose_of_the_iterator_stops_the_model(backend: SmolLM2Backend) -> None:
     stream = backend.generate(ask(LONG_PROMPT, max_tokens=None))
     assert isinstance(await anext(stream), str)
@@ -138,6 +145,7 @@ async def test_aclose_of_the_iterator_stops_the_model(backend: SmolLM2Backend) -
     assert backend.model.tokens_sampled - at_close <= 2
 
 
+@pytest.mark.model
 async def test_concurrent_turns_share_the_model_and_match_sequential_runs(backend: SmolLM2Backend) -> None:
     a, b = ask("Name three fruits.", max_tokens=16), ask("Say hello in French.", max_tokens=16)
     sequential = [await collect(backend.generate(a)), await collect(backend.generate(b))]
@@ -145,6 +153,7 @@ async def test_concurrent_turns_share_the_model_and_match_sequential_runs(backen
     assert list(concurrent) == sequential
 
 
+@pytest.mark.model
 async def test_a_full_queue_raises_queue_full() -> None:
     backend = SmolLM2Backend(queue_size=1)
     await backend.start()
@@ -165,6 +174,7 @@ async def test_a_full_queue_raises_queue_full() -> None:
     assert QueueFull("x").code == "queue_full"
 
 
+@pytest.mark.model
 async def test_a_missing_model_file_is_a_clear_backend_error(tmp_path: object) -> None:
     backend = SmolLM2Backend(model_path="/nonexistent/model.gguf")
     with pytest.raises(BackendError, match="cannot load the model"):

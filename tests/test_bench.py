@@ -291,6 +291,7 @@ def test_rounds_option() -> None:
             bench_args("--rounds", bad)
 
 
+@pytest.mark.slow  # a whole benchmark run, servers and all
 def test_bench_quick_command(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = bench_command("--transports", "ws,stream", "--concurrency", "3", "--seconds", "0.3", "--rounds", "2",
@@ -331,14 +332,14 @@ def check_comparison_notebook(nb: object) -> None:
 
 
 def test_committed_notebook_shows_its_results() -> None:
-    nbformat = pytest.importorskip("nbformat")
+    nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
     check_comparison_notebook(nbformat.read(NOTEBOOK, as_version=4))
 
 
 @pytest.mark.slow
 def test_notebook_runs_on_a_fresh_kernel(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
+    nbclient = pytest.importorskip("nbclient", reason="needs the lab extra: pip install -e '.[lab]'")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300, startup_timeout=120,
                                      resources={"metadata": {"path": str(NOTEBOOK.parent)}})
@@ -367,3 +368,22 @@ def test_failed_streams_are_counted_and_named_in_the_notes() -> None:
     clean = Results()
     clean.add(summarize("concurrency", "ws", [synthetic()], streams=1))
     assert clean.notes == []
+
+
+def test_long_answer_is_markdown_of_the_asked_size_with_math_code_and_tables() -> None:
+    from nbchat.bench.longpage import long_answer, stream_seconds
+    from nbchat.notebook.render import code_blocks
+
+    answer = long_answer(40_000)
+    assert 40_000 <= len(answer) < 42_000 and answer == long_answer(40_000)  # deterministic
+    assert not answer.endswith("\n") and answer.count("```") % 2 == 0
+    assert len(code_blocks(answer)) >= 20 and answer.count("$$") >= 20 and "\\[" in answer and "|---:|" in answer
+    assert stream_seconds("x" * 4000, 1000.0) == 1.0  # 4-character pieces, one per millisecond
+
+
+def test_long_answer_table_marks_runs_stopped_before_the_answer_showed() -> None:
+    from nbchat.bench.longpage import markdown
+
+    run = {"seconds": 60.4, "timed_out": True, "ratio": 6.02, "stalled_s": 59.9, "stalls": 152, "longest_ms": 1753}
+    table = markdown({"sizes": {40: {"stream_s": 10.04}}, "runs": {"chat lab": {40: run}}})
+    assert "| chat lab | 40 KB | 10.04 | > 60.4 (not shown) | > 6.02 | > 59.9 | 152 | 1753 |" in table

@@ -26,6 +26,8 @@ TOKEN = "fuzz-token-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(max_examples=int(os.environ.get("NBCHAT_FUZZ_EXAMPLES", "60")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=False)
+#: hundreds of requests against a serve subprocess: seconds of CPU, so out of the fast layer
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from IPython.core.error import UsageError
@@ -22,11 +22,12 @@ from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.clients import TRANSPORTS
 from nbchat.notebook.kernel_server import KernelServer
 from nbchat.notebook.magics import ChatMagics, StreamView, interpolate
+from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.render import TurnStats, answer_markdown, open_fence, safe_markdown
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle
 from nbchat.wire.errors import ServerStartError
-from tests.helpers import TOKEN, RecordingBackend, ServerFactory
+from tests.helpers import TOKEN, CapturingBackend, RecordingBackend, ServerFactory
 
 MESSAGE = "Hello 你好 🚀 <b>bold</b> " * 40
 
@@ -333,7 +334,7 @@ def test_code_puts_the_answer_code_into_the_next_cell(ip: InteractiveShell, magi
 def test_export_writes_markdown_and_openai_messages_that_parse(
         ip: InteractiveShell, magics: ChatMagics, published: Published, echo_server: ServerHandle,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    mistune = pytest.importorskip("mistune", reason="the export test parses Markdown with mistune (nbconvert's)")
+    mistune = pytest.importorskip("mistune", reason="needs mistune (nbconvert's, in the lab extra) to parse the export")
     assert chat(ip, echo_server, "first question", "-t sse --system 'be brief'").success
     assert chat(ip, echo_server, CODE_ANSWER, "--raw").success
     ip.run_line_magic("chat", f"export {tmp_path / 'chat.json'}")
@@ -360,3 +361,64 @@ def test_export_writes_markdown_and_openai_messages_that_parse(
     assert "echo (echo) · sse to " + echo_server.url in text and TOKEN not in text
     with pytest.raises(UsageError, match=r"\.md .* or \.json"):
         ip.run_line_magic("chat", f"export {tmp_path / 'chat.txt'}")
+
+
+def test_an_unset_temperature_is_not_sent(ip: InteractiveShell, published: Published,
+                                          make_server: ServerFactory) -> None:
+    backend = CapturingBackend()
+    server = make_server(backend)
+    magics = ChatMagics(ip)
+    magics.conversation.options = ChatOptions(server=server.url, token=TOKEN)
+    magics.chat_cell("", "hi")
+    magics.chat_cell("--temperature 0.3", "again")
+    # unset, the server's backend samples as suits its model; set, what the user set is sent
+    assert [request.temperature for request in backend.requests] == [None, 0.3]
+
+
+class WidgetView(StreamView):
+    """The live view a kernel gets (a widget fed only new text), its messages to the page recorded."""
+
+    made: ClassVar[list[WidgetView]] = []
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(widget=True)
+        self.deltas: list[str] = []
+        WidgetView.made.append(self)
+
+    def start(self, note: str = "*waiting for the first token…*") -> None:
+        super().start(note)
+        self.live.send = lambda content, buffers=None: self.deltas.append(content["text"])
+
+
+def test_in_a_kernel_the_answer_streams_as_new_text_and_ends_as_markdown(
+        ip: InteractiveShell, magics: ChatMagics, published: Published, make_server: ServerFactory) -> None:
+    server = make_server(rate=400.0)
+    magics.view_factory = WidgetView
+    text = "".join(f"Paragraph {i} with $x_{i}$ and `code`.\n\n" for i in range(150))
+    assert chat(ip, server, text, "--max-tokens 100000 --raw").success
+    view = WidgetView.made[-1]
+    sent = "".join(view.deltas)  # each piece of text sent once, in order; the rest comes with the Markdown
+    assert text.startswith(sent) and len(sent) > len(text) / 2
+    assert 5 <= len(view.deltas) < len(text) / 4  # coalesced, yet live
+    first, *rest = published.messages
+    assert "application/vnd.jupyter.widget-view+json" in first[0] and not first[1]  # the live view
+    assert all(update for _, update in rest) and len(rest) == 2  # replaced in place, then annotated
+    final = published.last_markdown
+    assert final.startswith("Paragraph 0 with $x_0$") and "\\[DONE\\]*" in final
+    assert published.metadata[-1]["nbchat"]["status"] == "[DONE]"
+    assert view.live is None  # the widget is closed: no widget state stays in the notebook
+
+
+def test_no_widget_streams_markdown_updates(ip: InteractiveShell, magics: ChatMagics, published: Published,
+                                            echo_server: ServerHandle) -> None:
+    made: list[StreamView] = []
+
+    def factory(widget: bool | None = None) -> StreamView:
+        made.append(StreamView(widget=True if widget is None else widget))
+        return made[-1]
+
+    magics.view_factory = factory
+    assert chat(ip, echo_server, "plain please", "--no-widget").success
+    assert made[-1].widget is False
+    assert all("application/vnd.jupyter.widget-view+json" not in data for data, _ in published.messages)
+    assert published.last_markdown.startswith("plain please")

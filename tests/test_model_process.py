@@ -33,6 +33,8 @@ SHORT = TurnRequest(user_message=Message("user", "Name three colours of the rain
                     max_tokens=16)
 SIGNALS = {"SIGKILL": "SIGKILL", "SIGILL": "illegal instruction", "SIGSEGV": "segmentation fault"}
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module")
 def model_server() -> Iterator[ServerHandle]:
@@ -147,6 +149,8 @@ def run_cell(client: Any, code: str, on_output: Any = None, timeout: float = 120
             texts.append(content["data"].get("text/markdown") or content["data"].get("text/plain", ""))
         elif kind == "stream":
             texts.append(content["text"])
+        elif kind == "comm_msg" and content["data"].get("method") == "custom":  # %%chat's live view: new text
+            texts.append(content["data"]["content"].get("text", ""))
         elif kind == "error":
             texts.append(f"{content['ename']}: {content['evalue']}")
         if on_output is not None and texts:

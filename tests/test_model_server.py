@@ -38,6 +38,7 @@ def model_server() -> Iterator[ServerHandle]:
     handle.stop()
 
 
+@pytest.mark.model
 def test_greedy_answer_is_real_and_identical_on_every_transport(model_server: ServerHandle) -> None:
     req = TurnRequest(user_message=Message("user", QUESTION), temperature=0.0, max_tokens=24)
     answers = {t: ask(model_server.url, t, req) for t in TRANSPORTS}
@@ -49,6 +50,7 @@ def test_greedy_answer_is_real_and_identical_on_every_transport(model_server: Se
         assert other_end.status is end.status, transport
 
 
+@pytest.mark.model
 def test_max_tokens_gives_tokens_status(model_server: ServerHandle) -> None:
     req = TurnRequest(user_message=Message("user", "Write a long story about the sea."), max_tokens=5)
     for transport in ("ws", "sse", "stream"):
@@ -57,6 +59,7 @@ def test_max_tokens_gives_tokens_status(model_server: ServerHandle) -> None:
         assert text
 
 
+@pytest.mark.model
 def test_two_concurrent_turns_both_complete(model_server: ServerHandle) -> None:
     req = TurnRequest(user_message=Message("user", QUESTION), temperature=0.0, max_tokens=16)
     alone = ask(model_server.url, "stream", req)[0]
@@ -70,6 +73,7 @@ def test_two_concurrent_turns_both_complete(model_server: ServerHandle) -> None:
     assert {t: r[0] for t, r in results.items()} == {"ws": alone, "sse": alone}
 
 
+@pytest.mark.model
 def test_interrupt_stops_the_model_process_cpu(tmp_path: Path) -> None:
     nbchat = shutil.which("nbchat")
     assert nbchat is not None, "nbchat is not on PATH: pip install -e ."

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat", reason="the notebook tests need the lab extra: pip install -e '.[lab]'")
-nbclient = pytest.importorskip("nbclient", reason="the notebook tests need the lab extra: pip install -e '.[lab]'")
+nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
+nbclient = pytest.importorskip("nbclient", reason="needs the lab extra: pip install -e '.[lab]'")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -221,6 +221,7 @@ def fresh_kernel_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NBCHAT_TOKEN", raising=False)
 
 
+@pytest.mark.model
 @pytest.mark.slow
 @pytest.mark.usefixtures("fresh_kernel_env")
 @pytest.mark.parametrize("path", [QUICKSTART, CLIENTS], ids=lambda p: p.name)
@@ -228,6 +229,7 @@ def test_notebook_runs_on_a_fresh_kernel(path: Path, tmp_path: Path) -> None:
     CHECKS[path.name](execute(path, tmp_path))
 
 
+@pytest.mark.model
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("NBCHAT_SKIP_BINDER") == "1", reason="NBCHAT_SKIP_BINDER=1")
 @pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="binder/check.sh checks apt.txt with dpkg")

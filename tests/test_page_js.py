@@ -5,7 +5,7 @@ page's metrics, and the renderer's streaming-equals-one-shot property. They
 import the modules in ``nbchat/notebook/js/`` as they are (the renderer needs
 the npm libraries ``js/build.sh`` installs; ``npm ci`` runs here when they are
 missing). Node is Debian's ``nodejs`` (``.ci/run`` installs it with npm): a
-machine without it fails this test rather than skipping it.
+machine without it skips this test, and fails it under CI (``tests/conftest.py``).
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from nbchat.notebook.provenance import FIELDS, describe, provenance, public_url
 from nbchat.notebook.render import TurnStats
 from tests.helpers import TOKEN, ServerFactory
 
-nbformat = pytest.importorskip("nbformat", reason="the notebook tests need the lab extra: pip install -e '.[lab]'")
-nbclient = pytest.importorskip("nbclient", reason="the notebook tests need the lab extra: pip install -e '.[lab]'")
+nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
+nbclient = pytest.importorskip("nbclient", reason="needs the lab extra: pip install -e '.[lab]'")
 
 CELLS = [
     "%load_ext nbchat",

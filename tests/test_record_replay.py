@@ -191,6 +191,7 @@ def serve_once(command: list[str]) -> str:
         stop_process(proc)
 
 
+@pytest.mark.model
 @pytest.mark.slow
 def test_a_recorded_model_turn_replays_with_its_cadence(make_server: ServerFactory, tmp_path: Path) -> None:
     question = TurnRequest(user_message=Message("user", "Name three colours of the rainbow."), temperature=0.0,

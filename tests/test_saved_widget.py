@@ -20,8 +20,8 @@ from nbchat.notebook.conversation import Conversation
 from nbchat.notebook.export import MIRROR_MARKER, mirror_markdown
 from tests.helpers import TOKEN, ServerFactory
 
-nbformat = pytest.importorskip("nbformat", reason="the notebook tests need the lab extra: pip install -e '.[lab]'")
-nbclient = pytest.importorskip("nbclient", reason="the notebook tests need the lab extra: pip install -e '.[lab]'")
+nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
+nbclient = pytest.importorskip("nbclient", reason="needs the lab extra: pip install -e '.[lab]'")
 
 QUESTIONS = ["First: is **this** kept?", "Second, with <img src=x onerror=alert(1)> and `code`"]
 CELLS = [

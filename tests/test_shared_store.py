@@ -68,6 +68,7 @@ def chunk_seqs(records: list[dict[str, object]]) -> list[object]:
 # ---------------------------------------------------------------- resume on the other process
 
 
+@pytest.mark.redis
 def test_sse_post_on_a_resumed_on_b_byte_exact(pair: tuple[ServeProcess, ServeProcess]) -> None:
     a, b = pair
     with httpx.stream("POST", a.url + "/createSse", json=request(uid="sse-u"), headers=H, timeout=10) as r:
@@ -86,6 +87,7 @@ def test_sse_post_on_a_resumed_on_b_byte_exact(pair: tuple[ServeProcess, ServePr
     assert text == MESSAGE
 
 
+@pytest.mark.redis
 def test_ndjson_post_on_a_resumed_on_b_byte_exact(pair: tuple[ServeProcess, ServeProcess]) -> None:
     a, b = pair
     with httpx.stream("POST", a.url + "/talkByStream", json=request(), headers=H, timeout=10) as r:
@@ -115,6 +117,7 @@ def frames_until_status(conn: ClientConnection, timeout: float = 20) -> list[str
     return frames
 
 
+@pytest.mark.redis
 def test_websocket_on_a_resumed_on_b(pair: tuple[ServeProcess, ServeProcess]) -> None:
     a, b = pair
     with ws(a, "ws-u") as conn:
@@ -130,6 +133,7 @@ def test_websocket_on_a_resumed_on_b(pair: tuple[ServeProcess, ServeProcess]) ->
     assert "".join(r["content"] for r in records) == MESSAGE
 
 
+@pytest.mark.redis
 def test_queued_turn_on_a_started_by_websocket_on_b(pair: tuple[ServeProcess, ServeProcess]) -> None:
     a, b = pair
     r = httpx.post(a.url + "/turns", json=request("queued on A", uid="queue-u"), headers=H, timeout=10)
@@ -166,6 +170,7 @@ class Collector(threading.Thread):
         self.first.set()
 
 
+@pytest.mark.redis
 def test_interrupt_on_b_stops_the_generation_on_a(redis_server: RedisProcess, serve_process: ServeFactory) -> None:
     a = serve_process("--store", redis_server.url, rate=20)
     b = serve_process("--store", redis_server.url, rate=20)
@@ -196,6 +201,7 @@ def test_interrupt_on_b_stops_the_generation_on_a(redis_server: RedisProcess, se
 # ---------------------------------------------------------------- failures
 
 
+@pytest.mark.redis
 def test_a_killed_mid_turn_ends_b_readers_with_error(pair: tuple[ServeProcess, ServeProcess]) -> None:
     a, b = pair
     with httpx.stream("POST", a.url + "/talkByStream", json=request("y" * 3000), headers=H, timeout=30) as r:
@@ -233,6 +239,7 @@ def read_across(a: ServeProcess, b: ServeProcess, content: str,
     return on_a, on_b.records, time.monotonic() - disrupted
 
 
+@pytest.mark.redis
 def test_redis_unreachable_gives_503_and_error_status(pair: tuple[ServeProcess, ServeProcess],
                                                       redis_server: RedisProcess) -> None:
     a, b = pair
@@ -258,6 +265,7 @@ def test_redis_unreachable_gives_503_and_error_status(pair: tuple[ServeProcess, 
     assert httpx.get(a.url + "/health", timeout=5).status_code == 200
 
 
+@pytest.mark.redis
 def test_redis_restarted_ends_running_turns_and_serves_again(pair: tuple[ServeProcess, ServeProcess],
                                                              redis_server: RedisProcess) -> None:
     a, b = pair
@@ -281,6 +289,7 @@ def test_workers_need_a_shared_store() -> None:
     assert "--workers 2 needs --store redis://" in done.stderr and "own memory" in done.stderr
 
 
+@pytest.mark.redis
 def test_workers_share_one_port_and_the_turns(redis_server: RedisProcess, serve_process: ServeFactory) -> None:
     served = serve_process("--workers", "2", "--store", redis_server.url)
     workers = descendants(served.proc.pid)
@@ -318,6 +327,7 @@ def _alive(pid: int) -> bool:
         return stat.read().split(")")[-1].split()[0] != "Z"
 
 
+@pytest.mark.redis
 def test_the_benchmark_starts_workers(redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatch) -> None:
     """``nbchat bench --workers 2`` waits for the line ``nbchat serve --workers 2`` prints once every worker
     accepts, which ends in `` (2 workers)``."""
@@ -346,6 +356,7 @@ async def store_here(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisSto
         await store.aclose()
 
 
+@pytest.mark.redis
 async def test_one_command_writes_a_batch_and_a_failing_turn_alone_ends(
         store_here: tuple[RedisStore, aioredis.Redis]) -> None:
     """The writer's batch reaches every turn's stream in order, times included; a turn whose stream the
@@ -370,6 +381,7 @@ async def test_one_command_writes_a_batch_and_a_failing_turn_alone_ends(
     assert good.end is None and other.end is None
 
 
+@pytest.mark.redis
 async def test_the_heartbeat_reads_interrupts_and_readers_on_other_processes(
         store_here: tuple[RedisStore, aioredis.Redis]) -> None:
     """One look per heartbeat: a stream counted by a live process keeps a turn out of its grace period,
@@ -391,6 +403,7 @@ async def test_the_heartbeat_reads_interrupts_and_readers_on_other_processes(
     assert turn.end is not None and turn.end.status is Status.INTERRUPTED
 
 
+@pytest.mark.redis
 async def test_the_heartbeat_leaves_a_turn_alone_while_its_record_is_being_written(
         store_here: tuple[RedisStore, aioredis.Redis], monkeypatch: pytest.MonkeyPatch) -> None:
     """Under load the record of a new turn reaches Redis late; a heartbeat meanwhile must not take the

@@ -17,6 +17,8 @@ It also measures the Python clients over the same relays, and what the proxy
 does to a fetch stream whose ``Accept`` is not ``text/event-stream``.
 
     python -m nbchat.bench.page [--turns 5] [--rate 50] [--json OUT]
+
+``--long`` measures long answers in the notebook instead (:mod:`.longpage`).
 """
 
 from __future__ import annotations
@@ -248,7 +250,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--rate", type=float, default=50.0, help="echo pieces per second")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--long", action="store_true",
+                        help="instead: long answers in JupyterLab and Notebook 7 (time to the whole answer, stalls)")
+    parser.add_argument("--sizes", default="4,40,150", help="--long: answer sizes in KB")
+    parser.add_argument("--surfaces", help="--long: some of 'chat lab', 'chat nb7', 'widget relayed', "
+                        "'widget direct', comma-separated (default: all)")
     args = parser.parse_args(argv)
+    if args.long:
+        from . import longpage
+
+        surfaces = tuple(args.surfaces.split(",")) if args.surfaces else longpage.SURFACES
+        long_results = longpage.run(tuple(int(kb) for kb in args.sizes.split(",")),
+                                    1000.0 if args.rate == 50.0 else args.rate, surfaces)
+        if args.json:
+            Path(args.json).write_text(json.dumps(long_results, indent=1))
+        print(longpage.markdown(long_results))
+        return
     results = run(args.turns, args.rate)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, ensure_ascii=False))

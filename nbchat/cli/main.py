@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from urllib.parse import quote
@@ -15,19 +16,17 @@ from ..server.config import Settings
 LIMIT_OPTIONS = ("max_body_bytes", "header_timeout", "max_header_bytes", "max_connections", "max_queued_bytes")
 
 
-STORE_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the streaming chat server",
                        description="Run the nbchat streaming chat server (WebSocket, SSE, NDJSON, OpenAI-compatible).")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    d = Settings()  # the defaults live there, once
+    p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=d.port, help="port (0 picks a free one)")
     p.add_argument("--token", default=None,
                    help="access token; without it a random one is made and printed; --token '' turns auth off")
     p.add_argument("--public-without-token", action="store_true",
                    help="allow --token '' with a non-loopback --host (anyone reaching the port may use the server)")
-    p.add_argument("--backend", choices=BACKEND_NAMES, default="smollm2",
+    p.add_argument("--backend", choices=BACKEND_NAMES, default=d.backend,
                    help="smollm2 (embedded model, default), echo (deterministic), openai (OPENAI_BASE_URL), "
                         "replay (a recorded answer, --replay)")
     p.add_argument("--rate", type=float, default=None,
@@ -35,7 +34,7 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                         "(default: the recorded pace)")
     p.add_argument("--record", metavar="DIR", default=None,
                    help="write each turn's chunks with their server times to DIR, one JSON Lines file per turn")
-    p.add_argument("--record-max-mb", type=float, default=Settings().record_max_mb, metavar="N",
+    p.add_argument("--record-max-mb", type=float, default=d.record_max_mb, metavar="N",
                    help="bound the --record directory to N MiB, removing the oldest recordings (0: no bound; "
                         "default %(default)g)")
     p.add_argument("--replay", metavar="FILE", default=None,
@@ -43,23 +42,28 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--model", default=None, help="model id for the openai backend")
     p.add_argument("--threads", type=int, default=None,
                    help="smollm2 backend: llama.cpp decoding threads (default: half the cores; prompts use all)")
-    p.add_argument("--model-timeout", type=float, default=30.0,
+    p.add_argument("--cache-mb", type=float, default=None, metavar="N",
+                   help="smollm2 backend: memory for other conversations' evaluated state, so switching among "
+                        "them does not re-read their histories (default: $NBCHAT_CACHE_MB, else 256; 0 keeps none)")
+    p.add_argument("--exact-cache", action="store_true", default=None,
+                   help="smollm2 backend: reuse only what a fresh evaluation computes, so greedy answers never "
+                        "depend on earlier turns (default: $NBCHAT_EXACT_CACHE; slower: each answer is read again)")
+    p.add_argument("--model-timeout", type=float, default=d.model_timeout,
                    help="end a turn with [MODEL_TIMEOUT] when the backend yields nothing this long (seconds)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="also allow this Origin (repeatable; '*' allows any)")
-    p.add_argument("--grace-period", type=float, default=30.0,
+    p.add_argument("--grace-period", type=float, default=d.grace_period,
                    help="seconds a turn keeps generating after its last client leaves, for a reattach")
-    p.add_argument("--store", default="", metavar="redis://HOST:PORT/DB",
+    p.add_argument("--store", default=d.store, metavar="redis://HOST:PORT/DB",
                    help="keep turns in Redis, shared by every process given the same URL (resume, Stop and the "
                         "uid's queued turn then work on whichever process a request lands on); default: in memory")
-    p.add_argument("--lease-seconds", type=float, default=Settings().lease_seconds, metavar="SECONDS",
+    p.add_argument("--lease-seconds", type=float, default=d.lease_seconds, metavar="SECONDS",
                    help="with --store: a process's lease, renewed every third of it; the turns of a process that "
                         "stops renewing end with [ERROR] after this long (default %(default)g)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N server processes on the one port (needs --store: they share the turns there; "
                         "each worker loads its own model)")
     limits = p.add_argument_group("limits", "what one client may hold or send (see docs/security.md)")
-    d = Settings()
     limits.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
                         help="largest request body or WebSocket message; over it: 413 or close 1009 "
                              "(default %(default)s)")
@@ -79,32 +83,15 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..server.auth import public_bind_refusal
     from ..server.serving import NBChatServer, make_server, serve_here
 
-    if args.rate is not None and args.rate < 0:
-        print("nbchat serve: --rate must be >= 0", file=sys.stderr)
-        return 2
-    if (args.backend == "replay") != (args.replay is not None):
-        print("nbchat serve: --replay FILE goes with --backend replay", file=sys.stderr)
-        return 2
     if args.threads is not None and args.threads < 1:
         print("nbchat serve: --threads must be >= 1", file=sys.stderr)
         return 2
-    limits = {name: getattr(args, name) for name in LIMIT_OPTIONS}
-    if any(value <= 0 for value in limits.values()):
-        print("nbchat serve: the limits (--max-body-bytes ... --max-queued-bytes) must be > 0", file=sys.stderr)
-        return 2
-    if args.store and not args.store.startswith(STORE_SCHEMES):
-        print(f"nbchat serve: --store takes a Redis URL ({', '.join(STORE_SCHEMES)}...), not {args.store!r}",
-              file=sys.stderr)
+    if args.cache_mb is not None and not args.cache_mb >= 0:
+        print("nbchat serve: --cache-mb must be 0 or more", file=sys.stderr)
         return 2
     refusal = public_bind_refusal(args.host, args.token, args.public_without_token)
     if refusal is not None:
         print(f"nbchat serve: {refusal}", file=sys.stderr)
-        return 2
-    if args.lease_seconds <= 0:
-        print("nbchat serve: --lease-seconds must be > 0", file=sys.stderr)
-        return 2
-    if args.record_max_mb < 0:
-        print("nbchat serve: --record-max-mb must be >= 0 (0: no bound)", file=sys.stderr)
         return 2
     if args.workers < 1:
         print("nbchat serve: --workers must be >= 1", file=sys.stderr)
@@ -115,15 +102,11 @@ def run_serve(args: argparse.Namespace) -> int:
               "holding the turn would not find it. Give the workers a shared store, or run one process.",
               file=sys.stderr)
         return 2
-    options = {"n_threads": args.threads} if args.threads else {}
-    settings = Settings(host=args.host, port=args.port, token=args.token, backend=args.backend,
-                        rate=DEFAULT_RATE if args.rate is None else args.rate, replay_rate=args.rate,
-                        record=args.record, record_max_mb=args.record_max_mb, replay=args.replay,
-                        public_without_token=args.public_without_token,
-                        model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
-                        allow_origins=tuple(args.allow_origin), grace_period=args.grace_period,
-                        store=args.store, lease_seconds=args.lease_seconds, backend_options=options,
-                        **limits).with_token()
+    try:
+        settings = settings_from(args)
+    except ValueError as exc:  # Settings checks every value: say it in the option's name
+        print(f"nbchat serve: {_as_option(str(exc))}", file=sys.stderr)
+        return 2
 
     def announce_port(port: int) -> None:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
@@ -147,6 +130,27 @@ def run_serve(args: argparse.Namespace) -> int:
     server.on_ready = announce
     serve_here(server)
     return 0 if server.started else 1
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The server's settings from ``nbchat serve``'s options (ValueError for a value Settings refuses)."""
+    options = {name: value for name, value in (("n_threads", args.threads), ("cache_mb", args.cache_mb),
+                                               ("exact", args.exact_cache)) if value is not None}
+    limits = {name: getattr(args, name) for name in LIMIT_OPTIONS}
+    return Settings(host=args.host, port=args.port, token=args.token, backend=args.backend,
+                    rate=DEFAULT_RATE if args.rate is None else args.rate, replay_rate=args.rate,
+                    record=args.record, record_max_mb=args.record_max_mb, replay=args.replay,
+                    public_without_token=args.public_without_token,
+                    model=args.model or os.environ.get("OPENAI_MODEL"), model_timeout=args.model_timeout,
+                    allow_origins=tuple(args.allow_origin), grace_period=args.grace_period,
+                    store=args.store, lease_seconds=args.lease_seconds, backend_options=options,
+                    **limits).with_token()
+
+
+def _as_option(message: str) -> str:
+    """``Settings.max_body_bytes must ...`` -> ``--max-body-bytes must ...``; replay_rate is --rate's too."""
+    message = message.replace("Settings.replay_rate", "Settings.rate")
+    return re.sub(r"Settings\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 def run_workers(settings: Settings, workers: int, log_level: str, announce: Callable[[int], None]) -> int:

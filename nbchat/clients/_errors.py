@@ -50,7 +50,8 @@ def error_from_status(status: int, body: bytes, url: str, *, resuming: bool = Fa
         # nbchat's own 401 already says where the token comes from
         return AuthError(f"{url} answered {status}: {message}" + ("" if "nbchat serve" in message else f"; {hint}"))
     if status == 413:
-        return PayloadTooLarge(f"{message or 'the request is too large'} ({status}): send less than 1 MiB",
+        # the server's own message quotes its configured limit
+        return PayloadTooLarge(f"{message or 'the request is over the server limit'} ({status}): send less",
                                code=code or "payload_too_large", status=status)
     if resuming and (status in (404, 410) or code in RESUME_CODES):
         return ResumeError(f"cannot resume ({status}): {message}; start a new turn instead")

@@ -51,8 +51,9 @@ def closed_error(exc: ConnectionClosed, url: str) -> NBChatError:
     if code == CloseCode.POLICY_VIOLATION:
         return AuthError(f"{url} closed the WebSocket (1008): check the token printed by `nbchat serve`")
     if code == CloseCode.MESSAGE_TOO_BIG:
-        return PayloadTooLarge("the server closed the WebSocket (1009): the message is over 1 MiB; send less",
-                               code="payload_too_large")
+        # nbchat's reason quotes its configured limit ("message over N bytes")
+        reason = (exc.rcvd.reason if exc.rcvd is not None else "") or "the message is over the server's limit"
+        return PayloadTooLarge(f"the server closed the WebSocket (1009): {reason}; send less", code="payload_too_large")
     if code == CloseCode.GOING_AWAY:
         return NBChatConnectionError(f"{url} is going away (1001, shutting down); reconnect once it is back")
     return broken(url, exc)

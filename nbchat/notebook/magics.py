@@ -1,7 +1,7 @@
 """The ``%%chat`` cell magic and the ``%chat`` line magic.
 
-The cell body is the user's message; the answer streams into the cell as
-Markdown that grows live (at most ~20 updates a second) and ends as a plain
+The cell body is the user's message; the answer streams into the cell live
+(rendered block by block, see :mod:`.live`) and ends as a plain
 ``text/markdown`` output, so it stays in the saved notebook and renders on
 GitHub. All state lives on the :class:`ChatMagics` instance: its
 :class:`~nbchat.notebook.conversation.Conversation` and its in-kernel server.
@@ -30,67 +30,15 @@ from ..wire.errors import NBChatError, ServerStartError
 from ..wire.events import Chunk, End
 from .conversation import Conversation
 from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
+from .live import StreamView
 from .options import ChatOptions
 from .provenance import provenance, utc_now
-from .render import Throttle, TurnStats, answer_markdown
+from .render import TurnStats
 
 if TYPE_CHECKING:
     from ..clients import TurnStream
 
 LINE_ACTIONS = ("show", "history", "reset", "last", "code", "export", "widget", "start", "stop")
-
-
-class StreamView:
-    """The cell's live output: one display that grows, updated at most ~20 times a second.
-
-    Updates are coalesced by time (:class:`~nbchat.notebook.render.Throttle`), not by
-    sleeping: a chunk that arrives within the interval waits for the next one
-    or for the end, so a fast stream of thousands of chunks costs a bounded
-    number of display messages.
-    """
-
-    def __init__(self, throttle: Throttle | None = None) -> None:
-        self.throttle = throttle or Throttle()
-        self.updates = 0
-        self._handle: Any = None
-        self._pieces: list[str] = []
-        self._bundle_shown: dict[str, str] = {}
-
-    @property
-    def started(self) -> bool:
-        return self._handle is not None
-
-    def start(self, note: str = "*waiting for the first token…*") -> None:
-        from IPython.display import display
-
-        if self._handle is None:
-            self._handle = display(self._bundle(note, ""), raw=True, display_id=True)
-        else:
-            self._update(self._bundle(note, ""))
-
-    def add(self, content: str) -> None:
-        self._pieces.append(content)
-        if self.throttle.due():
-            text = "".join(self._pieces)
-            self._update(self._bundle(answer_markdown(text), text))
-
-    def finish(self, answer: str, footer: str) -> None:
-        self._update(self._bundle(answer_markdown(answer, footer), f"{answer}\n\n{footer}".lstrip()))
-
-    def annotate(self, metadata: dict[str, Any]) -> None:
-        """Attach ``metadata`` to the output as it stands (it is saved with the notebook)."""
-        if self._handle is not None:
-            self.updates += 1
-            self._handle.update(self._bundle_shown, raw=True, metadata=metadata)
-
-    def _update(self, bundle: dict[str, str]) -> None:
-        self.updates += 1
-        self._bundle_shown = bundle
-        self._handle.update(bundle, raw=True)
-
-    @staticmethod
-    def _bundle(markdown: str, plain: str) -> dict[str, str]:
-        return {"text/markdown": markdown, "text/plain": plain}
 
 
 # IPython prints exactly UsageError (not a subclass) as one line without a traceback, and
@@ -147,6 +95,9 @@ def _parser(prog: str, cell: bool) -> _Parser:
         parser.add_argument("--new", action="store_true", help="start a fresh conversation")
         parser.add_argument("--raw", action="store_true", help="send the cell as is: no {name} interpolation")
         parser.add_argument("--out", "-o", help="also store the answer in this variable")
+        parser.add_argument("--no-widget", action="store_true",
+                            help="stream as a Markdown output replaced ~20 times a second (for front ends "
+                            "without Jupyter widgets)")
     return parser
 
 
@@ -191,8 +142,8 @@ class ChatMagics(Magics):
         self.conversation = Conversation()
         self.kernel_server = kernel_server or KernelServer()
         self.last: ChatResult | None = None
-        #: makes the cell's live output; a seam for tests (count updates, interrupt mid-stream)
-        self.view_factory: Callable[[], StreamView] = StreamView
+        #: makes the cell's live output (``widget=False``: Markdown updates); a seam for tests
+        self.view_factory: Callable[..., StreamView] = StreamView
 
     @_cell_magic("chat")
     def chat_cell(self, line: str, cell: str) -> None:
@@ -212,7 +163,7 @@ class ChatMagics(Magics):
             raise ChatError("the cell is empty: write the message below %%chat")
         if args.new:
             self.conversation.reset()
-        result = self._run_turn(text, options)
+        result = self._run_turn(text, options, widget=False if args.no_widget else None)
         self._user_ns["_chat"] = result.answer
         self._user_ns["_chat_provenance"] = result.provenance
         if args.out:
@@ -302,10 +253,10 @@ class ChatMagics(Magics):
             transport=transport, server=args.server, token=args.token, model=args.model,
             temperature=args.temperature, max_tokens=args.max_tokens, system=args.system)
 
-    def _run_turn(self, text: str, options: ChatOptions) -> ChatResult:
+    def _run_turn(self, text: str, options: ChatOptions, widget: bool | None = None) -> ChatResult:
         # Timed from here: on first use the footer's "first token" includes starting the server.
         stats = TurnStats(options.transport)
-        view = self.view_factory()
+        view = self.view_factory(widget=widget)
         if not (options.server or os.environ.get(ENV_URL) or self.kernel_server.running):
             view.start("*starting the nbchat server in this kernel (first use)…*")
         try:

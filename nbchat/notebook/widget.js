@@ -305,7 +305,47 @@ class ChatView {
   }
 }
 
+// A %%chat answer while it streams (nbchat.notebook.live.LiveAnswer): the answer alone, no controls. The kernel
+// sends only new text; the cell's output is replaced by the answer as Markdown when the turn ends.
+function renderAnswer(model, el) {
+  const root = node("div", "nbchat-widget nbchat-answer-view");
+  const bubble = node("div", "nbchat-assistant nbchat-streaming");
+  const note = node("div", "nbchat-note", model.get("note"));
+  root.append(note, bubble);
+  el.append(root);
+  const md = new MarkdownStream(bubble);
+  let frame = 0;
+  const grow = (text) => {
+    if (!text) return;
+    note.remove();
+    md.append(text);
+    if (!frame) frame = requestAnimationFrame(() => { frame = 0; md.render(); });
+  };
+  // Deltas sent before this view's module loaded never reached it: the text synced about once a second
+  // (the answer so far) fills the gap, and a delta that does not follow on from what is shown waits for it.
+  const catchUp = () => {
+    const text = model.get("text");
+    if (text.length > md.text.length && text.startsWith(md.text)) grow(text.slice(md.text.length));
+  };
+  const onNote = () => { note.textContent = model.get("note"); };
+  const onCustom = (msg) => {
+    if (msg.type !== "delta" || msg.at > md.text.length) return;
+    grow(msg.text.slice(md.text.length - msg.at));
+  };
+  model.on("change:note", onNote);
+  model.on("change:text", catchUp);
+  model.on("msg:custom", onCustom);
+  catchUp();
+  return () => {
+    if (frame) cancelAnimationFrame(frame);
+    model.off("change:note", onNote);
+    model.off("change:text", catchUp);
+    model.off("msg:custom", onCustom);
+  };
+}
+
 function render({ model, el }) {
+  if (model.get("view") === "answer") return renderAnswer(model, el);
   return new ChatView(model, el).bind();
 }
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -40,19 +39,19 @@ from ..wire.contract import (
     UID_PARAM,
     WEBSOCKET_PATH,
 )
-from ..wire.errors import PayloadTooLarge, RequestError, ResumeError
+from ..wire.errors import RequestError, ResumeError
 from ..wire.events import STATUS_STRINGS, Event
 from ..wire.protocol import (
     encode_ndjson,
     encode_sse_event,
     error_body,
-    parse_json_body,
     parse_position,
     parse_turn_request,
 )
 from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware, public_bind_refusal
 from .config import Settings
+from .context import AppContext, context_of, read_json
 from .openai_routes import chat_completions, list_models
 from .recording import Recorder
 from .store import MemoryStore, Reader, TurnStore
@@ -68,27 +67,7 @@ def error_response(code: str, message: str, status: int = 400) -> JSONResponse:
 
 
 def store_of(request: Request) -> TurnStore:
-    store: TurnStore = request.app.state.store
-    return store
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes without reading them all."""
-    declared = request.headers.get("content-length", "")
-    # ASCII digits only (isdigit alone admits superscripts, which int() refuses)
-    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
-        raise PayloadTooLarge(f"the request body is over {limit} bytes", code="payload_too_large", status=413)
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise PayloadTooLarge(f"the request body is over {limit} bytes", code="payload_too_large", status=413)
-    return bytes(body)
-
-
-async def read_json(request: Request) -> Any:
-    settings: Settings = request.app.state.settings
-    return parse_json_body(await read_body(request, settings.max_body_bytes))
+    return context_of(request).store
 
 
 def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict[str, str],
@@ -133,10 +112,10 @@ async def start_turn(request: Request) -> Reader:
 
 
 async def health(request: Request) -> Response:
-    backend: Backend = request.app.state.backend
+    backend = context_of(request).backend
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
-                         "model": backend.model_name, "turns": len(store_of(request)),
-                         "retention": store_of(request).manager.retention()})
+                         "model": backend.model_name, "sampling": backend.sampling,
+                         "turns": len(store_of(request)), "retention": store_of(request).manager.retention()})
 
 
 async def post_turns(request: Request) -> Response:
@@ -156,7 +135,7 @@ async def interrupt_turn(request: Request) -> Response:
 
 
 async def create_sse(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
+    settings = context_of(request).settings
     if request.method == "POST":
         sub = await start_turn(request)
     else:
@@ -247,7 +226,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         Route(INTERRUPT_PATH, interrupt_turn, methods=["POST"]),
         Route(SSE_PATH, create_sse, methods=["GET", "POST"]),
         Route(NDJSON_PATH, talk_by_stream, methods=["GET", "POST"]),
-        Route(OPENAI_COMPLETIONS_PATH, chat_completions(read_json), methods=["POST"]),
+        Route(OPENAI_COMPLETIONS_PATH, chat_completions, methods=["POST"]),
         Route(OPENAI_MODELS_PATH, list_models),
         WebSocketRoute(WEBSOCKET_PATH, websocket_endpoint),
     ]
@@ -259,11 +238,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                             HTTPException: on_http_error, Exception: on_unexpected},
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.backend = backend
-    app.state.store = store
-    app.state.turns = store.manager  # the turns generating in this process
-    app.state.origins = origins
+    app.state.context = AppContext(settings, backend, store, origins)
+    app.state.turns = store.manager  # the turns generating in this process (what tests inspect)
     return app
 
 
@@ -278,5 +254,4 @@ def make_store(backend: Backend, settings: Settings, recorder: Recorder | None =
 
 def admit_origin(app: Starlette, origin: str) -> None:
     """Allow one more page origin on a running app (as ``--allow-origin`` does at start)."""
-    origins: set[str] = app.state.origins
-    origins.add(origin)
+    context_of(app).origins.add(origin)

@@ -81,7 +81,7 @@ class SecurityMiddleware:
         self.app = app
         self.token = token.encode()
         # A set is kept by reference, not copied: the app may admit an origin while it runs
-        # (a notebook page that streams from the kernel's own server, see ``app.state.origins``).
+        # (a notebook page that streams from the kernel's own server, see ``AppContext.origins``).
         self.origins = allow_origins if isinstance(allow_origins, set) else set(allow_origins)
         # A server bound to loopback answers only to names that mean this machine (IP
         # literals, localhost, and the hosts of allowed origins, read at each request since

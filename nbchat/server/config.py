@@ -1,11 +1,29 @@
-"""Server settings: one object, filled from the command line or by code."""
+"""Server settings: one object, filled from the command line or by code.
+
+The field defaults are the only copy of each default (``nbchat serve``'s options
+and the connection :class:`~nbchat.server.limits.Limits` read them from here:
+``Settings.max_body_bytes`` is the default itself),
+and every value is checked when the object is made, so code cannot build a
+server the command line would refuse.
+"""
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field, replace
 
+from ..backends import BACKEND_NAMES
 from ..backends.echo import DEFAULT_RATE
+
+#: what ``store`` may start with (the redis client's URL schemes); "" keeps turns in memory
+STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+#: fields that must be > 0 (NaN included in the refusal) and those that may also be 0
+_POSITIVE = ("model_timeout", "pending_seconds", "replay_max_bytes", "max_turns", "keepalive_seconds",
+             "ping_interval", "max_body_bytes", "header_timeout", "max_header_bytes", "max_connections",
+             "max_queued_bytes", "stream_max_entries", "lease_seconds")
+_NOT_NEGATIVE = ("rate", "grace_period", "retain_seconds", "record_max_mb")
 
 
 @dataclass(frozen=True)
@@ -66,8 +84,33 @@ class Settings:
     #: ``record``: the recordings' total size in MiB; past it the oldest files go (0: no bound)
     record_max_mb: float = 256.0
 
+    def __post_init__(self) -> None:
+        for name in _POSITIVE:
+            _check(name, getattr(self, name), zero_ok=False)
+        for name in _NOT_NEGATIVE:
+            _check(name, getattr(self, name), zero_ok=True)
+        if self.replay_rate is not None:
+            _check("replay_rate", self.replay_rate, zero_ok=True, hint=" (or None: the recorded pace)")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"Settings.port must be an int from 0 to 65535 (0 picks a free one), not {self.port!r}")
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"Settings.backend must be one of {', '.join(BACKEND_NAMES)}, not {self.backend!r}")
+        if (self.backend == "replay") != (self.replay is not None):
+            raise ValueError("Settings.replay, the recording to play (--replay FILE), goes with backend='replay' "
+                             "and only with it")
+        if self.store and not self.store.startswith(STORE_SCHEMES):
+            raise ValueError(f"Settings.store takes a Redis URL ({', '.join(STORE_SCHEMES)}...) or \"\" (in memory), "
+                             f"not {self.store!r}")
+
     def with_token(self) -> Settings:
         """A copy whose token is concrete: a random one when none was given."""
         if self.token is None:
             return replace(self, token=secrets.token_hex(24))  # hex: never read as an option, as Jupyter does
         return self
+
+
+def _check(name: str, value: object, *, zero_ok: bool, hint: str = "") -> None:
+    """Raise ValueError naming ``Settings.<name>`` unless ``value`` is a number > 0 (>= 0 with ``zero_ok``)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+            or value < 0 or (value == 0 and not zero_ok)):
+        raise ValueError(f"Settings.{name} must be a number {'>= 0' if zero_ok else '> 0'}{hint}, not {value!r}")

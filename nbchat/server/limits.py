@@ -37,15 +37,26 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import CloseCode
 
+from .config import Settings
+
 log = logging.getLogger("nbchat.server.limits")
 
 
 @dataclass(frozen=True)
 class Limits:
-    header_timeout: float = 10.0
-    max_header_bytes: int = 64 * 1024
-    max_connections: int = 1000
-    max_queued_bytes: int = 1024 * 1024
+    """The connection-level part of :class:`Settings` (its defaults are Settings')."""
+
+    header_timeout: float = Settings.header_timeout
+    max_header_bytes: int = Settings.max_header_bytes
+    max_connections: int = Settings.max_connections
+    max_queued_bytes: int = Settings.max_queued_bytes
+
+    @classmethod
+    def of(cls, settings: Settings, max_connections: int | None = None) -> Limits:
+        """The limits ``settings`` set; ``max_connections`` overrides its value (what the process admits)."""
+        return cls(header_timeout=settings.header_timeout, max_header_bytes=settings.max_header_bytes,
+                   max_connections=settings.max_connections if max_connections is None else max_connections,
+                   max_queued_bytes=settings.max_queued_bytes)
 
 
 def _response(status: int, reason: str, message: str) -> bytes:

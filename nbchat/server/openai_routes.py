@@ -7,20 +7,19 @@ encode the turn's events with :mod:`nbchat.wire.openai`, so the official
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..backends import Backend
 from ..wire.contract import SSE_HEADERS, TURN_HEADER
 from ..wire.errors import QueueFull, RequestError
 from ..wire.events import Chunk, End, Event, Status
 from ..wire.openai import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
 from ..wire.protocol import dumps
 from ..wire.sse import SSEMessage, encode_sse
-from .store import Reader, TurnStore
+from .context import context_of, read_json
+from .store import Reader
 
 ERROR_HTTP = {Status.MODEL_TIMEOUT: 504, Status.ERROR: 502, Status.INTERRUPTED: 503}
 # OpenAI's error "type" for the statuses a turn can be refused with before it starts
@@ -40,29 +39,19 @@ def _data(obj: object) -> bytes:
 
 
 async def list_models(request: Request) -> Response:
-    backend: Backend = request.app.state.backend
+    backend = context_of(request).backend
     return JSONResponse({"object": "list", "data": [
         {"id": backend.model_name, "object": "model", "created": 0, "owned_by": "nbchat"}]})
 
 
-def chat_completions(read_json: Callable[[Request], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
-    """The completions endpoint, reading its body with the server's ``read_json`` (its size limit and errors)."""
-
-    async def endpoint(request: Request) -> Response:
-        return await _chat_completions(request, read_json)
-
-    return endpoint
-
-
-async def _chat_completions(request: Request, read_json: Callable[[Request], Awaitable[Any]]) -> Response:
+async def chat_completions(request: Request) -> Response:
     try:
         req = parse_completion_request(await read_json(request))
     except OpenAIRequestError as exc:
         return JSONResponse(openai_error(str(exc), param=exc.param), status_code=400)
     except RequestError as exc:
         return JSONResponse(openai_error(str(exc), code=exc.code), status_code=exc.status or 400)
-    store: TurnStore = request.app.state.store
-    backend: Backend = request.app.state.backend
+    store, backend = context_of(request).store, context_of(request).backend
     try:
         turn = await store.create(req.turn)
         sub = await store.open(turn.id, 0)

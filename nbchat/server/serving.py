@@ -24,6 +24,7 @@ from ..backends import Backend
 from ..wire.errors import ServerStartError
 from .app import create_app
 from .config import Settings
+from .context import context_of
 from .heap import settle_heap
 from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction, listen_backlog
 from .store import TurnStore
@@ -39,6 +40,26 @@ class NBChatServer(uvicorn.Server):
         self.ready = threading.Event()
         #: called once the server accepts connections (``nbchat serve`` prints its URL there)
         self.on_ready: Callable[[NBChatServer], None] | None = None
+        self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    async def main_loop(self) -> None:
+        # uvicorn's loop looks at should_exit every 0.1 s; request_exit() wakes it at once, so a
+        # server in a thread stops in a fraction of that (a test suite stops hundreds of them)
+        wake = asyncio.Event()
+        self._wake = (asyncio.get_running_loop(), wake)
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), 0.1)
+
+    def request_exit(self) -> None:
+        """Stop serving, from any thread: what setting ``should_exit`` does, without the wait for a tick."""
+        self.should_exit = True
+        if self._wake is not None:
+            loop, wake = self._wake
+            with contextlib.suppress(RuntimeError):  # the loop already closed: it has stopped
+                loop.call_soon_threadsafe(wake.set)
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
@@ -68,8 +89,7 @@ def _find_store(app: Any) -> TurnStore | None:
     # uvicorn wraps the app in its own middleware; walk down to the Starlette app.
     for _ in range(8):
         if isinstance(app, Starlette):
-            store: TurnStore = app.state.store
-            return store
+            return context_of(app).store
         app = getattr(app, "app", None)
     return None
 
@@ -90,8 +110,7 @@ def make_server(settings: Settings, backend: Backend | None = None, log_level: s
     install_token_redaction()
     app = create_app(settings, backend)
     admitted = admit_connections(settings.max_connections)
-    limits = Limits(header_timeout=settings.header_timeout, max_header_bytes=settings.max_header_bytes,
-                    max_connections=admitted, max_queued_bytes=settings.max_queued_bytes)
+    limits = Limits.of(settings, max_connections=admitted)
     http_protocol, ws_protocol = guarded_protocols(limits)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",
@@ -123,7 +142,7 @@ class ServerHandle:
     app: Starlette = field(repr=False)
 
     def stop(self, timeout: float = 15.0) -> None:
-        self.server.should_exit = True
+        self.server.request_exit()
         self.thread.join(timeout)
 
     def __enter__(self) -> ServerHandle:

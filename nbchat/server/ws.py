@@ -24,6 +24,7 @@ from ..wire.errors import RequestError, ResumeError
 from ..wire.events import End, ErrorInfo, Event, Status
 from ..wire.protocol import encode_ws, parse_json_text, parse_position, parse_turn_request
 from .config import Settings
+from .context import context_of
 from .store import Reader, TurnStore
 from .streaming import send_now, server_send
 from .turns import TurnState
@@ -146,7 +147,8 @@ class Session:
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    session = Session(websocket, websocket.app.state.store, websocket.app.state.settings)
+    context = context_of(websocket)
+    session = Session(websocket, context.store, context.settings)
     await websocket.accept()
     try:
         while True:

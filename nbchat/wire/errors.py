@@ -2,7 +2,7 @@
 
     NBChatError
     ├── RequestError (ValueError)      the request was rejected (HTTP 4xx, or an error record)
-    │   └── PayloadTooLarge            body over 1 MiB (413) or a frame too big (1009)
+    │   └── PayloadTooLarge            body or message over the server's limit (413, or close 1009)
     ├── AuthError (PermissionError)    missing or wrong token (401/1008), foreign origin (403)
     ├── NBChatConnectionError (ConnectionError)
     │                                  the server cannot be reached or the stream broke
@@ -53,7 +53,7 @@ class RequestError(NBChatError, ValueError):
 
 
 class PayloadTooLarge(RequestError):
-    """The request body or frame was over the server's limit (1 MiB)."""
+    """The request body or WebSocket message was over the server's ``--max-body-bytes``."""
 
 
 class AuthError(NBChatError, PermissionError):

@@ -22,7 +22,7 @@ from nbchat.bench.page import page_server
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 TRANSPORTS = ["ws", "sse", "stream"]
 TEXT = "你好，世界! Streaming \"quotes\", emoji 🚀 and a\nsecond line. " * 12

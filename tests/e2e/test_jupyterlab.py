@@ -11,26 +11,19 @@ to ``artifacts/e2e/``. The widget's rendering alone, in a plain page, is tested 
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nbchat.bench.procs import free_port
+from nbchat.bench.longpage import Lab, lab_server, write_notebook
 from tests.e2e.conftest import CHROMIUM
-from tests.helpers import stop_process
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
@@ -80,64 +73,14 @@ TRANSPORTS = ("ws", "sse", "fetch")
 CELLS[DIRECT_SETUP] = f"TRANSPORTS = {TRANSPORTS!r}\n" + CELLS[DIRECT_SETUP]
 
 
-@dataclass
-class Lab:
-    url: str
-    token: str
-    root: Path
-
-
-def _write_notebook(path: Path) -> None:
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
-
-def _quiet_settings(root: Path) -> Path:
-    # No news or update check: nothing reaches out, and no notification covers the screenshots.
-    settings = root / "settings"
-    target = settings / "@jupyterlab" / "apputils-extension"
-    target.mkdir(parents=True)
-    (target / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
-    return settings
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if shutil.which("jupyter") is None or not Path(CHROMIUM).exists():
         pytest.skip("needs JupyterLab and /usr/bin/chromium")
     root = tmp_path_factory.mktemp("lab")
-    _write_notebook(root / "chat.ipynb")
-    port, token = free_port(), secrets.token_hex(16)
-    env = {k: v for k, v in os.environ.items() if k not in ("NBCHAT_URL", "NBCHAT_TOKEN")}
-    env.update(JUPYTERLAB_SETTINGS_DIR=str(_quiet_settings(root)), JUPYTERLAB_WORKSPACES_DIR=str(root / "ws"),
-               JUPYTER_RUNTIME_DIR=str(root / "runtime"), IPYTHONDIR=str(root / "ipython"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--IdentityProvider.token={token}",
-         f"--port={port}", "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",
-         "--LabApp.expose_app_in_browser=True", "--LabApp.extension_manager=readonly"],
-        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ready = threading.Event()
-    log: list[str] = []
-
-    def watch() -> None:  # JupyterLab logs its URL once it serves
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.append(line)
-            if f"127.0.0.1:{port}/lab" in line:
-                ready.set()
-        ready.set()  # the process ended: stop waiting, the check below reports it
-
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        if not ready.wait(START_TIMEOUT) or proc.poll() is not None:
-            pytest.fail("JupyterLab did not start:\n" + "".join(log[-30:]))
-        yield Lab(f"http://127.0.0.1:{port}", token, root)
-    finally:
-        stop_process(proc, 20)
+    write_notebook(root / "chat.ipynb", CELLS)
+    with lab_server(root, START_TIMEOUT) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.browser
 
 STATIC = Path(__file__).resolve().parents[2] / "nbchat" / "notebook" / "static"
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT.parent / "shared" / "checks" / "seed_clients.py"
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.mark.skipif(not CHECK.exists(), reason=f"the shared checks are not beside this checkout ({CHECK})")

@@ -49,7 +49,7 @@ from nbchat.server.serving import ServerHandle, start_server_thread
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.helpers import stop_process
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT.parent / "shared" / "checks"

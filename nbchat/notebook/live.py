@@ -1,0 +1,143 @@
+"""How a ``%%chat`` answer is shown while it streams, and how it ends as one Markdown output.
+
+Replacing a Markdown output with the whole answer so far makes the page parse,
+sanitize and typeset everything again on every update: the cost of an update
+grows with the answer, and the total with its square. So in a kernel,
+:class:`StreamView` shows the growing answer through :class:`LiveAnswer`, a
+view of the ChatWidget's own front end (the same bundle): the kernel sends only
+the new text, and the page renders each finished block once and re-renders only
+the block still being written. When the turn ends, that output is replaced in
+place by the answer as a plain ``text/markdown`` output, the one the saved
+notebook keeps (with its provenance in ``metadata["nbchat"]``), which
+JupyterLab, Notebook 7, nbconvert and GitHub render without a kernel.
+
+Outside a kernel (IPython in a terminal, tests), or with ``%%chat --no-widget``
+for a front end without Jupyter widgets, the answer grows as a Markdown output
+replaced at most ~20 times a second, as it always could.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from .render import Throttle, answer_markdown
+
+_STATIC = pathlib.Path(__file__).parent / "static"
+#: seconds between syncs of the whole answer so far to the live view. Deltas are custom messages, which
+#: the page drops until the view's module has loaded (a few hundred ms after it is shown, longer on a busy
+#: page); the synced text is kept, so a late view catches up from it, at a bounded cost in traffic.
+RESYNC_INTERVAL = 1.0
+
+
+def widgets_available() -> bool:
+    """True inside a Jupyter kernel, whose front end can show widgets (a terminal IPython cannot)."""
+    try:
+        from IPython.core.getipython import get_ipython
+    except ImportError:
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+def _live_answer_class() -> type[Any]:
+    # anywidget and traitlets load only once a kernel streams an answer: `import nbchat` stays light.
+    import anywidget
+    import traitlets
+
+    class LiveAnswer(anywidget.AnyWidget):
+        """One answer as it streams, rendered by the ChatWidget's bundle in its ``answer`` view."""
+
+        _esm = _STATIC / "widget.js"
+        _css = _STATIC / "widget.css"
+        #: tells the bundle to draw the answer alone (no input, no buttons)
+        view = traitlets.Unicode("answer").tag(sync=True)
+        #: shown until the first text arrives
+        note = traitlets.Unicode("").tag(sync=True)
+        #: the answer so far, synced about once a second: a view that missed deltas catches up from it
+        text = traitlets.Unicode("").tag(sync=True)
+
+    return LiveAnswer
+
+
+class StreamView:
+    """The cell's live output: one display that grows, updated at most ~20 times a second.
+
+    Updates are coalesced by time (:class:`~nbchat.notebook.render.Throttle`), not by
+    sleeping: a chunk that arrives within the interval waits for the next one
+    or for the end, so a fast stream of thousands of chunks costs a bounded
+    number of messages. With ``widget`` (the default in a kernel) a message
+    carries only the new text; without, it carries the whole answer so far.
+    """
+
+    def __init__(self, throttle: Throttle | None = None, widget: bool | None = None) -> None:
+        self.throttle = throttle or Throttle()
+        self._resync = Throttle(RESYNC_INTERVAL)
+        self.updates = 0
+        self.widget = widgets_available() if widget is None else widget
+        self._handle: Any = None
+        #: the LiveAnswer shown while the answer streams (None before and after)
+        self.live: Any = None
+        self._pieces: list[str] = []
+        self._sent = 0  # pieces already sent to the live view
+        self._sent_chars = 0
+        self._bundle_shown: dict[str, str] = {}
+
+    @property
+    def started(self) -> bool:
+        return self._handle is not None
+
+    def start(self, note: str = "*waiting for the first token…*") -> None:
+        from IPython.display import display
+
+        if self.widget:
+            if self.live is None:
+                self.live = _live_answer_class()(note=note.strip("*"))
+                self._handle = display(self.live, display_id=True)
+            else:
+                self.live.note = note.strip("*")
+            return
+        if self._handle is None:
+            self._handle = display(self._bundle(note, ""), raw=True, display_id=True)
+        else:
+            self._update(self._bundle(note, ""))
+
+    def add(self, content: str) -> None:
+        self._pieces.append(content)
+        if self.throttle.due():
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.live is not None:
+            if self._sent < len(self._pieces):
+                self.updates += 1
+                new = "".join(self._pieces[self._sent:])
+                self.live.send({"type": "delta", "text": new, "at": self._sent_chars})
+                self._sent, self._sent_chars = len(self._pieces), self._sent_chars + len(new)
+                if self._resync.due():
+                    self.live.text = "".join(self._pieces)
+            return
+        text = "".join(self._pieces)
+        self._update(self._bundle(answer_markdown(text), text))
+
+    def finish(self, answer: str, footer: str) -> None:
+        """Show the whole answer and its footer as the Markdown output the notebook keeps."""
+        live, self.live = self.live, None
+        self._update(self._bundle(answer_markdown(answer, footer), f"{answer}\n\n{footer}".lstrip()))
+        if live is not None:
+            live.close()  # its view is gone, replaced above: nothing of it stays in the notebook
+
+    def annotate(self, metadata: dict[str, Any]) -> None:
+        """Attach ``metadata`` to the output as it stands (it is saved with the notebook)."""
+        if self._handle is not None:
+            self.updates += 1
+            self._handle.update(self._bundle_shown, raw=True, metadata=metadata)
+
+    def _update(self, bundle: dict[str, str]) -> None:
+        self.updates += 1
+        self._bundle_shown = bundle
+        self._handle.update(bundle, raw=True)
+
+    @staticmethod
+    def _bundle(markdown: str, plain: str) -> dict[str, str]:
+        return {"text/markdown": markdown, "text/plain": plain}
+
