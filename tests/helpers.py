@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ from nbchat.server.serving import ServerHandle
 from nbchat.wire.errors import BackendError
 
 TOKEN = "test-token-0123456789"
+ROOT = Path(__file__).resolve().parents[1]
 
 # A long message that exercises what breaks naive clients: Chinese and emoji
 # (multi-byte UTF-8 split across network chunks), quotes, backslashes, JSON
@@ -122,6 +124,12 @@ class CapturingBackend(Backend):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
         self.requests.append(request)
         yield "ok"
+
+
+def bench_command(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``nbchat bench --quick --no-progress ARGV`` run to its end, its output captured."""
+    return subprocess.run([sys.executable, "-m", "nbchat.cli.main", "bench", "--quick", "--no-progress", *argv],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def tree_cpu_seconds(pid: int) -> float:
