@@ -90,13 +90,16 @@ class NBChatServer(uvicorn.Server):
         state = self.server_state
         for connection in list(state.connections):
             connection.shutdown()
+
+        async def settled() -> None:
+            while (state.connections or state.tasks) and not self.force_exit:
+                await asyncio.sleep(0.005)
+            for server in self.servers:
+                await server.wait_closed()
+
         try:
-            async with asyncio.timeout(self.config.timeout_graceful_shutdown):
-                while (state.connections or state.tasks) and not self.force_exit:
-                    await asyncio.sleep(0.005)
-                for server in self.servers:
-                    await server.wait_closed()
-        except TimeoutError:
+            await asyncio.wait_for(settled(), self.config.timeout_graceful_shutdown)
+        except asyncio.TimeoutError:
             log.error("cancelling %d running task(s): the graceful shutdown timed out", len(state.tasks))
             for task in state.tasks:
                 task.cancel()
