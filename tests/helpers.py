@@ -14,7 +14,9 @@ from pathlib import Path
 
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.bench.procs import cpu_seconds, descendants
+from nbchat.server.context import context_of
 from nbchat.server.serving import ServerHandle
+from nbchat.server.turns import TurnManager
 from nbchat.wire.errors import BackendError
 
 TOKEN = "test-token-0123456789"
@@ -30,6 +32,11 @@ LONG_MESSAGE = (
 
 ServerFactory = Callable[..., ServerHandle]
 """The ``make_server`` fixture: keyword settings in, a running server out."""
+
+
+def turns_of(server: ServerHandle) -> TurnManager:
+    """The turns generating in ``server``'s process, as its app's store holds them."""
+    return context_of(server.app).store.manager
 
 
 def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes], wait: float = 15) -> None:
