@@ -269,7 +269,10 @@ def test_a_websocket_client_that_stops_reading_then_reads_gets_every_chunk_once(
     server = make_server(backend=FloodBackend(count=20_000))
     with ws(server, "paused") as sock:
         sock.send(json.dumps(ask("go")))
-        time.sleep(1.5)  # the whole turn is made, and sent, while the client reads nothing
+        manager = turns_of(server)
+        deadline = time.monotonic() + 30
+        while not (len(manager) == 1 and manager.running() == []) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the whole turn is made while the client reads nothing
         frames = ws_until_status(sock, limit=30_000)
     assert frames[-1] == "[DONE]"
     assert [json.loads(f)["seq"] for f in frames[:-1]] == list(range(1, 20_001))

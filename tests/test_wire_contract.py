@@ -109,7 +109,7 @@ def test_ndjson_resume_at_random_points(echo_server: ServerHandle) -> None:
 
 
 def test_websocket_resume_on_a_new_socket(make_server: ServerFactory) -> None:
-    server = make_server(rate=200.0)
+    server = make_server(rate=1000.0)  # ~370 pieces: the socket drops 17 in, while the turn generates
     url = server.url.replace("http", "ws") + f"/websocket/wsres?token={TOKEN}"
     seen: list[dict[str, object]] = []
     with ws_connect(url) as ws:
