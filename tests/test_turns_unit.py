@@ -1,5 +1,5 @@
 """Turns on one event loop, without HTTP: the grace period, expiry, the
-model-timeout watchdog, the replay buffer's bound and what a reader behind it
+model-timeout watchdog, the resume buffer's bound and what a reader behind it
 sees. The timings are tens of milliseconds and every wait is on an event."""
 
 from __future__ import annotations
