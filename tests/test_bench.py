@@ -24,7 +24,7 @@ from nbchat.bench.wire import ChunkedDecoder, parse_host_port
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from nbchat.wire.events import Chunk
-from tests.helpers import bench_command
+from tests.helpers import bench_command, lab_module, read_notebook
 
 TOKEN = "bench-token-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,14 +332,12 @@ def check_comparison_notebook(nb: object) -> None:
 
 
 def test_committed_notebook_shows_its_results() -> None:
-    nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
-    check_comparison_notebook(nbformat.read(NOTEBOOK, as_version=4))
+    check_comparison_notebook(read_notebook(NOTEBOOK))
 
 
 @pytest.mark.slow
 def test_notebook_runs_on_a_fresh_kernel(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
-    nbclient = pytest.importorskip("nbclient", reason="needs the lab extra: pip install -e '.[lab]'")
+    nbformat, nbclient = lab_module("nbformat"), lab_module("nbclient")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300, startup_timeout=120,
                                      resources={"metadata": {"path": str(NOTEBOOK.parent)}})

@@ -39,10 +39,11 @@ def direct(kernel_server: KernelServer) -> Iterator[tuple[ChatWidget, RecordingC
         yield made
 
 
-def block_until(comm: RecordingComm, kind: str, seconds: float = 30.0) -> list[dict[str, Any]]:
-    """Block the event loop, as a cell's ``time.sleep`` blocks the kernel's, until ``kind`` was sent."""
+def block_until(comm: RecordingComm, kind: str, seconds: float = 30.0, count: int = 1) -> list[dict[str, Any]]:
+    """Block the event loop, as a cell's ``time.sleep`` blocks the kernel's, until ``kind`` was sent
+    ``count`` times."""
     deadline = time.monotonic() + seconds
-    while not comm.custom(kind) and time.monotonic() < deadline:
+    while len(comm.custom(kind)) < count and time.monotonic() < deadline:
         time.sleep(0.1)
     return comm.custom(kind)
 
@@ -135,8 +136,8 @@ async def test_the_endpoint_and_an_ask_reach_the_page_while_the_kernel_is_busy(k
 async def test_until_the_page_is_heard_from_what_it_needs_is_sent_again(kernel_server: KernelServer) -> None:
     with fresh_direct(kernel_server) as (widget, comm):
         widget.ask("hello")
-        time.sleep(2.0)  # a page that loaded the widget's module late still gets the endpoint and the ask
-        asks = comm.custom("ask")
+        # a page that loaded the widget's module late still gets the endpoint and the ask
+        asks = block_until(comm, "ask", count=3)
         assert len(asks) >= 3 and len({a["id"] for a in asks}) == 1, asks  # the same ask: the page starts it once
         click(widget, {"type": "hello", "origin": PAGE_ORIGIN})
         # the resending thread sees the page was heard from: nothing more within a pause longer than its longest
