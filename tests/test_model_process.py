@@ -20,9 +20,11 @@ import httpx
 import pytest
 
 from nbchat.backends.cpu import check_library, read_cpu
+from nbchat.backends.gguf import GGUFBackend
 from nbchat.backends.smollm2 import SmolLM2Backend
 from nbchat.clients import TRANSPORTS, connect
 from nbchat.server.config import Settings
+from nbchat.server.context import context_of
 from nbchat.server.serving import ServerHandle, start_server_thread
 from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
 from tests.helpers import TOKEN, model_processes, quiet_after, tree_cpu_seconds
@@ -43,14 +45,20 @@ def model_server() -> Iterator[ServerHandle]:
     handle.stop()
 
 
-def the_model_process() -> int:
-    """The one model process this test process runs (its servers share one per model)."""
+def the_model_process(server: ServerHandle) -> int:
+    """The model process ``server``'s backend runs on, once it is up: one of this test process's own.
+
+    Other tests of the session may have left model processes for other models or settings (one per
+    model key, shared by the backends that ask for it), so the process is the backend's, not the only one.
+    """
+    backend = context_of(server.app).backend
+    assert isinstance(backend, GGUFBackend), backend
     deadline = time.monotonic() + 30
-    while not (found := model_processes(os.getpid())):
+    while (pid := backend.model.pid) is None:
         assert time.monotonic() < deadline, "no model process started"
         time.sleep(0.05)
-    assert len(found) == 1, found
-    return found[0]
+    assert pid in model_processes(os.getpid())
+    return pid
 
 
 def answer(url: str, transport: str, request: TurnRequest) -> tuple[str, End]:
@@ -66,7 +74,7 @@ def answer(url: str, transport: str, request: TurnRequest) -> tuple[str, End]:
 def test_a_model_process_killed_mid_turn_ends_the_turn_and_the_next_one_works(
         model_server: ServerHandle, transport: str, signame: str) -> None:
     before, _ = answer(model_server.url, transport, SHORT)
-    victim = the_model_process()
+    victim = the_model_process(model_server)
     with connect(model_server.url, token=TOKEN, transport=transport, timeout=60) as client:
         events = iter(client.stream(STORY))
         received = [next(events) for _ in range(5)]
@@ -82,12 +90,12 @@ def test_a_model_process_killed_mid_turn_ends_the_turn_and_the_next_one_works(
     after, after_end = answer(model_server.url, transport, SHORT)
     assert after_end.status in (Status.DONE, Status.TOKENS)
     assert after == before  # a fresh model process gives the same greedy answer
-    assert the_model_process() != victim
+    assert the_model_process(model_server) != victim
 
 
 def test_a_segmentation_fault_is_named(model_server: ServerHandle) -> None:
     answer(model_server.url, "ws", SHORT)
-    victim = the_model_process()
+    victim = the_model_process(model_server)
     with connect(model_server.url, token=TOKEN, transport="ws", timeout=60) as client:
         events = iter(client.stream(STORY))
         next(events)
