@@ -5,6 +5,7 @@ a Redis that goes away end streams with [ERROR] in bounded time, never a hang or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -345,18 +346,25 @@ def test_the_benchmark_starts_workers(redis_server: RedisProcess, monkeypatch: p
     assert [json.loads(line) for line in done.text.splitlines()][-1] == {"status": "[DONE]"}
 
 
-@pytest.fixture
-async def store_here(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, aioredis.Redis]]:
-    """A Redis store in this process (echo backend at 1 piece/s), and a client of the same Redis."""
-    store = RedisStore(EchoBackend(rate=1.0), Settings(store=redis_server.url))
+@contextlib.asynccontextmanager
+async def running_store(url: str, rate: float = 1.0,
+                        **settings: float) -> AsyncIterator[tuple[RedisStore, aioredis.Redis]]:
+    """A Redis store in this process (echo backend at ``rate`` pieces/s), and a client of the same Redis."""
+    store = RedisStore(EchoBackend(rate=rate), Settings(store=url, **settings))  # type: ignore[arg-type]
     await store.start()
-    direct = aioredis.from_url(redis_server.url, decode_responses=True)
+    direct = aioredis.from_url(url, decode_responses=True)
     try:
         yield store, direct
     finally:
         await direct.aclose()
         await store.shutdown()
         await store.aclose()
+
+
+@pytest.fixture
+async def store_here(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, aioredis.Redis]]:
+    async with running_store(redis_server.url) as both:
+        yield both
 
 
 @pytest.mark.redis
@@ -442,11 +450,7 @@ async def test_the_grace_period_counts_streams_on_other_processes_and_is_the_mem
     alive and counts the stream; once the count drops to zero, the turn's own grace timer (the one the
     memory store uses) cancels it after the grace period and one heartbeat's lag, with one log line."""
     caplog.set_level(logging.INFO, logger="nbchat.server.turns")
-    settings = Settings(store=redis_server.url, grace_period=0.3, lease_seconds=0.6)
-    store = RedisStore(EchoBackend(rate=20.0), settings)
-    await store.start()
-    direct = aioredis.from_url(redis_server.url, decode_responses=True)
-    try:
+    async with running_store(redis_server.url, rate=20.0, grace_period=0.3, lease_seconds=0.6) as (store, direct):
         info = await store.create(TurnRequest(user_message=Message("user", "a long answer " * 50)))
         turn = store.manager.get(info.id)
         assert turn is not None
@@ -458,13 +462,9 @@ async def test_the_grace_period_counts_streams_on_other_processes_and_is_the_mem
         await direct.hset(readers_key(turn.id), "elsewhere", "0")
         await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]
         assert turn.end is not None and turn.end.status is Status.INTERRUPTED
-        assert time.monotonic() - left >= settings.grace_period + store.writer.counting_delay
+        assert time.monotonic() - left >= store.settings.grace_period + store.writer.counting_delay
         assert [r.message for r in caplog.records].count(
             f"turn {turn.id}: nobody reattached within the grace period; cancelling") == 1
-    finally:
-        await direct.aclose()
-        await store.shutdown()
-        await store.aclose()
 
 
 @pytest.mark.redis
