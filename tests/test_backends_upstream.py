@@ -26,9 +26,11 @@ from nbchat.backends import LENGTH, Finish, GenerationRequest, create_backend
 from nbchat.backends.smollm2 import find_gguf
 from nbchat.backends.upstream import OpenAIUpstreamBackend
 from nbchat.bench.procs import free_port
+from nbchat.clients import collect as collect_events
+from nbchat.clients import connect
 from nbchat.wire.errors import BackendError
-from nbchat.wire.events import Message
-from tests.helpers import stop_process
+from nbchat.wire.events import Message, Status
+from tests.helpers import TOKEN, ServerFactory, stop_process
 
 SERVER_START_TIMEOUT = 60.0
 
@@ -132,6 +134,7 @@ class Upstream:
             Route("/stall/chat/completions", self.stall, methods=["POST"]),
             Route("/bytewise/chat/completions", self.bytewise, methods=["POST"]),
             Route("/truncated/chat/completions", self.truncated, methods=["POST"]),
+            Route("/too-long/chat/completions", self.too_long, methods=["POST"]),
         ]
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -172,6 +175,13 @@ class Upstream:
 
         return StreamingResponse(body(), media_type="text/event-stream")
 
+    async def too_long(self, request: Request) -> Response:
+        return JSONResponse({"error": {
+            "message": "This model's maximum context length is 4096 tokens. However, your messages resulted in "
+                       "5120 tokens. Please reduce the length of the messages.",
+            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}},
+            status_code=400)
+
     async def truncated(self, request: Request) -> Response:
         return StreamingResponse(iter([chunk("cut ")]), media_type="text/event-stream")
 
@@ -196,6 +206,25 @@ async def test_http_500_is_a_backend_error_with_the_upstream_message(upstream: U
         await collect(backend.generate(ask()))
     assert caught.value.code == "upstream_error"
     await backend.aclose()
+
+
+async def test_context_length_exceeded_says_what_to_do(upstream: Upstream) -> None:
+    backend = upstream.backend("too-long")
+    with pytest.raises(BackendError, match="start a new conversation") as caught:
+        await collect(backend.generate(ask()))
+    assert caught.value.code == "context_length_exceeded"
+    assert "maximum context length is 4096" in str(caught.value)
+    await backend.aclose()
+
+
+def test_context_length_exceeded_upstream_is_an_error_status_not_a_traceback(
+        upstream: Upstream, make_server: ServerFactory) -> None:
+    server = make_server(upstream.backend("too-long"))
+    with connect(server.url, token=TOKEN, transport="stream") as client:
+        end = collect_events(client.stream("hi"))
+    assert end.status is Status.ERROR and end.error is not None
+    assert end.error.code == "context_length_exceeded" and "start a new conversation" in end.error.message
+    assert "Traceback" not in end.error.message
 
 
 async def test_an_error_event_mid_stream_is_a_backend_error(upstream: Upstream) -> None:

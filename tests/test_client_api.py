@@ -29,7 +29,7 @@ from nbchat.clients import (
 )
 from nbchat.server.config import Settings
 from nbchat.server.serving import start_server_thread
-from nbchat.wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, TURN_HEADER
+from nbchat.wire.contract import DEFAULT_MAX_TOKENS, TURN_HEADER
 from nbchat.wire.errors import NBChatError, ServerStartError, TurnError
 from nbchat.wire.events import Chunk, End, ErrorInfo, Message, Status, TurnRequest
 from tests.helpers import LONG_MESSAGE, TOKEN, CapturingBackend, RecordingBackend, ServerFactory
@@ -52,8 +52,37 @@ def test_stream_takes_the_options_of_a_turn(make_server: ServerFactory, transpor
     sent, plain = backend.requests
     assert sent.messages == [Message("system", "be brief"), *history, Message("user", "now")]
     assert (sent.temperature, sent.max_tokens) == (0.25, 9)
+    # A temperature the caller did not set is not sent: the backend samples as suits its model.
     assert (plain.messages, plain.temperature, plain.max_tokens) == (
-        [Message("user", "plain")], DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS)
+        [Message("user", "plain")], None, DEFAULT_MAX_TOKENS)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_conversation_takes_openai_shaped_dicts(make_server: ServerFactory, transport: str) -> None:
+    backend = CapturingBackend()
+    server = make_server(backend)
+    history = [{"role": "user", "content": "earlier"}, Message("assistant", "reply")]
+    with connect(server.url, token=TOKEN, transport=transport) as client:  # type: ignore[arg-type]
+        assert collect(client.stream("now", conversation=history)).ok
+    assert backend.requests[0].messages == [Message("user", "earlier"), Message("assistant", "reply"),
+                                            Message("user", "now")]
+
+
+async def test_the_async_client_takes_openai_shaped_dicts(make_server: ServerFactory) -> None:
+    backend = CapturingBackend()
+    server = make_server(backend)
+    history = [{"role": "system", "content": "be brief"}]
+    async with aconnect(server.url, token=TOKEN, transport="ws") as client, \
+            client.stream("now", conversation=history) as turn:
+        assert (await acollect(turn)).ok
+    assert backend.requests[0].messages == [Message("system", "be brief"), Message("user", "now")]
+
+
+@pytest.mark.parametrize("bad", [[{"role": "user"}], [{"role": "robot", "content": "x"}], ["hello"], [3],
+                                 "hello", {"role": "user", "content": "x"}])
+def test_conversation_of_anything_else_is_a_type_error_naming_it(bad: object) -> None:
+    with connect("http://127.0.0.1:9", transport="sse") as client, pytest.raises(TypeError, match="conversation"):
+        client.stream("now", conversation=bad)  # type: ignore[arg-type]
 
 
 def test_options_go_with_a_string_not_with_a_turn_request(echo_server: object) -> None:

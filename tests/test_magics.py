@@ -22,11 +22,12 @@ from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.clients import TRANSPORTS
 from nbchat.notebook.kernel_server import KernelServer
 from nbchat.notebook.magics import ChatMagics, StreamView, interpolate
+from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.render import TurnStats, answer_markdown, open_fence, safe_markdown
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle
 from nbchat.wire.errors import ServerStartError
-from tests.helpers import TOKEN, RecordingBackend, ServerFactory
+from tests.helpers import TOKEN, CapturingBackend, RecordingBackend, ServerFactory
 
 MESSAGE = "Hello 你好 🚀 <b>bold</b> " * 40
 
@@ -360,6 +361,18 @@ def test_export_writes_markdown_and_openai_messages_that_parse(
     assert "echo (echo) · sse to " + echo_server.url in text and TOKEN not in text
     with pytest.raises(UsageError, match=r"\.md .* or \.json"):
         ip.run_line_magic("chat", f"export {tmp_path / 'chat.txt'}")
+
+
+def test_an_unset_temperature_is_not_sent(ip: InteractiveShell, published: Published,
+                                          make_server: ServerFactory) -> None:
+    backend = CapturingBackend()
+    server = make_server(backend)
+    magics = ChatMagics(ip)
+    magics.conversation.options = ChatOptions(server=server.url, token=TOKEN)
+    magics.chat_cell("", "hi")
+    magics.chat_cell("--temperature 0.3", "again")
+    # unset, the server's backend samples as suits its model; set, what the user set is sent
+    assert [request.temperature for request in backend.requests] == [None, 0.3]
 
 
 class WidgetView(StreamView):

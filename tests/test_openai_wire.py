@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from nbchat.backends.base import GenerationRequest
-from nbchat.wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+from nbchat.wire.contract import DEFAULT_MAX_TOKENS
 from nbchat.wire.errors import ProtocolError
 from nbchat.wire.events import Message, TurnRequest
 from nbchat.wire.openai import (
@@ -42,10 +42,12 @@ def test_completion_body_from_a_backend_request_names_the_given_model() -> None:
 
 
 def test_client_and_server_share_one_set_of_defaults() -> None:
+    # Unset, the temperature stays unset all the way to the backend, which samples as suits its model.
     assert (TurnRequest(Message("user", "x")).temperature, TurnRequest(Message("user", "x")).max_tokens) == (
-        DEFAULT_TEMPERATURE, DEFAULT_MAX_TOKENS)
+        None, DEFAULT_MAX_TOKENS)
     no_temperature = parse_completion_request({"messages": [{"role": "user", "content": "x"}]})
-    assert no_temperature.turn.temperature == DEFAULT_TEMPERATURE
+    assert no_temperature.turn.temperature is None
+    assert "temperature" not in completion_body(GenerationRequest([Message("user", "hi")]), model="m")
 
 
 @pytest.mark.parametrize(("body", "expected"), [

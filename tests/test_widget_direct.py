@@ -74,7 +74,7 @@ async def test_hello_gets_the_endpoint_and_admits_the_page_origin(direct: tuple[
     click(widget, {"type": "hello", "origin": PAGE_ORIGIN})
     endpoint = (await wait_for(comm, "endpoint"))["endpoint"]
     assert endpoint["token"] and endpoint["loopback"] is True and endpoint["port"] > 0
-    assert (await wait_for(comm, "context"))["request"] == {"conversation": [], "temperature": 0.7, "maxTokens": 512}
+    assert (await wait_for(comm, "context"))["request"] == {"conversation": [], "maxTokens": 512}
     async with httpx.AsyncClient() as client:  # the page's origin is admitted now; another is not
         ok = await client.get(endpoint["url"] + "/v1/models",
                               headers={"Origin": PAGE_ORIGIN, "token": endpoint["token"]})

@@ -28,7 +28,8 @@ def create_backend(name: str, **options: Any) -> Backend:
     if name == "smollm2":
         from .smollm2 import SmolLM2Backend
 
-        return SmolLM2Backend(**{k: v for k, v in options.items() if k in ("model_path", "n_threads")})
+        known = ("model_path", "n_threads", "cache_mb", "exact", "n_ctx")
+        return SmolLM2Backend(**{k: v for k, v in options.items() if k in known})
     if name == "openai":
         from .upstream import OpenAIUpstreamBackend
 

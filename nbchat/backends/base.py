@@ -4,6 +4,7 @@ A backend turns a :class:`GenerationRequest` into an async iterator of text
 pieces. It ends in one of three ways:
 
 - it simply stops: the answer is complete (``[DONE]``);
+- before its first piece it may yield a :class:`Trimmed` notice (the history was shortened);
 - it yields :data:`LENGTH` last: it stopped at ``max_tokens`` or at the
   model's context limit (``[TOKENS]``);
 - it raises :class:`~nbchat.wire.errors.BackendError` (``[ERROR]`` with its message).
@@ -21,7 +22,6 @@ import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..wire.contract import DEFAULT_TEMPERATURE
 from ..wire.events import Message
 
 
@@ -33,9 +33,18 @@ LENGTH = Finish.LENGTH
 
 
 @dataclass(frozen=True, slots=True)
+class Trimmed:
+    """Yielded before the first piece: the oldest ``exchanges`` of the conversation were
+    dropped so that it fits the model's context."""
+
+    exchanges: int
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     messages: list[Message]
-    temperature: float = DEFAULT_TEMPERATURE
+    #: None: the caller set none; the backend uses its :attr:`Backend.sampling` default
+    temperature: float | None = None
     max_tokens: int | None = None
     model: str | None = None
 
@@ -45,6 +54,9 @@ class Backend(abc.ABC):
 
     #: short name used on the command line (``--backend``)
     name: str = "backend"
+    #: how the backend samples what a request leaves unset (``temperature``, ``top_p``,
+    #: ``repeat_penalty``); empty: the model's or the upstream's own defaults. /health reports it.
+    sampling: dict[str, float] = {}  # noqa: RUF012 - read only, replaced (never mutated) by subclasses
 
     @property
     @abc.abstractmethod
@@ -52,7 +64,7 @@ class Backend(abc.ABC):
         """The model id reported by /health and /v1/models."""
 
     @abc.abstractmethod
-    def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
+    def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish | Trimmed]:
         """Yield the answer's pieces, then optionally :data:`LENGTH`."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook

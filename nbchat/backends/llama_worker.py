@@ -4,12 +4,14 @@
 serves generations one at a time. It speaks JSON Lines:
 
 - on standard input it reads ``{"op": "generate", "id", "messages",
-  "temperature", "max_tokens"}`` and ``{"op": "stop", "id"}``;
+  "temperature", "top_p", "repeat_penalty", "max_tokens"}`` and ``{"op": "stop", "id"}``;
 - on its protocol pipe (the standard output it was started with) it writes
   ``{"ready": {...}}`` once loaded (or ``{"fatal": message}``), then per job
+  ``{"id", "trimmed": N}`` (the oldest N exchanges were dropped to fit the context),
   ``{"id", "piece", "n"}``, ``{"id", "length": true}``, ``{"id", "error",
-  "code"}`` and finally ``{"id", "end": true, "n"}``; ``n`` counts the tokens
-  sampled since the process started.
+  "code"}`` and finally ``{"id", "end": true, "n", "prompt", "reused"}``; ``n``
+  counts the tokens sampled since the process started, ``prompt`` is the job's
+  prompt length in tokens and ``reused`` how many of them were not evaluated again.
 
 Everything llama.cpp prints goes to standard error: file descriptor 1 is
 pointed there at start, so C code writing to stdout cannot corrupt the
@@ -34,6 +36,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from .kv_states import DEFAULT_CACHE_MB, StateStore, common_prefix, load_sequence, save_sequence
+from .trim import fit
+
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
@@ -43,6 +48,17 @@ def block_cuts(length: int) -> list[int]:
     tokens up to 64 (the system prompt and short turns share most of their start),
     then every 64 (long conversations, in batches big enough to stay fast)."""
     return [c for c in (*range(8, 64, 8), *range(64, length + 1, 64)) if c <= length]
+
+
+#: a state the new prompt leaves behind is kept when it holds at least this many tokens the new prompt
+#: does not share (copying a token's KV entries out costs ~23 KB and microseconds; re-reading it, ~3 ms)
+KEEP_MIN_TOKENS = 8
+#: tokens left for the answer when a request sets no max_tokens (at most a quarter of the context)
+DEFAULT_RESERVE = 512
+
+
+#: the sampling settings a job may carry, passed to llama.cpp under these names
+SAMPLING = ("temperature", "top_p", "repeat_penalty")
 
 
 class Stopped(Exception):
@@ -117,9 +133,10 @@ def model_params_without_extra_buffers(llama_cpp: Any) -> Iterator[None]:
 
 
 class Model:
-    """The loaded model, its chat template and the KV blocks kept from the previous turn."""
+    """The loaded model, its chat template, the current conversation's evaluated tokens and the kept ones."""
 
-    def __init__(self, path: str, n_threads: int, n_ctx: int) -> None:
+    def __init__(self, path: str, n_threads: int, n_ctx: int, *, cache_mb: float = DEFAULT_CACHE_MB,
+                 exact: bool = False) -> None:
         import llama_cpp
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -144,8 +161,14 @@ class Model:
         if not template:
             raise ValueError(f"{path} has no chat template")
         self._formatter: Any = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-        self._cached: list[int] = []  # the prompt tokens whose KV entries came from block_cuts evaluation
+        self._cached: list[int] = []  # the tokens whose KV entries sequence 0 holds and a prompt may reuse
+        #: other conversations' evaluated states, least recently used first
+        self.kept = StateStore(int(cache_mb * 1024 * 1024))
+        #: keep only KV entries a fresh evaluation would make (greedy answers independent of the cache)
+        self.exact = exact
         self.tokens_sampled = 0
+        #: the last prompt's length and how many of its tokens were reused (reported with each job's end)
+        self.last_prompt: dict[str, int] = {}
         self._abort: Callable[[], bool] = lambda: False
         # Kept on the instance: llama.cpp holds only the C pointer.
         self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort())
@@ -153,7 +176,8 @@ class Model:
     def info(self) -> dict[str, Any]:
         return {"version": self.version, "system_info": self.system_info, "threads": self.n_threads,
                 "batch_threads": self.llama.n_threads_batch,
-                "n_ctx": self.n_ctx, "model": self.path, "extra_buffers": self.extra_buffers, "pid": os.getpid()}
+                "n_ctx": self.n_ctx, "model": self.path, "exact": self.exact,
+                "cache_bytes": self.kept.limit, "extra_buffers": self.extra_buffers, "pid": os.getpid()}
 
     def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
         """Token ids of the chat prompt (the GGUF's own template) and its stop strings."""
@@ -182,34 +206,95 @@ class Model:
             self._abort = lambda: False
 
     def prefill(self, tokens: list[int], should_stop: Callable[[], bool]) -> None:
-        """Evaluate the prompt up to its last block cut, reusing the previous turn's blocks.
+        """Evaluate the prompt but its last token, from the longest prefix already evaluated.
 
-        Greedy answers must not depend on the turn before, yet re-reading the
-        whole prompt every turn is the largest part of the time to first token.
-        llama.cpp's own prefix reuse splits the prompt wherever the previous
-        turn's tokens stopped matching, and batches split differently give
-        slightly different floats (measured: it changed 1 answer in 25 prompt
-        pairs). Here the prompt is cut only at fixed positions, so the KV
-        entries of a reused block are bit for bit those a fresh evaluation
-        makes. llama.cpp then finds this prefix and evaluates the rest.
+        That prefix is the current conversation's (its prompt and, unless
+        ``exact``, the answer's tokens as they were generated) or a kept one's
+        (:mod:`.kv_states`). With ``exact``, greedy answers must not depend on
+        what came before: llama.cpp's batches split differently give slightly
+        different floats (measured: it changed 1 answer in 25 prompt pairs), so
+        the prompt is cut only at fixed positions and only whole blocks are
+        kept, whose KV entries are bit for bit those a fresh evaluation makes;
+        the answer's tokens are then read again, as the next prompt renders them.
         """
-        llama = self.llama
-        cuts = block_cuts(len(tokens) - 1)  # leave at least one token: it yields the first logits
-        pairs = enumerate(zip(tokens, self._cached, strict=False))
-        common = next((i for i, (a, b) in pairs if a != b), len(self._cached))
-        start = max((c for c in cuts if c <= common), default=0)
-        self._cached = tokens[:start]
-        llama.n_tokens = start  # the next eval drops the KV entries from here on
+        self._restore(tokens)
+        keep = self._usable(common_prefix(self._cached, tokens), len(tokens))
+        self._truncate(tokens, keep)
+        self.last_prompt = {"prompt": len(tokens), "reused": keep}
+        if self.exact:
+            ends = [c for c in block_cuts(len(tokens) - 1) if c > keep]
+        else:
+            ends = [len(tokens) - 1] if len(tokens) - 1 > keep else []
         with self.abortable(should_stop):
-            for cut in (c for c in cuts if c > start):
+            for end in ends:
                 try:
-                    llama.eval(tokens[start:cut])
+                    self.llama.eval(tokens[keep:end])
                 except RuntimeError:
                     if should_stop():  # llama_decode returned "aborted"
-                        llama.n_tokens = start
+                        self._truncate(tokens, keep)
                         raise Stopped from None
                     raise
-                self._cached, start = tokens[:cut], cut
+                self._cached, keep = tokens[:end], end
+
+    def _usable(self, shared: int, length: int) -> int:
+        """How much of a shared prefix a prompt of ``length`` tokens reuses: never its last token
+        (it yields the first logits); with ``exact``, only up to a block cut."""
+        limit = min(shared, length - 1)
+        if self.exact:
+            return max((c for c in block_cuts(length - 1) if c <= limit), default=0)
+        return max(limit, 0)
+
+    def _truncate(self, tokens: list[int], keep: int) -> None:
+        """Keep the first ``keep`` tokens' KV entries; llama.cpp's next eval drops the rest."""
+        self._cached = tokens[:keep]
+        self.llama.n_tokens = keep
+        self._drop_entries_from(keep)
+
+    def _restore(self, tokens: list[int]) -> None:
+        """Make the context hold the evaluated state sharing most with ``tokens``: the current one
+        or a kept one. A current state the prompt leaves is kept first."""
+        import llama_cpp
+
+        current = self._usable(common_prefix(self._cached, tokens), len(tokens))
+        saved, shared = self.kept.best(tokens)
+        if saved is None or self._usable(shared, len(tokens)) <= current:
+            if len(self._cached) - current >= KEEP_MIN_TOKENS:
+                self._stash()
+            return
+        self._stash()
+        self.kept.take(saved)
+        self._truncate([], 0)
+        if load_sequence(llama_cpp, self.llama.ctx, saved):
+            n = len(saved.tokens)
+            self.llama.input_ids[:n] = saved.tokens
+            self.llama.n_tokens = n
+            self._cached = list(saved.tokens)
+
+    def _drop_entries_from(self, position: int) -> None:
+        """Free the KV cells of every position from ``position`` on."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.llama.ctx), -1, position, -1)
+
+    def _stash(self) -> None:
+        """Copy the current state into the kept ones (only its trusted tokens' entries)."""
+        import llama_cpp
+
+        if len(self._cached) < KEEP_MIN_TOKENS or self.kept.limit <= 0:
+            return
+        self._drop_entries_from(len(self._cached))
+        self.llama.n_tokens = len(self._cached)
+        self.kept.put(save_sequence(llama_cpp, self.llama.ctx, self._cached))
+
+    def answered(self) -> None:
+        """After a generation: unless ``exact``, its prompt and answer tokens are evaluated state."""
+        if not self.exact:
+            self._cached = self.llama.input_ids[:self.llama.n_tokens].tolist()
+
+    def forget(self) -> None:
+        """Drop the current state (after a failure left it unknown)."""
+        self._cached = []
+        self.llama.n_tokens = 0
 
 
 Send = Callable[..., None]
@@ -232,35 +317,42 @@ def run_job(model: Model, job: dict[str, Any], control: Control, send: Send) -> 
     try:
         if stop():
             return
-        tokens, stop_strings = model.prompt(job["messages"])
+        max_tokens = job.get("max_tokens")
+        reserve = min(max_tokens or DEFAULT_RESERVE, model.n_ctx // 4)
+        tokens, stop_strings, trimmed = fit(model.prompt, job["messages"], model.n_ctx, reserve)
         if len(tokens) >= model.n_ctx:
             send(id=job_id, code="context_length_exceeded", error=(
-                f"the conversation ({len(tokens)} tokens) does not fit the model's context of {model.n_ctx} tokens;"
-                " start a new conversation or shorten it"))
+                f"the message alone ({len(tokens)} tokens) does not fit the model's context of {model.n_ctx} "
+                "tokens; shorten it"))
             return
+        if trimmed:
+            send(id=job_id, trimmed=trimmed)
         model.prefill(tokens, stop)
-        max_tokens = job.get("max_tokens")
+        room = model.n_ctx - len(tokens)
+        sampling = {k: job[k] for k in SAMPLING if job.get(k) is not None}
         stream = model.llama.create_completion(
-            tokens, max_tokens=max_tokens if max_tokens is not None else -1, temperature=job["temperature"],
-            stop=stop_strings, stream=True, stopping_criteria=StoppingCriteriaList([should_stop]))
+            tokens, max_tokens=min(max_tokens, room) if max_tokens is not None else room, stop=stop_strings,
+            stream=True, stopping_criteria=StoppingCriteriaList([should_stop]), **sampling)
         assert not isinstance(stream, dict)  # stream=True gives an iterator of chunks
         with contextlib.closing(stream):  # type: ignore[type-var]  # a generator: closing it ends llama.cpp's loop
             for chunk in stream:
                 if stop():
-                    return
+                    break
                 choice = chunk["choices"][0]
                 if choice["text"]:
                     send(id=job_id, piece=choice["text"], n=model.tokens_sampled)
                 if choice["finish_reason"] == "length":
                     send(id=job_id, length=True)
+        model.answered()
     except Stopped:
         pass
     except Exception as exc:  # reported to the parent, which raises it as a BackendError
+        model.forget()
         send(id=job_id, error=f"the model failed: {type(exc).__name__}: {exc}", code=None)
     finally:
         with control.lock:
             control.stopped.discard(job_id)
-        send(id=job_id, end=True, n=model.tokens_sampled)
+        send(id=job_id, end=True, n=model.tokens_sampled, **model.last_prompt)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -268,6 +360,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--n-ctx", type=int, required=True)
+    parser.add_argument("--cache-mb", type=float, default=DEFAULT_CACHE_MB)
+    parser.add_argument("--exact", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -277,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = Output(take_protocol_pipe())
     try:
-        model = Model(args.model, args.threads, args.n_ctx)
+        model = Model(args.model, args.threads, args.n_ctx, cache_mb=args.cache_mb, exact=args.exact)
     except Exception as exc:  # a missing or unreadable file, not a GGUF, no llama_cpp
         out.send(fatal=f"{type(exc).__name__}: {exc}")
         return 1

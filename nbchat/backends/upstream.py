@@ -32,9 +32,23 @@ ERROR_CODE = "upstream_error"
 
 
 def upstream_error(message: str) -> BackendError:
+    code = ERROR_CODE
+    if _context_exceeded(message):
+        code = "context_length_exceeded"
+        message = (f"{message.rstrip('.')}. The conversation is longer than the upstream model's context: "
+                   "start a new conversation (%%chat --new, %chat reset), send fewer earlier messages, "
+                   "or lower max_tokens")
     error = BackendError(message)
-    error.code = ERROR_CODE
+    error.code = code
     return error
+
+
+def _context_exceeded(message: str) -> bool:
+    """Whether an upstream's error says the prompt did not fit: OpenAI's code, vLLM's, llama.cpp's and
+    Ollama's wordings differ, all name the context."""
+    text = message.lower()
+    return "context_length_exceeded" in text or ("context" in text and any(
+        word in text for word in ("length", "window", "exceed", "too long", "maximum")))
 
 
 class _Stream:
@@ -102,8 +116,10 @@ class OpenAIUpstreamBackend(Backend):
         try:
             async with self.client.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as response:
                 if response.status_code >= 400:
-                    detail = parse_error_body(await response.aread()).message
-                    raise upstream_error(f"the upstream answered HTTP {response.status_code}: {detail}")
+                    error = parse_error_body(await response.aread())
+                    raise upstream_error(f"the upstream answered HTTP {response.status_code}: {error.message}"
+                                         + (f" ({error.code})" if error.code and error.code not in error.message
+                                            else ""))
                 stream, decoder = _Stream(), SSEDecoder()
                 async for data in response.aiter_bytes():
                     for msg in decoder.feed(data):

@@ -20,6 +20,7 @@ holds back an incomplete character). Paths are taken in turn within each
 round, so that load from elsewhere on the machine falls on all of them alike.
 
     python -m nbchat.bench.model --rounds 5
+    python -m nbchat.bench.model --conversations    # TTFT per turn as conversations grow
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ..clients import ChatClient, collect, connect
 from ..wire.contract import OPENAI_MODELS_PATH, TRANSPORTS
 from ..wire.errors import ServerStartError
 from ..wire.events import Message
+from . import conversations
 from .procs import START_TIMEOUT, drain, free_port, in_background, nbchat_server, python_child
 
 PROMPTS = (
@@ -130,6 +132,37 @@ def nbchat_runner(client: ChatClient, max_tokens: int, model: str | None = None)
     return run
 
 
+def fresh_ask(threads: int, max_tokens: int) -> conversations.Ask:
+    """llama.cpp in this process, re-reading the whole prompt every turn: what no cache costs."""
+    model = Model(str(find_gguf()), threads, DEFAULT_N_CTX)
+
+    def ask(history: list[Message], text: str) -> tuple[float, str]:
+        messages = [m.to_dict() for m in (*history, Message("user", text))]
+        started = time.perf_counter()
+        tokens, stop = model.prompt(messages)
+        model.forget()  # nothing evaluated is reused
+        sample = Sample(started)
+        for chunk in model.llama.create_completion(tokens, max_tokens=max_tokens, temperature=0.0, stop=stop,
+                                                   stream=True):
+            sample.add(chunk["choices"][0]["text"])  # type: ignore[index]
+        return sample.ttft, sample.text
+
+    return ask
+
+
+def client_ask(client: ChatClient, max_tokens: int, model: str | None = None) -> conversations.Ask:
+    """A turn with its history through a client (nbchat's, or its OpenAI one to llama_cpp.server)."""
+
+    def ask(history: list[Message], text: str) -> tuple[float, str]:
+        sample = Sample(time.perf_counter())
+        with client.stream(text, conversation=history, temperature=0.0, max_tokens=max_tokens,
+                           model=model) as turn:
+            collect(turn, lambda chunk: sample.add(chunk.content))
+        return sample.ttft, sample.text
+
+    return ask
+
+
 @contextlib.asynccontextmanager
 async def llama_server(threads: int) -> AsyncIterator[str]:
     """llama-cpp-python's OpenAI-compatible server on the same model file; yields its base URL."""
@@ -194,17 +227,87 @@ def report(samples: dict[str, list[Sample]]) -> str:
     return "\n".join(lines)
 
 
+def greedy_pairs(threads: int, pairs: int, max_tokens: int) -> str:
+    """How often a continued turn's greedy answer differs from a fresh evaluation's.
+
+    Each pair: a first turn, then a follow-up in the same conversation, once on a model
+    that continues from what it kept (the default: the answer's tokens as generated) and
+    once on a model that reads everything afresh. Another conversation runs in between,
+    so the kept state also goes through the store of other conversations.
+    """
+    kept = Model(str(find_gguf()), threads, DEFAULT_N_CTX)
+    fresh = Model(str(find_gguf()), threads, DEFAULT_N_CTX)
+    jobs = itertools.count()
+
+    def run(model: Model, messages: list[dict[str, str]]) -> str:
+        pieces: list[str] = []
+        job = {"id": next(jobs), "messages": messages, "temperature": 0.0, "max_tokens": max_tokens}
+        run_job(model, job, Control(), lambda **message: pieces.append(message.get("piece", "")))
+        return "".join(pieces)
+
+    differ = 0
+    for i in range(pairs):
+        first = [{"role": "user", "content": conversations.question(1, i)}]
+        reply = run(kept, first)
+        run(kept, [{"role": "user", "content": conversations.question(1, i + 7)}])
+        follow = [*first, {"role": "assistant", "content": reply},
+                  {"role": "user", "content": conversations.question(3, i)}]
+        fresh.forget()
+        differ += run(kept, follow) != run(fresh, follow)
+    return f"{differ} of {pairs} follow-up answers differ from a fresh evaluation's (greedy, {max_tokens} tokens)"
+
+
+def run_conversations(args: argparse.Namespace, threads: int) -> None:
+    """The conversation benchmark (:mod:`nbchat.bench.conversations`): every path in turn, one table."""
+    results: dict[str, dict[str, list[float]]] = {}
+    with ExitStack() as stack:
+        asks: dict[str, conversations.Ask] = {}
+        server = stack.enter_context(in_background(nbchat_server("smollm2")))
+        for transport in args.transports:
+            client = stack.enter_context(connect(server.url, token=server.token, transport=transport,
+                                                 timeout=START_TIMEOUT))
+            asks[f"nbchat/{transport}"] = client_ask(client, args.max_tokens)
+        if not args.no_llama_server:
+            llama_url = stack.enter_context(in_background(llama_server(threads)))
+            llama = stack.enter_context(connect(llama_url, transport="openai", timeout=START_TIMEOUT))
+            asks["llama_cpp.server"] = client_ask(llama, args.max_tokens, model=LLAMA_MODEL)
+        if not args.no_fresh:
+            asks["fresh"] = fresh_ask(threads, args.max_tokens)
+        print(f"conversations: 2 x {args.turns} turns alternating, 1 x {args.long_turns} turns; "
+              f"{args.max_tokens} tokens an answer, greedy, {threads} model threads", flush=True)
+        for name, ask in asks.items():
+            ask([], "Say hello.")  # warm-up: loads what a path loads lazily
+            results[name] = conversations.run_schedules(ask, args.turns, args.long_turns)
+            print(conversations.row(name, results[name]), flush=True)  # a path's figures as soon as they are in
+    print(conversations.report(results))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nbchat.bench.model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of all prompts down every path (default 5)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (default 64)")
     parser.add_argument("--no-llama-server", action="store_true", help="skip llama_cpp.server")
+    parser.add_argument("--conversations", action="store_true",
+                        help="time to first token per turn as conversations grow (see nbchat.bench.conversations)")
+    parser.add_argument("--turns", type=int, default=10, help="--conversations: turns of each alternating one")
+    parser.add_argument("--long-turns", type=int, default=20, help="--conversations: turns of the long one")
+    parser.add_argument("--no-fresh", action="store_true", help="--conversations: skip the fresh evaluation")
+    parser.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=TRANSPORTS,
+                        help="--conversations: the nbchat transports to run (default: all)")
+    parser.add_argument("--pairs", type=int, default=0, metavar="N",
+                        help="count how many of N continued greedy answers differ from a fresh evaluation's")
     args = parser.parse_args(argv)
     # A SIGTERM (a timeout, CI) still runs the cleanup below, so no server outlives the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     threads = default_threads()  # what nbchat serve's smollm2 backend uses
     # Every path runs llama.cpp with the environment of nbchat's model process (OpenMP's wait policy).
     os.environ.update({k: v for k, v in worker_environment(threads).items() if k.startswith("OMP_")})
+    if args.pairs:
+        print(greedy_pairs(threads, args.pairs, args.max_tokens))
+        return 0
+    if args.conversations:
+        run_conversations(args, threads)
+        return 0
     with ExitStack() as stack:
         runners: dict[str, Runner] = {"in-process": in_process_runner(threads, args.max_tokens)}
         run_backend, close = backend_runner(threads, args.max_tokens)

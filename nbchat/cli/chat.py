@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..server.config import Settings
-from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, TRANSPORTS
+from ..wire.contract import DEFAULT_MAX_TOKENS, TRANSPORTS
 from ..wire.errors import NBChatError
 from ..wire.events import Chunk, Status
 
@@ -35,7 +35,8 @@ def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--threads", type=int, default=None,
                    help="smollm2 backend of the in-process server: llama.cpp threads")
     p.add_argument("--system", default=None, help="a system prompt")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 to 2 (default: what the server's backend suits its model, sent only when set)")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     p.set_defaults(handler=run_chat)
 

@@ -42,6 +42,12 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--model", default=None, help="model id for the openai backend")
     p.add_argument("--threads", type=int, default=None,
                    help="smollm2 backend: llama.cpp decoding threads (default: half the cores; prompts use all)")
+    p.add_argument("--cache-mb", type=float, default=None, metavar="N",
+                   help="smollm2 backend: memory for other conversations' evaluated state, so switching among "
+                        "them does not re-read their histories (default: $NBCHAT_CACHE_MB, else 256; 0 keeps none)")
+    p.add_argument("--exact-cache", action="store_true", default=None,
+                   help="smollm2 backend: reuse only what a fresh evaluation computes, so greedy answers never "
+                        "depend on earlier turns (default: $NBCHAT_EXACT_CACHE; slower: each answer is read again)")
     p.add_argument("--model-timeout", type=float, default=d.model_timeout,
                    help="end a turn with [MODEL_TIMEOUT] when the backend yields nothing this long (seconds)")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
@@ -79,6 +85,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         print("nbchat serve: --threads must be >= 1", file=sys.stderr)
+        return 2
+    if args.cache_mb is not None and not args.cache_mb >= 0:
+        print("nbchat serve: --cache-mb must be 0 or more", file=sys.stderr)
         return 2
     refusal = public_bind_refusal(args.host, args.token, args.public_without_token)
     if refusal is not None:
@@ -125,7 +134,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The server's settings from ``nbchat serve``'s options (ValueError for a value Settings refuses)."""
-    options = {"n_threads": args.threads} if args.threads else {}
+    options = {name: value for name, value in (("n_threads", args.threads), ("cache_mb", args.cache_mb),
+                                               ("exact", args.exact_cache)) if value is not None}
     limits = {name: getattr(args, name) for name in LIMIT_OPTIONS}
     return Settings(host=args.host, port=args.port, token=args.token, backend=args.backend,
                     rate=DEFAULT_RATE if args.rate is None else args.rate, replay_rate=args.rate,

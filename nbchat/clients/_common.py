@@ -15,28 +15,49 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+from ..wire.contract import DEFAULT_MAX_TOKENS
 from ..wire.errors import NBChatConnectionError, NBChatError, RequestError, ResumeError
 from ..wire.events import Chunk, End, Event, Item, Message, Status, TurnRequest
 from ..wire.protocol import EventAssembler
 from ._errors import RESUME_CODES
 
 
+def as_messages(conversation: Iterable[Message | Mapping[str, Any]]) -> tuple[Message, ...]:
+    """``conversation=`` as messages: :class:`Message` objects, or dicts shaped like the OpenAI
+    API's (``{"role": "user", "content": "..."}``); TypeError naming the parameter otherwise."""
+    if isinstance(conversation, (str, bytes, Mapping)):
+        raise TypeError(f"conversation= takes a list of messages, not a {type(conversation).__name__}")
+    out: list[Message] = []
+    for i, message in enumerate(conversation):
+        if isinstance(message, Message):
+            out.append(message)
+            continue
+        role = message.get("role") if isinstance(message, Mapping) else None
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise TypeError(f"conversation[{i}] must be a Message or a dict with 'role' (system, user or assistant) "
+                            f"and a string 'content', not {message!r:.80}")
+        out.append(Message(role, content))
+    return tuple(out)
+
+
 def as_request(request: TurnRequest | str, uid: str | None = None, *, system: str | None = None,
-               conversation: Sequence[Message] = (), temperature: float = DEFAULT_TEMPERATURE,
+               conversation: Iterable[Message | Mapping[str, Any]] = (), temperature: float | None = None,
                max_tokens: int | None = DEFAULT_MAX_TOKENS, model: str | None = None) -> TurnRequest:
     """A string is the user message, sent with the given options (``max_tokens=None``:
-    no limit but the model's); a :class:`TurnRequest` already carries them. The
-    client's uid is added so that a resume by uid finds the turn."""
+    no limit but the model's; ``temperature=None``: the server's default for its model);
+    a :class:`TurnRequest` already carries them. The client's uid is added so that a
+    resume by uid finds the turn."""
     if isinstance(request, str):
         system_message = (Message("system", system),) if system is not None else ()
-        request = TurnRequest(user_message=Message("user", request), conversation=(*system_message, *conversation),
+        request = TurnRequest(user_message=Message("user", request),
+                              conversation=(*system_message, *as_messages(conversation)),
                               temperature=temperature, max_tokens=max_tokens, model=model)
-    elif (system is not None or conversation or model is not None or temperature != DEFAULT_TEMPERATURE
+    elif (system is not None or conversation or model is not None or temperature is not None
           or max_tokens != DEFAULT_MAX_TOKENS):
         raise TypeError("options go with a message string; a TurnRequest carries its own")
     if uid is not None and request.uid is None:
@@ -287,12 +308,13 @@ class ChatClient(_ClientConfig, ABC):
     transport: str = ""
 
     def stream(self, request: TurnRequest | str, *, system: str | None = None,
-               conversation: Sequence[Message] = (), temperature: float = DEFAULT_TEMPERATURE,
+               conversation: Iterable[Message | Mapping[str, Any]] = (), temperature: float | None = None,
                max_tokens: int | None = DEFAULT_MAX_TOKENS, model: str | None = None) -> TurnStream:
         """Start a turn: a message string with its options, or a :class:`TurnRequest`.
 
-        ``conversation`` is the history before the message, ``system`` a system
-        prompt put first, ``max_tokens=None`` no limit but the model's."""
+        ``conversation`` is the history before the message (:class:`Message` objects or
+        OpenAI-shaped dicts), ``system`` a system prompt put first, ``temperature=None``
+        the server's default for its model, ``max_tokens=None`` no limit but the model's."""
         return self._start_turn(as_request(request, self.uid, system=system, conversation=conversation,
                                            temperature=temperature, max_tokens=max_tokens, model=model))
 
@@ -322,7 +344,7 @@ class AsyncChatClient(_ClientConfig, ABC):
     transport: str = ""
 
     def stream(self, request: TurnRequest | str, *, system: str | None = None,
-               conversation: Sequence[Message] = (), temperature: float = DEFAULT_TEMPERATURE,
+               conversation: Iterable[Message | Mapping[str, Any]] = (), temperature: float | None = None,
                max_tokens: int | None = DEFAULT_MAX_TOKENS, model: str | None = None) -> AsyncTurnOpener:
         """Start a turn, as :meth:`ChatClient.stream`; the request is sent when awaited or entered."""
         request = as_request(request, self.uid, system=system, conversation=conversation,

@@ -1,7 +1,8 @@
-"""The per-turn settings of the notebook layer: transport, server, sampling.
+"""The per-turn settings of the notebook layer: transport, server, sampling,
+and how a turn's shortened history is named.
 
-Their own module, below the conversation and the provenance record that both
-read them, so neither has to import the other for them.
+Their own module, below the conversation, the footer and the provenance record
+that all read them, so none has to import another for them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ..wire.contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Transport
+from ..wire.contract import DEFAULT_MAX_TOKENS, Transport
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class ChatOptions:
     server: str | None = None
     token: str | None = None
     model: str | None = None
-    temperature: float = DEFAULT_TEMPERATURE
+    temperature: float | None = None  # None: not sent; the server samples as suits its model
     max_tokens: int | None = DEFAULT_MAX_TOKENS
     system: str | None = None
 
@@ -36,3 +37,8 @@ class ChatOptions:
         token = "set" if self.token else None
         shown = {**{f.name: getattr(self, f.name) for f in fields(self)}, "token": token}
         return "\n".join(f"{name:12} {value!r}" for name, value in shown.items())
+
+
+def trimmed_note(exchanges: int) -> str:
+    """What the footer, the widget's stats line and the provenance say of a shortened history."""
+    return f"history trimmed: {exchanges} exchange{'' if exchanges == 1 else 's'}"

@@ -14,13 +14,15 @@ import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .options import trimmed_note
+
 if TYPE_CHECKING:
     from .options import ChatOptions
     from .render import TurnStats
 
 #: the keys of a provenance record, in the order they are written
-FIELDS = ("model", "backend", "server", "transport", "temperature", "max_tokens", "system", "turn_id", "uid",
-          "first_token_s", "tokens_per_s", "chunks", "status", "timestamp")
+FIELDS = ("model", "backend", "server", "transport", "temperature", "max_tokens", "sampling", "system", "turn_id",
+          "uid", "first_token_s", "tokens_per_s", "chunks", "status", "history_trimmed", "timestamp")
 
 
 def public_url(url: str) -> str:
@@ -50,13 +52,19 @@ def provenance(options: ChatOptions, stats: TurnStats, *, server: str, info: dic
     ``uid`` the client's id that the server files its turns under (and that a
     ``--record`` file carries), so an answer can be matched to its recording.
     """
+    # What the model sampled with: the backend's defaults (from /health), overridden by what was set.
+    given = info.get("sampling")
+    sampling = dict(given) if isinstance(given, dict) else {}
+    if options.temperature is not None:
+        sampling["temperature"] = options.temperature
     return {
         "model": info.get("model") or options.model,
         "backend": info.get("backend"),
         "server": public_url(server),
         "transport": options.transport,
-        "temperature": options.temperature,
+        "temperature": sampling.get("temperature"),
         "max_tokens": options.max_tokens,
+        "sampling": sampling,
         "system": options.system,
         "turn_id": turn_id,
         "uid": uid,
@@ -64,6 +72,7 @@ def provenance(options: ChatOptions, stats: TurnStats, *, server: str, info: dic
         "tokens_per_s": _rounded(stats.tokens_per_second, 2),
         "chunks": stats.chunks,
         "status": stats.status,
+        "history_trimmed": stats.trimmed,
         "timestamp": timestamp,
     }
 
@@ -81,6 +90,8 @@ def describe(record: dict[str, Any]) -> str:
     if record.get("tokens_per_s") is not None:
         parts.append(f"{record['tokens_per_s']} tok/s")
     parts.append(str(record.get("status")))
+    if record.get("history_trimmed"):
+        parts.append(trimmed_note(record["history_trimmed"]))
     if record.get("turn_id"):
         parts.append(f"turn {record['turn_id']}")
     parts.append(str(record.get("timestamp")))
@@ -104,7 +115,8 @@ class ServerInfo:
             body = httpx.get(f"{public_url(url)}/health", timeout=timeout).json()
         except (httpx.HTTPError, ValueError):
             return {}  # provenance without a model name beats no answer: ask again next turn
-        info = {"backend": body.get("backend"), "model": body.get("model")} if isinstance(body, dict) else {}
+        info = ({"backend": body.get("backend"), "model": body.get("model"), "sampling": body.get("sampling")}
+                if isinstance(body, dict) else {})
         with self._lock:
             self._known[url] = info
         return info

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..wire.events import End, Status
+from .options import trimmed_note
 
 #: at most this many display updates per second, for the magic and the widget alike
 UPDATES_PER_SECOND = 20.0
@@ -62,6 +63,8 @@ class TurnStats:
     chunks: int = 0
     chars: int = 0
     status: str | None = None
+    #: exchanges the server dropped from the oldest end so the conversation fit its model's context
+    trimmed: int = 0
 
     def on_chunk(self, content: str) -> None:
         if self.first_token is None:
@@ -73,6 +76,7 @@ class TurnStats:
         self.ended = time.perf_counter()
         if end is not None:
             self.status = end.status.value
+            self.trimmed = end.trimmed
             if end.status is Status.ERROR and end.error is not None:
                 self.status = f"{end.status.value} {end.error.code}: {end.error.message}"
         else:
@@ -101,6 +105,8 @@ class TurnStats:
             parts.append(f"{rate:.1f} tok/s")
         if self.status is not None:
             parts.append(self.status)
+        if self.trimmed:
+            parts.append(trimmed_note(self.trimmed))
         return " · ".join(parts)
 
 

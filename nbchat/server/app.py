@@ -114,8 +114,8 @@ async def start_turn(request: Request) -> Reader:
 async def health(request: Request) -> Response:
     backend = context_of(request).backend
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
-                         "model": backend.model_name, "turns": len(store_of(request)),
-                         "retention": store_of(request).manager.retention()})
+                         "model": backend.model_name, "sampling": backend.sampling,
+                         "turns": len(store_of(request)), "retention": store_of(request).manager.retention()})
 
 
 async def post_turns(request: Request) -> Response:

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol, cast
 
-from ..backends.base import LENGTH, Backend, GenerationRequest
+from ..backends.base import LENGTH, Backend, GenerationRequest, Trimmed
 from ..wire.errors import BackendError, RequestError, ResumeError
 from ..wire.events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
 from .config import Settings
@@ -76,6 +76,9 @@ class Turn:
         self._hooks = manager.hooks
         self.replay = ReplayBuffer(self._settings.replay_max_bytes)
         self._next_seq = 1
+        #: how many exchanges the backend dropped from the history (said on the first chunk after)
+        self.trimmed = 0
+        self._trimmed = 0
         #: the retention ran out while a stream was still attached: forget the turn when the last one leaves
         self.expired = False
         #: one future per stream waiting for the buffer to change (see Subscription._wait)
@@ -148,7 +151,7 @@ class Turn:
         req = self.request
         if self._manager.recorder is not None:
             self._record = self._manager.recorder.open(self.id, req, self.uid)
-        if not 0.0 <= req.temperature <= 2.0:
+        if req.temperature is not None and not 0.0 <= req.temperature <= 2.0:
             self._finish(End(status=Status.TEMPERATURE_THRESHOLD))
             return
         gen = GenerationRequest(messages=req.messages, temperature=req.temperature,
@@ -156,7 +159,7 @@ class Turn:
         pieces = self._manager.backend.generate(gen)
         try:
             self._arm_watchdog()
-            self._finish(End(status=await self._pump(pieces)))
+            self._finish(End(status=await self._pump(pieces), trimmed=self.trimmed))
         except asyncio.CancelledError:
             if self.on_cancel is not None:
                 self.on_cancel(self)
@@ -180,6 +183,8 @@ class Turn:
                 return Status.TOKENS
             if isinstance(piece, str) and piece:
                 self._append(piece)
+            elif isinstance(piece, Trimmed):
+                self.trimmed = self._trimmed = piece.exchanges
         return Status.DONE
 
     async def _pump_until_stop(self, pieces: AsyncIterator[str | object], scanner: StopScanner) -> Status:
@@ -233,7 +238,8 @@ class Turn:
 
     def _append(self, content: str) -> None:
         ts = time.time() if self._settings.timestamps else None
-        chunk = Chunk(content=_as_unicode(content), seq=self._next_seq, server_time=ts)
+        chunk = Chunk(content=_as_unicode(content), seq=self._next_seq, server_time=ts, trimmed=self._trimmed)
+        self._trimmed = 0  # said once, on the first chunk after the notice
         self._next_seq += 1
         self.replay.append(chunk)
         if self._record is not None:

@@ -51,8 +51,8 @@ DIRECT_TRANSPORTS: tuple[Transport, ...] = ("ws", "sse", "stream")
 """The transports a page streams itself (``ChatWidget(direct=True)``): each carries a seq, so a dropped
 connection resumes with no gap and no repeat; the OpenAI route's chunks carry none."""
 
-#: what a client asks for when the caller does not say (client.stream, %%chat, nbchat chat, the OpenAI route)
-DEFAULT_TEMPERATURE = 0.7
+#: what a client asks for when the caller does not say (client.stream, %%chat, nbchat chat). A temperature
+#: the caller does not set is not sent at all: the backend then samples as suits its model.
 DEFAULT_MAX_TOKENS = 512
 
 

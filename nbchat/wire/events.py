@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from .contract import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE
+from .contract import DEFAULT_MAX_TOKENS
 from .errors import TurnError
 
 Role: TypeAlias = Literal["system", "user", "assistant"]
@@ -52,7 +52,8 @@ class TurnRequest:
 
     user_message: Message
     conversation: tuple[Message, ...] = ()
-    temperature: float = DEFAULT_TEMPERATURE
+    #: None: not set by the caller, so not sent; the backend's own default applies
+    temperature: float | None = None
     max_tokens: int | None = DEFAULT_MAX_TOKENS
     model: str | None = None
     uid: str | None = None
@@ -90,6 +91,8 @@ class Chunk:
     seq: int
     server_time: float | None = None
     received: float = field(default=0.0, compare=False)
+    #: on a turn's first chunk: how many of the oldest exchanges the server dropped to fit the context
+    trimmed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,8 @@ class End:
     status: Status
     error: ErrorInfo | None = None
     received: float = field(default=0.0, compare=False)
+    #: how many of the oldest exchanges the server dropped so the conversation fit its model's context
+    trimmed: int = 0
 
     @property
     def ok(self) -> bool:

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
-from .contract import DEFAULT_TEMPERATURE
 from .errors import ProtocolError, RequestError
 from .events import Chunk, End, ErrorInfo, Item, Message, Role, Status, TurnRequest
 from .protocol import bounded_number, parse_max_tokens, parse_stop
@@ -112,9 +111,8 @@ def _in_range(body: dict[str, Any], key: str, low: float, high: float) -> float 
     return number
 
 
-def _temperature(body: dict[str, Any]) -> float:
-    value = _in_range(body, "temperature", 0, 2)
-    return DEFAULT_TEMPERATURE if value is None else value
+def _temperature(body: dict[str, Any]) -> float | None:
+    return _in_range(body, "temperature", 0, 2)  # None: the backend's own default
 
 
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:
@@ -237,7 +235,7 @@ class Sampling(Protocol):
     def messages(self) -> list[Message]: ...
 
     @property
-    def temperature(self) -> float: ...
+    def temperature(self) -> float | None: ...
 
     @property
     def max_tokens(self) -> int | None: ...
@@ -249,8 +247,9 @@ class Sampling(Protocol):
 def completion_body(request: Sampling, *, model: str | None = None, stream: bool = True) -> dict[str, Any]:
     """A request as a chat-completions body (``model`` overrides the request's)."""
     body: dict[str, Any] = {"model": model or request.model or DEFAULT_MODEL,
-                            "messages": [m.to_dict() for m in request.messages],
-                            "temperature": request.temperature, "stream": stream}
+                            "messages": [m.to_dict() for m in request.messages], "stream": stream}
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     return body

@@ -16,7 +16,6 @@ from typing import Any
 from .contract import (
     AFTER_PARAM,
     DEFAULT_MAX_TOKENS,
-    DEFAULT_TEMPERATURE,
     DIRECT_TRANSPORTS,
     HEALTH_PATH,
     INTERRUPT_FRAME,
@@ -52,7 +51,7 @@ def page_contract() -> dict[str, Any]:
         "transports": list(TRANSPORTS),
         "directTransports": list(DIRECT_TRANSPORTS),
         "aliases": dict(TRANSPORT_ALIASES),
-        "defaults": {"temperature": DEFAULT_TEMPERATURE, "maxTokens": DEFAULT_MAX_TOKENS},
+        "defaults": {"maxTokens": DEFAULT_MAX_TOKENS},  # no temperature: unset, the server's backend chooses
     }
 
 

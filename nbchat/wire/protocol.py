@@ -14,7 +14,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .contract import DEFAULT_TEMPERATURE
 from .errors import REQUEST_ERROR_CODES, ProtocolError, RequestError
 from .events import STATUS_STRINGS, Chunk, End, ErrorInfo, Event, Message, Status, TurnRequest
 from .sse import SSEMessage, encode_sse
@@ -76,10 +75,10 @@ def bounded_number(value: object) -> float | None:
     return None
 
 
-def _number(obj: Mapping[str, Any], key: str, default: float) -> float:
-    value = obj.get(key, default)
+def _number(obj: Mapping[str, Any], key: str) -> float | None:
+    value = obj.get(key)
     if value is None:
-        return default
+        return None
     number = bounded_number(value)
     if number is None:
         raise RequestError(f"'{key}' must be a number")
@@ -180,7 +179,8 @@ def parse_position(value: object) -> int:
 
 def parse_turn_request(obj: Any) -> TurnRequest:
     """Validate a decoded turn request. Temperature is range-checked by the turn, not here:
-    out of 0..2 is a status (TEMPERATURE_THRESHOLD), not a rejected request."""
+    out of 0..2 is a status (TEMPERATURE_THRESHOLD), not a rejected request; absent (or null)
+    it is None, and the backend samples as suits its model."""
     if not isinstance(obj, dict):
         raise RequestError("a turn request must be a JSON object")
     if "userMessage" not in obj:
@@ -195,7 +195,7 @@ def parse_turn_request(obj: Any) -> TurnRequest:
     return TurnRequest(
         user_message=user,
         conversation=conversation,
-        temperature=_number(obj, "temperature", DEFAULT_TEMPERATURE),
+        temperature=_number(obj, "temperature"),
         max_tokens=max_tokens,
         model=_optional_str(obj, "model"),
         uid=_optional_str(obj, "uid"),
@@ -218,8 +218,9 @@ def encode_turn_request(req: TurnRequest) -> dict[str, Any]:
     out: dict[str, Any] = {
         "userMessage": req.user_message.to_dict(),
         "conversation": [m.to_dict() for m in req.conversation],
-        "temperature": req.temperature,
     }
+    if req.temperature is not None:  # unset: the field is left out, so the server can tell
+        out["temperature"] = req.temperature
     if req.max_tokens is not None:
         out["maxTokens"] = req.max_tokens
     if req.model is not None:
@@ -243,6 +244,8 @@ def chunk_record(chunk: Chunk) -> dict[str, Any]:
     rec: dict[str, Any] = {"content": chunk.content, "seq": chunk.seq}
     if chunk.server_time is not None:
         rec["ts"] = round(chunk.server_time, 6)
+    if chunk.trimmed:
+        rec["trimmed"] = chunk.trimmed
     return rec
 
 
@@ -251,6 +254,8 @@ def encode_chunk_record(chunk: Chunk) -> str:
     varies, and the generic encoder's dict walk was a tenth of the server's
     time per chunk under load. Same text as ``dumps(chunk_record(chunk))``
     up to the float format of ``ts`` (fixed to microseconds here)."""
+    if chunk.trimmed:  # once a turn at most: the generic encoder
+        return dumps(chunk_record(chunk))
     if chunk.server_time is None:
         return f'{{"content":{_dumps_str(chunk.content)},"seq":{chunk.seq:d}}}'
     return f'{{"content":{_dumps_str(chunk.content)},"seq":{chunk.seq:d},"ts":{chunk.server_time:.6f}}}'
@@ -269,7 +274,9 @@ def record_to_event(rec: Any, received: float) -> Chunk | ErrorInfo:
     if not isinstance(content, str) or isinstance(seq, bool) or not isinstance(seq, int):
         raise ProtocolError(f"a chunk record needs a string 'content' and an integer 'seq': {rec!r}")
     server_time = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
-    return Chunk(content=content, seq=seq, server_time=server_time, received=received)
+    trimmed = rec.get("trimmed", 0)
+    trimmed = trimmed if isinstance(trimmed, int) and not isinstance(trimmed, bool) and trimmed > 0 else 0
+    return Chunk(content=content, seq=seq, server_time=server_time, received=received, trimmed=trimmed)
 
 
 def parse_status(text: str) -> Status:
@@ -285,6 +292,7 @@ class EventAssembler:
     def __init__(self) -> None:
         self._error: ErrorInfo | None = None
         self.ended = False
+        self._trimmed = 0  # from the first chunk, handed on to the End
 
     def feed(self, item: Chunk | ErrorInfo | Status, received: float) -> Event | None:
         if self.ended:
@@ -297,7 +305,8 @@ class EventAssembler:
             err, self._error = self._error, None
             if err is not None and err.code in REQUEST_ERROR_CODES:
                 raise RequestError(err.message, code=err.code)
-            return End(status=item, error=err, received=received)
+            return End(status=item, error=err, received=received, trimmed=self._trimmed)
+        self._trimmed = self._trimmed or item.trimmed
         return item
 
 

@@ -42,7 +42,7 @@ FORMATS = ("nbchat-recording/1", FORMAT)
 
 def encode_request(request: TurnRequest) -> dict[str, Any]:
     """The request as the contract's JSON (``maxTokens``), with the conversation spelled out."""
-    out = {"messages": [m.to_dict() for m in request.messages], "temperature": request.temperature,
+    out: dict[str, Any] = {"messages": [m.to_dict() for m in request.messages], "temperature": request.temperature,
            "maxTokens": request.max_tokens, "model": request.model}
     if request.stop:
         out["stop"] = list(request.stop)

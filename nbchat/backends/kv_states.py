@@ -1,0 +1,102 @@
+"""What the model process keeps of conversations that are not the current one.
+
+llama.cpp's context holds one conversation's evaluated tokens (its KV
+entries). When a turn of another conversation comes, the current one's KV
+entries are copied out (``llama_state_seq_get_data``: only that sequence's
+cells, no logits) into a least-recently-used store bounded in bytes; a later
+turn whose prompt starts with a stored sequence copies it back instead of
+re-reading it. Measured on SmolLM2-135M (2 cores): a 2,000-token state is
+~46 MB and is copied out or back in ~20 ms, where re-reading it takes
+seconds. Several llama.cpp sequences in one context were the other choice;
+they share the context's ``n_ctx`` among conversations, and a sequence's
+cells sit at other offsets than a fresh evaluation's, so greedy answers would
+depend on which conversations came before.
+
+Entries are keyed by their tokens, not by a conversation id: a conversation
+is whatever its prompt starts with, so every transport, the OpenAI route and
+any client benefit without saying which conversation they continue.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: the memory bound of kept conversations, in MiB, when neither the caller nor NBCHAT_CACHE_MB says
+DEFAULT_CACHE_MB = 256
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One conversation's evaluated tokens and their KV entries: ``size`` bytes of ``data``
+    (the buffer llama.cpp wrote, handed back to it as it is: no copy on either way)."""
+
+    tokens: tuple[int, ...]
+    data: Any
+    size: int
+
+
+class StateStore:
+    """A least-recently-used store of :class:`Saved` states, at most ``limit`` bytes in all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[tuple[int, ...], Saved] = OrderedDict()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, saved: Saved) -> None:
+        """Keep ``saved`` as the most recent; entries it extends, and the oldest past the bound, go."""
+        for key in [k for k in self._entries if saved.tokens[:len(k)] == k]:
+            self._drop(key)  # a shorter state of the same conversation: the new one serves all it did
+        if saved.size > self.limit:
+            return
+        self._entries[saved.tokens] = saved
+        self.size += saved.size
+        while self.size > self.limit:
+            self._drop(next(iter(self._entries)))
+
+    def best(self, tokens: Sequence[int]) -> tuple[Saved | None, int]:
+        """The stored state sharing the longest prefix with ``tokens``, and that length."""
+        found: Saved | None = None
+        longest = 0
+        for saved in self._entries.values():
+            shared = common_prefix(saved.tokens, tokens)
+            if shared > longest:
+                found, longest = saved, shared
+        return found, longest
+
+    def take(self, saved: Saved) -> None:
+        """Remove ``saved`` (it becomes the context's current state)."""
+        if saved.tokens in self._entries:
+            self._drop(saved.tokens)
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        self.size -= self._entries.pop(key).size
+
+
+def save_sequence(llama_cpp: Any, ctx: Any, tokens: Sequence[int]) -> Saved:
+    """Copy sequence 0's KV entries out of the context."""
+    size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+    buffer = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+    return Saved(tuple(tokens), buffer, int(written))
+
+
+def load_sequence(llama_cpp: Any, ctx: Any, saved: Saved) -> bool:
+    """Copy ``saved`` back into sequence 0 (its cells must be free); whether llama.cpp took it."""
+    return bool(llama_cpp.llama_state_seq_set_data(ctx, saved.data, saved.size, 0) == saved.size)

@@ -1,0 +1,142 @@
+"""Conversations on the embedded model: each keeps its own evaluated state while
+several take turns, greedy answers match a fresh evaluation when exact reuse is
+asked for, and a conversation longer than the context is trimmed (and says so in
+%%chat's footer and the widget's stats line), not refused."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from IPython.core.getipython import get_ipython
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.testing.globalipapp import start_ipython
+
+from nbchat.backends.base import GenerationRequest, Trimmed
+from nbchat.backends.smollm2 import SmolLM2Backend
+from nbchat.bench.conversations import question
+from nbchat.notebook.conversation import Conversation, Exchange
+from nbchat.notebook.magics import ChatMagics
+from nbchat.notebook.options import ChatOptions
+from nbchat.notebook.widget import ChatWidget
+from nbchat.server.config import Settings
+from nbchat.server.serving import ServerHandle, start_server_thread
+from nbchat.wire.events import Message
+from tests.helpers import TOKEN
+from tests.test_widget import RecordingComm
+
+pytestmark = pytest.mark.model
+
+#: a new user message and the template around it: what a continued turn has to read
+NEW_TURN_TOKENS = 40
+
+
+async def answer(backend: SmolLM2Backend, messages: list[Message], max_tokens: int = 48) -> tuple[str, list[object]]:
+    pieces = [p async for p in backend.generate(GenerationRequest(messages, temperature=0.0, max_tokens=max_tokens))]
+    return "".join(p for p in pieces if isinstance(p, str)), pieces
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[SmolLM2Backend]:
+    made = SmolLM2Backend(cache_mb=64, exact=False)
+    await made.start()
+    yield made
+    await made.aclose()
+
+
+async def test_alternating_conversations_keep_their_own_state(backend: SmolLM2Backend) -> None:
+    histories: dict[str, list[Message]] = {"A": [], "B": []}
+    seen: dict[str, dict[str, int]] = {}
+    for turn in (1, 2, 3):
+        for name, offset in (("A", 0), ("B", 7)):
+            text = question(turn, offset)
+            messages = [*histories[name], Message("user", text)]
+            reply, _ = await answer(backend, messages)
+            stats = backend.model.last_prompt
+            if turn > 1:
+                # the other conversation ran in between, yet this one's history (its last prompt
+                # and the answer's tokens) is not read again: only the new message is
+                assert stats["reused"] > seen[name]["prompt"], (name, turn, stats, seen[name])
+                assert stats["prompt"] - stats["reused"] <= NEW_TURN_TOKENS, (name, turn, stats)
+            seen[name] = stats
+            histories[name] += [Message("user", text), Message("assistant", reply)]
+
+
+async def test_exact_reuse_gives_the_greedy_text_of_a_fresh_evaluation() -> None:
+    cached = SmolLM2Backend(cache_mb=64, exact=True)
+    fresh = SmolLM2Backend(cache_mb=0, exact=True)  # another process, which has seen nothing else
+    try:
+        remember = " ".join(f"item{i}" for i in range(60))  # a long first prompt: whole blocks to keep
+        first = [Message("user", f"Remember this list: {remember}. {question(1)}")]
+        reply, _ = await answer(cached, first)
+        await answer(cached, [Message("user", question(1, 7))])  # another conversation in between
+        follow_up = [*first, Message("assistant", reply), Message("user", question(2))]
+        again, _ = await answer(cached, follow_up, max_tokens=64)
+        assert cached.model.last_prompt["reused"] >= 128  # it did continue from kept state
+        expected, _ = await answer(fresh, follow_up, max_tokens=64)
+        assert fresh.model.last_prompt["reused"] == 0
+        assert again == expected and again
+    finally:
+        await cached.aclose()
+        await fresh.aclose()
+
+
+def long_history(tokens: int = 6000) -> list[Exchange]:
+    """Exchanges of ~500 tokens each (a word and a space are about two tokens), ``tokens`` in all."""
+    words = ["river", "stone", "lantern", "harbour", "willow", "copper", "meadow", "falcon"]
+    exchanges = []
+    for i in range(tokens // 500):
+        text = " ".join(f"{words[(i + j) % len(words)]}{j}" for j in range(170))
+        exchanges.append(Exchange(f"Remember list {i}.", text, "[DONE]"))
+    return exchanges
+
+
+async def test_a_conversation_longer_than_the_context_is_trimmed(backend: SmolLM2Backend) -> None:
+    history = [m for e in long_history() for m in (Message("user", e.user), Message("assistant", e.answer))]
+    messages = [Message("system", "Be brief."), *history, Message("user", "Say hello.")]
+    reply, pieces = await answer(backend, messages, max_tokens=8)
+    assert reply
+    notice = pieces[0]
+    assert isinstance(notice, Trimmed) and 0 < notice.exchanges < len(history) // 2
+
+
+@pytest.fixture(scope="module")
+def model_server() -> Iterator[ServerHandle]:
+    # A context of 1,024 tokens: the 6,000-token conversation is trimmed all the same, and the
+    # prompt left is read within the clients' timeouts even on a busy machine (the default
+    # context's trimming is tested on the backend above).
+    handle = start_server_thread(Settings(port=0, token=TOKEN, backend="smollm2", model_timeout=600,
+                                          backend_options={"n_ctx": 1024}))
+    yield handle
+    handle.stop()
+
+
+def test_chat_magic_shows_the_trimmed_history(model_server: ServerHandle) -> None:
+    shell = start_ipython() or get_ipython()
+    assert isinstance(shell, InteractiveShell)
+    magics = ChatMagics(shell)
+    magics.conversation.options = ChatOptions(server=model_server.url, token=TOKEN, max_tokens=8)
+    magics.conversation.exchanges = long_history()
+    magics.chat_cell("", "Say hello.")
+    result = magics.last
+    assert result is not None and result.answer
+    trimmed = result.provenance["history_trimmed"]
+    assert trimmed > 0 and f"history trimmed: {trimmed} exchanges" in result.stats.footer()
+    assert result.provenance["sampling"]["repeat_penalty"] > 1  # the backend's defaults, recorded
+
+
+async def test_widget_stats_line_shows_the_trimmed_history(model_server: ServerHandle) -> None:
+    conversation = Conversation(ChatOptions(server=model_server.url, token=TOKEN, max_tokens=8))
+    conversation.exchanges = long_history()
+    widget = ChatWidget(conversation=conversation)
+    widget.comm = RecordingComm()
+    try:
+        task = widget.ask("Say hello.")
+        assert task is not None
+        await asyncio.wait_for(widget.wait(), 600)
+        assert "history trimmed:" in widget.stats, widget.stats
+        assert conversation.exchanges[-1].provenance is not None
+        assert conversation.exchanges[-1].provenance["history_trimmed"] > 0
+    finally:
+        widget.close()
