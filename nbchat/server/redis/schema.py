@@ -50,26 +50,28 @@ def turn_of(meta: str) -> str:
     return meta.removeprefix(PREFIX + "turn:")
 
 
-def entry(event: Event, seq: int) -> list[object]:
-    """An event as the scripts take it: ``[seq, content, time or null]`` for a chunk,
-    ``[seq, status, code, message]`` for the end (``seq`` is its own slot; "" code: no error)."""
-    if isinstance(event, Chunk):
-        return [event.seq, event.content, event.server_time]
+def entry(log: int, event: Event, seq: int) -> list[object]:
+    """An event as the scripts take it, after the number of its stream's key (``log``):
+    ``[log, seq, content, time or null]`` for a chunk, ``[log, seq, status, code, message]`` for the
+    end (``seq`` is its own slot; "" code: no error). One flat list: this runs for every chunk."""
+    if type(event) is Chunk:
+        return [log, event.seq, event.content, event.server_time]
     assert isinstance(event, End)
     code, message = (event.error.code, event.error.message) if event.error is not None else ("", "")
-    return [seq, event.status.value, code, message]
+    return [log, seq, event.status.value, code, message]
 
 
-# entry_fields(e): the stream entry's id and fields (after the id) for an array made by entry().
+# entry_fields(e): the stream entry's id and its fields (after the id) for a list made by entry();
+# a chunk's has 4 items, an end's 5 and more (the append script adds the keys it ends after them).
 ENTRY_LUA = f"""
 local function entry_fields(e)
-  local id = string.format('%d', e[1])
-  if #e == 3 then
-    if e[3] == cjson.null then return id, {{'{SEQ}', id, '{CONTENT}', e[2]}} end
-    return id, {{'{SEQ}', id, '{CONTENT}', e[2], '{TIME}', string.format('%.17g', e[3])}}
+  local id = string.format('%d', e[2])
+  if #e == 4 then
+    if e[4] == cjson.null then return id, {{'{SEQ}', id, '{CONTENT}', e[3]}} end
+    return id, {{'{SEQ}', id, '{CONTENT}', e[3], '{TIME}', string.format('%.17g', e[4])}}
   end
-  if e[3] == '' then return id, {{'{SEQ}', id, '{STATUS}', e[2]}} end
-  return id, {{'{SEQ}', id, '{STATUS}', e[2], '{CODE}', e[3], '{MESSAGE}', e[4]}}
+  if e[4] == '' then return id, {{'{SEQ}', id, '{STATUS}', e[3]}} end
+  return id, {{'{SEQ}', id, '{STATUS}', e[3], '{CODE}', e[4], '{MESSAGE}', e[5]}}
 end
 """
 

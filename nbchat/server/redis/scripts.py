@@ -18,7 +18,7 @@ _END = """
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local seq = 1
 if #last > 0 then seq = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
-local id, fields = entry_fields({seq, ARGV[1], ARGV[2], ARGV[3]})
+local id, fields = entry_fields({0, seq, ARGV[1], ARGV[2], ARGV[3]})
 redis.call('XADD', KEYS[2], id .. '-0', unpack(fields))
 redis.call('HSET', KEYS[1], 'state', 'ended')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -30,22 +30,22 @@ END_SCRIPT = ENTRY_LUA + _END
 # Append a batch of events to the turns' streams in one command with one reply, its entries in one
 # JSON argument: the Python client's cost is per command, per reply and per argument, and one XADD per
 # chunk spent more CPU on them than on the chunk. KEYS: the streams, metas and reader hashes the
-# entries name; ARGV: maxlen, ttl, then a JSON array of [log, entry] for a chunk and
-# [log, entry, meta, readers] for the end (keys by number, entries as schema.entry makes them).
+# entries name; ARGV: maxlen, ttl, then a JSON array of entries as schema.entry makes them, each naming
+# its stream by number, an end's followed by its meta's and reader hash's numbers.
 # A turn whose entry fails (out of memory, say) does not stop the others: returns the failed logs' numbers.
 APPEND_SCRIPT = ENTRY_LUA + """
 local maxlen, ttl, failed, timed = ARGV[1], ARGV[2], {}, {}
 for _, e in ipairs(cjson.decode(ARGV[3])) do
   local log = KEYS[e[1]]
-  local id, fields = entry_fields(e[2])
+  local id, fields = entry_fields(e)
   local ok = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, id .. '-0', unpack(fields))
   if not timed[log] then
     redis.call('EXPIRE', log, ttl)
     timed[log] = true
   end
-  if #e == 4 then
-    redis.call('HSET', KEYS[e[3]], 'state', 'ended')
-    for _, key in ipairs({KEYS[e[3]], log, KEYS[e[4]]}) do redis.call('EXPIRE', key, ttl) end
+  if #e > 4 then
+    redis.call('HSET', KEYS[e[6]], 'state', 'ended')
+    for _, key in ipairs({KEYS[e[6]], log, KEYS[e[7]]}) do redis.call('EXPIRE', key, ttl) end
   end
   if type(ok) == 'table' and ok.err then failed[#failed + 1] = e[1] end
 end

@@ -82,8 +82,8 @@ def append_args(batch: list[tuple[Turn, Event]]) -> tuple[list[str], str]:
 
     rows: list[list[object]] = []
     for turn, event in batch:
-        row: list[object] = [number(log_key(turn.id)), entry(event, turn.last_seq + 1)]
-        if isinstance(event, End):
+        row = entry(number(log_key(turn.id)), event, turn.last_seq + 1)
+        if type(event) is End:
             row += [number(meta_key(turn.id)), number(readers_key(turn.id))]
         rows.append(row)
     return list(numbers), json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
