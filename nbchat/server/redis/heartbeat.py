@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -19,16 +20,15 @@ from .scripts import Scripts
 log = logging.getLogger("nbchat.server.redis")
 
 
+@dataclass(frozen=True)
 class Heartbeat:
     """Every lease/3 s: renew this process's lease, and look at the turns generating here in one command."""
 
-    def __init__(self, client: aioredis.Redis, scripts: Scripts, manager: TurnManager, settings: Settings,
-                 process: str) -> None:
-        self._redis = client
-        self._scripts = scripts
-        self._manager = manager
-        self._settings = settings
-        self._process = process
+    _redis: aioredis.Redis
+    _scripts: Scripts
+    _manager: TurnManager
+    _settings: Settings
+    _process: str
 
     @property
     def interval(self) -> float:
