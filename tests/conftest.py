@@ -76,6 +76,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.longrepr = f"CI runs every tier: this test {reason}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_tls_context() -> Iterator[None]:
+    """Share one default TLS context among the tests' httpx clients.
+
+    Each ``httpx.Client`` (and each ``httpx.get``/``post``) loads the CA bundle into a new TLS context,
+    about 40 ms, although these clients speak plain HTTP to loopback; the suite makes hundreds."""
+    from httpx._transports import default as transport  # where httpx builds each client's context
+
+    build = transport.create_ssl_context
+    shared = build()
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is True and cert is None and trust_env:
+            return shared
+        return build(verify=verify, cert=cert, trust_env=trust_env)
+
+    transport.create_ssl_context = create_ssl_context
+    yield
+    transport.create_ssl_context = build
+
+
 @pytest.fixture
 def make_server() -> Iterator[ServerFactory]:
     """Start servers with given settings (echo backend by default); all stop at teardown."""

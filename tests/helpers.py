@@ -6,18 +6,26 @@ a status (stall, fail) or to observe cancellation."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.bench.procs import cpu_seconds, descendants
+from nbchat.server.context import context_of
 from nbchat.server.serving import ServerHandle
+from nbchat.server.turns import TurnManager
 from nbchat.wire.errors import BackendError
 
 TOKEN = "test-token-0123456789"
+ROOT = Path(__file__).resolve().parents[1]
 
 # A long message that exercises what breaks naive clients: Chinese and emoji
 # (multi-byte UTF-8 split across network chunks), quotes, backslashes, JSON
@@ -30,6 +38,46 @@ LONG_MESSAGE = (
 
 ServerFactory = Callable[..., ServerHandle]
 """The ``make_server`` fixture: keyword settings in, a running server out."""
+
+
+def lab_module(name: str) -> Any:
+    """nbformat or nbclient, which come with the lab extra; the test is skipped without it."""
+    return pytest.importorskip(name, reason="needs the lab extra: pip install -e '.[lab]'")
+
+
+class NotebookNode(dict[str, Any]):
+    """A notebook's JSON object, its keys read as attributes too (as nbformat's node reads)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+def _joined(node: dict[str, Any]) -> NotebookNode:
+    # a v4 file may store text as a list of lines; nbformat.read joins them, so does this
+    for key in ("source", "text"):
+        if isinstance(node.get(key), list):
+            node[key] = "".join(node[key])
+    data = node.get("data")
+    if isinstance(data, dict):
+        for mime, value in data.items():
+            if isinstance(value, list) and not mime.endswith("json"):
+                data[mime] = "".join(value)
+    return NotebookNode(node)
+
+
+def read_notebook(path: Path) -> NotebookNode:
+    """A committed v4 notebook as ``nbformat.read(path, as_version=4)`` gives it, without importing nbformat
+    (whose schema validator costs seconds at import: the fast layer only reads saved outputs)."""
+    node: NotebookNode = json.loads(path.read_text(encoding="utf-8"), object_hook=_joined)
+    return node
+
+
+def turns_of(server: ServerHandle) -> TurnManager:
+    """The turns generating in ``server``'s process, as its app's store holds them."""
+    return context_of(server.app).store.manager
 
 
 def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes], wait: float = 15) -> None:
@@ -122,6 +170,12 @@ class CapturingBackend(Backend):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish]:
         self.requests.append(request)
         yield "ok"
+
+
+def bench_command(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``nbchat bench --quick --no-progress ARGV`` run to its end, its output captured."""
+    return subprocess.run([sys.executable, "-m", "nbchat.cli.main", "bench", "--quick", "--no-progress", *argv],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from nbchat.server.serving import ServerHandle
-from tests.helpers import TOKEN
+from tests.helpers import TOKEN, turns_of
 
 H = {"token": TOKEN}
 TURN_PATHS = ["/talkByStream", "/createSse", "/turns"]
@@ -37,7 +37,7 @@ BAD_BODIES: list[tuple[bytes, str]] = [
 
 
 def turns_now(server: ServerHandle) -> int:
-    return len(server.app.state.turns)
+    return len(turns_of(server))
 
 
 @pytest.mark.parametrize("path", TURN_PATHS)

@@ -8,8 +8,6 @@ import asyncio
 import csv
 import json
 import math
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from nbchat.bench.wire import ChunkedDecoder, parse_host_port
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from nbchat.wire.events import Chunk
+from tests.helpers import bench_command, lab_module, read_notebook
 
 TOKEN = "bench-token-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +82,8 @@ def sample_results() -> Results:
     for transport, delay in (("raw", 0.0002), ("ws", 0.0003), ("openai", 0.0009)):
         results.add(summarize("latency", transport, [synthetic(n=50, interval=0.01, delays=(delay,))], rate=100.0))
         results.add(summarize("max_rate", transport, [synthetic(n=50, interval=1e-5 if transport == "ws" else 1e-3)]))
-        results.add(summarize("concurrency", transport, [synthetic(), synthetic()], rate=20.0, streams=500,
+        streams = [synthetic(n=21, interval=0.05) for _ in range(500)]  # 20/s each: all that was asked arrived
+        results.add(summarize("concurrency", transport, streams, rate=20.0, streams=500,
                               server_cpu=0.1, client_cpu=0.05))
     return results
 
@@ -294,10 +294,8 @@ def test_rounds_option() -> None:
 @pytest.mark.slow  # a whole benchmark run, servers and all
 def test_bench_quick_command(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "nbchat.cli.main", "bench", "--quick", "--no-progress", "--transports", "ws,stream",
-         "--concurrency", "3", "--seconds", "0.3", "--rounds", "2", "--json", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = bench_command("--transports", "ws,stream", "--concurrency", "3", "--seconds", "0.3", "--rounds", "2",
+                         "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     for needle in ("raw TCP", "WebSocket", "NDJSON", "lat p50 ms", "Targets", "PASS", "2 rounds pooled"):
         assert needle in proc.stdout
@@ -334,14 +332,12 @@ def check_comparison_notebook(nb: object) -> None:
 
 
 def test_committed_notebook_shows_its_results() -> None:
-    nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
-    check_comparison_notebook(nbformat.read(NOTEBOOK, as_version=4))
+    check_comparison_notebook(read_notebook(NOTEBOOK))
 
 
 @pytest.mark.slow
 def test_notebook_runs_on_a_fresh_kernel(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
-    nbclient = pytest.importorskip("nbclient", reason="needs the lab extra: pip install -e '.[lab]'")
+    nbformat, nbclient = lab_module("nbformat"), lab_module("nbclient")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300, startup_timeout=120,
                                      resources={"metadata": {"path": str(NOTEBOOK.parent)}})

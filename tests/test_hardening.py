@@ -25,7 +25,7 @@ from websockets.sync.client import connect as ws_connect
 
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.server.serving import ServerHandle
-from tests.helpers import TOKEN, ServerFactory, StallBackend
+from tests.helpers import TOKEN, ServerFactory, StallBackend, turns_of
 
 H = {"token": TOKEN}
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +225,7 @@ def test_a_reader_behind_the_replay_bound_gets_an_error_status_and_a_resume_gets
     # ~14 MB of NDJSON: more than the socket buffers on both sides hold while we read nothing
     s = raw_post(port_of(server), "/talkByStream", json.dumps(ask("go")).encode())
     deadline = time.monotonic() + 30
-    manager = server.app.state.turns
+    manager = turns_of(server)
     while not (manager.running() == [] and len(manager) == 1) and time.monotonic() < deadline:
         time.sleep(0.05)  # the turn runs on the server's thread: nothing to await from here
     status, headers, body = read_response(s)
@@ -248,7 +248,7 @@ def test_a_client_that_stops_reading_then_reads_gets_every_chunk_once(make_serve
     count = 60_000  # ~6 MB: past the socket buffers (4 MB at most here) while the client reads nothing
     server = make_server(backend=FloodBackend(count=count), replay_max_bytes=64 * 1024 * 1024)
     s = raw_post(port_of(server), path, json.dumps(ask("go")).encode())
-    manager = server.app.state.turns
+    manager = turns_of(server)
     deadline = time.monotonic() + 30
     while not (len(manager) == 1 and manager.running() == []) and time.monotonic() < deadline:
         time.sleep(0.05)  # the whole turn is made while nothing is read
@@ -269,7 +269,10 @@ def test_a_websocket_client_that_stops_reading_then_reads_gets_every_chunk_once(
     server = make_server(backend=FloodBackend(count=20_000))
     with ws(server, "paused") as sock:
         sock.send(json.dumps(ask("go")))
-        time.sleep(1.5)  # the whole turn is made, and sent, while the client reads nothing
+        manager = turns_of(server)
+        deadline = time.monotonic() + 30
+        while not (len(manager) == 1 and manager.running() == []) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the whole turn is made while the client reads nothing
         frames = ws_until_status(sock, limit=30_000)
     assert frames[-1] == "[DONE]"
     assert [json.loads(f)["seq"] for f in frames[:-1]] == list(range(1, 20_001))
@@ -423,7 +426,7 @@ def test_openai_429_is_in_openai_error_shape(make_server: ServerFactory) -> None
                                                        timeout=3), daemon=True)
     stuck.start()
     deadline = time.monotonic() + 5
-    while not server.app.state.turns.running() and time.monotonic() < deadline:
+    while not turns_of(server).running() and time.monotonic() < deadline:
         time.sleep(0.02)
     r = httpx.post(server.url + "/v1/chat/completions", headers=H,
                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})

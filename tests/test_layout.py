@@ -14,6 +14,7 @@ imports are added (a cycle there is a layering to straighten out).
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -65,6 +66,12 @@ def _imports(tree: ast.Module, *, type_only: bool) -> list[ast.Import | ast.Impo
     return found
 
 
+@functools.cache
+def parsed(path: Path) -> ast.Module:
+    """A module's tree, parsed once for all the tests that read the package."""
+    return ast.parse(path.read_text())
+
+
 def import_graph(*, type_only: bool = False) -> dict[str, set[str]]:
     """nbchat's modules and the nbchat modules each imports (function-level imports included;
     with ``type_only``, the imports made for annotations only as well)."""
@@ -73,7 +80,7 @@ def import_graph(*, type_only: bool = False) -> dict[str, set[str]]:
     for name, path in paths.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps: set[str] = set()
-        for node in _imports(ast.parse(path.read_text()), type_only=type_only):
+        for node in _imports(parsed(path), type_only=type_only):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
@@ -136,11 +143,11 @@ PRIVATE_BY_NAME_ONLY = {"os._exit", "argparse._SubParsersAction"}
 PUBLIC_BY_CONVENTION = {"_esm", "_css"}
 
 
-def foreign_private_members(source: str) -> list[str]:
+def foreign_private_members(source: str | ast.Module) -> list[str]:
     """``obj._name`` where ``obj`` is not ``self``, ``cls`` or ``super()``: reaching into
     another object's private members (dunders are public protocol)."""
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(ast.parse(source) if isinstance(source, str) else source):
         if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
             continue
         if node.attr in PUBLIC_BY_CONVENTION:
@@ -162,7 +169,7 @@ def test_the_private_member_finder_finds_one() -> None:
 
 def test_no_module_reaches_into_another_objects_private_members() -> None:
     found = {str(path.relative_to(ROOT)): hits for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py")]
-             if (hits := foreign_private_members(path.read_text()))}
+             if (hits := foreign_private_members(parsed(path)))}
     assert found == {}
 
 

@@ -12,7 +12,7 @@ import httpx
 from websockets.sync.client import connect as ws_connect
 
 from nbchat.wire.contract import TURN_HEADER
-from tests.helpers import TOKEN, RecordingBackend, ServerFactory
+from tests.helpers import TOKEN, RecordingBackend, ServerFactory, turns_of
 
 H = {"token": TOKEN}
 REQ = {"userMessage": {"role": "user", "content": "count"}}
@@ -41,7 +41,7 @@ def test_vanished_client_keeps_generating_through_grace_then_cancelled(make_serv
     assert backend.cancelled.wait(5), "generation was never cancelled"
     waited = time.monotonic() - left
     assert 1.2 < waited < 4.0, waited
-    turn = server.app.state.turns.get(turn_id)
+    turn = turns_of(server).get(turn_id)
     assert turn is not None and turn.end is not None and turn.end.status.value == "[INTERRUPTED]"
 
 

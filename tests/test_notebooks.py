@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
-nbclient = pytest.importorskip("nbclient", reason="needs the lab extra: pip install -e '.[lab]'")
+from tests.helpers import lab_module, read_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -199,11 +198,12 @@ CHECKS = {QUICKSTART.name: check_quickstart, CLIENTS.name: check_clients}
 @pytest.mark.parametrize("path", [QUICKSTART, CLIENTS], ids=lambda p: p.name)
 def test_committed_notebooks_show_their_results(path: Path) -> None:
     """The repository shows each notebook as a fresh top-to-bottom run left it."""
-    CHECKS[path.name](nbformat.read(path, as_version=4))
+    CHECKS[path.name](read_notebook(path))
 
 
 def execute(path: Path, save_to: Path) -> Notebook:
     """Run the notebook on a fresh kernel; the executed copy is kept in ``save_to`` for a failure's post-mortem."""
+    nbformat, nbclient = lab_module("nbformat"), lab_module("nbclient")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, startup_timeout=120,
                                      resources={"metadata": {"path": str(path.parent)}})
@@ -242,4 +242,4 @@ def test_binder_environment_runs_every_notebook(tmp_path: Path) -> None:
     ran = sorted(p.name for p in tmp_path.glob("*.ipynb"))
     assert ran == sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     for name, check in CHECKS.items():
-        check(nbformat.read(tmp_path / name, as_version=4))
+        check(read_notebook(tmp_path / name))

@@ -16,10 +16,7 @@ import pytest
 from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.provenance import FIELDS, describe, provenance, public_url
 from nbchat.notebook.render import TurnStats
-from tests.helpers import TOKEN, ServerFactory
-
-nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
-nbclient = pytest.importorskip("nbclient", reason="needs the lab extra: pip install -e '.[lab]'")
+from tests.helpers import TOKEN, ServerFactory, lab_module
 
 CELLS = [
     "%load_ext nbchat",
@@ -41,6 +38,7 @@ def test_saved_notebook_keeps_provenance_and_no_token(make_server: ServerFactory
     server = make_server(token=secret, rate=200.0)
     monkeypatch.setenv("NBCHAT_URL", server.url)
     monkeypatch.setenv("NBCHAT_TOKEN", secret)
+    nbformat, nbclient = lab_module("nbformat"), lab_module("nbclient")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
     replies: list[dict[str, Any]] = []
     client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
@@ -57,7 +55,8 @@ def test_saved_notebook_keeps_provenance_and_no_token(make_server: ServerFactory
 
     saved = json.loads(text)
     records = [meta(cell) for cell in saved["cells"][1:3]]
-    sampling = [(0.2, 100, "Be brief."), (0.7, 512, None)]  # %%chat options hold for their cell only
+    # %%chat options hold for their cell only; unset, no temperature is sent and the echo backend has no default
+    sampling = [(0.2, 100, "Be brief."), (None, 512, None)]
     for record, transport, asked in zip(records, ("sse", "ws"), sampling, strict=True):
         assert sorted(record) == sorted(FIELDS)
         assert record["server"] == server.url and record["transport"] == transport

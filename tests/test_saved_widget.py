@@ -18,10 +18,7 @@ import pytest
 
 from nbchat.notebook.conversation import Conversation
 from nbchat.notebook.export import MIRROR_MARKER, mirror_markdown
-from tests.helpers import TOKEN, ServerFactory
-
-nbformat = pytest.importorskip("nbformat", reason="needs the lab extra: pip install -e '.[lab]'")
-nbclient = pytest.importorskip("nbclient", reason="needs the lab extra: pip install -e '.[lab]'")
+from tests.helpers import TOKEN, ServerFactory, lab_module
 
 QUESTIONS = ["First: is **this** kept?", "Second, with <img src=x onerror=alert(1)> and `code`"]
 CELLS = [
@@ -42,6 +39,7 @@ def test_saved_widget_notebook_shows_the_conversation_without_a_kernel(
     server = make_server(rate=200.0)
     monkeypatch.setenv("NBCHAT_URL", server.url)
     monkeypatch.setenv("NBCHAT_TOKEN", TOKEN)
+    nbformat, nbclient = lab_module("nbformat"), lab_module("nbclient")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
     nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()

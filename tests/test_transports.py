@@ -107,7 +107,7 @@ def test_interrupted_status_and_the_backend_stops(make_server: ServerFactory, tr
 
 @pytest.mark.parametrize("transport", SEED)
 def test_resume_after_a_dropped_connection(make_server: ServerFactory, transport: str) -> None:
-    server = make_server(rate=400.0)
+    server = make_server(rate=1000.0)  # ~370 pieces: each cut (60 at most) comes while the turn generates
     rng = random.Random(transport)
     for _ in range(3):
         cut = rng.randrange(1, 60)

@@ -1,5 +1,5 @@
 """Turns on one event loop, without HTTP: the grace period, expiry, the
-model-timeout watchdog, the replay buffer's bound and what a reader behind it
+model-timeout watchdog, the resume buffer's bound and what a reader behind it
 sees. The timings are tens of milliseconds and every wait is on an event."""
 
 from __future__ import annotations
@@ -45,6 +45,30 @@ class Paced(Backend):
             raise
 
 
+class LoopClock:
+    """The running loop's clock, moved on only by the test: a timer (and a :class:`Paced` piece)
+    comes due when the test says its time has come, however busy the machine."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.now = self.loop.time()
+
+    def __enter__(self) -> LoopClock:
+        setattr(self.loop, "time", lambda: self.now)  # noqa: B010 (an instance attribute over the method)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        delattr(self.loop, "time")  # the loop's own clock again
+
+    async def advance(self, seconds: float, step: float = 0.01) -> None:
+        """Move the clock on in steps, letting the loop run whatever each step makes due."""
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(self.now + step, end)
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+
 def manager(backend: Backend, **overrides: object) -> TurnManager:
     return TurnManager(backend, Settings(**{"backend": "echo", **overrides}))  # type: ignore[arg-type]
 
@@ -82,16 +106,22 @@ async def test_nobody_attached_after_the_grace_period_cancels_generation() -> No
 
 
 async def test_a_reattach_within_the_grace_period_keeps_it_running() -> None:
-    backend = Paced(count=20, interval=0.01)
-    turns = manager(backend, grace_period=0.1)
-    turn = turns.create(REQ)
-    with turn.subscribe(0):
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.05)  # detached, within the grace period
-    events = await collect(turn, 0)  # reattached: stays until the end
+    # the test moves the loop's clock itself, so "within" and "past" the grace period hold on a busy machine
+    backend = Paced(count=40, interval=0.01)
+    with LoopClock() as clock:
+        turns = manager(backend, grace_period=0.1)
+        turn = turns.create(REQ)
+        with turn.subscribe(0):
+            await clock.advance(0.02)
+        await clock.advance(0.09)  # detached, 0.01 s short of the grace period
+        assert not backend.cancelled.is_set() and turn.end is None
+        reader = asyncio.create_task(collect(turn, 0))
+        await clock.advance(0.5)  # reattached, and on well past where the grace period would have ended
+        assert reader.done()
+        events = reader.result()
     assert events[-1] == End(status=Status.DONE)
     assert not backend.cancelled.is_set()
-    assert "".join(e.content for e in events if isinstance(e, Chunk)) == "ab" * 20
+    assert "".join(e.content for e in events if isinstance(e, Chunk)) == "ab" * 40
 
 
 class Hooks:

@@ -39,10 +39,11 @@ def direct(kernel_server: KernelServer) -> Iterator[tuple[ChatWidget, RecordingC
         yield made
 
 
-def block_until(comm: RecordingComm, kind: str, seconds: float = 30.0) -> list[dict[str, Any]]:
-    """Block the event loop, as a cell's ``time.sleep`` blocks the kernel's, until ``kind`` was sent."""
+def block_until(comm: RecordingComm, kind: str, seconds: float = 30.0, count: int = 1) -> list[dict[str, Any]]:
+    """Block the event loop, as a cell's ``time.sleep`` blocks the kernel's, until ``kind`` was sent
+    ``count`` times."""
     deadline = time.monotonic() + seconds
-    while not comm.custom(kind) and time.monotonic() < deadline:
+    while len(comm.custom(kind)) < count and time.monotonic() < deadline:
         time.sleep(0.1)
     return comm.custom(kind)
 
@@ -50,9 +51,9 @@ def block_until(comm: RecordingComm, kind: str, seconds: float = 30.0) -> list[d
 @contextmanager
 def fresh_direct(kernel_server: KernelServer, **options: Any) -> Iterator[tuple[ChatWidget, RecordingComm]]:
     """A direct widget just made (its endpoint being resolved), with a comm that records what it sends."""
-    widget = ChatWidget(Conversation(), direct=True, kernel_server=kernel_server, **options)
     comm = RecordingComm()
-    widget.comm = comm
+    # the comm is given, not set after: the endpoint thread starts with the widget and may send at once
+    widget = ChatWidget(Conversation(), direct=True, kernel_server=kernel_server, comm=comm, **options)
     try:
         yield widget, comm
     finally:
@@ -135,8 +136,8 @@ async def test_the_endpoint_and_an_ask_reach_the_page_while_the_kernel_is_busy(k
 async def test_until_the_page_is_heard_from_what_it_needs_is_sent_again(kernel_server: KernelServer) -> None:
     with fresh_direct(kernel_server) as (widget, comm):
         widget.ask("hello")
-        time.sleep(2.0)  # a page that loaded the widget's module late still gets the endpoint and the ask
-        asks = comm.custom("ask")
+        # a page that loaded the widget's module late still gets the endpoint and the ask
+        asks = block_until(comm, "ask", count=3)
         assert len(asks) >= 3 and len({a["id"] for a in asks}) == 1, asks  # the same ask: the page starts it once
         click(widget, {"type": "hello", "origin": PAGE_ORIGIN})
         # the resending thread sees the page was heard from: nothing more within a pause longer than its longest

@@ -14,7 +14,7 @@ from websockets.sync.client import connect as ws_connect
 from nbchat.server.serving import ServerHandle
 from nbchat.wire.protocol import decode_sse_message
 from nbchat.wire.sse import SSEDecoder, SSEMessage
-from tests.helpers import LONG_MESSAGE, TOKEN, RecordingBackend, ServerFactory, StallBackend
+from tests.helpers import LONG_MESSAGE, TOKEN, RecordingBackend, ServerFactory, StallBackend, turns_of
 
 H = {"token": TOKEN}
 
@@ -109,7 +109,7 @@ def test_ndjson_resume_at_random_points(echo_server: ServerHandle) -> None:
 
 
 def test_websocket_resume_on_a_new_socket(make_server: ServerFactory) -> None:
-    server = make_server(rate=200.0)
+    server = make_server(rate=1000.0)  # ~370 pieces: the socket drops 17 in, while the turn generates
     url = server.url.replace("http", "ws") + f"/websocket/wsres?token={TOKEN}"
     seen: list[dict[str, object]] = []
     with ws_connect(url) as ws:
@@ -154,4 +154,4 @@ def test_a_new_question_for_a_uid_supersedes_the_running_one(make_server: Server
         httpx.post(server.url + "/turns", json=turn_request("b", uid="u"), headers=H)
         ids = [x for x in lines if x.startswith("id:")]
     assert ids[-1] == "id: [INTERRUPTED]"
-    assert server.app.state.turns.get(first).end.status.value == "[INTERRUPTED]"
+    assert turns_of(server).get(first).end.status.value == "[INTERRUPTED]"

@@ -1,17 +1,9 @@
 """The model process: llama.cpp runs here, never in the server's or the kernel's process.
 
 ``python -m nbchat.backends.llama_worker --model FILE`` loads the GGUF and then
-serves generations one at a time. It speaks JSON Lines:
-
-- on standard input it reads ``{"op": "generate", "id", "messages",
-  "temperature", "top_p", "repeat_penalty", "max_tokens"}`` and ``{"op": "stop", "id"}``;
-- on its protocol pipe (the standard output it was started with) it writes
-  ``{"ready": {...}}`` once loaded (or ``{"fatal": message}``), then per job
-  ``{"id", "trimmed": N}`` (the oldest N exchanges were dropped to fit the context),
-  ``{"id", "piece", "n"}``, ``{"id", "length": true}``, ``{"id", "error",
-  "code"}`` and finally ``{"id", "end": true, "n", "prompt", "reused"}``; ``n``
-  counts the tokens sampled since the process started, ``prompt`` is the job's
-  prompt length in tokens and ``reused`` how many of them were not evaluated again.
+serves generations one at a time. It reads commands on standard input and
+answers on its protocol pipe (the standard output it was started with), in the
+messages of :mod:`.model_messages`.
 
 Everything llama.cpp prints goes to standard error: file descriptor 1 is
 pointed there at start, so C code writing to stdout cannot corrupt the
@@ -26,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import json
 import os
 import queue
 import signal
@@ -37,10 +28,13 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from .kv_states import DEFAULT_CACHE_MB, StateStore, common_prefix, load_sequence, save_sequence
+from .model_messages import End, Failure, Fatal, Generate, HistoryTrimmed, Length, Piece, Ready, decode_command, encode
 from .trim import fit
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
+
+    from .model_messages import ModelInfo, Reply
 
 
 def block_cuts(length: int) -> list[int]:
@@ -57,10 +51,6 @@ KEEP_MIN_TOKENS = 8
 DEFAULT_RESERVE = 512
 
 
-#: the sampling settings a job may carry, passed to llama.cpp under these names
-SAMPLING = ("temperature", "top_p", "repeat_penalty")
-
-
 class Stopped(Exception):
     """The running job was stopped while llama.cpp evaluated its prompt."""
 
@@ -69,7 +59,7 @@ class Stopped(Exception):
 class Control:
     """What the reader thread shares with the generating thread: the job queue and stop requests."""
 
-    jobs: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+    jobs: queue.Queue[Generate] = field(default_factory=queue.Queue)
     running: int | None = None
     stopped: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -81,12 +71,15 @@ class Control:
     def read_commands(self, stream: IO[bytes]) -> None:
         """Reader thread: queue jobs, record stops; exit the process when the parent is gone."""
         for line in stream:
-            command = json.loads(line)
-            if command.get("op") == "generate":
+            try:
+                command = decode_command(line)
+            except ValueError:
+                continue  # not from the supervisor, which writes only commands
+            if isinstance(command, Generate):
                 self.jobs.put(command)
-            elif command.get("op") == "stop":
+            else:
                 with self.lock:
-                    self.stopped.add(int(command["id"]))
+                    self.stopped.add(command.id)
         os._exit(0)  # standard input closed: nobody will read an answer
 
 
@@ -96,8 +89,8 @@ class Output:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream, self._lock = stream, threading.Lock()
 
-    def send(self, **message: Any) -> None:
-        data = json.dumps(message, ensure_ascii=False).encode() + b"\n"
+    def send(self, message: Reply) -> None:
+        data = encode(message)
         with self._lock:
             self._stream.write(data)
             self._stream.flush()
@@ -168,16 +161,17 @@ class Model:
         self.exact = exact
         self.tokens_sampled = 0
         #: the last prompt's length and how many of its tokens were reused (reported with each job's end)
-        self.last_prompt: dict[str, int] = {}
+        #: the last prompt's length in tokens and how many of them were reused (reported with its End)
+        self.last_prompt: tuple[int | None, int | None] = (None, None)
         self._abort: Callable[[], bool] = lambda: False
         # Kept on the instance: llama.cpp holds only the C pointer.
         self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort())
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> ModelInfo:
         return {"version": self.version, "system_info": self.system_info, "threads": self.n_threads,
-                "batch_threads": self.llama.n_threads_batch,
-                "n_ctx": self.n_ctx, "model": self.path, "exact": self.exact,
-                "cache_bytes": self.kept.limit, "extra_buffers": self.extra_buffers, "pid": os.getpid()}
+                "batch_threads": self.llama.n_threads_batch, "n_ctx": self.n_ctx, "model": self.path,
+                "exact": self.exact, "cache_bytes": self.kept.limit, "extra_buffers": self.extra_buffers,
+                "pid": os.getpid()}
 
     def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
         """Token ids of the chat prompt (the GGUF's own template) and its stop strings."""
@@ -220,7 +214,7 @@ class Model:
         self._restore(tokens)
         keep = self._usable(common_prefix(self._cached, tokens), len(tokens))
         self._truncate(tokens, keep)
-        self.last_prompt = {"prompt": len(tokens), "reused": keep}
+        self.last_prompt = (len(tokens), keep)
         if self.exact:
             ends = [c for c in block_cuts(len(tokens) - 1) if c > keep]
         else:
@@ -297,15 +291,14 @@ class Model:
         self.llama.n_tokens = 0
 
 
-Send = Callable[..., None]
+Send = Callable[["Reply"], None]
 
 
-def run_job(model: Model, job: dict[str, Any], control: Control, send: Send) -> None:
-    """One generation: each message goes to ``send`` as keyword arguments, pieces as they are
-    sampled, then exactly one ``end``."""
+def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
+    """One generation: each reply goes to ``send``, pieces as they are sampled, then exactly one End."""
     from llama_cpp import StoppingCriteriaList
 
-    job_id = int(job["id"])
+    job_id = job.id
 
     def stop() -> bool:
         return control.stop_requested(job_id)
@@ -317,19 +310,19 @@ def run_job(model: Model, job: dict[str, Any], control: Control, send: Send) -> 
     try:
         if stop():
             return
-        max_tokens = job.get("max_tokens")
+        max_tokens = job.max_tokens
         reserve = min(max_tokens or DEFAULT_RESERVE, model.n_ctx // 4)
-        tokens, stop_strings, trimmed = fit(model.prompt, job["messages"], model.n_ctx, reserve)
+        tokens, stop_strings, trimmed = fit(model.prompt, job.messages, model.n_ctx, reserve)
         if len(tokens) >= model.n_ctx:
-            send(id=job_id, code="context_length_exceeded", error=(
+            send(Failure(job_id, code="context_length_exceeded", message=(
                 f"the message alone ({len(tokens)} tokens) does not fit the model's context of {model.n_ctx} "
-                "tokens; shorten it"))
+                "tokens; shorten it")))
             return
         if trimmed:
-            send(id=job_id, trimmed=trimmed)
+            send(HistoryTrimmed(job_id, trimmed))
         model.prefill(tokens, stop)
         room = model.n_ctx - len(tokens)
-        sampling = {k: job[k] for k in SAMPLING if job.get(k) is not None}
+        sampling: dict[str, Any] = dict(job.sampling)  # keyword arguments of create_completion
         stream = model.llama.create_completion(
             tokens, max_tokens=min(max_tokens, room) if max_tokens is not None else room, stop=stop_strings,
             stream=True, stopping_criteria=StoppingCriteriaList([should_stop]), **sampling)
@@ -340,19 +333,19 @@ def run_job(model: Model, job: dict[str, Any], control: Control, send: Send) -> 
                     break
                 choice = chunk["choices"][0]
                 if choice["text"]:
-                    send(id=job_id, piece=choice["text"], n=model.tokens_sampled)
+                    send(Piece(job_id, choice["text"], model.tokens_sampled))
                 if choice["finish_reason"] == "length":
-                    send(id=job_id, length=True)
+                    send(Length(job_id))
         model.answered()
     except Stopped:
         pass
     except Exception as exc:  # reported to the parent, which raises it as a BackendError
         model.forget()
-        send(id=job_id, error=f"the model failed: {type(exc).__name__}: {exc}", code=None)
+        send(Failure(job_id, f"the model failed: {type(exc).__name__}: {exc}"))
     finally:
         with control.lock:
             control.stopped.discard(job_id)
-        send(id=job_id, end=True, n=model.tokens_sampled, **model.last_prompt)
+        send(End(job_id, model.tokens_sampled, *model.last_prompt))
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -373,9 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = Model(args.model, args.threads, args.n_ctx, cache_mb=args.cache_mb, exact=args.exact)
     except Exception as exc:  # a missing or unreadable file, not a GGUF, no llama_cpp
-        out.send(fatal=f"{type(exc).__name__}: {exc}")
+        out.send(Fatal(f"{type(exc).__name__}: {exc}"))
         return 1
-    out.send(ready=model.info())
+    out.send(Ready(model.info()))
     control = Control()
     threading.Thread(target=control.read_commands, args=(sys.stdin.buffer,), daemon=True).start()
     while True:

@@ -12,6 +12,8 @@ against the number of concurrent streams. The layout:
 - :mod:`.procs` — the servers as child processes;
 - :mod:`.runner` — the scenarios (:class:`~.runner.BenchConfig`, :func:`~.runner.run_benchmark`);
 - :mod:`.report` — rows, tables, targets, JSON and CSV;
+- :mod:`.capacity` — the sweep's knee (latency and delivery) and saturation throughput;
+- :mod:`.quota` — cgroup CPU quotas for the measured servers (``--server-cpus``);
 - :mod:`.plots` — the figures (matplotlib, imported there only);
 - :mod:`.buffering` — spotting a buffering proxy from emit and receive times;
 - :mod:`.wan` — the comparison over an emulated WAN (network namespaces, netem);

@@ -20,7 +20,9 @@ the same run: time to first token, one-way latency per chunk (p50/p99), the
 jitter each transport adds, the top chunk rate of one stream, bytes per chunk,
 and latency against concurrent streams (up to 500 at 20 chunks/s). Servers run
 as child processes (`nbchat serve --backend echo`), so client and server never
-share an event loop. --quick takes well under a minute."""
+share an event loop. --quick takes well under a minute. --server-cpus C holds
+each server to C cores per worker (a cgroup CPU quota), so that what a second
+worker adds shows on a small machine."""
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -40,6 +42,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from exc
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
+    return value
+
+
+def _cores(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number of cores (0.3, 1, 1.5), not {text!r}") from exc
+    if not 0.01 <= value <= 1024:  # the kernel's smallest quota is 1 ms per 100 ms period
+        raise argparse.ArgumentTypeError(f"expected a number of cores from 0.01 up, not {value:g}")
     return value
 
 
@@ -77,6 +89,11 @@ def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="measure servers sharing their turns in this Redis (nbchat serve --store)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="measure servers of N processes (nbchat serve --workers; needs --store)")
+    p.add_argument("--server-cpus", type=_cores, default=0.0, metavar="C",
+                   help="hold each measured nbchat server to C cores per worker (C x N with --workers N) with a "
+                        "cgroup CPU quota, so that what a worker adds can be measured on a small machine; raw TCP "
+                        "stays uncapped (its delivered rate is the load generator's ceiling). Needs root and a "
+                        "writable cgroup cpu controller")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--csv", metavar="PATH", help="also write the result rows as CSV")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     serve_args = (("--store", args.store) if args.store else ()) + (("--workers", str(args.workers))
                                                                      if args.workers > 1 else ())
     overrides: dict[str, Any] = {"model": args.model, "client": args.client, "progress": not args.no_progress,
-                                 "serve_args": serve_args}
+                                 "serve_args": serve_args, "server_cpus": args.server_cpus}
     for key, value in (("transports", args.transports), ("concurrency", args.concurrency),
                        ("concurrency_seconds", args.seconds), ("concurrency_rate", args.rate),
                        ("rounds", args.rounds)):
@@ -99,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from .quota import QuotaUnavailable
     from .runner import run
 
     try:
@@ -106,6 +124,9 @@ def run_bench(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("nbchat bench: interrupted", file=sys.stderr)
         return 130
+    except QuotaUnavailable as exc:
+        print(f"nbchat bench: --server-cpus: {exc}", file=sys.stderr)
+        return 2
     print(results.table())
     if args.json:
         results.write_json(args.json)

@@ -41,8 +41,11 @@ from dataclasses import dataclass, field
 import httpx
 
 from ..backends.base import GenerationRequest
+from ..backends.gguf import DEFAULT_N_CTX, default_threads
 from ..backends.llama_worker import Control, Model, run_job
-from ..backends.smollm2 import DEFAULT_N_CTX, SmolLM2Backend, default_threads, find_gguf, worker_environment
+from ..backends.model_messages import Generate, Piece, Reply
+from ..backends.smollm2 import SmolLM2Backend, find_gguf
+from ..backends.worker_process import worker_environment
 from ..clients import ChatClient, collect, connect
 from ..wire.contract import OPENAI_MODELS_PATH, TRANSPORTS
 from ..wire.errors import ServerStartError
@@ -84,6 +87,11 @@ class Sample:
 Runner = Callable[[str], Sample]
 
 
+def piece_of(reply: Reply) -> str:
+    """The text a reply of the model process carries ("" for all but pieces)."""
+    return reply.text if isinstance(reply, Piece) else ""
+
+
 def in_process_runner(threads: int, max_tokens: int) -> Runner:
     """llama.cpp loaded here, driven by the model process's own job runner: the floor."""
     model = Model(str(find_gguf()), threads, DEFAULT_N_CTX)
@@ -91,9 +99,8 @@ def in_process_runner(threads: int, max_tokens: int) -> Runner:
 
     def run(prompt: str) -> Sample:
         sample = Sample(time.perf_counter())
-        job = {"id": next(jobs), "messages": [{"role": "user", "content": prompt}], "temperature": 0.0,
-               "max_tokens": max_tokens}
-        run_job(model, job, Control(), lambda **message: sample.add(message.get("piece", "")))
+        job = Generate(next(jobs), [{"role": "user", "content": prompt}], max_tokens, {"temperature": 0.0})
+        run_job(model, job, Control(), lambda reply: sample.add(piece_of(reply)))
         return sample
 
     return run
@@ -241,8 +248,8 @@ def greedy_pairs(threads: int, pairs: int, max_tokens: int) -> str:
 
     def run(model: Model, messages: list[dict[str, str]]) -> str:
         pieces: list[str] = []
-        job = {"id": next(jobs), "messages": messages, "temperature": 0.0, "max_tokens": max_tokens}
-        run_job(model, job, Control(), lambda **message: pieces.append(message.get("piece", "")))
+        job = Generate(next(jobs), messages, max_tokens, {"temperature": 0.0})
+        run_job(model, job, Control(), lambda reply: pieces.append(piece_of(reply)))
         return "".join(pieces)
 
     differ = 0

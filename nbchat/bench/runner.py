@@ -23,7 +23,7 @@ import importlib.util
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +31,9 @@ from ..server.config import Settings
 from ..wire.contract import TRANSPORTS
 from .measure import Streamer, echo_message, open_streamer
 from .procs import Child, nbchat_server, raw_server
+from .quota import cpu_quota
 from .rawtcp import stream_raw
-from .report import Results, Row, summarize, us_per_chunk, wall_time
+from .report import Results, Row, serve_workers, summarize, us_per_chunk, wall_time
 from .stats import Trace, delivered_rate
 from .wire import parse_host_port
 
@@ -62,12 +63,18 @@ class BenchConfig:
     progress: bool = True
     #: more ``nbchat serve`` options for every server measured (``--store URL``, ``--workers N``)
     serve_args: tuple[str, ...] = ()
+    #: cores each worker of a measured server may use (a cgroup CPU quota, :mod:`.quota`); 0: uncapped
+    server_cpus: float = 0.0
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
         options: dict[str, Any] = {"ttft_turns": 5, "latency_chunks": 60, "max_rate_chunks": 10_000,
                                    "concurrency": (1, 50), "concurrency_seconds": 1.5, **overrides}
         return cls(**options)
+
+    def workers(self) -> int:
+        """Processes per measured server (``--workers N`` among :attr:`serve_args`)."""
+        return serve_workers(self.serve_args)
 
     def steps(self) -> int:
         """How many measurements a run makes (for the progress bar)."""
@@ -109,9 +116,10 @@ async def run_benchmark(config: BenchConfig | None = None) -> Results:
     run = _Run(config, results, advance=lambda what: _step(bar, what))
     try:
         extra = config.serve_args
-        async with raw_server() as raw, nbchat_server(rate=0, extra=extra) as fast, \
-                nbchat_server(rate=config.latency_rate, extra=extra) as paced, \
-                nbchat_server(rate=config.concurrency_rate, extra=(*extra, *load_limits(config))) as load:
+        # the raw TCP floor is never capped: what it delivers is the load generator's own ceiling
+        async with raw_server() as raw, measured_server(config, 0, extra) as fast, \
+                measured_server(config, config.latency_rate, extra) as paced, \
+                measured_server(config, config.concurrency_rate, (*extra, *load_limits(config))) as load:
             run.servers.update(raw=raw, fast=fast, paced=paced, load=load)
             await _ttft(run)
             await _latency(run)
@@ -124,6 +132,19 @@ async def run_benchmark(config: BenchConfig | None = None) -> Results:
         if bar is not None:
             bar.close()
     return results
+
+
+@contextlib.asynccontextmanager
+async def measured_server(config: BenchConfig, rate: float, extra: tuple[str, ...]) -> AsyncIterator[Child]:
+    """An echo ``nbchat serve``, in a cgroup of its own holding it (workers and all) to
+    ``server_cpus`` cores per worker when the config sets a quota."""
+    with contextlib.ExitStack() as stack:
+        prefix: tuple[str, ...] = ()
+        if config.server_cpus > 0:
+            workers = config.workers()
+            prefix = stack.enter_context(cpu_quota(config.server_cpus * workers, processes=workers)).prefix()
+        async with nbchat_server(rate=rate, extra=extra, prefix=prefix) as child:
+            yield child
 
 
 def run(config: BenchConfig | None = None) -> Results:

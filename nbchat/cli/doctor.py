@@ -21,6 +21,7 @@ from .._version import __version__
 from ..backends.cpu import REBUILD_HINT, check_library, is_x86, probe_installed, read_cpu
 
 if TYPE_CHECKING:
+    from ..backends.model_messages import ModelInfo
     from ..backends.smollm2 import SmolLM2Backend
 
 #: the /proc/cpuinfo flags worth showing: the instruction sets llama.cpp can use
@@ -64,15 +65,20 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def _model_report(args: argparse.Namespace) -> list[str]:
-    from ..backends.smollm2 import SmolLM2Backend, find_gguf, worker_environment
+    from ..backends.gguf import gguf_problem
+    from ..backends.smollm2 import SmolLM2Backend
+    from ..backends.worker_process import worker_environment
     from ..wire.errors import NBChatError
 
+    backend = SmolLM2Backend(n_threads=args.threads)
     try:
-        path = find_gguf()
+        path = backend.gguf_path()
     except NBChatError as exc:
         return [str(exc)]
+    problem = gguf_problem(path)
+    if problem:
+        return [f"the model file: {problem}"]
     print(f"model file: {path} ({path.stat().st_size / 1e6:.0f} MB)")
-    backend = SmolLM2Backend(n_threads=args.threads)
     env = worker_environment(backend.n_threads)
     print(f"threads: {backend.n_threads} decoding, {env['OMP_NUM_THREADS']} for prompts "
           f"(OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}; change with --threads)")
@@ -88,7 +94,7 @@ def _model_report(args: argparse.Namespace) -> list[str]:
     return []
 
 
-async def _try_model(backend: SmolLM2Backend) -> tuple[float, dict[str, object]]:
+async def _try_model(backend: SmolLM2Backend) -> tuple[float, ModelInfo]:
     from ..backends.base import GenerationRequest
     from ..wire.events import Message
 

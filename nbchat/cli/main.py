@@ -40,6 +40,9 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--replay", metavar="FILE", default=None,
                    help="replay backend: the recording to stream back (a file, or a directory played in turn)")
     p.add_argument("--model", default=None, help="model id for the openai backend")
+    p.add_argument("--gguf", metavar="PATH", default=None,
+                   help="smollm2 backend: run this GGUF model file instead of the packaged SmolLM2-135M-Instruct, "
+                        "in the same supervised model process (default: $NBCHAT_GGUF)")
     p.add_argument("--threads", type=int, default=None,
                    help="smollm2 backend: llama.cpp decoding threads (default: half the cores; prompts use all)")
     p.add_argument("--cache-mb", type=float, default=None, metavar="N",
@@ -89,6 +92,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.cache_mb is not None and not args.cache_mb >= 0:
         print("nbchat serve: --cache-mb must be 0 or more", file=sys.stderr)
         return 2
+    problem = model_file_problem(args.backend, args.gguf)
+    if problem:
+        print(f"nbchat serve: {problem}", file=sys.stderr)
+        return 2
     refusal = public_bind_refusal(args.host, args.token, args.public_without_token)
     if refusal is not None:
         print(f"nbchat serve: {refusal}", file=sys.stderr)
@@ -132,10 +139,27 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
+def model_file_problem(backend: str, gguf: str | None) -> str | None:
+    """What is wrong with the GGUF file named by ``--gguf`` or ``NBCHAT_GGUF``, said before the server starts."""
+    from pathlib import Path
+
+    from ..backends.gguf import gguf_problem
+    from ..backends.smollm2 import ENV_GGUF, named_gguf
+
+    if gguf is not None and backend != "smollm2":
+        return f"--gguf runs a model file on the smollm2 backend, not on --backend {backend}"
+    path, source = (Path(gguf).expanduser(), "--gguf") if gguf is not None else (named_gguf(), ENV_GGUF)
+    if backend != "smollm2" or path is None:
+        return None
+    problem = gguf_problem(path)
+    return f"{source}: {problem}" if problem else None
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     """The server's settings from ``nbchat serve``'s options (ValueError for a value Settings refuses)."""
     options = {name: value for name, value in (("n_threads", args.threads), ("cache_mb", args.cache_mb),
-                                               ("exact", args.exact_cache)) if value is not None}
+                                               ("exact", args.exact_cache), ("model_path", args.gguf))
+               if value is not None}
     limits = {name: getattr(args, name) for name in LIMIT_OPTIONS}
     return Settings(host=args.host, port=args.port, token=args.token, backend=args.backend,
                     rate=DEFAULT_RATE if args.rate is None else args.rate, replay_rate=args.rate,

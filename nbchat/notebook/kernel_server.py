@@ -4,7 +4,9 @@ Where a chat goes, in order: an explicit ``--server``, the ``NBCHAT_URL``
 environment variable (with ``NBCHAT_TOKEN``), or a server started inside the
 kernel process on a free loopback port with a random token and the embedded
 model. That in-kernel server starts on first use, is reused after that, and
-stops when the kernel exits.
+stops when the kernel exits. It is one per kernel process (:func:`kernel_server`):
+the ``%%chat`` magic and every ``ChatWidget`` of the kernel stream from the same
+server, whether or not the extension is loaded.
 """
 
 from __future__ import annotations
@@ -104,6 +106,34 @@ class KernelServer:
         if handle is not None:
             atexit.unregister(self.stop)
             handle.stop()
+
+
+_default: KernelServer | None = None
+_default_lock = threading.Lock()
+
+
+def kernel_server() -> KernelServer:
+    """This process's in-kernel server (made on first call, started on first use).
+
+    The kernel process is the scope of the server it owns: one port, one token, one model for the
+    magic and all the widgets. A server handed in explicitly (``kernel_server=``) still wins.
+    """
+    global _default
+    with _default_lock:  # a widget made from a thread and a cell may ask at once
+        if _default is None:
+            _default = KernelServer()
+        return _default
+
+
+def set_kernel_server(server: KernelServer | None) -> KernelServer | None:
+    """Replace this process's in-kernel server (``None``: a fresh one on next use); returns the old one.
+
+    For tests and embedders that want another backend; the old server is not stopped.
+    """
+    global _default
+    with _default_lock:
+        old, _default = _default, server
+    return old
 
 
 def resolve_endpoint(server: str | None, token: str | None, kernel: KernelServer) -> Endpoint:

@@ -3,11 +3,12 @@
 The cell body is the user's message; the answer streams into the cell live
 (rendered block by block, see :mod:`.live`) and ends as a plain
 ``text/markdown`` output, so it stays in the saved notebook and renders on
-GitHub. All state lives on the :class:`ChatMagics` instance: its
-:class:`~nbchat.notebook.conversation.Conversation` and its in-kernel server.
+GitHub. The :class:`ChatMagics` instance holds the
+:class:`~nbchat.notebook.conversation.Conversation`; the in-kernel server is the
+kernel's one, shared with every ``ChatWidget`` (:func:`.kernel_server.kernel_server`).
 
-The magic uses the synchronous clients: the cell blocks while the answer
-streams, and a kernel interrupt (KeyboardInterrupt) interrupts the turn.
+The turn runs in the cell's thread (:func:`.turn.run_turn`): the cell blocks
+while the answer streams, and a kernel interrupt (KeyboardInterrupt) interrupts the turn.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shlex
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 from IPython.core import magic
 from IPython.core.error import UsageError
@@ -26,17 +27,13 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, magics_class
 
 from ..wire.contract import transport_name
-from ..wire.errors import NBChatError, ServerStartError
-from ..wire.events import Chunk, End
 from .conversation import Conversation
-from .kernel_server import ENV_URL, KernelServer, resolve_endpoint
+from .kernel_server import ENV_URL, KernelServer
+from .kernel_server import kernel_server as _kernel_server
 from .live import StreamView
 from .options import ChatOptions
-from .provenance import provenance, utc_now
 from .render import TurnStats
-
-if TYPE_CHECKING:
-    from ..clients import TurnStream
+from .turn import TurnRun, run_turn
 
 LINE_ACTIONS = ("show", "history", "reset", "last", "code", "export", "widget", "start", "stop")
 
@@ -140,7 +137,7 @@ class ChatMagics(Magics):
     def __init__(self, shell: InteractiveShell | None = None, kernel_server: KernelServer | None = None) -> None:
         Magics.__init__(self, shell)
         self.conversation = Conversation()
-        self.kernel_server = kernel_server or KernelServer()
+        self.kernel_server = kernel_server or _kernel_server()
         self.last: ChatResult | None = None
         #: makes the cell's live output (``widget=False``: Markdown updates); a seam for tests
         self.view_factory: Callable[..., StreamView] = StreamView
@@ -254,71 +251,36 @@ class ChatMagics(Magics):
             temperature=args.temperature, max_tokens=args.max_tokens, system=args.system)
 
     def _run_turn(self, text: str, options: ChatOptions, widget: bool | None = None) -> ChatResult:
-        # Timed from here: on first use the footer's "first token" includes starting the server.
-        stats = TurnStats(options.transport)
         view = self.view_factory(widget=widget)
+        run = TurnRun.begin(text, options)
         if not (options.server or os.environ.get(ENV_URL) or self.kernel_server.running):
             view.start("*starting the nbchat server in this kernel (first use)…*")
-        try:
-            endpoint = resolve_endpoint(options.server, options.token, self.kernel_server)
-        except ServerStartError as exc:  # the in-kernel server did not start
-            if view.started:
-                view.finish("", "the nbchat server did not start")
-            raise ChatError(f"nbchat: {_describe(exc)}") from None
-        from ..clients import connect
-
-        request = self.conversation.request(text, options)
-        answer: list[str] = []
-        started = utc_now()
-        ids: dict[str, str | None] = {}
-        try:
-            with connect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
-                ids["uid"] = client.uid
-                turn = client.stream(request)
-                end = stream_turn(turn, view, stats, answer)
-                ids["turn_id"] = turn.turn_id
-        except (NBChatError, OSError) as exc:
-            if view.started:  # keep what arrived before the error
-                stats.on_end(None, "[ERROR]")
-                view.finish("".join(answer), stats.footer())
-                view.annotate({"nbchat": self._provenance(options, stats, endpoint.url, ids, started)})
-            raise ChatError(f"nbchat ({options.transport}): {_describe(exc)}") from None
-        record = self._provenance(options, stats, endpoint.url, ids, started)
-        view.annotate({"nbchat": record})
-        result = ChatResult("".join(answer), stats.status or end.status.value, stats, record)
+        run_turn(run, self.conversation, self.kernel_server, _ViewSink(view))
+        if view.started:  # what arrived stays, also before an error
+            view.finish(run.answer, run.footer)
+        record = run.provenance(self.conversation.server_info.get(run.url)) if run.url is not None else None
+        if record is not None:
+            view.annotate({"nbchat": record})
+        if run.error is not None:
+            raise ChatError(f"nbchat ({options.transport}): {run.error}")
+        assert record is not None  # a turn that reached its End reached a server
+        result = ChatResult(run.answer, run.status, run.stats, record)
         self.conversation.record(text, result.answer, result.status, record)
         self.last = result
         return result
 
-    def _provenance(self, options: ChatOptions, stats: TurnStats, url: str, ids: dict[str, str | None],
-                    started: str) -> dict[str, Any]:
-        return provenance(options, stats, server=url, info=self.conversation.server_info.get(url),
-                          turn_id=ids.get("turn_id"), uid=ids.get("uid"), timestamp=started)
 
+class _ViewSink:
+    """The cell's live output as the turn's sink."""
 
-def stream_turn(turn: TurnStream, view: StreamView, stats: TurnStats, answer: list[str]) -> End:
-    """Feed the turn's chunks to the view until its End (:func:`nbchat.clients.collect`).
+    def __init__(self, view: StreamView) -> None:
+        self.view = view
 
-    A kernel interrupt interrupts the turn and the partial answer stays: the
-    stream still delivers what was generated and then ``End(INTERRUPTED)``.
-    """
-    from ..clients import collect
+    def open(self) -> None:
+        self.view.start()
 
-    def show(chunk: Chunk) -> None:
-        stats.on_chunk(chunk.content)
-        answer.append(chunk.content)
-        view.add(chunk.content)
-
-    view.start()
-    end = collect(turn, show)
-    stats.on_end(end)
-    view.finish("".join(answer), stats.footer())
-    return end
-
-
-def _describe(exc: Exception) -> str:
-    message = str(exc).strip().splitlines()
-    return message[0] if message else type(exc).__name__
+    def add(self, text: str) -> None:
+        self.view.add(text)
 
 
 def load_ipython_extension(ip: InteractiveShell) -> None:

@@ -232,7 +232,8 @@ class ChatView {
     try {
       turn = new DirectTurn({ where: this.where, token: this.endpoint.token, transport: this.model.get("transport"),
         request: { ...template, userMessage: { role: "user", content: text } }, origin: location.origin,
-        onChunk: (piece) => this.onDelta(piece), onEnd: (status, error, metrics) => this.endDirect(text, status, error, metrics) });
+        onChunk: (piece) => this.onDelta(piece),
+        onEnd: (status, error, metrics, stats) => this.endDirect(text, status, error, metrics, stats) });
     } catch (e) { this.stats.textContent = String(e.message || e); return false; }
     this.startAnswer(text);
     this.turn = turn;
@@ -249,12 +250,11 @@ class ChatView {
     this.schedule();
   }
 
-  endDirect(user, status, error, metrics) {
+  endDirect(user, status, error, metrics, stats) {
     const answer = this.live ? this.live.md.text : "";
     if (this.live) this.endAnswer({ status, error });
     this.turn = null;
     this.lastMetrics = metrics.summary();
-    const stats = metrics.footer(status) + (error ? ` · ${error}` : "");
     this.stats.textContent = stats;
     this.syncControls();
     // The kernel records it when it is free: the conversation %%chat shares stays one.

@@ -23,20 +23,20 @@ from __future__ import annotations
 import asyncio
 import pathlib
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import anywidget
 import traitlets
 
-from ..wire.contract import DIRECT_TRANSPORTS, TRANSPORTS, transport_name
-from ..wire.errors import NBChatError
-from ..wire.events import STATUS_STRINGS, Chunk, End, Status
+from ..wire.contract import DIRECT_TRANSPORTS, TRANSPORTS, Transport, transport_name
+from ..wire.events import STATUS_STRINGS, End, Status
 from .conversation import Conversation
 from .direct import ROUTES, DirectLink, direct_transport
-from .kernel_server import KernelServer, resolve_endpoint
+from .kernel_server import KernelServer
+from .kernel_server import kernel_server as _kernel_server
 from .options import ChatOptions
-from .provenance import provenance, utc_now
-from .render import Throttle, TurnStats
+from .render import Throttle
+from .turn import StopSwitch, TurnRun, arun_provenance, arun_turn
 
 _HERE = pathlib.Path(__file__).parent
 
@@ -52,6 +52,9 @@ class _DeltaBuffer:
         self._throttle = Throttle(interval)
         self._pending: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
+
+    def open(self) -> None:
+        """Nothing to show before the first text: the page showed the question at "start"."""
 
     def add(self, text: str) -> None:
         self._pending.append(text)
@@ -79,10 +82,12 @@ class _DeltaBuffer:
 class ChatWidget(anywidget.AnyWidget):
     """A conversation view with an input, Send, Stop, a transport picker and a stats line.
 
-    ``ChatWidget()`` talks to ``server`` (else ``$NBCHAT_URL``, else a server
-    started in this kernel with the embedded model). ``%chat widget`` makes one
-    that shares the magic's conversation and server.
+    ``ChatWidget()`` talks to ``server`` (else ``$NBCHAT_URL``, else the
+    kernel's own server with the embedded model, one for ``%%chat`` and every
+    widget). ``%chat widget`` makes one that shares the magic's conversation.
     """
+
+    _transport_error: str | None = None  # why the transport trait's name is no transport (relayed only)
 
     _esm = _HERE / "static" / "widget.js"
     _css = _HERE / "static" / "widget.css"
@@ -113,10 +118,9 @@ class ChatWidget(anywidget.AnyWidget):
         # Explicit endpoints win; otherwise each turn reads the conversation's current defaults.
         self._server = server
         self._token = token
-        self._kernel_server = kernel_server or _shared_kernel_server() or KernelServer()
+        self._kernel_server = kernel_server or _kernel_server()
         self._task: asyncio.Future[Any] | None = None
-        self._turn: Any = None
-        self._stop_requested = False
+        self._stop = StopSwitch()
         #: what the last turn ended with (an :class:`End`), for callers and tests
         self.last_end: End | None = None
         self._mirror_shown = False
@@ -127,15 +131,25 @@ class ChatWidget(anywidget.AnyWidget):
         if direct:  # now, not when the page says hello: by then the kernel may be busy with the next cell
             self._direct.start(self._options())
 
+    @property
+    def kernel_server(self) -> KernelServer:
+        """The in-kernel server this widget uses when no server is configured (the kernel's one by default)."""
+        return self._kernel_server
+
     @traitlets.validate("transport")
     def _valid_transport(self, proposal: Any) -> str:
+        """Where the picker's (or a caller's) name enters: from here on the trait holds the canonical name."""
         value = str(proposal["value"])
-        if not self.direct:  # relayed, an unknown name ends its turn with a clear error in the stats line
-            return value
         try:
-            return direct_transport(value)
+            canonical = direct_transport(value) if self.direct else transport_name(value)
         except ValueError as exc:
-            raise traitlets.TraitError(str(exc)) from None
+            if self.direct:
+                raise traitlets.TraitError(str(exc)) from None
+            # relayed, an unknown name ends its turn with a clear error in the stats line
+            self._transport_error = str(exc)
+            return value
+        self._transport_error = None
+        return canonical
 
     # ------------------------------------------------------------ saved copy
 
@@ -204,7 +218,7 @@ class ChatWidget(anywidget.AnyWidget):
             return done
         if self._task is not None and not self._task.done():
             return None
-        self._stop_requested = False
+        self._stop = StopSwitch()
         self._task = _spawn(self._run(text))
         return self._task
 
@@ -213,10 +227,9 @@ class ChatWidget(anywidget.AnyWidget):
         if self.direct:
             self.send({"type": "stop"})  # the page holds the stream, and the means to stop it
             return
-        self._stop_requested = True
-        turn = self._turn
-        if turn is not None:
-            _spawn(turn.interrupt())
+        interrupt = self._stop.stop()
+        if interrupt is not None:
+            _spawn(interrupt)
 
     async def wait(self) -> End | None:
         """Wait for the current turn, if any, to end."""
@@ -227,7 +240,8 @@ class ChatWidget(anywidget.AnyWidget):
     # ------------------------------------------------------------ direct mode
 
     def _options(self) -> ChatOptions:
-        return self.conversation.options.merged(transport=self.transport)
+        # the trait holds a canonical name (see _valid_transport), or a name whose turn fails before connecting
+        return self.conversation.options.merged(transport=cast(Transport, self.transport))
 
     def _on_direct_msg(self, kind: str, content: dict[str, Any]) -> None:
         if kind == "hello":
@@ -247,71 +261,31 @@ class ChatWidget(anywidget.AnyWidget):
     # ------------------------------------------------------------ a turn
 
     async def _run(self, text: str) -> None:
-        options = self.conversation.options.merged(transport=self.transport)
-        stats = TurnStats(options.transport)
-        pieces: list[str] = []
+        options = self._options().merged(server=self._server, token=self._token)
+        run = TurnRun.begin(text, options)
         deltas = _DeltaBuffer(lambda t: self.send({"type": "delta", "text": t}))
         self.busy = True
         self.send({"type": "start", "user": text})
-        end: End | None = None
-        error: str | None = None
-        options = options.merged(server=self._server, token=self._token)
-        ids: dict[str, str | None] = {"started": utc_now()}
         try:
-            end = await self._stream(text, options, stats, pieces, deltas, ids)
-        except Exception as exc:  # the task is the UI's boundary: every failure ends up in the stats line
-            error = _one_line(exc)
+            if self._transport_error is not None:  # a name the picker sent that is no transport
+                run.finish(exc=ValueError(self._transport_error))
+            else:
+                await arun_turn(run, self.conversation, self._kernel_server, deltas, self._stop)
         finally:
             deltas.flush()
-            self._turn = None
-            stats.on_end(end, None if end is not None else "[ERROR]")
-            record = await self._provenance(options, stats, ids)
-            self._finish(text, "".join(pieces), stats, end, error, record)
+            if run.stats.ended is None:  # cancelled: the turn ends here
+                run.finish()
+            record = await arun_provenance(run, self.conversation)
+            self._finish(run, record)
 
-    async def _provenance(self, options: ChatOptions, stats: TurnStats,
-                          ids: dict[str, str | None]) -> dict[str, Any] | None:
-        url = ids.get("url")
-        if url is None:  # no server was reached: there is nothing to trace the answer to
-            return None
-        info = await asyncio.to_thread(self.conversation.server_info.get, url)  # off the kernel's loop
-        return provenance(options, stats, server=url, info=info, turn_id=ids.get("turn_id"), uid=ids.get("uid"),
-                          timestamp=ids.get("started") or utc_now())
-
-    async def _stream(self, text: str, options: ChatOptions, stats: TurnStats, pieces: list[str],
-                      deltas: _DeltaBuffer, ids: dict[str, str | None]) -> End:
-        from ..clients import acollect, aconnect
-
-        # Starting the in-kernel server can take seconds: do it off the kernel's loop.
-        endpoint = await asyncio.to_thread(resolve_endpoint, options.server, options.token, self._kernel_server)
-        request = self.conversation.request(text, options)
-        if self._stop_requested:  # Stop was clicked before anything was sent: nothing to interrupt
-            return End(Status.INTERRUPTED)
-        ids["url"] = endpoint.url
-        async with aconnect(endpoint.url, token=endpoint.token, transport=transport_name(options.transport)) as client:
-            ids["uid"] = client.uid
-            turn = await client.stream(request)
-            ids["turn_id"] = turn.turn_id
-            self._turn = turn
-            if self._stop_requested:  # Stop was clicked while the request was being sent
-                await turn.interrupt()
-
-            def show(chunk: Chunk) -> None:
-                stats.on_chunk(chunk.content)
-                pieces.append(chunk.content)
-                deltas.add(chunk.content)
-
-            return await acollect(turn, show)
-
-    def _finish(self, text: str, answer: str, stats: TurnStats, end: End | None, error: str | None,
-                record: dict[str, Any] | None) -> None:
-        status = stats.status or Status.ERROR.value
-        self.last_end = end
-        self.conversation.record(text, answer, end.status if end is not None else Status.ERROR, record)
-        footer = stats.footer() if error is None else f"{stats.footer()} · {error}"
-        self.send({"type": "end", "status": status, "error": error})
+    def _finish(self, run: TurnRun, record: dict[str, Any] | None) -> None:
+        self.last_end = run.end
+        self.conversation.record(run.text, run.answer, run.end.status if run.end is not None else Status.ERROR,
+                                 record)
+        self.send({"type": "end", "status": run.status, "error": run.error})
         # One full sync per turn: the history, then the stats line.
         self.messages = self._history()
-        self.stats = footer
+        self.stats = run.footer
         self.busy = False
         self._update_mirror()
 
@@ -324,12 +298,6 @@ class ChatWidget(anywidget.AnyWidget):
                 answer["provenance"] = exchange.provenance
             out.append(answer)
         return out
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    return line if isinstance(exc, NBChatError) and line else f"{type(exc).__name__}: {line}".rstrip(": ")
 
 
 def _running_loop() -> asyncio.AbstractEventLoop:
@@ -347,15 +315,3 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         coro.close()
         raise
     return loop.create_task(coro)
-
-
-def _shared_kernel_server() -> KernelServer | None:
-    """The ``%%chat`` magic's in-kernel server, when the extension is loaded, so both share one model."""
-    try:
-        from IPython.core.getipython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    magics = shell.magics_manager.registry.get("ChatMagics") if shell is not None else None
-    server = getattr(magics, "kernel_server", None)
-    return server if isinstance(server, KernelServer) else None

@@ -239,7 +239,6 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         lifespan=lifespan,
     )
     app.state.context = AppContext(settings, backend, store, origins)
-    app.state.turns = store.manager  # the turns generating in this process (what tests inspect)
     return app
 
 

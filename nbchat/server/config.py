@@ -46,7 +46,7 @@ class Settings:
     retain_seconds: float = 120.0
     #: a queued turn (POST /turns) that nobody starts is dropped after this long
     pending_seconds: float = 300.0
-    #: memory a turn's replay buffer may hold (its records, not just their text); older chunks go first
+    #: memory a turn's resume buffer may hold (its records, not just their text); older chunks go first
     replay_max_bytes: int = 8 * 1024 * 1024
     #: turns kept at once (running, pending and ended)
     max_turns: int = 10_000

@@ -29,7 +29,7 @@ from ..wire.events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
 from .config import Settings
 from .expiry import Deadlines
 from .recording import Recorder, TurnRecord
-from .replay import ReplayBuffer
+from .resume_buffer import ResumeBuffer
 from .stops import StopScanner
 
 log = logging.getLogger("nbchat.server.turns")
@@ -74,7 +74,7 @@ class Turn:
         self._manager = manager
         self._settings = manager.settings
         self._hooks = manager.hooks
-        self.replay = ReplayBuffer(self._settings.replay_max_bytes)
+        self.replay = ResumeBuffer(self._settings.replay_max_bytes)
         self._next_seq = 1
         #: how many exchanges the backend dropped from the history (said on the first chunk after)
         self.trimmed = 0

@@ -158,7 +158,7 @@ export function run(DirectTurn, server, transport, { route = "direct", request, 
       where: { base: BASE, route, headers: {} }, token: TOKEN, transport, net: server.net, origin: "http://page:8888",
       request: request || { userMessage: { role: "user", content: "hi" }, conversation: [] },
       onChunk: (piece) => given.push(piece),
-      onEnd: (status, error, metrics) => resolve({ status, error, text: given.join(""), given, metrics, turn }),
+      onEnd: (status, error, metrics, stats) => resolve({ status, error, text: given.join(""), given, metrics, turn, stats }),
     });
     before?.(turn);
     turn.start();

@@ -26,6 +26,18 @@ export function transportName(name) {
   return canonical;
 }
 
+// What the stats line says of a history the server shortened to fit its model (Python's trimmed_note).
+export function trimmedNote(exchanges) {
+  return `history trimmed: ${exchanges} exchange${exchanges === 1 ? "" : "s"}`;
+}
+
+// The line under an answer, in the format of Python's stats_line (nbchat/notebook/turn.py): the figures,
+// the status (with the server's error, as "[ERROR] code: message"), the trimmed history, then why the
+// page itself had to end the turn.
+export function statsLine(footer, error) {
+  return footer + (error ? ` · ${error}` : "");
+}
+
 function fillPath(path, values) {
   return path.replace(/\{(\w+)\}/g, (_, key) => encodeURIComponent(values[key]));
 }
@@ -46,12 +58,14 @@ export class TurnMetrics {
     this.lags = []; // arrival minus the server's ts (one clock on one host), ms
     this.bytes = 0;
     this.resumes = 0;
+    this.trimmed = 0; // exchanges the server dropped from the history: its first chunk says so
   }
 
   chunk(rec, bytes) {
     const now = this.clock.now();
     this.arrivals.push(now);
     this.bytes += bytes;
+    if (Number.isInteger(rec.trimmed) && rec.trimmed > 0) this.trimmed = rec.trimmed;
     if (typeof rec.ts === "number") this.lags.push(this.clock.timeOrigin + now - rec.ts * 1000);
   }
 
@@ -71,7 +85,8 @@ export class TurnMetrics {
     const ms = (x) => (x === null ? "–" : `${Math.round(x)} ms`);
     return `${s.transport} ${s.route} · first token ${ms(s.ttft_ms)} · ${s.chunks} chunks · cadence p50 ${ms(s.cadence_p50_ms)}`
       + ` p99 ${ms(s.cadence_p99_ms)} · ${s.bytes_per_chunk ?? "–"} B/chunk`
-      + (s.resumes ? ` · resumed ${s.resumes}×` : "") + ` · ${status}`;
+      + (s.resumes ? ` · resumed ${s.resumes}×` : "") + ` · ${status}`
+      + (this.trimmed ? ` · ${trimmedNote(this.trimmed)}` : "");
   }
 }
 
@@ -94,6 +109,7 @@ export class DirectTurn {
     this.ended = false;
     this.stopping = false;
     this.error = null;
+    this.errorCode = null; // set when the error is the server's, sent with its status
     this.conn = null; // the socket, EventSource or AbortController of the current attempt
     this.metrics = new TurnMetrics(this.transport, where.route, clock);
   }
@@ -149,7 +165,10 @@ export class DirectTurn {
       this.fail(`the server sent a record that is not JSON: ${text.slice(0, 80)}`);
       return;
     }
-    if (rec.error) this.error = rec.error.message || rec.error.code;
+    if (rec.error) {
+      this.error = rec.error.message || rec.error.code;
+      this.errorCode = rec.error.code || null;
+    }
     else if (typeof rec.content === "string") this.chunk(rec, bytes);
     else if (typeof rec.status === "string") this.end(rec.status);
   }
@@ -158,11 +177,18 @@ export class DirectTurn {
     if (this.ended) return;
     this.ended = true;
     this.close();
-    this.onEnd(status, this.error, this.metrics);
+    this.onEnd(status, this.error, this.metrics, this.statsLine(status));
+  }
+
+  // The server's error goes with the status, as Python's footer puts an End's; the page's own comes after.
+  statsLine(status) {
+    if (this.errorCode) return this.metrics.footer(`${status} ${this.errorCode}: ${this.error}`);
+    return statsLine(this.metrics.footer(status), this.error);
   }
 
   fail(message) {
     this.error = message;
+    this.errorCode = null;
     this.end(STATUS.ERROR);
   }
 

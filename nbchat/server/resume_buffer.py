@@ -1,4 +1,4 @@
-"""The replay buffer of one turn: the chunks a stream may still ask for.
+"""The resume buffer of one turn: the chunks a stream may still ask for.
 
 Its bound counts the memory its records really hold (the chunk objects,
 their text and timestamps), not characters: a turn of many small pieces
@@ -36,7 +36,7 @@ def record_size(content: str, server_time: float | None) -> int:
     return _FIXED + sys.getsizeof(content) + (_FLOAT if server_time is not None else 0)
 
 
-class ReplayBuffer:
+class ResumeBuffer:
     """Chunks in seq order, from :attr:`first_seq` on, holding at most ``max_bytes``."""
 
     def __init__(self, max_bytes: int) -> None:
