@@ -5,7 +5,9 @@ a Redis that goes away end streams with [ERROR] in bounded time, never a hang or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -23,8 +25,10 @@ from websockets.sync.client import connect as ws_connect
 
 from nbchat.backends.echo import EchoBackend
 from nbchat.server.config import Settings
-from nbchat.server.redis_store import RedisStore, lease_key, log_key, meta_key, readers_key
-from nbchat.wire.events import Chunk, Message, Status, TurnRequest
+from nbchat.server.redis import RedisStore
+from nbchat.server.redis.schema import decode_entry, lease_key, log_key, meta_key, readers_key
+from nbchat.wire.errors import RequestError
+from nbchat.wire.events import Chunk, End, ErrorInfo, Message, Status, TurnRequest
 from tests.conftest import ROOT, RedisProcess, ServeFactory, ServeProcess
 from tests.helpers import TOKEN, descendants
 
@@ -342,18 +346,25 @@ def test_the_benchmark_starts_workers(redis_server: RedisProcess, monkeypatch: p
     assert [json.loads(line) for line in done.text.splitlines()][-1] == {"status": "[DONE]"}
 
 
-@pytest.fixture
-async def store_here(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, aioredis.Redis]]:
-    """A Redis store in this process (echo backend at 1 piece/s), and a client of the same Redis."""
-    store = RedisStore(EchoBackend(rate=1.0), Settings(store=redis_server.url))
+@contextlib.asynccontextmanager
+async def running_store(url: str, rate: float = 1.0,
+                        **settings: float) -> AsyncIterator[tuple[RedisStore, aioredis.Redis]]:
+    """A Redis store in this process (echo backend at ``rate`` pieces/s), and a client of the same Redis."""
+    store = RedisStore(EchoBackend(rate=rate), Settings(store=url, **settings))  # type: ignore[arg-type]
     await store.start()
-    direct = aioredis.from_url(redis_server.url, decode_responses=True)
+    direct = aioredis.from_url(url, decode_responses=True)
     try:
         yield store, direct
     finally:
         await direct.aclose()
         await store.shutdown()
         await store.aclose()
+
+
+@pytest.fixture
+async def store_here(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, aioredis.Redis]]:
+    async with running_store(redis_server.url) as both:
+        yield both
 
 
 @pytest.mark.redis
@@ -366,10 +377,10 @@ async def test_one_command_writes_a_batch_and_a_failing_turn_alone_ends(
     good, bad, other = (store.manager.create(question, start=False, turn_id=name) for name in ("g", "b", "o"))
     await direct.set(log_key("b"), "not a stream")  # XADD on it fails with WRONGTYPE
     for seq in (1, 2, 3):
-        store.writer.add(good, Chunk(content=f"g{seq}", seq=seq, server_time=1000.125 + seq))
-        store.writer.add(bad, Chunk(content=f"b{seq}", seq=seq))
-    store.writer.add(other, Chunk(content="o1 \u00e9 🚀 \"x\"\n", seq=1))
-    store.writer.add(good, Chunk(content="g5", seq=5, server_time=None))  # a gap, and no time
+        store.writer.published(good, Chunk(content=f"g{seq}", seq=seq, server_time=1000.125 + seq))
+        store.writer.published(bad, Chunk(content=f"b{seq}", seq=seq))
+    store.writer.published(other, Chunk(content="o1 \u00e9 🚀 \"x\"\n", seq=1))
+    store.writer.published(good, Chunk(content="g5", seq=5, server_time=None))  # a gap, and no time
     await store.writer.drain()
     entries = await direct.xrange(log_key("g"))
     assert [(i, f["seq"], f["c"], float(f["t"]) if "t" in f else None) for i, f in entries] == [
@@ -430,3 +441,45 @@ async def test_the_heartbeat_leaves_a_turn_alone_while_its_record_is_being_writt
     assert info.id == turn.id and await direct.hget(meta_key(turn.id), "state") == "running"
     await store.check_turns()
     assert turn.end is None
+
+
+@pytest.mark.redis
+async def test_the_grace_period_counts_streams_on_other_processes_and_is_the_memory_stores(
+        redis_server: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
+    """A turn generating here with its only stream in another process runs on while that process is
+    alive and counts the stream; once the count drops to zero, the turn's own grace timer (the one the
+    memory store uses) cancels it after the grace period and one heartbeat's lag, with one log line."""
+    caplog.set_level(logging.INFO, logger="nbchat.server.turns")
+    async with running_store(redis_server.url, rate=20.0, grace_period=0.3, lease_seconds=0.6) as (store, direct):
+        info = await store.create(TurnRequest(user_message=Message("user", "a long answer " * 50)))
+        turn = store.manager.get(info.id)
+        assert turn is not None
+        await direct.set(lease_key("elsewhere"), "1", ex=30)
+        await direct.hset(readers_key(turn.id), "elsewhere", "1")
+        await asyncio.sleep(1.5)  # heartbeats every 0.2 s; grace and lag together are 0.7 s
+        assert turn.end is None and turn.idle_since is None
+        left = time.monotonic()
+        await direct.hset(readers_key(turn.id), "elsewhere", "0")
+        await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]
+        assert turn.end is not None and turn.end.status is Status.INTERRUPTED
+        assert time.monotonic() - left >= store.settings.grace_period + store.writer.counting_delay
+        assert [r.message for r in caplog.records].count(
+            f"turn {turn.id}: nobody reattached within the grace period; cancelling") == 1
+
+
+@pytest.mark.redis
+async def test_a_claimed_turn_this_process_cannot_run_ends_with_its_reason_in_the_log(
+        store_here: tuple[RedisStore, aioredis.Redis]) -> None:
+    """A queued turn whose stream comes to a process that is shutting down ends with [ERROR] and that
+    reason, as an entry a reader anywhere decodes, and its keys still expire."""
+    store, direct = store_here
+    info = await store.create(TurnRequest(user_message=Message("user", "hi")), start=False)
+    store.manager.closing = True
+    with pytest.raises(RequestError) as refused:
+        await store.open(info.id, 0)
+    assert refused.value.code == "shutting_down"
+    ((entry_id, fields),) = await direct.xrange(log_key(info.id))
+    assert entry_id == "1-0" and decode_entry(fields) == End(
+        status=Status.ERROR, error=ErrorInfo("shutting_down", "the server is shutting down"))
+    assert await direct.hget(meta_key(info.id), "state") == "ended"
+    assert await direct.ttl(log_key(info.id)) > 0 and await direct.ttl(meta_key(info.id)) > 0

@@ -16,7 +16,7 @@ from nbchat.server.config import Settings
 from nbchat.server.expiry import Deadlines
 from nbchat.server.turns import Turn, TurnManager
 from nbchat.wire.errors import RequestError, ResumeError
-from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
+from nbchat.wire.events import Chunk, End, Event, Message, Status, TurnRequest
 from tests.helpers import StallBackend
 
 REQ = TurnRequest(user_message=Message(role="user", content="hi"))
@@ -122,6 +122,40 @@ async def test_a_reattach_within_the_grace_period_keeps_it_running() -> None:
     assert events[-1] == End(status=Status.DONE)
     assert not backend.cancelled.is_set()
     assert "".join(e.content for e in events if isinstance(e, Chunk)) == "ab" * 40
+
+
+class Hooks:
+    """A store's hooks that keep what the turns publish."""
+
+    counting_delay = 0.05
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Event]] = []
+
+    def published(self, turn: Turn, event: Event) -> None:
+        self.events.append((turn.id, event))
+
+
+async def test_streams_counted_elsewhere_hold_the_grace_period_and_the_hooks_hear_every_event() -> None:
+    """One grace period for both stores: streams another process counted keep a turn running like the
+    ones here; with none left it runs out after the grace period and the store's counting delay."""
+    backend, hooks = Paced(count=10_000), Hooks()
+    turns = TurnManager(backend, Settings(backend="echo", grace_period=0.05), hooks=hooks)
+    turn = turns.create(REQ)
+    assert turn.idle_since is not None  # started with no stream anywhere
+    turn.count_elsewhere(2)
+    assert turn.idle_since is None
+    await asyncio.sleep(0.3)
+    assert turn.end is None
+    turn.count_elsewhere(0)
+    began = asyncio.get_running_loop().time()
+    async with asyncio.timeout(2):
+        await backend.cancelled.wait()
+    assert asyncio.get_running_loop().time() - began >= 0.05 + hooks.counting_delay - 0.01
+    end = await ended(turn)
+    assert end.status is Status.INTERRUPTED and turn.idle_since is None
+    assert [e for _, e in hooks.events] == [*turn.replay.after(0), end]
+    assert {turn_id for turn_id, _ in hooks.events} == {turn.id}
 
 
 # ---------------------------------------------------------------- expiry

@@ -246,7 +246,7 @@ def make_store(backend: Backend, settings: Settings, recorder: Recorder | None =
     """The memory store, or a shared one when ``settings.store`` names it."""
     if not settings.store:
         return MemoryStore(TurnManager(backend, settings, recorder))
-    from .redis_store import RedisStore  # the redis client loads only for a shared store
+    from .redis import RedisStore  # the redis client loads only for a shared store
 
     return RedisStore(backend, settings, recorder)
 

@@ -3,7 +3,7 @@
 Routes speak only to a :class:`TurnStore`, never to a :class:`TurnManager`
 directly, so the same routes serve one process (:class:`MemoryStore`, the
 default: every turn lives in this process) and several processes sharing
-one turn log (:class:`nbchat.server.redis_store.RedisStore`). The store's
+one turn log (:class:`nbchat.server.redis.RedisStore`). The store's
 methods are coroutines because a shared store answers over the network;
 the memory store answers at once.
 """

@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import cast
+from typing import Protocol, cast
 
 from ..backends.base import LENGTH, Backend, GenerationRequest, Trimmed
 from ..wire.errors import BackendError, RequestError, ResumeError
@@ -38,6 +38,18 @@ log = logging.getLogger("nbchat.server.turns")
 #: None when they went out, else a future that ends once they have (the client is behind); raises
 #: when the client is gone
 Direct = Callable[[list[Event]], "asyncio.Future[None] | None"]
+
+
+class TurnHooks(Protocol):
+    """What a store that keeps turns beyond this process hears from the turns generating in it
+    (the shared store copies their events to Redis; the memory store has none)."""
+
+    #: seconds a stream attached in another process may take to be counted (see :meth:`Turn.count_elsewhere`):
+    #: the grace period waits this much longer before it believes that nobody came back
+    counting_delay: float
+
+    def published(self, turn: Turn, event: Event) -> None:
+        """Each chunk and then the end, in order, as the turn makes them."""
 
 
 #: the length of a turn id (12 random bytes in URL-safe base64)
@@ -61,6 +73,7 @@ class Turn:
         self.end: End | None = None
         self._manager = manager
         self._settings = manager.settings
+        self._hooks = manager.hooks
         self.replay = ResumeBuffer(self._settings.replay_max_bytes)
         self._next_seq = 1
         #: how many exchanges the backend dropped from the history (said on the first chunk after)
@@ -76,7 +89,10 @@ class Turn:
         self._cancel_reason = Status.INTERRUPTED
         self._cancel_error: ErrorInfo | None = None
         self._attached = 0
+        #: streams attached in other processes, as the store last counted them
+        self._elsewhere = 0
         self._grace: asyncio.TimerHandle | None = None
+        self._idle_since: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_piece = 0.0
         self._record: TurnRecord | None = None
@@ -111,8 +127,7 @@ class Turn:
         self.state = TurnState.RUNNING
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"nbchat-turn-{self.id}")
         self._task.add_done_callback(self._task_done)
-        if self._attached == 0:
-            self._detach_grace()  # started by a request whose stream never attaches: still bounded
+        self._update_grace()  # started by a request whose stream never attaches: still bounded
 
 
     def interrupt(self, reason: Status = Status.INTERRUPTED, error: ErrorInfo | None = None) -> None:
@@ -229,7 +244,8 @@ class Turn:
         self.replay.append(chunk)
         if self._record is not None:
             self._record.chunk(chunk)
-        self._published(chunk)
+        if self._hooks is not None:
+            self._hooks.published(self, chunk)
         if self._sinks:
             for sub in tuple(self._sinks):  # a push may drop its sink from the list
                 sub.push(chunk)
@@ -244,12 +260,10 @@ class Turn:
         if self._record is not None:
             self._record.end(end)
         self._cancel_grace()
-        self._published(end)
+        if self._hooks is not None:
+            self._hooks.published(self, end)
         self._pulse(sinks=True)
         self._manager.turn_ended(self)
-
-    def _published(self, event: Event) -> None:
-        """A hook for a store that copies each event elsewhere (the shared store); nothing here."""
 
     def events_after(self, seq: int) -> list[Event]:
         """Everything buffered after ``seq``: chunks, then the End once the turn has ended;
@@ -308,26 +322,42 @@ class Turn:
     def attach(self) -> None:
         """A stream starts reading: the grace period, if running, stops (a :class:`Subscription` calls it)."""
         self._attached += 1
-        self._cancel_grace()
+        self._update_grace()
 
     def detach(self) -> None:
         """A stream stopped reading: the last one to leave a running turn starts its grace period."""
         self._attached -= 1
         self._manager.turn_detached(self)
-        if self._attached == 0 and self.state is TurnState.RUNNING:
-            self._detach_grace()
+        self._update_grace()
 
-    def _detach_grace(self) -> None:
-        self._cancel_grace()
-        self._grace = asyncio.get_running_loop().call_later(self._settings.grace_period, self._grace_expired)
+    def count_elsewhere(self, streams: int) -> None:
+        """Streams attached to this turn in other processes, as the shared store's heartbeat counted them:
+        they keep the turn out of its grace period as the ones here do."""
+        self._elsewhere = streams
+        self._update_grace()
+
+    @property
+    def idle_since(self) -> float | None:
+        """When the grace period began (monotonic clock); None while a stream reads the turn."""
+        return self._idle_since
+
+    def _update_grace(self) -> None:
+        """The one grace period, for every store: it runs while the turn generates with no stream attached
+        here or elsewhere, and cancels the turn when it runs out."""
+        if self._attached + self._elsewhere > 0 or self.state is not TurnState.RUNNING:
+            self._cancel_grace()
+        elif self._grace is None:
+            delay = self._settings.grace_period + (self._hooks.counting_delay if self._hooks is not None else 0.0)
+            self._idle_since = time.monotonic()
+            self._grace = asyncio.get_running_loop().call_later(delay, self._grace_expired)
 
     def _grace_expired(self) -> None:
         self._grace = None
-        if self._attached == 0:
-            log.info("turn %s: nobody reattached within the grace period; cancelling", self.id)
-            self.interrupt()
+        log.info("turn %s: nobody reattached within the grace period; cancelling", self.id)
+        self.interrupt()
 
     def _cancel_grace(self) -> None:
+        self._idle_since = None
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
@@ -518,12 +548,12 @@ async def _aclose(it: object) -> None:
 class TurnManager:
     """The registry of turns for one app: by id, and the latest by uid."""
 
-    #: what :meth:`create` makes (a store that mirrors turns elsewhere makes its own kind)
-    turn_class: type[Turn] = Turn
-
-    def __init__(self, backend: Backend, settings: Settings, recorder: Recorder | None = None) -> None:
+    def __init__(self, backend: Backend, settings: Settings, recorder: Recorder | None = None,
+                 hooks: TurnHooks | None = None) -> None:
         self.backend = backend
         self.settings = settings
+        #: what a store that keeps turns beyond this process hears from them (None: nothing to tell)
+        self.hooks = hooks
         #: writes each turn's chunks to a file (``nbchat serve --record``)
         self.recorder = recorder
         self._turns: dict[str, Turn] = {}
@@ -546,7 +576,7 @@ class TurnManager:
             raise RequestError("the server is shutting down", code="shutting_down", status=503)
         self._make_room()
         uid = uid if uid is not None else request.uid
-        turn = self.turn_class(self, request, uid, turn_id)
+        turn = Turn(self, request, uid, turn_id)
         self._turns[turn.id] = turn
         if uid is not None:
             previous = self._by_uid.get(uid)

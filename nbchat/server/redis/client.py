@@ -1,0 +1,54 @@
+"""The shared store's connections to Redis, and what a failure of one becomes for a client."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
+from redis.exceptions import RedisError
+
+from ...wire.errors import RequestError
+from ...wire.events import End, ErrorInfo, Status
+
+log = logging.getLogger("nbchat.server.redis")
+
+#: a blocked remote reader wakes this often to check the owner's lease
+POLL_SECONDS = 1.0
+#: connections to Redis for commands, and for the blocking reads of remote streams
+COMMAND_CONNECTIONS = 64
+READ_CONNECTIONS = 1024
+#: seconds a command waits for a free connection before the request fails with 503
+POOL_WAIT = 5.0
+
+
+def connect(url: str, connections: int) -> aioredis.Redis:
+    """A client on a bounded pool of its own, which queues a burst (500 turns starting at once)
+    instead of refusing it."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=connections, timeout=POOL_WAIT, decode_responses=True,
+        socket_connect_timeout=2, socket_timeout=POLL_SECONDS + 4, health_check_interval=30,
+        # one quick retry: a pooled connection broken by a Redis restart reconnects instead of failing
+        retry=Retry(ConstantBackoff(0.1), 1))
+    return aioredis.Redis(connection_pool=pool)
+
+
+def store_error(exc: BaseException) -> End:
+    # Redis's own words (a script hash, a key's type, an address) are for the log (the caller's), not clients.
+    return End(status=Status.ERROR, error=ErrorInfo(
+        "store_unavailable", "the turn store (Redis) failed; the turn cannot continue, ask again"))
+
+
+@contextlib.contextmanager
+def unavailable() -> Iterator[None]:
+    """A Redis failure in a request becomes a 503 (JSON) or a WebSocket [ERROR], never a 500; what
+    Redis said goes to the log only."""
+    try:
+        yield
+    except RedisError as exc:
+        log.warning("the turn store (Redis) failed in a request: %s", exc)
+        raise RequestError("the turn store (Redis) is unreachable; try again shortly",
+                           code="store_unavailable", status=503) from exc
