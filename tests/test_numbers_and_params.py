@@ -12,7 +12,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from nbchat.backends.base import Backend, Finish, GenerationRequest
+from nbchat.backends.base import Backend, Finish, GenerationRequest, Trimmed
 from nbchat.server.serving import ServerHandle
 from nbchat.wire.errors import QueueFull
 from tests.helpers import TOKEN, ServerFactory
@@ -190,6 +190,34 @@ def test_native_transports_take_stop_sequences_too(echo_server: ServerHandle) ->
     records = [json.loads(line) for line in r.text.splitlines()]
     assert "".join(str(rec.get("content", "")) for rec in records) == "one two "
     assert records[-1] == {"status": "[DONE]"}
+
+
+class TrimmingBackend(Backend):
+    """Says the history was trimmed, then answers in pieces, as the embedded model does."""
+
+    name = "trimming"
+
+    @property
+    def model_name(self) -> str:
+        return "trimming"
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish | Trimmed]:
+        yield Trimmed(3)
+        for piece in ("one ", "two ", "STOP ", "three"):
+            yield piece
+
+
+@pytest.mark.parametrize("stop,answer", [([], "one two STOP three"), (["STOP"], "one two ")])
+def test_the_trimmed_history_notice_reaches_a_buffered_reader_with_or_without_stop_sequences(
+        make_server: ServerFactory, stop: list[str], answer: str) -> None:
+    # unpaced: the answer is made before the stream reads it, so the stream reads the resume buffer
+    server = make_server(backend=TrimmingBackend())
+    r = httpx.post(server.url + "/talkByStream", headers=H,
+                   json={"userMessage": {"role": "user", "content": "hi"}, "stop": stop})
+    records = [json.loads(line) for line in r.text.splitlines()]
+    assert "".join(str(rec.get("content", "")) for rec in records) == answer
+    assert records[0].get("trimmed") == 3 and records[-1] == {"status": "[DONE]"}
+    assert not any("trimmed" in rec for rec in records[1:])
 
 
 # ---------------------------------------------------------------- a busy backend

@@ -44,12 +44,17 @@ class ResumeBuffer:
         self.first_seq = 1
         self.nbytes = 0
         self._records: list[Record] = []
+        #: the seq of the chunk carrying the turn's trimmed-history notice, and its count: at most one
+        #: chunk a turn has it, so it is kept beside the records rather than in each of them
+        self._notice: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self._records)
 
     def append(self, chunk: Chunk) -> None:
         self._records.append((chunk.content, chunk.seq, chunk.server_time))
+        if chunk.trimmed:
+            self._notice = (chunk.seq, chunk.trimmed)
         self.nbytes += record_size(chunk.content, chunk.server_time)
         if self.nbytes > self.max_bytes:
             self._trim()
@@ -76,4 +81,9 @@ class ResumeBuffer:
         if not self.holds_after(seq):
             raise ResumeError(f"seq {seq + 1} is no longer buffered (the oldest kept is {self.first_seq}): "
                               "the stream fell behind the replay bound")
-        return [Chunk(content, n, ts) for content, n, ts in self._records[seq + 1 - self.first_seq:]]
+        chunks = [Chunk(content, n, ts) for content, n, ts in self._records[seq + 1 - self.first_seq:]]
+        if self._notice is not None and chunks and chunks[0].seq <= self._notice[0]:
+            at, trimmed = self._notice
+            old = chunks[at - chunks[0].seq]
+            chunks[at - chunks[0].seq] = Chunk(old.content, old.seq, old.server_time, trimmed=trimmed)
+        return chunks

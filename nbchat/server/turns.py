@@ -174,22 +174,9 @@ class Turn:
             await _aclose(pieces)
 
     async def _pump(self, pieces: AsyncIterator[str | object]) -> Status:
-        if self.request.stop:
-            return await self._pump_until_stop(pieces, StopScanner(self.request.stop))
-        now = asyncio.get_running_loop().time
-        async for piece in pieces:
-            self._last_piece = now()
-            if piece is LENGTH:
-                return Status.TOKENS
-            if isinstance(piece, str) and piece:
-                self._append(piece)
-            elif isinstance(piece, Trimmed):
-                self.trimmed = self._trimmed = piece.exchanges
-        return Status.DONE
-
-    async def _pump_until_stop(self, pieces: AsyncIterator[str | object], scanner: StopScanner) -> Status:
-        """:meth:`_pump` for a request with stop sequences: the answer ends before the first one
+        """Append the backend's pieces; with stop sequences the answer ends before the first one
         (the backend is closed there, as on an interrupt)."""
+        scanner = StopScanner(self.request.stop) if self.request.stop else None
         now = asyncio.get_running_loop().time
         status = Status.DONE
         async for piece in pieces:
@@ -198,13 +185,17 @@ class Turn:
                 status = Status.TOKENS
                 break
             if isinstance(piece, str) and piece:
+                if scanner is None:
+                    self._append(piece)
+                    continue
                 text, stopped = scanner.feed(piece)
                 if text:
                     self._append(text)
                 if stopped:
                     return Status.DONE
-        rest = scanner.flush()
-        if rest:
+            elif isinstance(piece, Trimmed):
+                self.trimmed = self._trimmed = piece.exchanges
+        if scanner is not None and (rest := scanner.flush()):
             self._append(rest)
         return status
 
