@@ -160,7 +160,6 @@ class Model:
         #: keep only KV entries a fresh evaluation would make (greedy answers independent of the cache)
         self.exact = exact
         self.tokens_sampled = 0
-        #: the last prompt's length and how many of its tokens were reused (reported with each job's end)
         #: the last prompt's length in tokens and how many of them were reused (reported with its End)
         self.last_prompt: tuple[int | None, int | None] = (None, None)
         self._abort: Callable[[], bool] = lambda: False
@@ -211,8 +210,7 @@ class Model:
         kept, whose KV entries are bit for bit those a fresh evaluation makes;
         the answer's tokens are then read again, as the next prompt renders them.
         """
-        self._restore(tokens)
-        keep = self._usable(common_prefix(self._cached, tokens), len(tokens))
+        keep = self._restore(tokens)
         self._truncate(tokens, keep)
         self.last_prompt = (len(tokens), keep)
         if self.exact:
@@ -244,25 +242,28 @@ class Model:
         self.llama.n_tokens = keep
         self._drop_entries_from(keep)
 
-    def _restore(self, tokens: list[int]) -> None:
+    def _restore(self, tokens: list[int]) -> int:
         """Make the context hold the evaluated state sharing most with ``tokens``: the current one
-        or a kept one. A current state the prompt leaves is kept first."""
+        or a kept one. A current state the prompt leaves is kept first. Returns how many of
+        ``tokens`` the context now holds evaluated."""
         import llama_cpp
 
         current = self._usable(common_prefix(self._cached, tokens), len(tokens))
         saved, shared = self.kept.best(tokens)
-        if saved is None or self._usable(shared, len(tokens)) <= current:
+        if saved is None or (usable := self._usable(shared, len(tokens))) <= current:
             if len(self._cached) - current >= KEEP_MIN_TOKENS:
                 self._stash()
-            return
+            return current
         self._stash()
         self.kept.take(saved)
         self._truncate([], 0)
-        if load_sequence(llama_cpp, self.llama.ctx, saved):
-            n = len(saved.tokens)
-            self.llama.input_ids[:n] = saved.tokens
-            self.llama.n_tokens = n
-            self._cached = list(saved.tokens)
+        if not load_sequence(llama_cpp, self.llama.ctx, saved):
+            return 0
+        n = len(saved.tokens)
+        self.llama.input_ids[:n] = saved.tokens
+        self.llama.n_tokens = n
+        self._cached = list(saved.tokens)
+        return usable
 
     def _drop_entries_from(self, position: int) -> None:
         """Free the KV cells of every position from ``position`` on."""

@@ -75,7 +75,6 @@ class ModelProcess:
 
     def __init__(self, key: ModelKey) -> None:
         self.key = key
-        self.path, self.n_threads, self.n_ctx = key.path, key.n_threads, key.n_ctx
         self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
         self._process: WorkerProcess | None = None
         self._next_id = 0
