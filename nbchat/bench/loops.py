@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
                 end = events[-1]
                 assert isinstance(end, End)
                 text = "".join(e.content for e in events if isinstance(e, Chunk))
-                looped += loops(text)
-                print(f"{'LOOPS' if loops(text) else 'ok   '} {len(text.split()):>4} words {end.status.value}  "
+                looping = loops(text)
+                looped += looping
+                print(f"{'LOOPS' if looping else 'ok   '} {len(text.split()):>4} words {end.status.value}  "
                       f"{subject}", flush=True)
         print(f"{looped} of {len(SUBJECTS)} answers loop")
     return 0

@@ -135,7 +135,7 @@ class DirectLink:
             if self._started:
                 return
             self._started = True
-            self._context = {"type": "context", "request": request_template(self._conversation, options)}
+            self._context = self._context_message(options)
         server, token = self._server or options.server, self._token or options.token
         threading.Thread(target=self._resolve, args=(server, token), name="nbchat-direct-endpoint",
                          daemon=True).start()
@@ -188,14 +188,17 @@ class DirectLink:
                 self._origins.add(origin)
                 if self.endpoint is not None:
                     self._admit({origin})
-            self._context = {"type": "context", "request": request_template(self._conversation, options)}
+            self._context = self._context_message(options)
             self._deliver()
         self.start(options)
+
+    def _context_message(self, options: ChatOptions) -> dict[str, Any]:
+        return {"type": "context", "request": request_template(self._conversation, options)}
 
     def send_context(self, options: ChatOptions) -> None:
         """The request template the page uses for turns it starts itself (Send while the kernel is busy)."""
         with self._lock:
-            self._context = {"type": "context", "request": request_template(self._conversation, options)}
+            self._context = self._context_message(options)
             if self.endpoint is not None:
                 self._send(self._context)
 
