@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from nbchat.backends.base import Finish, GenerationRequest, Trimmed
 from nbchat.backends.echo import EchoBackend
 from nbchat.server.config import Settings
 from nbchat.server.redis import RedisStore
+from nbchat.server.redis.client import Batched
 from nbchat.server.redis.schema import decode_entry, log_key
 from nbchat.server.redis.writer import LAZY_SECONDS
 from nbchat.wire.events import Chunk, End, Event, Message, Status, TurnRequest
@@ -117,3 +119,30 @@ async def test_a_turn_nobody_reads_elsewhere_is_written_lazily_and_a_watched_one
         assert chunks[-1].seq == turn.last_seq
         entries = await direct.xrange(log_key(info.id))
         assert [e for _, f in entries for e in decode_entry(f)][-1] == rest[-1]
+
+
+@pytest.mark.redis
+async def test_calls_made_together_go_in_one_pipeline_each_with_its_own_answer(redis_server: RedisProcess) -> None:
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    script = client.register_script("if ARGV[1] == 'bad' then return redis.error_reply('refused') end "
+                                    "return redis.call('INCR', KEYS[1])")
+    batched = Batched(client, script)
+    pipelines = 0
+    pipeline = client.pipeline
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal pipelines
+        pipelines += 1
+        return pipeline(*args, **kwargs)  # type: ignore[arg-type]
+
+    client.pipeline = counting  # type: ignore[method-assign]
+    try:
+        calls = [batched(["nbchat-test:n"], ["bad" if i == 7 else "ok"]) for i in range(200)]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        assert pipelines == 1
+        assert isinstance(answers[7], ResponseError) and "refused" in str(answers[7])
+        assert sorted(a for a in answers if isinstance(a, int)) == list(range(1, 200))
+        assert await batched(["nbchat-test:n"], ["ok"]) == 200 and pipelines == 2
+    finally:
+        await client.delete("nbchat-test:n")
+        await client.aclose()

@@ -69,16 +69,18 @@ class Heartbeat:
             return
         keys = [key for t in turns for key in (meta_key(t.id), log_key(t.id), readers_key(t.id))]
         results = await self._scripts.check(keys=keys, args=[self.ttl])
-        found = [((state or None, interrupt or None), dict(zip(flat[::2], flat[1::2], strict=True)))
-                 for state, interrupt, flat in results]
-        others = sorted({p for _, readers in found for p in readers if p != self._process})
+        found = {int(n) - 1: ((state or None, interrupt or None), dict(zip(flat[::2], flat[1::2], strict=True)))
+                 for n, state, interrupt, flat in results}
+        others = sorted({p for _, readers in found.values() for p in readers if p != self._process})
         alive = {self._process}
         if others:
             pipe = self._redis.pipeline(transaction=False)
             for process in others:
                 pipe.exists(lease_key(process))
             alive.update(p for p, live in zip(others, await pipe.execute(), strict=True) if live)
-        for turn, ((state, interrupt), readers) in zip(turns, found, strict=True):
+        nothing: tuple[tuple[str | None, str | None], dict[str, str]] = (("running", None), {})
+        for i, turn in enumerate(turns):
+            (state, interrupt), readers = found.get(i, nothing)
             if self._check_turn(turn, state, interrupt, readers, alive):
                 self._writer.watch(turn.id, self._settings.lease_seconds)
 

@@ -56,16 +56,19 @@ end
 return failed
 """
 
-# The heartbeat's look at the turns generating in this process, in one command: each turn's state,
-# pending interrupt and attached readers, and its keys kept alive. KEYS: meta, log, readers of each
-# turn; ARGV: ttl. Returns {state or "", interrupt or "", {process, count, ...}} per turn.
+# The heartbeat's look at the turns generating in this process, in one command: their keys kept alive,
+# and the turns that need a look: record gone, interrupt pending, or streams counted on some process.
+# KEYS: meta, log, readers of each turn; ARGV: ttl. Returns {turn number (from 1), state or "",
+# interrupt or "", {process, count, ...}} for those only (the reply is read per turn: most have nothing).
 CHECK_SCRIPT = """
 local out = {}
 for i = 1, #KEYS, 3 do
   local found = redis.call('HMGET', KEYS[i], 'state', 'interrupt')
   local readers = redis.call('HGETALL', KEYS[i + 2])
   for j = 0, 2 do redis.call('EXPIRE', KEYS[i + j], ARGV[1]) end
-  out[#out + 1] = {found[1] or '', found[2] or '', readers}
+  if not found[1] or found[2] or #readers > 0 then
+    out[#out + 1] = {(i + 2) / 3, found[1] or '', found[2] or '', readers}
+  end
 end
 return out
 """

@@ -36,7 +36,7 @@ from ..config import Settings
 from ..recording import Recorder
 from ..store import Reader, TurnInfo, TurnStore, info_of
 from ..turns import Turn, TurnManager, TurnState, is_turn_id, new_turn_id
-from .client import COMMAND_CONNECTIONS, READ_CONNECTIONS, connect, unavailable
+from .client import COMMAND_CONNECTIONS, READ_CONNECTIONS, Batched, connect, unavailable
 from .heartbeat import Heartbeat
 from .reader import RemoteReader
 from .schema import (
@@ -66,6 +66,8 @@ class RedisStore(TurnStore):
         #: blocking reads of streams attached here to turns generating elsewhere: one connection each
         self.reads = connect(settings.store, READ_CONNECTIONS)
         self._scripts = Scripts(self.redis)
+        #: a new turn's record: the creates of one pass of the loop in one pipeline
+        self._create = Batched(self.redis, self._scripts.create)
         # A stream attached elsewhere is counted by the owner's next heartbeat: up to one interval and
         # the pass itself after it attached, so the grace period waits two intervals more.
         self.writer = Writer(self._scripts, settings, counting_delay=2 * settings.lease_seconds / 3)
@@ -122,7 +124,7 @@ class RedisStore(TurnStore):
                   ttl, max(ttl, int(self.settings.pending_seconds)), turn_id]
         try:
             with unavailable():
-                previous = await self._scripts.create(keys=[meta_key(turn_id), *([uid_key(uid)] if uid else [])],
+                previous = await self._create(keys=[meta_key(turn_id), *([uid_key(uid)] if uid else [])],
                                                       args=record)
                 if previous and previous != turn_id:
                     await self.interrupt(str(previous))  # one current turn per uid, on whichever process it runs

@@ -30,37 +30,43 @@ class Writer:
     """The shared store's :class:`~nbchat.server.turns.TurnHooks`. A turn's new chunks go to Redis as one
     entry per write (:data:`~.scripts.APPEND_SCRIPT`, which writes many turns in one command): at once
     (every :data:`FLUSH_SECONDS` at most) for a turn that a stream in another process reads or that
-    ended, every :data:`LAZY_SECONDS` for the others. Nobody but the owner reads those meanwhile; a
-    stream that comes to one in another process says so first (:meth:`watch`)."""
+    ended, and every :data:`LAZY_SECONDS` for all the others together. Nobody but the owner reads those
+    meanwhile; a stream that comes to one in another process says so first (:meth:`watch`)."""
 
     def __init__(self, scripts: Scripts, settings: Settings, counting_delay: float) -> None:
         self._scripts = scripts
         self._settings = settings
         #: a stream attached elsewhere is counted by the next heartbeat (see Turn.count_elsewhere)
         self.counting_delay = counting_delay
-        #: each turn's events not yet written, and when the first of them came (monotonic clock)
-        self._pending: dict[Turn, tuple[float, list[Event]]] = {}
+        #: each turn's events not yet written
+        self._pending: dict[Turn, list[Event]] = {}
+        #: the pending turns to write at once (ended, or watched)
+        self._now: set[Turn] = set()
         #: turn id -> until when a stream in another process reads it (monotonic clock)
         self._watched: dict[str, float] = {}
         self._urgent = asyncio.Event()
-        self._everything = False
+        self._next_all = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def published(self, turn: Turn, event: Event) -> None:
         pending = self._pending.get(turn)
         if pending is None:
-            self._pending[turn] = (time.monotonic(), [event])
+            self._pending[turn] = [event]
         else:
-            pending[1].append(event)
+            pending.append(event)
         if type(event) is End or turn.id in self._watched:
+            self._now.add(turn)
             self._urgent.set()
         if self._task is None or self._task.done():
+            self._next_all = time.monotonic() + LAZY_SECONDS
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     def watch(self, turn_id: str, seconds: float) -> None:
         """A stream in another process reads the turn (for ``seconds`` at least): write it at once."""
         self._watched[turn_id] = max(self._watched.get(turn_id, 0.0), time.monotonic() + seconds)
-        if any(turn.id == turn_id for turn in self._pending):
+        pending = [turn for turn in self._pending if turn.id == turn_id]
+        if pending:
+            self._now.update(pending)
             self._urgent.set()
 
     def forget_watches(self) -> None:
@@ -70,13 +76,10 @@ class Writer:
 
     async def drain(self) -> None:
         """Write everything now, and wait until it is written."""
-        self._everything = True
+        self._next_all = 0.0
         self._urgent.set()
-        try:
-            while self._task is not None and not self._task.done():
-                await asyncio.wait([self._task])
-        finally:
-            self._everything = False
+        while self._task is not None and not self._task.done():
+            await asyncio.wait([self._task])
 
     async def _run(self) -> None:
         while self._pending:
@@ -86,20 +89,17 @@ class Writer:
             # (each costs the client a task and a timeout); a watched turn's chunk still goes at once.
             await asyncio.sleep(FLUSH_SECONDS)
             if self._pending and not self._urgent.is_set():
-                oldest = min(since for since, _ in self._pending.values())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), max(0.0, oldest + LAZY_SECONDS - time.monotonic()))
+                    await asyncio.wait_for(self._urgent.wait(), max(0.0, self._next_all - time.monotonic()))
 
     def _ready(self) -> list[tuple[Turn, list[Event]]]:
-        """The turns to write now (and no longer pending): ended, watched, or waiting LAZY_SECONDS."""
-        now = time.monotonic()
-        due, watched, everything = now - LAZY_SECONDS, self._watched, self._everything
-        ready: list[tuple[Turn, list[Event]]] = []
-        for turn, (since, events) in list(self._pending.items()):
-            if everything or since <= due or type(events[-1]) is End or watched.get(turn.id, 0.0) > now:
-                ready.append((turn, events))
-                del self._pending[turn]
-        return ready
+        """The turns to write now (no longer pending): every one once in LAZY_SECONDS, else those at once."""
+        if time.monotonic() >= self._next_all:
+            self._next_all = time.monotonic() + LAZY_SECONDS
+            ready, self._pending, self._now = list(self._pending.items()), {}, set()
+            return ready
+        now, self._now = self._now, set()
+        return [(turn, self._pending.pop(turn)) for turn in now if turn in self._pending]
 
     async def _write(self, ready: list[tuple[Turn, list[Event]]]) -> None:
         if not ready:
