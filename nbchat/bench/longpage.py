@@ -201,9 +201,10 @@ def write_notebook(path: Path, cells: list[str]) -> None:
 
 
 def open_notebook(tab: Any, lab: Lab, path: str, ui: str = "lab") -> None:
-    """Open ``path`` in JupyterLab (``ui="lab"``) or Notebook 7 (``"nb7"``) and wait for its kernel."""
-    where = f"lab/tree/{path}" if ui == "lab" else f"notebooks/{path}"
-    tab.goto(f"{lab.url}/{where}?token={lab.token}")
+    """Open ``path`` in JupyterLab (``ui="lab"``, in a fresh workspace named after it: nothing another page
+    left open is restored) or Notebook 7 (``"nb7"``) and wait for its kernel."""
+    where = f"lab/workspaces/{Path(path).stem}/tree/{path}?reset&" if ui == "lab" else f"notebooks/{path}?"
+    tab.goto(f"{lab.url}/{where}token={lab.token}")
     tab.wait_for_function(KERNEL_IDLE, timeout=START_TIMEOUT * 1000)
     tab.evaluate(PROBE)
 
