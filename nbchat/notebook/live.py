@@ -18,6 +18,9 @@ replaced at most ~20 times a second, as it always could.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import pathlib
 import time
 from typing import Any
@@ -48,6 +51,27 @@ def widgets_available() -> bool:
     return getattr(get_ipython(), "kernel", None) is not None
 
 
+#: a live answer's module once its turn has ended (its view is gone): it draws nothing
+SPENT_MODULE = "export default { render() {} };\n"
+
+
+@functools.cache
+def live_module() -> str:
+    """The bundle with its CSS inside: the module adds the styles to the page once (by their digest).
+
+    A widget's state holds its module and CSS (~1 MB), and nbclient saves the last state of every widget
+    it saw, closed or not, in the notebook's metadata. Carrying the CSS in the module leaves one trait to
+    empty when the turn ends (:data:`SPENT_MODULE`); a ``_css`` trait emptied would remove the styles that
+    other live answers on the page (the same widget class, so the same style element) still use.
+    """
+    css = (_STATIC / "widget.css").read_text(encoding="utf-8")
+    style = f"nbchat-css-{hashlib.sha256(css.encode()).hexdigest()[:16]}"
+    return ((_STATIC / "widget.js").read_text(encoding="utf-8")
+            + f"\n{{ if (!document.getElementById({json.dumps(style)})) {{"
+            f" const style = document.createElement('style'); style.id = {json.dumps(style)};"
+            f" style.textContent = {json.dumps(css)}; document.head.append(style); }} }}\n")
+
+
 def _live_answer_class() -> type[Any]:
     # anywidget and traitlets load only once a kernel streams an answer: `import nbchat` stays light.
     import anywidget
@@ -56,8 +80,7 @@ def _live_answer_class() -> type[Any]:
     class LiveAnswer(anywidget.AnyWidget):
         """One answer as it streams, rendered by the ChatWidget's bundle in its ``answer`` view."""
 
-        _esm = _STATIC / "widget.js"
-        _css = _STATIC / "widget.css"
+        _esm = live_module()
         #: tells the bundle to draw the answer alone (no input, no buttons)
         view = traitlets.Unicode("answer").tag(sync=True)
         #: shown until the first text arrives
@@ -146,8 +169,10 @@ class StreamView:
             time.sleep(PART_INTERVAL)  # pacing for the page's sake: nothing here to wait for
             self.updates += 1
             display(bundle, raw=True, metadata=metadata if n == len(bundles) else None)
-        if live is not None:
-            live.close()  # its view is gone, replaced above: nothing of it stays in the notebook
+        if live is not None:  # its view is gone, replaced above: nothing of it stays in the notebook
+            with live.hold_sync():  # nbclient keeps a closed widget's last state: make that a few bytes
+                live._esm, live.text = SPENT_MODULE, ""
+            live.close()
 
     def _update(self, bundle: dict[str, str], metadata: dict[str, Any] | None = None) -> None:
         self.updates += 1
