@@ -26,7 +26,7 @@ from tests.helpers import TOKEN, ServerFactory
 ROOT = Path(__file__).resolve().parent.parent
 
 #: the finer markers say what a test needs; each implies the tier the README's fast layer deselects
-_IMPLIED = {"model": "slow", "redis": "slow", "static": "slow", "node": "slow", "browser": "e2e"}
+_IMPLIED = {"model": "slow", "redis": "slow", "hub": "slow", "static": "slow", "node": "slow", "browser": "e2e"}
 
 #: CI=true (as .ci/run sets it): a tool a test needs must be there; a skip for a missing one fails the run
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
@@ -46,6 +46,9 @@ _TOOLS: dict[str, tuple[Callable[[], bool], str]] = {
     "browser": (lambda: Path("/usr/bin/chromium").exists() and _has_module("playwright"),
                 "Debian's Chromium and playwright (apt-get install chromium; pip install -e '.[lab]')"),
     "node": (lambda: shutil.which("node") is not None, "Node.js (apt-get install nodejs)"),
+    "hub": (lambda: shutil.which("jupyterhub") is not None and shutil.which("configurable-http-proxy") is not None,
+            "jupyterhub and configurable-http-proxy (pip install -e '.[hub]'; npm install -g "
+            "configurable-http-proxy)"),
 }
 
 

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from .._version import __version__
 from ..backends import Backend, create_backend
@@ -194,7 +194,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     """The nbchat ASGI app. ``settings.token`` must be concrete (see Settings.with_token)."""
     settings = (settings or Settings()).with_token()
     refusal = public_bind_refusal(settings.host, settings.token, settings.public_without_token)
-    if refusal is not None:
+    if refusal is not None and not settings.jupyterhub:  # under a Hub, the Hub authenticates
         raise ValueError(refusal)
     if backend is None:
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
@@ -220,7 +220,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             await store.aclose()
             await backend.aclose()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route(HEALTH_PATH, health),
         Route(TURNS_PATH, post_turns, methods=["POST"]),
         Route(INTERRUPT_PATH, interrupt_turn, methods=["POST"]),
@@ -230,16 +230,31 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         Route(OPENAI_MODELS_PATH, list_models),
         WebSocketRoute(WEBSOCKET_PATH, websocket_endpoint),
     ]
+    middleware = [Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=origins,
+                             bind_host=settings.host, behind_proxy=settings.jupyterhub)]
+    if settings.jupyterhub:
+        middleware.append(hub_middleware(routes, origins))
     app = NBChatApp(
         routes=routes,
-        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=origins,
-                               bind_host=settings.host)],
+        middleware=middleware,
         exception_handlers={RequestError: on_request_error, ResumeError: on_resume_error,
                             HTTPException: on_http_error, Exception: on_unexpected},
         lifespan=lifespan,
     )
     app.state.context = AppContext(settings, backend, store, origins)
     return app
+
+
+def hub_middleware(routes: list[BaseRoute], origins: set[str]) -> Middleware:
+    """Serve as a JupyterHub service: Hub users only, under the service's prefix (the Hub's environment)."""
+    from .hub import HubAuthMiddleware, HubService, whoami  # jupyterhub loads only in this mode
+
+    service = HubService.from_environ()
+    public = service.public_origin()
+    if public:
+        origins.add(public)
+    routes.append(Route("/", whoami))
+    return Middleware(HubAuthMiddleware, service=service)
 
 
 def make_store(backend: Backend, settings: Settings, recorder: Recorder | None = None) -> TurnStore:

@@ -83,6 +83,8 @@ class Settings:
     public_without_token: bool = False
     #: ``record``: the recordings' total size in MiB; past it the oldest files go (0: no bound)
     record_max_mb: float = 256.0
+    #: serve as a JupyterHub service: under its prefix, to Hub users (the ``JUPYTERHUB_*`` environment), no token
+    jupyterhub: bool = False
 
     def __post_init__(self) -> None:
         for name in _POSITIVE:
@@ -103,7 +105,12 @@ class Settings:
                              f"not {self.store!r}")
 
     def with_token(self) -> Settings:
-        """A copy whose token is concrete: a random one when none was given."""
+        """A copy whose token is concrete: a random one when none was given (none under a JupyterHub)."""
+        if self.jupyterhub and self.token:
+            raise ValueError("Settings.token goes unused under a JupyterHub (jupyterhub=True): the Hub "
+                             "authenticates every request")
+        if self.jupyterhub:
+            return replace(self, token="")
         if self.token is None:
             return replace(self, token=secrets.token_hex(24))  # hex: never read as an option, as Jupyter does
         return self
