@@ -269,3 +269,12 @@ async def test_the_direct_widget_sends_the_page_no_token(on_the_hub: Prefixed) -
         assert HUB_TOKEN not in json.dumps(comm.sent)
     finally:
         widget.close()
+
+
+def test_nbchat_chat_in_a_hub_terminal_reaches_the_service(on_the_hub: Prefixed,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from nbchat.cli.main import main
+
+    assert main(["chat", "--transport", "sse", "from a terminal on the Hub"]) == 0
+    assert "from a terminal on the Hub" in capsys.readouterr().out
+    assert on_the_hub.mount.outside == []
