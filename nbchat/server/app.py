@@ -53,6 +53,7 @@ from .auth import SecurityMiddleware, public_bind_refusal
 from .config import Settings
 from .context import AppContext, context_of, read_json
 from .openai_routes import chat_completions, list_models
+from .owned import store_for
 from .recording import Recorder
 from .store import MemoryStore, Reader, TurnStore
 from .streaming import EventStreamResponse, NBChatApp
@@ -67,7 +68,7 @@ def error_response(code: str, message: str, status: int = 400) -> JSONResponse:
 
 
 def store_of(request: Request) -> TurnStore:
-    return context_of(request).store
+    return store_for(request)
 
 
 def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict[str, str],
