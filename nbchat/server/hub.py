@@ -13,7 +13,7 @@ Credentials are a Hub API token (``Authorization: token|Bearer X`` or
 the cookie the service's OAuth login sets (:mod:`.hub_login`). No credentials:
 401, or for a page the Hub's login; credentials without the scope: 403.
 ``/health`` stays open. The user goes on the request's scope (:func:`user_of`)
-so turns can be owned.
+so turns can be owned (:mod:`.owned`).
 
 JupyterHub is imported here and only here (with :mod:`.hub_login`): the app
 imports this module only in this mode.
@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from jupyterhub.services.auth import HubOAuth
 from starlette.datastructures import Headers
-from starlette.requests import HTTPConnection, Request, cookie_parser
+from starlette.requests import Request, cookie_parser
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from tornado.web import HTTPError
@@ -38,30 +38,14 @@ from tornado.web import HTTPError
 from ..wire.contract import HEALTH_PATH, TOKEN_PARAM
 from .auth import send_refusal
 from .hub_login import OAUTH_CALLBACK, LoginFlow
+from .owned import USER_KEY, HubUser, user_of
 
 log = logging.getLogger("nbchat.server.hub")
 
-#: where the authenticated user goes on a request's ASGI scope
-USER_KEY = "nbchat.user"
 #: a custom scope (``c.JupyterHub.custom_scopes``) whose holders may read and stop every user's turns
 ADMIN_SCOPE = "custom:nbchat:admin"
 #: the environment a Hub gives a service it starts (and an external service's operator sets)
 REQUIRED = ("JUPYTERHUB_SERVICE_NAME", "JUPYTERHUB_API_TOKEN", "JUPYTERHUB_API_URL")
-
-
-@dataclass(frozen=True)
-class HubUser:
-    """A Hub user a request comes from; ``admin`` holds :data:`ADMIN_SCOPE`."""
-
-    name: str
-    admin: bool = False
-
-
-def user_of(conn: HTTPConnection | Scope) -> HubUser | None:
-    """The Hub user of a request or WebSocket (None when the server does not run under a Hub)."""
-    scope = conn.scope if isinstance(conn, HTTPConnection) else conn
-    user: HubUser | None = scope.get(USER_KEY)
-    return user
 
 
 @dataclass(frozen=True)

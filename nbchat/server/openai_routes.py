@@ -19,6 +19,7 @@ from ..wire.openai import CompletionEncoder, OpenAIRequestError, openai_error, p
 from ..wire.protocol import dumps
 from ..wire.sse import SSEMessage, encode_sse
 from .context import context_of, read_json
+from .owned import store_for
 from .store import Reader
 
 ERROR_HTTP = {Status.MODEL_TIMEOUT: 504, Status.ERROR: 502, Status.INTERRUPTED: 503}
@@ -51,7 +52,7 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse(openai_error(str(exc), param=exc.param), status_code=400)
     except RequestError as exc:
         return JSONResponse(openai_error(str(exc), code=exc.code), status_code=exc.status or 400)
-    store, backend = context_of(request).store, context_of(request).backend
+    store, backend = store_for(request), context_of(request).backend
     try:
         turn = await store.create(req.turn)
         sub = await store.open(turn.id, 0)

@@ -63,10 +63,11 @@ def test_a_long_chat_answer_keeps_pace_and_is_saved_as_markdown(lab: Lab, browse
     answer = long_answer(KB * 1000)
     saved = nbformat.read(lab.root / "long.ipynb", as_version=4)
     outputs = saved.cells[chat_cell].outputs
-    assert len(outputs) == 1 and outputs[0].output_type == "display_data", outputs  # no widget view left
-    markdown = outputs[0].data["text/markdown"]
-    assert markdown.startswith(answer) and "\\[DONE\\]" in markdown
-    assert outputs[0].metadata["nbchat"]["status"] == "[DONE]" and outputs[0].metadata["nbchat"]["backend"] == "echo"
+    # Markdown outputs of whole blocks (no widget view left), the provenance on the last, beside the footer
+    assert len(outputs) > 1 and all(set(o.data) == {"text/markdown", "text/plain"} for o in outputs), outputs
+    markdown = "".join(o.data["text/markdown"] for o in outputs)
+    assert markdown.startswith(answer) and "\\[DONE\\]" in outputs[-1].data["text/markdown"]
+    assert outputs[-1].metadata["nbchat"]["status"] == "[DONE]" and outputs[-1].metadata["nbchat"]["backend"] == "echo"
     nbformat.write(saved, lab.root / "long-reopened.ipynb")
 
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
@@ -87,8 +88,8 @@ def test_a_long_chat_answer_keeps_pace_and_is_saved_as_markdown(lab: Lab, browse
                               ".querySelectorAll('.jp-RenderedMarkdown mjx-container').length > 100",
                               arg=chat_cell, timeout=60_000)
         shown = tab.evaluate("""i => { const m = jupyterapp.shell.currentWidget.content.widgets[i].node
-            .querySelector('.jp-RenderedMarkdown'); return {text: m.textContent, pre: m.querySelectorAll('pre').length,
-            tables: m.querySelectorAll('table').length, strong: m.querySelectorAll('strong').length}; }""",
+            .querySelector('.jp-OutputArea'); const n = (s) => m.querySelectorAll('.jp-RenderedMarkdown ' + s).length;
+            return {text: m.textContent, pre: n('pre'), tables: n('table'), strong: n('strong')}; }""",
                              chat_cell)
         last_step = answer.rsplit("**Step ", 1)[1].split(".**", 1)[0]
         assert f"Step {last_step}." in shown["text"] and "[DONE]" in shown["text"], shown["text"][-300:]
