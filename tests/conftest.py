@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ from nbchat.bench.procs import free_port
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from tests.helpers import TOKEN, ServerFactory
+from tests.load_limits import Server as ServeProcess
+from tests.load_limits import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,49 +177,14 @@ def redis_server() -> Iterator[RedisProcess]:
     server.stop()
 
 
-@dataclass
-class ServeProcess:
-    """``nbchat serve`` in a process of its own."""
-
-    proc: subprocess.Popen[str]
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 ServeFactory = Callable[..., ServeProcess]
 
 
 @pytest.fixture
 def serve_process() -> Iterator[ServeFactory]:
     """Start ``nbchat serve --backend echo`` processes (extra arguments appended); all stop at teardown."""
-    procs: list[ServeProcess] = []
+    with contextlib.ExitStack() as running:
+        def start(*extra: str, rate: float = 50.0) -> ServeProcess:
+            return running.enter_context(serve(extra=extra, rate=rate, token=TOKEN))
 
-    def start(*extra: str, rate: float = 50.0) -> ServeProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        proc = subprocess.Popen([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--rate", str(rate),
-                                 "--port", "0", f"--token={TOKEN}", "--log-level", "warning", *extra],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if " at " not in line:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"nbchat serve did not start: {line!r}")
-        served = ServeProcess(proc, int(line.split(" at ", 1)[1].split("/?", 1)[0].rsplit(":", 1)[1]))
-        procs.append(served)
-        return served
-
-    yield start
-    for served in procs:
-        if served.proc.poll() is None:
-            served.proc.terminate()
-            try:
-                served.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                served.proc.kill()
-                served.proc.wait()
-        if served.proc.stdout is not None:
-            served.proc.stdout.close()
+        yield start

@@ -142,9 +142,9 @@ async def test_streams_counted_elsewhere_hold_the_grace_period_and_the_hooks_hea
     backend, hooks = Paced(count=10_000), Hooks()
     turns = TurnManager(backend, Settings(backend="echo", grace_period=0.05), hooks=hooks)
     turn = turns.create(REQ)
-    assert turn.idle_since is not None  # started with no stream anywhere
+    assert turn.in_grace  # started with no stream anywhere
     turn.count_elsewhere(2)
-    assert turn.idle_since is None
+    assert not turn.in_grace
     await asyncio.sleep(0.3)
     assert turn.end is None
     turn.count_elsewhere(0)
@@ -153,7 +153,7 @@ async def test_streams_counted_elsewhere_hold_the_grace_period_and_the_hooks_hea
         await backend.cancelled.wait()
     assert asyncio.get_running_loop().time() - began >= 0.05 + hooks.counting_delay - 0.01
     end = await ended(turn)
-    assert end.status is Status.INTERRUPTED and turn.idle_since is None
+    assert end.status is Status.INTERRUPTED and not turn.in_grace
     assert [e for _, e in hooks.events] == [*turn.replay.after(0), end]
     assert {turn_id for turn_id, _ in hooks.events} == {turn.id}
 

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 from ..wire.contract import DIRECT_TRANSPORTS, Transport, transport_name
 from ..wire.protocol import encode_turn_request
 from .conversation import Conversation
-from .kernel_server import Endpoint, KernelServer, resolve_endpoint
+from .kernel_server import Endpoint, KernelServer, resolve_endpoint, starts_kernel_server
 from .options import ChatOptions
 
 #: how a page may reach the server: the server's own URL, Jupyter's /proxy/<port>/, or the proxy when it is there
@@ -136,8 +136,8 @@ class DirectLink:
                 return
             self._started = True
             self._context = self._context_message(options)
-        server, token = self._server or options.server, self._token or options.token
-        threading.Thread(target=self._resolve, args=(server, token), name="nbchat-direct-endpoint",
+            self._server, self._token = self._server or options.server, self._token or options.token
+        threading.Thread(target=self._resolve, args=(self._server, self._token), name="nbchat-direct-endpoint",
                          daemon=True).start()
         threading.Thread(target=self._resend, name="nbchat-direct-resend", daemon=True).start()
 
@@ -171,7 +171,8 @@ class DirectLink:
         if self.failure is not None:
             self._send({"type": "failed", "error": self.failure})
         elif self.endpoint is None:
-            what = "starting the nbchat server in the kernel" if not self._kernel_server.running else "resolving"
+            starting = starts_kernel_server(self._server, self._kernel_server)
+            what = "starting the nbchat server in the kernel" if starting else "resolving"
             self._send({"type": "pending", "what": what})
         else:
             self._send({"type": "endpoint", "endpoint": page_endpoint(self.endpoint)})

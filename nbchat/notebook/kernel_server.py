@@ -136,6 +136,12 @@ def set_kernel_server(server: KernelServer | None) -> KernelServer | None:
     return old
 
 
+def starts_kernel_server(server: str | None, kernel: KernelServer) -> bool:
+    """A turn for ``server`` will start the kernel's own server first (no server named, no ``NBCHAT_URL``,
+    the kernel's not running yet): what the magic and the direct widget's page say meanwhile."""
+    return not (server or os.environ.get(ENV_URL) or kernel.running)
+
+
 def resolve_endpoint(server: str | None, token: str | None, kernel: KernelServer) -> Endpoint:
     """The endpoint for a turn: the given server, else ``NBCHAT_URL``, else the kernel's own."""
     if server:

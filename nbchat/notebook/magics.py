@@ -28,7 +28,7 @@ from IPython.core.magic import Magics, magics_class
 
 from ..wire.contract import transport_name
 from .conversation import Conversation
-from .kernel_server import ENV_URL, KernelServer
+from .kernel_server import KernelServer, starts_kernel_server
 from .kernel_server import kernel_server as _kernel_server
 from .live import StreamView
 from .options import ChatOptions
@@ -253,7 +253,7 @@ class ChatMagics(Magics):
     def _run_turn(self, text: str, options: ChatOptions, widget: bool | None = None) -> ChatResult:
         view = self.view_factory(widget=widget)
         run = TurnRun.begin(text, options)
-        if not (options.server or os.environ.get(ENV_URL) or self.kernel_server.running):
+        if starts_kernel_server(options.server, self.kernel_server):
             view.start("*starting the nbchat server in this kernel (first use)…*")
         run_turn(run, self.conversation, self.kernel_server, _ViewSink(view))
         if view.started:  # what arrived stays, also before an error
