@@ -21,7 +21,9 @@ is read only when the loop is free; so until a page has been heard from, the
 thread sends what the page needs again at growing intervals, and the page
 ignores what it already has (an ask carries an id).
 
-The token reaches the page only in custom comm messages. Custom messages are
+The token reaches the page only in custom comm messages, and never the Hub's
+API token a kernel on JupyterHub streams with: that page uses its own Hub
+login (:func:`page_endpoint`). Custom messages are
 not widget state: a saved notebook stores the synced traitlets (``messages``,
 ``stats``, ...) and never the token, and a reopened notebook has no endpoint
 until a live kernel sends it again.
@@ -67,9 +69,15 @@ def direct_transport(name: str) -> Transport:
 
 
 def page_endpoint(endpoint: Endpoint) -> dict[str, Any]:
-    """What the page needs to reach the server: its URL and token, and its port for Jupyter's proxy."""
+    """What the page needs to reach the server: its URL and token, and its port for Jupyter's proxy.
+
+    A Hub's service gets no token: the kernel's is the Hub's API token, which acts as its user on the
+    whole Hub, so the page signs in to the service with its own Hub login and reaches it by the
+    service's path on the page's own origin (``hub``; see ``js/route.js``).
+    """
     parts = urlsplit(endpoint.url)
-    return {"url": endpoint.url.rstrip("/"), "token": endpoint.token or "", "port": parts.port,
+    return {"url": endpoint.url.rstrip("/"), "token": "" if endpoint.hub else endpoint.token or "",
+            "hub": endpoint.hub, "path": parts.path.rstrip("/"), "port": parts.port,
             "loopback": parts.hostname in LOOPBACK,
             # the Jupyter server usually runs in the kernel's environment: the extension is there too
             "proxy": importlib.util.find_spec("jupyter_server_proxy") is not None}
