@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from ..backends import BACKEND_NAMES
 from ..backends.echo import DEFAULT_RATE
-from ..server.config import Settings
+from ..server.config import HUB_MAX_USER_TURNS, HUB_USER_TURNS_PER_MINUTE, Settings
 
 LIMIT_OPTIONS = ("max_body_bytes", "header_timeout", "max_header_bytes", "max_connections", "max_queued_bytes")
 
@@ -72,6 +72,18 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N server processes on the one port (needs --store: they share the turns there; "
                         "each worker loads its own model)")
+    hub = p.add_argument_group("per user, with --jupyterhub", "a fair share of the model for each Hub user "
+                               "(docs/deployment.md); each process counts its own")
+    hub.add_argument("--max-user-turns", type=int, default=None, metavar="N",
+                     help=f"turns one user may hold at once, running or queued; over it: 429 (default "
+                          f"{HUB_MAX_USER_TURNS}; 0: no bound)")
+    hub.add_argument("--user-turns-per-minute", type=float, default=None, metavar="N",
+                     help=f"turns one user may begin per minute; over it: 429 (default {HUB_USER_TURNS_PER_MINUTE:g}; "
+                          "0: no bound)")
+    hub.add_argument("--fair-slots", type=int, default=None, metavar="N",
+                     help="turns generating at once, the others waiting in one queue per user, served user by user "
+                          "in turn (default: 1 for the embedded model, else 0; 0: no fair queue, first come first "
+                          "served)")
     limits = p.add_argument_group("limits", "what one client may hold or send (see docs/security.md)")
     limits.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
                         help="largest request body or WebSocket message; over it: 413 or close 1009 "
@@ -150,7 +162,10 @@ def run_serve(args: argparse.Namespace) -> int:
 def hub_problem(args: argparse.Namespace) -> str | None:
     """What keeps ``--jupyterhub`` from running with these options (or None); fills in its bind address."""
     if not args.jupyterhub:
-        return None
+        given = [name for name in ("max_user_turns", "user_turns_per_minute", "fair_slots")
+                 if getattr(args, name) is not None]
+        return f"--{given[0].replace('_', '-')} goes with --jupyterhub (it shares the model among Hub users)" \
+            if given else None
     if args.token:
         return "--token goes unused with --jupyterhub: the Hub authenticates every request"
     try:
@@ -192,6 +207,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     defaults = Settings()
     return Settings(host=args.host or defaults.host, port=defaults.port if args.port is None else args.port,
                     token=args.token, backend=args.backend, jupyterhub=args.jupyterhub,
+                    max_user_turns=args.max_user_turns, user_turns_per_minute=args.user_turns_per_minute,
+                    fair_slots=args.fair_slots,
                     rate=DEFAULT_RATE if args.rate is None else args.rate, replay_rate=args.rate,
                     record=args.record, record_max_mb=args.record_max_mb, replay=args.replay,
                     public_without_token=args.public_without_token,

@@ -258,11 +258,10 @@ class ChatMagics(Magics):
         if starts_kernel_server(options.server, self.kernel_server):
             view.start("*starting the nbchat server in this kernel (first use)…*")
         run_turn(run, self.conversation, self.kernel_server, _ViewSink(view))
-        if view.started:  # what arrived stays, also before an error
-            view.finish(run.answer, run.footer)
         record = run.provenance(self.conversation.server_info.get(run.url)) if run.url is not None else None
-        if record is not None:
-            view.annotate({"nbchat": record})
+        if view.started:  # what arrived stays, also before an error
+            # One message with the provenance: a second update would make the page render it all again.
+            view.finish(run.answer, run.footer, None if record is None else {"nbchat": record})
         if run.error is not None:
             raise ChatError(f"nbchat ({options.transport}): {run.error}")
         assert record is not None  # a turn that reached its End reached a server

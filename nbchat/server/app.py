@@ -52,8 +52,9 @@ from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware, public_bind_refusal
 from .config import Settings
 from .context import AppContext, context_of, read_json
+from .fairshare import fair_share
 from .openai_routes import chat_completions, list_models
-from .owned import store_for
+from .owned import owner_of, store_for
 from .recording import Recorder
 from .store import MemoryStore, Reader, TurnStore
 from .streaming import EventStreamResponse, NBChatApp
@@ -113,10 +114,12 @@ async def start_turn(request: Request) -> Reader:
 
 
 async def health(request: Request) -> Response:
-    backend = context_of(request).backend
+    context = context_of(request)
+    backend = context.backend
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
                          "model": backend.model_name, "sampling": backend.sampling,
-                         "turns": len(store_of(request)), "retention": store_of(request).manager.retention()})
+                         "turns": len(store_of(request)), "retention": store_of(request).manager.retention(),
+                         **(context.fair.health() if context.fair is not None else {})})
 
 
 async def post_turns(request: Request) -> Response:
@@ -242,7 +245,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                             HTTPException: on_http_error, Exception: on_unexpected},
         lifespan=lifespan,
     )
-    app.state.context = AppContext(settings, backend, store, origins)
+    fair = fair_share(settings, store.manager, owner_of) if settings.jupyterhub else None
+    app.state.context = AppContext(settings, backend, store, origins, fair)
     return app
 
 

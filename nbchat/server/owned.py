@@ -24,6 +24,7 @@ from starlette.requests import HTTPConnection
 from ..wire.errors import ResumeError
 from ..wire.events import TurnRequest
 from .context import context_of
+from .fairshare import UserQuota
 from .store import Reader, TurnInfo, TurnStore
 
 #: where the authenticated user goes on a request's ASGI scope
@@ -50,9 +51,11 @@ def user_of(conn: HTTPConnection) -> HubUser | None:
 
 def store_for(conn: HTTPConnection) -> TurnStore:
     """The turns a request may see: all of them, or under a Hub its user's."""
-    store = context_of(conn).store
+    context = context_of(conn)
     user = user_of(conn)
-    return store if user is None else UserTurns(store, user)
+    if user is None:
+        return context.store
+    return UserTurns(context.store, user, context.fair.quota if context.fair is not None else None)
 
 
 def owner_of(uid: str | None) -> str | None:
@@ -66,10 +69,11 @@ def owner_of(uid: str | None) -> str | None:
 class UserTurns(TurnStore):
     """One user's view of a store (see the module's doc)."""
 
-    def __init__(self, store: TurnStore, user: HubUser) -> None:
+    def __init__(self, store: TurnStore, user: HubUser, quota: UserQuota | None = None) -> None:
         self.store = store
         self.manager = store.manager
         self.user = user
+        self.quota = quota
         self.namespace = quote(user.name, safe="")
 
     def own(self, uid: str) -> str:
@@ -84,6 +88,9 @@ class UserTurns(TurnStore):
 
     async def create(self, request: TurnRequest, uid: str | None = None, *, start: bool = True) -> TurnInfo:
         uid = uid if uid is not None else request.uid
+        if self.quota is not None:
+            live = [t for t in self.manager.running() if owner_of(t.uid) == self.namespace]
+            self.quota.admit(self.namespace, live)
         # a turn without a uid gets one of its own, so it is owned too (and supersedes nothing)
         stored = self.own(uid) if uid is not None else f"{self.namespace}{ANONYMOUS}{secrets.token_urlsafe(9)}"
         info = self.mine(await self.store.create(dataclasses.replace(request, uid=stored), stored, start=start))

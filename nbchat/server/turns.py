@@ -159,8 +159,9 @@ class Turn:
                                 max_tokens=req.max_tokens, model=req.model)
         pieces = self._manager.backend.generate(gen)
         try:
-            self._arm_watchdog()
-            self._finish(End(status=await self._pump(pieces), trimmed=self.trimmed))
+            async with self._manager.admitted(self):  # a fair queue's turn comes before its watchdog starts
+                self._arm_watchdog()
+                self._finish(End(status=await self._pump(pieces), trimmed=self.trimmed))
         except asyncio.CancelledError:
             if self.on_cancel is not None:
                 self.on_cancel(self)
@@ -556,9 +557,14 @@ class TurnManager:
         self.evicted_early = 0
         #: how long the latest of those had been ended (seconds): the retention the cap allowed then
         self.evicted_after: float | None = None
+        #: what a turn waits for before it generates (a fair queue, :mod:`.fairshare`); None: nothing
+        self.admission: Callable[[Turn], contextlib.AbstractAsyncContextManager[None]] | None = None
 
     def __len__(self) -> int:
         return len(self._turns)
+
+    def admitted(self, turn: Turn) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.admission(turn) if self.admission is not None else contextlib.nullcontext()
 
     def create(self, request: TurnRequest, uid: str | None = None, *, start: bool = True,
                turn_id: str | None = None) -> Turn:

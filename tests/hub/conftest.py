@@ -24,7 +24,7 @@ def new_user(hub: LocalHub, *, access: bool = True, admin: bool = False) -> HubU
     return hub.create_user(next(_names), access=access, admin=admin)
 
 
-def _start(workdir: Path, **options: object) -> LocalHub:
+def start_hub(workdir: Path, **options: object) -> LocalHub:
     hub = LocalHub(workdir, **options)  # type: ignore[arg-type]
     try:
         hub.start()
@@ -35,7 +35,7 @@ def _start(workdir: Path, **options: object) -> LocalHub:
     return hub
 
 
-def _stop(hub: LocalHub) -> None:
+def stop_hub(hub: LocalHub) -> None:
     left = hub.stop()
     assert not left, f"processes outlived the Hub: {left}\n{hub.tail()}"
 
@@ -43,9 +43,9 @@ def _stop(hub: LocalHub) -> None:
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
     """One Hub for the session; its nbchat service streams with the echo backend."""
-    started = _start(tmp_path_factory.mktemp("hub"))
+    started = start_hub(tmp_path_factory.mktemp("hub"))
     yield started
-    _stop(started)
+    stop_hub(started)
 
 
 @pytest.fixture
@@ -54,10 +54,10 @@ def make_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubFactory]:
     hubs: list[LocalHub] = []
 
     def make(**options: object) -> LocalHub:
-        started = _start(tmp_path_factory.mktemp("hub"), **options)
+        started = start_hub(tmp_path_factory.mktemp("hub"), **options)
         hubs.append(started)
         return started
 
     yield make
     for started in hubs:
-        _stop(started)
+        stop_hub(started)

@@ -17,7 +17,7 @@ A turn's log holds one entry per write of its owner, not one per chunk:
   error), ``trimmed`` (the exchanges the backend dropped, when it dropped some).
 
 The id is the batch's *last* seq, so a read after ``"{n}-0"`` starts at the entry that holds seq n + 1.
-Entries travel to the scripts as flat argument slots (:func:`batch_args`, :func:`end_args`), which the
+Entries travel to the scripts as flat argument slots (:meth:`Batch.args`, :func:`end_args`), which the
 Lua functions of :data:`ENTRY_LUA` turn into fields; :func:`decode_entry` reads them back. The field
 names are written here only.
 """
@@ -25,7 +25,6 @@ names are written here only.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 
 from ...wire.events import Chunk, End, ErrorInfo, Event, Status
 
@@ -70,14 +69,31 @@ def turn_of(meta: str) -> str:
     return meta.removeprefix(PREFIX + "turn:")
 
 
-def batch_args(chunks: Sequence[Chunk]) -> list[int | str]:
-    """A turn's consecutive chunks as one entry's slots: ``[last, first, contents, times or "",
-    notice or ""]`` (JSON encoded here, by C, once per batch: the script only places them)."""
-    first = chunks[0]
-    times = "" if first.server_time is None else json.dumps([c.server_time for c in chunks])
-    notice = next((json.dumps([c.seq, c.trimmed]) for c in chunks if c.trimmed), "")
-    contents = json.dumps([c.content for c in chunks], ensure_ascii=False, separators=(",", ":"))
-    return [chunks[-1].seq, first.seq, contents, times, notice]
+class Batch:
+    """A turn's consecutive chunks waiting to be one entry. It keeps their text and times, not the
+    chunks: strings and floats are not tracked by the cyclic garbage collector, and a second's chunks
+    of hundreds of turns, kept as objects, made its collections slower."""
+
+    __slots__ = ("contents", "first", "notice", "times")
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.contents: list[str] = []
+        self.times: list[float | None] = []
+        self.notice = ""
+
+    def add(self, chunk: Chunk) -> None:
+        self.contents.append(chunk.content)
+        self.times.append(chunk.server_time)
+        if chunk.trimmed:
+            self.notice = json.dumps([chunk.seq, chunk.trimmed])
+
+    def args(self) -> list[int | str]:
+        """The entry's slots: ``[last, first, contents, times or "", notice or ""]`` (JSON encoded here,
+        by C, once per entry: the script only places them)."""
+        times = "" if self.times[0] is None else json.dumps(self.times)
+        contents = json.dumps(self.contents, ensure_ascii=False, separators=(",", ":"))
+        return [self.first + len(self.contents) - 1, self.first, contents, times, self.notice]
 
 
 def end_args(end: End, seq: int) -> list[int | str]:

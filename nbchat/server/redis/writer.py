@@ -14,7 +14,7 @@ from ...wire.events import Chunk, End, Event
 from ..config import Settings
 from ..turns import Turn
 from .client import store_error
-from .schema import batch_args, end_args, log_key, meta_key, readers_key
+from .schema import Batch, end_args, log_key, meta_key, readers_key
 from .scripts import Scripts
 
 log = logging.getLogger("nbchat.server.redis")
@@ -38,8 +38,8 @@ class Writer:
         self._settings = settings
         #: a stream attached elsewhere is counted by the next heartbeat (see Turn.count_elsewhere)
         self.counting_delay = counting_delay
-        #: each turn's events not yet written
-        self._pending: dict[Turn, list[Event]] = {}
+        #: each turn's chunks not yet written, and its end once it came
+        self._pending: dict[Turn, Pending] = {}
         #: the pending turns to write at once (ended, or watched)
         self._now: set[Turn] = set()
         #: turn id -> until when a stream in another process reads it (monotonic clock)
@@ -51,10 +51,12 @@ class Writer:
     def published(self, turn: Turn, event: Event) -> None:
         pending = self._pending.get(turn)
         if pending is None:
-            self._pending[turn] = [event]
-        else:
-            pending.append(event)
-        if type(event) is End or turn.id in self._watched:
+            pending = self._pending[turn] = Pending(event.seq if isinstance(event, Chunk) else turn.last_seq + 1)
+        if type(event) is Chunk:
+            pending.add(event)
+        elif type(event) is End:
+            pending.end = event
+        if pending.end is not None or turn.id in self._watched:
             self._now.add(turn)
             self._urgent.set()
         if self._task is None or self._task.done():
@@ -92,7 +94,7 @@ class Writer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._urgent.wait(), max(0.0, self._next_all - time.monotonic()))
 
-    def _ready(self) -> list[tuple[Turn, list[Event]]]:
+    def _ready(self) -> list[tuple[Turn, Pending]]:
         """The turns to write now (no longer pending): every one once in LAZY_SECONDS, else those at once."""
         if time.monotonic() >= self._next_all:
             self._next_all = time.monotonic() + LAZY_SECONDS
@@ -101,7 +103,7 @@ class Writer:
         now, self._now = self._now, set()
         return [(turn, self._pending.pop(turn)) for turn in now if turn in self._pending]
 
-    async def _write(self, ready: list[tuple[Turn, list[Event]]]) -> None:
+    async def _write(self, ready: list[tuple[Turn, Pending]]) -> None:
         if not ready:
             return
         settings = self._settings
@@ -126,19 +128,27 @@ class Writer:
             turn.interrupt(end.status, end.error)
 
 
-def append_args(ready: list[tuple[Turn, list[Event]]]) -> tuple[list[str], list[EncodableT]]:
-    """:data:`~.scripts.APPEND_SCRIPT`'s keys and entries for each turn's events (its chunks, then its
-    end if it came); entries name keys by number, from 1."""
+class Pending(Batch):
+    """A turn's chunks not yet written, and its end once it came."""
+
+    __slots__ = ("end",)
+
+    def __init__(self, first: int) -> None:
+        super().__init__(first)
+        self.end: End | None = None
+
+
+def append_args(ready: list[tuple[Turn, Pending]]) -> tuple[list[str], list[EncodableT]]:
+    """:data:`~.scripts.APPEND_SCRIPT`'s keys and entries for each turn's pending events (its chunks,
+    then its end if it came); entries name keys by number, from 1."""
     keys: list[str] = []
     entries: list[EncodableT] = []
-    for turn, events in ready:
+    for turn, pending in ready:
         keys.append(log_key(turn.id))
         log = len(keys)
-        end = events[-1] if type(events[-1]) is End else None
-        chunks: list[Chunk] = events[:-1] if end is not None else events  # type: ignore[assignment]
-        if chunks:
-            entries += ["b", log, *batch_args(chunks)]
-        if end is not None:
+        if pending.contents:
+            entries += ["b", log, *pending.args()]
+        if pending.end is not None:
             keys += [meta_key(turn.id), readers_key(turn.id)]
-            entries += ["e", log, log + 1, log + 2, *end_args(end, turn.last_seq + 1)]
+            entries += ["e", log, log + 1, log + 2, *end_args(pending.end, turn.last_seq + 1)]
     return keys, entries
