@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import pytest
 
+from nbchat.bench.hub import UserRun, table
+from nbchat.cli.main import main
+from nbchat.server.config import Settings
 from nbchat.server.fairshare import FairGate, UserQuota
 from nbchat.wire.errors import RequestError
 
@@ -85,3 +89,25 @@ def test_the_quota_refuses_turns_over_the_users_rate_with_429() -> None:
         quota.admit("alice", [])
     assert refused.value.status == 429 and refused.value.code == "user_rate_limit"
     assert "try again in" in str(refused.value)
+
+
+def test_users_are_bounded_by_default_only_under_a_hub() -> None:
+    assert Settings(backend="smollm2").user_limits() == (0, 0.0, 0)
+    assert Settings(backend="smollm2", jupyterhub=True).user_limits() == (3, 30.0, 1)
+    assert Settings(backend="echo", jupyterhub=True).user_limits() == (3, 30.0, 0)  # no queue but the model's
+    assert Settings(backend="echo", jupyterhub=True, max_user_turns=0, fair_slots=2).user_limits() == (0, 30.0, 2)
+    with pytest.raises(ValueError, match=r"Settings\.max_user_turns"):
+        Settings(max_user_turns=-1)
+
+
+def test_per_user_options_go_with_jupyterhub(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--backend", "echo", "--max-user-turns", "2"]) == 2
+    assert "--max-user-turns goes with --jupyterhub" in capsys.readouterr().err
+
+
+def test_the_benchmark_table_shows_each_users_median_and_refusals() -> None:
+    fifo = [UserRun("greedy0", [0.5, 0.7, 0.9]), UserRun("user1", [4.0, 6.0], refused=Counter(busy=1))]
+    fair = [UserRun("greedy0", [0.5, 3.0]), UserRun("user1", [1.0, 1.2])]
+    shown = table(fifo, fair)
+    assert "| user1 | 5.00 (2 ok, refused: 1 busy) | 1.10 (2 ok) |" in shown
+    assert "| the others, median of their medians | 5.00 | 1.10 |" in shown

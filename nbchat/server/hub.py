@@ -21,6 +21,7 @@ imports this module only in this mode.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -93,11 +94,9 @@ class HubService:
 
 
 def _env_scopes() -> set[str]:
-    # the Hub names the scopes that give access to this service; HubOAuth reads them by default
-    from json import loads
-
+    # the Hub names the scopes that give access to this service (HubOAuth's own default reads them)
     named = os.environ.get("JUPYTERHUB_OAUTH_ACCESS_SCOPES")
-    return set(loads(named)) if named else set()
+    return set(json.loads(named)) if named else set()
 
 
 def token_of(scope: Scope, headers: Headers) -> str | None:
