@@ -407,10 +407,10 @@ async def test_the_heartbeat_reads_interrupts_and_readers_on_other_processes(
     await direct.set(lease_key("live"), "1")
     await direct.hset(readers_key(turn.id), mapping={"live": "1", "gone": "3"})
     await store.check_turns()
-    assert turn.idle_since is None and turn.end is None  # "live" reads it
+    assert not turn.in_grace and turn.end is None  # "live" reads it
     await direct.hset(readers_key(turn.id), "live", "0")
     await store.check_turns()
-    assert turn.idle_since is not None and turn.end is None  # only a dead process's count is left
+    assert turn.in_grace and turn.end is None  # only a dead process's count is left
     await direct.hset(meta_key(turn.id), "interrupt", Status.INTERRUPTED.value)
     await store.check_turns()
     await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]
@@ -460,7 +460,7 @@ async def test_the_grace_period_counts_streams_on_other_processes_and_is_the_mem
         await direct.set(lease_key("elsewhere"), "1", ex=30)
         await direct.hset(readers_key(turn.id), "elsewhere", "1")
         await asyncio.sleep(1.5)  # heartbeats every 0.2 s; grace and lag together are 0.7 s
-        assert turn.end is None and turn.idle_since is None
+        assert turn.end is None and not turn.in_grace
         left = time.monotonic()
         await direct.hset(readers_key(turn.id), "elsewhere", "0")
         await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from ..wire.events import Chunk, End, ErrorInfo, Event, Status
 from ..wire.protocol import encode_chunk_record, encode_ws, parse_json_text, parse_position, parse_turn_request
 from .config import Settings
 from .context import context_of
+from .owned import store_for
 from .store import Reader, TurnStore
 from .streaming import finish, send_now, send_one, server_send
 from .turns import TurnState
@@ -151,7 +152,7 @@ class Session:
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     context = context_of(websocket)
-    session = Session(websocket, context.store, context.settings)
+    session = Session(websocket, store_for(websocket), context.settings)
     await websocket.accept()
     try:
         while True:
