@@ -422,7 +422,7 @@ class WidgetView(StreamView):
 
 def test_in_a_kernel_the_answer_streams_as_new_text_and_ends_as_markdown(
         ip: InteractiveShell, magics: ChatMagics, published: Published, make_server: ServerFactory) -> None:
-    server = make_server(rate=400.0)
+    server = make_server(rate=1000.0)  # ~1,400 pieces: 1.4 s, some 28 of the view's 50 ms intervals
     magics.view_factory = WidgetView
     text = "".join(f"Paragraph {i} with $x_{i}$ and `code`.\n\n" for i in range(150))
     assert chat(ip, server, text, "--max-tokens 100000 --raw").success

@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.echo import PIECE_CHARS
+from . import chromium
 from .procs import free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 START_TIMEOUT = 120.0
+#: echo pieces a second: a long answer arriving fast (4,000 characters a second)
+RATE = 1000.0
 #: a frame gap over this many milliseconds counts as a stall
 STALL_MS = 100.0
 #: after the answer shows, stalls still count until frames have come regularly for this long...
@@ -219,9 +219,10 @@ def write_notebook(path: Path, cells: list[str]) -> None:
 
 
 def open_notebook(tab: Any, lab: Lab, path: str, ui: str = "lab") -> None:
-    """Open ``path`` in JupyterLab (``ui="lab"``) or Notebook 7 (``"nb7"``) and wait for its kernel."""
-    where = f"lab/tree/{path}" if ui == "lab" else f"notebooks/{path}"
-    tab.goto(f"{lab.url}/{where}?token={lab.token}")
+    """Open ``path`` in JupyterLab (``ui="lab"``, in a fresh workspace named after it: nothing another page
+    left open is restored) or Notebook 7 (``"nb7"``) and wait for its kernel."""
+    where = f"lab/workspaces/{Path(path).stem}/tree/{path}?reset&" if ui == "lab" else f"notebooks/{path}?"
+    tab.goto(f"{lab.url}/{where}token={lab.token}")
     tab.wait_for_function(KERNEL_IDLE, timeout=START_TIMEOUT * 1000)
     tab.evaluate(PROBE)
 
@@ -271,7 +272,7 @@ def cells(sizes: tuple[int, ...], rate: float, origin: str) -> tuple[list[str], 
     return source, runs
 
 
-def run(sizes: tuple[int, ...] = (4, 40, 150), rate: float = 1000.0,
+def run(sizes: tuple[int, ...] = (4, 40, 150), rate: float = RATE,
         surfaces: tuple[str, ...] = SURFACES) -> dict[str, Any]:
     """Each surface in ``surfaces`` with each answer size; Notebook 7 only where the ``notebook`` package is."""
     from playwright.sync_api import sync_playwright
@@ -282,7 +283,7 @@ def run(sizes: tuple[int, ...] = (4, 40, 150), rate: float = 1000.0,
         answer = long_answer(kb * 1000)
         results["sizes"][kb] = {"chars": len(answer), "stream_s": round(stream_seconds(answer, rate), 2)}
     with lab_server() as lab, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = chromium.launch(pw)
         try:
             source, runs = cells(sizes, rate, lab.url)
             write_notebook(lab.root / "long.ipynb", source)

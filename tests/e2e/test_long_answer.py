@@ -12,23 +12,25 @@ all of it in frames over 100 ms apart.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from nbchat.bench.longpage import Lab, cells, lab_server, long_answer, measure, open_notebook, run_cell, write_notebook
+from nbchat.bench.longpage import (
+    CELL_DONE,
+    Lab,
+    cells,
+    long_answer,
+    measure,
+    open_notebook,
+    run_cell,
+    write_notebook,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.browser]
 
 KB = 40
 RATE = 1000.0
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with lab_server(tmp_path_factory.mktemp("long")) as running:
-        yield running
 
 
 def test_a_long_chat_answer_keeps_pace_and_is_saved_as_markdown(lab: Lab, browser: Any) -> None:
@@ -55,9 +57,7 @@ def test_a_long_chat_answer_keeps_pace_and_is_saved_as_markdown(lab: Lab, browse
         # block), counted until the page has settled: on a machine so busy that the widget itself stalls
         # longer, no more than the widget in the same run.
         assert chat["stalled_s"] <= max(2.0, 1.2 * widget["stalled_s"]), (chat, widget)
-        tab.wait_for_function("i => { const c = jupyterapp.shell.currentWidget.content.widgets[i];"
-                              " return c.model.executionCount !== null && !c.promptNode.textContent.includes('*'); }",
-                              arg=chat_cell, timeout=60_000)
+        tab.wait_for_function(CELL_DONE, arg=chat_cell, timeout=60_000)
         tab.evaluate("() => jupyterapp.commands.execute('docmanager:save')")
         tab.wait_for_function("() => !jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
     finally:
@@ -71,18 +71,18 @@ def test_a_long_chat_answer_keeps_pace_and_is_saved_as_markdown(lab: Lab, browse
     markdown = "".join(o.data["text/markdown"] for o in outputs)
     assert markdown.startswith(answer) and "\\[DONE\\]" in outputs[-1].data["text/markdown"]
     assert outputs[-1].metadata["nbchat"]["status"] == "[DONE]" and outputs[-1].metadata["nbchat"]["backend"] == "echo"
-    nbformat.write(saved, lab.root / "reopened.ipynb")
+    nbformat.write(saved, lab.root / "long-reopened.ipynb")
 
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     tab = context.new_page()
     try:  # a fresh page, the notebook opened with no kernel
-        tab.goto(f"{lab.url}/lab/workspaces/reopened?reset&token={lab.token}")
+        tab.goto(f"{lab.url}/lab/workspaces/long-reopened?reset&token={lab.token}")
         tab.wait_for_function("() => !!window.jupyterapp", timeout=120_000)
         tab.evaluate("async () => { await jupyterapp.restored;"
-                     " await jupyterapp.commands.execute('docmanager:open', {path: 'reopened.ipynb',"
+                     " await jupyterapp.commands.execute('docmanager:open', {path: 'long-reopened.ipynb',"
                      " factory: 'Notebook', kernelPreference: {shouldStart: false, canStart: false}}); }")
         tab.wait_for_function("i => { const nb = jupyterapp.shell.currentWidget; return !!nb && !!nb.content"
-                              " && nb.context.path === 'reopened.ipynb' && nb.content.widgets.length > i"
+                              " && nb.context.path === 'long-reopened.ipynb' && nb.content.widgets.length > i"
                               " && !!nb.content.widgets[i].node.querySelector('.jp-RenderedMarkdown'); }",
                               arg=chat_cell, timeout=60_000)
         assert tab.evaluate("() => jupyterapp.shell.currentWidget.sessionContext.session?.kernel ?? null") is None

@@ -9,8 +9,13 @@
 // No DOM here: the network constructors (fetch, WebSocket, EventSource) are
 // taken from `net` (the page's globals by default), so node --test can drive
 // each reader with fakes.
+//
+// On a JupyterHub's service (route "hub", see ./route.js) the page has no
+// token: it signs in with the user's Hub login before its first request, and
+// again once if the service stops taking its login cookie.
 
 import CONTRACT from "./contract.js";
+import { signIn } from "./route.js";
 
 const { paths: PATHS, params: PARAMS, statuses: STATUS } = CONTRACT;
 export const STATUSES = new Set(Object.values(STATUS));
@@ -97,6 +102,18 @@ export async function describe(res, what) {
   return `${what} answered ${res.status}${detail ? ": " + detail : ""}${hint}`;
 }
 
+// A request the server answered with an HTTP error; `status` says whether signing in again may help.
+export class Refused extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function refused(res, what) {
+  return new Refused(await describe(res, what), res.status);
+}
+
 // One turn streamed by the page. Chunks are taken only when their seq is new, so a resumed stream
 // never repeats text; a connection that drops before the status is reattached after the last seq.
 export class DirectTurn {
@@ -114,24 +131,38 @@ export class DirectTurn {
     this.metrics = new TurnMetrics(this.transport, where.route, clock);
   }
 
+  // The token as a query parameter and a header, when there is one (a Hub's page has none: its cookie signs it in).
+  tokenQuery() { return this.token ? { [PARAMS.token]: this.token } : {}; }
+
   url(path, query) {
-    const q = new URLSearchParams({ ...query, [PARAMS.token]: this.token });
+    const q = new URLSearchParams({ ...query, ...this.tokenQuery() });
     return `${this.where.base}${path}?${q}`;
   }
 
   headers(extra) {
-    return { ...this.where.headers, [PARAMS.token]: this.token, ...extra };
+    return { ...this.where.headers, ...this.tokenQuery(), ...extra };
   }
 
   async start() {
+    const hub = this.where.route === "hub";
     try {
-      if (this.transport === "stream") await this.fetchStream(null);
-      else {
-        await this.queue();
-        if (this.transport === "ws") this.openSocket(false);
-        else this.openEventSource();
+      if (hub) await signIn(this.where.base, this.net);
+      try { await this.open(); } catch (e) {
+        // the login cookie expired, or the Hub revoked its token: sign in anew, once
+        if (!(hub && e instanceof Refused && e.status === 401)) throw e;
+        await signIn(this.where.base, this.net, true);
+        await this.open();
       }
     } catch (e) { this.fail(this.explain(e)); }
+  }
+
+  async open() {
+    if (this.transport === "stream") await this.fetchStream(null);
+    else {
+      await this.queue();
+      if (this.transport === "ws") this.openSocket(false);
+      else this.openEventSource();
+    }
   }
 
   // A refused cross-origin request reaches the page only as "Failed to fetch": say what to check.
@@ -147,7 +178,7 @@ export class DirectTurn {
     const res = await this.net.fetch(`${this.where.base}${PATHS.turns}`, { method: "POST", credentials: "same-origin",
       headers: this.headers({ "Content-Type": "application/json" }),
       body: JSON.stringify({ ...this.request, [PARAMS.uid]: this.uid }) });
-    if (!res.ok) throw new Error(await describe(res, `POST ${PATHS.turns}`));
+    if (!res.ok) throw await refused(res, `POST ${PATHS.turns}`);
     this.id = (await res.json()).id;
     if (this.stopping) this.interrupt();
   }
@@ -227,7 +258,8 @@ export class DirectTurn {
   openSocket(resume) {
     const base = this.where.base.replace(/^http/, "ws");
     const path = fillPath(PATHS.websocket, { uid: this.uid });
-    const socket = new this.net.WebSocket(`${base}${path}?${new URLSearchParams({ [PARAMS.token]: this.token })}`);
+    const query = new URLSearchParams(this.tokenQuery());
+    const socket = new this.net.WebSocket(`${base}${path}${this.token ? "?" + query : ""}`);
     this.conn = socket;
     socket.onopen = () => {
       const spec = { [PARAMS.after]: this.seq, [PARAMS.turn]: this.id };
@@ -266,7 +298,7 @@ export class DirectTurn {
           body: JSON.stringify(this.request), headers: { ...init.headers, "Content-Type": "application/json" } })
       : await this.net.fetch(this.url(PATHS.ndjson, { [PARAMS.turn]: this.id, [PARAMS.after]: String(after) }), init);
     if (res.status === 204) { this.fail("the turn ended and expired before it could be resumed"); return; }
-    if (!res.ok) throw new Error(await describe(res, PATHS.ndjson));
+    if (!res.ok) throw await refused(res, PATHS.ndjson);
     this.id = this.id || res.headers.get(CONTRACT.turnHeader);
     if (this.stopping) this.interrupt();
     if (res.headers.get("Content-Length") !== null) {
