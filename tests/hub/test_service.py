@@ -75,8 +75,9 @@ def test_a_websocket_handshake_without_credentials_gets_401(hub: LocalHub) -> No
 def test_a_user_without_the_access_scope_gets_403(hub: LocalHub, transport: Transport) -> None:
     outsider = new_user(hub, access=False)
     with connect(hub.service_url, token=outsider.token, transport=transport) as client, \
-            pytest.raises(AuthError, match="403"), client.stream(MESSAGE) as turn:
+            pytest.raises(AuthError, match="403") as refused, client.stream(MESSAGE) as turn:
         collect(turn)
+    assert "access:services!service=nbchat" in str(refused.value) and "Origin" not in str(refused.value)
     answer = httpx.get(f"{hub.service_url}/v1/models", headers={"Authorization": f"token {outsider.token}"})
     assert answer.status_code == 403
     assert "access:services!service=nbchat" in answer.json()["error"]["message"]
