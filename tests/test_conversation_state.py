@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from nbchat.backends.kv_states import Saved, StateStore, common_prefix
+from nbchat.backends.kv_states import GROWTH, Saved, StateStore, common_prefix
 from nbchat.backends.trim import TRIM_STEP, fit
 from nbchat.bench.conversations import growth, report, run_schedules
 from nbchat.notebook.options import ChatOptions
@@ -45,6 +45,27 @@ def test_the_store_finds_the_longest_shared_prefix_and_stays_within_its_bound() 
     store.put(saved([5], 500))  # larger than the whole bound: not kept
     assert store.best([5]) == (None, 0)
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2 and common_prefix([], [1]) == 0
+
+
+def test_a_restored_state_lends_its_buffer_to_the_next_save() -> None:
+    store = StateStore(limit=200 * 1024 * 1024)
+    first = store.buffer(1000)
+    assert len(first) >= 1000 + GROWTH  # room for the conversation's next turns
+    kept = Saved((1, 2, 3), first, 1000)
+    store.put(kept)
+    store.take(kept)
+    store.release(kept)  # copied back into the context: its buffer is free
+    assert store.buffer(1000 + GROWTH) is first  # the next save, a turn longer, writes into it
+    assert store.buffer(10) is not first  # the spare is lent once
+    store.put(kept)
+    store.take(kept)
+    store.release(kept)
+    assert store.buffer(len(first) + 1) is not first  # too small: a new buffer
+    small = StateStore(limit=100)
+    small.put(saved([1], 60))
+    released = saved([2], 60)
+    small.release(released)  # holding it would pass the bound: not kept
+    assert small.buffer(10) is not released.data and small.size == 60
 
 
 def words(messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:

@@ -22,6 +22,7 @@ from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.widget import ChatWidget
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
+from nbchat.wire.errors import BackendError
 from nbchat.wire.events import Message
 from tests.helpers import TOKEN
 from tests.test_widget import RecordingComm
@@ -80,6 +81,17 @@ async def test_exact_reuse_gives_the_greedy_text_of_a_fresh_evaluation() -> None
     finally:
         await cached.aclose()
         await fresh.aclose()
+
+
+async def test_a_job_that_ends_before_its_prefill_reports_no_prompt_counts(backend: SmolLM2Backend) -> None:
+    await answer(backend, [Message("user", question(1))], max_tokens=4)
+    assert backend.model.last_prompt.get("prompt", 0) > 0
+    with pytest.raises(BackendError, match="does not fit"):
+        await answer(backend, [Message("user", "word " * 5000)])  # refused before anything is evaluated
+    loop, idle = asyncio.get_running_loop(), asyncio.Event()
+    backend.model.submit(lambda: loop.call_soon_threadsafe(idle.set))  # after the refused job's End (FIFO)
+    await asyncio.wait_for(idle.wait(), 60)
+    assert backend.model.last_prompt == {}  # not the previous job's counts
 
 
 def long_history(tokens: int = 6000) -> list[Exchange]:

@@ -278,3 +278,17 @@ def test_nbchat_chat_in_a_hub_terminal_reaches_the_service(on_the_hub: Prefixed,
     assert main(["chat", "--transport", "sse", "from a terminal on the Hub"]) == 0
     assert "from a terminal on the Hub" in capsys.readouterr().out
     assert on_the_hub.mount.outside == []
+
+
+def test_the_line_magic_says_where_chats_go(shell: tuple[InteractiveShell, ChatMagics], on_the_hub: Prefixed,
+                                            clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    ip, magics = shell
+    ip.run_line_magic("chat", "")
+    assert f"chats go to  {on_the_hub.url} ($NBCHAT_URL, with the kernel's JupyterHub token)" in capsys.readouterr().out
+    clean_env.setenv("NBCHAT_TOKEN", "operator")
+    ip.run_line_magic("chat", "")
+    assert "($NBCHAT_URL, with $NBCHAT_TOKEN)" in capsys.readouterr().out
+    clean_env.delenv("NBCHAT_URL")
+    ip.run_line_magic("chat", "")
+    assert "chats go to  the kernel's own server (started on first use)" in capsys.readouterr().out
+    assert not magics.kernel_server.running  # saying where is not starting it

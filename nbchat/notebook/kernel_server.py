@@ -181,6 +181,19 @@ def environment_endpoint(url: str, token: str | None) -> Endpoint:
     return Endpoint(url, None)
 
 
+def describe_destination(server: str | None, token: str | None) -> str:
+    """Where a turn would go and with which token, in words, without starting anything (``%chat``)."""
+    if server:
+        return f"{server} (named in the cell or with %chat)"
+    url = os.environ.get(ENV_URL)
+    if not url:
+        return "the kernel's own server (started on first use)"
+    endpoint = environment_endpoint(url, token)
+    whose = ("the kernel's JupyterHub token" if endpoint.hub else "the token given" if token is not None
+             else f"${ENV_TOKEN}" if ENV_TOKEN in os.environ else "no token")
+    return f"{url} (${ENV_URL}, with {whose})"
+
+
 @contextlib.contextmanager
 def hub_refusal_explained(endpoint: Endpoint) -> Iterator[None]:
     """A refusal of the Hub's token says what the Hub's operator must grant; other errors pass as they are."""

@@ -28,7 +28,7 @@ from IPython.core.magic import Magics, magics_class
 
 from ..wire.contract import transport_name
 from .conversation import Conversation
-from .kernel_server import KernelServer, starts_kernel_server
+from .kernel_server import KernelServer, describe_destination, starts_kernel_server
 from .kernel_server import kernel_server as _kernel_server
 from .live import StreamView
 from .options import ChatOptions
@@ -238,7 +238,9 @@ class ChatMagics(Magics):
 
     def _show(self) -> None:
         server = "running" if self.kernel_server.running else "not started"
-        print(f"{self.conversation.options.describe()}\n{'history':12} {len(self.conversation)} exchanges\n"
+        options = self.conversation.options
+        print(f"{options.describe()}\n{'history':12} {len(self.conversation)} exchanges\n"
+              f"{'chats go to':12} {describe_destination(options.server, options.token)}\n"
               f"{'kernel server':12} {server}")
 
     def _options(self, args: Any) -> ChatOptions:

@@ -29,8 +29,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
 TIMEOUT_MS = 120_000
 TRANSPORTS = ("ws", "sse", "stream")
 CELLS = [
-    "import os\nfrom nbchat import ChatWidget\n"
-    f"widgets = {{t: ChatWidget(direct=True, transport=t) for t in {TRANSPORTS!r}}}\ndisplay(*widgets.values())",
+    "import os\nfrom nbchat import ChatWidget\nfrom nbchat.notebook.conversation import Conversation\n"
+    "from nbchat.notebook.options import ChatOptions\n"
+    f"widgets = {{t: ChatWidget(Conversation(ChatOptions(max_tokens=48)), direct=True, transport=t)"
+    f" for t in {TRANSPORTS!r}}}\ndisplay(*widgets.values())",
     "for w in widgets.values():\n    w.ask(f'streamed by the page over {w.transport}, through the Hub')",
     "import json\nprint(json.dumps([[w.transport, w.conversation.exchanges[-1].status,"
     " w.conversation.exchanges[-1].answer] for w in widgets.values()]))",
@@ -48,11 +50,17 @@ def homes(workdir: Path) -> Path:
     return workdir / "home"
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
+#: the service's backend: the embedded model (as ``nbchat serve --jupyterhub`` starts), and the echo backend,
+#: whose answers are known to the letter
+BACKENDS = [pytest.param((), id="model", marks=pytest.mark.model),
+            pytest.param(("--backend", "echo", "--rate", "50"), id="echo")]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def hub(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalHub]:
     """A Hub whose users' JupyterLab exposes its app to the page (the tests run cells through it)."""
     workdir = tmp_path_factory.mktemp("hub-lab")
-    started = LocalHub(workdir, extra_config="\n".join([
+    started = LocalHub(workdir, service_args=request.param, extra_config="\n".join([
         "c.Spawner.args = ['--allow-root', '--LabApp.expose_app_in_browser=True', "
         "'--LabApp.extension_manager=readonly']",
         "c.Spawner.default_url = '/lab'",
@@ -89,7 +97,8 @@ def lab(hub: LocalHub, browser: Any) -> Iterator[tuple[Any, list[Any], list[str]
     page.wait_for_function(KERNEL_IDLE, timeout=TIMEOUT_MS)
     yield page, requests, sockets, errors
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "hub-widget.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"hub-widget-{hub.service_args[1] if hub.service_args else 'model'}.png"),
+                    full_page=True)
     context.close()
     hub.api("DELETE", f"/users/{name}/server")
 
@@ -117,9 +126,12 @@ def test_direct_widgets_stream_from_the_service_with_the_hub_login(
     page.wait_for_function(ALL_ENDED, arg=len(TRANSPORTS), timeout=TIMEOUT_MS)
     run_cell(page, CHECK)
     ended = {transport: (status, answer) for transport, status, answer in json.loads(cell_text(page, CHECK))}
-    assert ended == {t: ("[DONE]", f"streamed by the page over {t}, through the Hub") for t in TRANSPORTS}
+    assert set(ended) == set(TRANSPORTS)
+    if "echo" in hub.service_args:
+        assert ended == {t: ("[DONE]", f"streamed by the page over {t}, through the Hub") for t in TRANSPORTS}
+    assert all(status in ("[DONE]", "[TOKENS]") and answer.strip() for status, answer in ended.values()), ended
     stats = page.locator(".nbchat-stats").all_inner_texts()
-    assert all(" hub · first token " in line and line.endswith("[DONE]") for line in stats), stats
+    assert all(" hub · first token " in line and line.endswith(("[DONE]", "[TOKENS]")) for line in stats), stats
     assert not errors, errors
 
     service = f"{hub.service_url}/"
@@ -152,11 +164,18 @@ def test_a_question_typed_in_the_page_streams_with_no_new_sign_in(
     page, requests, _, _ = lab
     began = len(requests)
     widget = page.locator(".nbchat-widget").first
+    shown = page.evaluate("() => document.querySelector('.nbchat-widget').nbchatView.log.childElementCount")
     widget.locator(".nbchat-input").fill("typed in the page")
     widget.locator(".nbchat-send").click()
-    page.wait_for_function("() => { const v = document.querySelector('.nbchat-widget').nbchatView;"
-                           " return !v.turn && /typed in the page/.test(v.log.lastChild.textContent)"
-                           " && v.stats.textContent.endsWith('[DONE]'); }", timeout=TIMEOUT_MS)
+    page.wait_for_function("n => { const v = document.querySelector('.nbchat-widget').nbchatView;"
+                           " return !v.turn && v.log.childElementCount === n + 2"
+                           " && /\\[(DONE|TOKENS)\\]$/.test(v.stats.textContent); }", arg=shown,
+                           timeout=TIMEOUT_MS)
+    if "echo" in hub.service_args:
+        assert widget.locator(".nbchat-assistant").last.inner_text() == "typed in the page"
     later = [urlsplit(r.url).path for r in requests[began:] if r.url.startswith(hub.url)]
-    assert any(path.endswith("/turns") for path in later), later
+    queued = [json.loads(r.post_data) for r in requests[began:] if r.method == "POST" and r.url.endswith("/turns")]
+    assert len(queued) == 1 and queued[0]["userMessage"]["content"] == "typed in the page"
+    # the page went on from the conversation the kernel sent it: the question the kernel asked, then its answer
+    assert [m["role"] for m in queued[0]["conversation"]] == ["user", "assistant"], queued
     assert not [path for path in later if "oauth" in path or path == urlsplit(f"{hub.service_url}/").path], later

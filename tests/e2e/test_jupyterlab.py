@@ -132,7 +132,7 @@ def test_chat_cell_streams_live_and_ends_as_markdown(page: Any) -> None:
 
 def test_kernel_interrupt_stops_a_chat_cell_and_keeps_the_partial_answer(page: Any) -> None:
     run_cell(page, STORY)
-    out = output(page, STORY)
+    out = page.locator(".jp-Notebook .jp-Cell").nth(STORY).locator(".jp-OutputArea")  # a long answer: a few outputs
     page.wait_for_function("i => { const t = jupyterapp.shell.currentWidget.content.widgets[i]"
                            ".node.querySelector('.jp-OutputArea-output');"
                            " return !!t && t.innerText.length > 80 && !t.innerText.includes('waiting'); }",

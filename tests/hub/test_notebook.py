@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ import pytest
 import websockets.sync.client
 
 from nbchat.bench.hubrun import LocalHub
-from tests.hub.conftest import new_user
+from tests.hub.conftest import HubFactory, new_user
 
 pytestmark = pytest.mark.hub
 
@@ -89,8 +90,8 @@ def spawn(hub: LocalHub, name: str) -> None:
         time.sleep(0.3)
 
 
-@pytest.fixture(scope="module")
-def kernel(hub: LocalHub) -> Iterator[RemoteKernel]:
+@contextmanager
+def user_kernel(hub: LocalHub) -> Iterator[RemoteKernel]:
     """A fresh kernel in a fresh user's single-user server, spawned by the Hub."""
     user = new_user(hub)
     spawn(hub, user.name)
@@ -106,6 +107,12 @@ def kernel(hub: LocalHub) -> Iterator[RemoteKernel]:
     finally:
         httpx.delete(f"{server}/api/kernels/{kernel_id}", headers=auth, timeout=30)
         hub.api("DELETE", f"/users/{user.name}/server")
+
+
+@pytest.fixture(scope="module")
+def kernel(hub: LocalHub) -> Iterator[RemoteKernel]:
+    with user_kernel(hub) as made:
+        yield made
 
 
 def test_the_kernel_has_what_the_hub_and_the_operator_gave_it(kernel: RemoteKernel, hub: LocalHub) -> None:
@@ -146,3 +153,18 @@ def test_a_widget_reaches_the_service_with_no_configuration(kernel: RemoteKernel
                       " w.messages[-1]['provenance']['backend'], kernel_server().running, sep='|')")
     assert cell.error is None, cell
     assert cell.stdout.strip() == "[DONE]|from a widget|echo|False"
+
+
+@pytest.mark.model
+def test_chat_reaches_the_service_on_the_embedded_model(make_hub: HubFactory) -> None:
+    """The default path: the service with the embedded model (``nbchat serve --jupyterhub`` as it starts)."""
+    with user_kernel(make_hub(service_args=())) as remote:
+        assert remote.run("%load_ext nbchat").error is None
+        cell = remote.run("%%chat --max-tokens 24\nSay hello in five words.", timeout=180)
+        assert cell.error is None and not cell.stderr, cell
+        check = remote.run("import json\nfrom nbchat.notebook.kernel_server import kernel_server\n"
+                           "print(json.dumps({'answer': bool(_chat.strip()), 'backend': _chat_provenance['backend'],"
+                           " 'ended': _chat_provenance['status'] in ('[DONE]', '[TOKENS]'),"
+                           " 'kernel_server': kernel_server().running}))")
+        assert json.loads(check.stdout) == {"answer": True, "backend": "smollm2", "ended": True,
+                                            "kernel_server": False}, check

@@ -65,7 +65,9 @@ export function signIn(base, net = globalThis, again = false) {
   if (!pending) {
     pending = signInNow(base, net);
     SIGNED_IN.set(base, pending);
-    pending.catch(() => SIGNED_IN.delete(base)); // a failed sign-in is tried again by the next turn
+    const tried = pending;
+    // a failed sign-in is tried again by the next turn (unless a newer one has taken its place)
+    pending.catch(() => { if (SIGNED_IN.get(base) === tried) SIGNED_IN.delete(base); });
   }
   return pending;
 }

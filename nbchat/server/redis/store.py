@@ -2,11 +2,12 @@
 
 A turn generates in the process that started it (its *owner*), exactly as
 in the memory store: its pieces fan out to the streams attached in that
-process from its own replay buffer. Every event is also copied, in batches,
-to a Redis Stream (:class:`~.writer.Writer`, the turns' hooks), so a stream
-attached in any other process reads it from there (:class:`~.reader.RemoteReader`:
-from its position on, then blocking for new entries). The keys are described
-in :mod:`.schema`.
+process from its own replay buffer. Its chunks are also copied to a Redis
+Stream, one entry per write (:class:`~.writer.Writer`, the turns' hooks:
+once a second, or at once while a stream in another process reads the
+turn), so a stream attached in any other process reads it from there
+(:class:`~.reader.RemoteReader`: from its position on, then blocking for new
+entries). The keys and entries are described in :mod:`.schema`.
 
 An interrupt sent to any process is published on ``nbchat:interrupt``; the
 owner cancels at once (and finds the ``interrupt`` field on its next
