@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,13 @@ from nbchat.bench.procs import free_port
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
 from tests.helpers import TOKEN, ServerFactory
+from tests.load_limits import Server as ServeProcess
+from tests.load_limits import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: the finer markers say what a test needs; each implies the tier the README's fast layer deselects
-_IMPLIED = {"model": "slow", "redis": "slow", "static": "slow", "node": "slow", "browser": "e2e"}
+_IMPLIED = {"model": "slow", "redis": "slow", "hub": "slow", "static": "slow", "node": "slow", "browser": "e2e"}
 
 #: CI=true (as .ci/run sets it): a tool a test needs must be there; a skip for a missing one fails the run
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
@@ -46,6 +47,9 @@ _TOOLS: dict[str, tuple[Callable[[], bool], str]] = {
     "browser": (lambda: Path("/usr/bin/chromium").exists() and _has_module("playwright"),
                 "Debian's Chromium and playwright (apt-get install chromium; pip install -e '.[lab]')"),
     "node": (lambda: shutil.which("node") is not None, "Node.js (apt-get install nodejs)"),
+    "hub": (lambda: shutil.which("jupyterhub") is not None and shutil.which("configurable-http-proxy") is not None,
+            "jupyterhub and configurable-http-proxy (pip install -e '.[hub]'; npm install -g "
+            "configurable-http-proxy)"),
 }
 
 
@@ -173,49 +177,14 @@ def redis_server() -> Iterator[RedisProcess]:
     server.stop()
 
 
-@dataclass
-class ServeProcess:
-    """``nbchat serve`` in a process of its own."""
-
-    proc: subprocess.Popen[str]
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
 ServeFactory = Callable[..., ServeProcess]
 
 
 @pytest.fixture
 def serve_process() -> Iterator[ServeFactory]:
     """Start ``nbchat serve --backend echo`` processes (extra arguments appended); all stop at teardown."""
-    procs: list[ServeProcess] = []
+    with contextlib.ExitStack() as running:
+        def start(*extra: str, rate: float = 50.0) -> ServeProcess:
+            return running.enter_context(serve(extra=extra, rate=rate, token=TOKEN))
 
-    def start(*extra: str, rate: float = 50.0) -> ServeProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        proc = subprocess.Popen([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--rate", str(rate),
-                                 "--port", "0", f"--token={TOKEN}", "--log-level", "warning", *extra],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if " at " not in line:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"nbchat serve did not start: {line!r}")
-        served = ServeProcess(proc, int(line.split(" at ", 1)[1].split("/?", 1)[0].rsplit(":", 1)[1]))
-        procs.append(served)
-        return served
-
-    yield start
-    for served in procs:
-        if served.proc.poll() is None:
-            served.proc.terminate()
-            try:
-                served.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                served.proc.kill()
-                served.proc.wait()
-        if served.proc.stdout is not None:
-            served.proc.stdout.close()
+        yield start

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -61,26 +62,28 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(tree: Path = ROOT, extra: Sequence[str] = (), fd_limit: int | None = None) -> Iterator[Server]:
-    """``nbchat serve --backend echo --rate 0`` from ``tree``, stopped at exit; ``fd_limit`` caps its
-    file descriptors (soft and hard, as a default ``ulimit -n`` of 1024 would)."""
+def serve(tree: Path = ROOT, extra: Sequence[str] = (), fd_limit: int | None = None, *, rate: float = 0.0,
+          token: str = TOKEN, log: IO[str] | None = None) -> Iterator[Server]:
+    """``nbchat serve --backend echo`` from ``tree`` on a free loopback port, stopped at exit: ``rate`` pieces
+    a second, ``extra`` options after the defaults (a later ``--log-level`` wins), its log to ``log`` (else
+    discarded); ``fd_limit`` caps its file descriptors (soft and hard, as a default ``ulimit -n`` of 1024 would)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
 
     def limit_fds() -> None:
         if fd_limit is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
-    log = open(os.devnull, "w")  # noqa: SIM115 (closed below) the log is not what is measured here
-    proc = subprocess.Popen([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--rate", "0",
-                             "--port", "0", f"--token={TOKEN}", "--log-level", "warning", *extra],
-                            stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=tree, preexec_fn=limit_fds)
+    proc = subprocess.Popen([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--rate", f"{rate:g}",
+                             "--port", "0", f"--token={token}", "--log-level", "warning", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if log is None else log, text=True,
+                            env=env, cwd=tree, preexec_fn=limit_fds)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        port = int(line.split(" at ", 1)[1].split("/?", 1)[0].rsplit(":", 1)[1])
-        yield Server(proc, port)
+        line = proc.stdout.readline()  # "nbchat serving echo at http://HOST:PORT/?token=..."
+        if " at " not in line:
+            raise RuntimeError(f"nbchat serve did not start: {line!r}")
+        yield Server(proc, int(line.split(" at ", 1)[1].split("/", 3)[2].rsplit(":", 1)[1]))
     finally:
         stop_process(proc)
-        log.close()
 
 
 def slow_head(port: int) -> socket.socket:

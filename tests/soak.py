@@ -19,7 +19,6 @@ import collections
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,8 +26,9 @@ from pathlib import Path
 import httpx
 from websockets.asyncio.client import connect as ws_connect
 
+from tests.load_limits import serve
+
 TOKEN = "soak-token-0123456789"
-ROOT = Path(__file__).resolve().parent.parent
 H = {"token": TOKEN}
 TRANSPORTS = ("ndjson", "sse", "openai", "ws")
 
@@ -214,21 +214,10 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="echo pieces per second")
     args = parser.parse_args()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "nbchat-soak.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--rate",
-                                 str(args.rate), "--port", "0", f"--token={TOKEN}", "--log-level", "warning"],
-                                stdout=subprocess.PIPE, stderr=err, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.stdout is not None
-    url = proc.stdout.readline().split(" at ", 1)[1].split("/?", 1)[0]
-    try:
-        tally = asyncio.run(soak(url, proc.pid, args.minutes, args.clients))
+    with log.open("w") as err, serve(rate=args.rate, token=TOKEN, log=err) as server:
+        tally = asyncio.run(soak(server.url, server.proc.pid, args.minutes, args.clients))
         time.sleep(5)  # the last turns' retention timers and sockets settle
-        rss, fds = proc_figures(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        proc.stdout.close()
+        rss, fds = proc_figures(server.proc.pid)
     text = log.read_text()
     print(f"turns {tally.turns}, aborted {tally.aborted}, resumed {tally.resumed}")
     print(f"HTTP statuses {dict(sorted(tally.http.items()))}")

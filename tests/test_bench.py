@@ -385,3 +385,20 @@ def test_long_answer_table_marks_runs_stopped_before_the_answer_showed() -> None
     run = {"seconds": 60.4, "timed_out": True, "ratio": 6.02, "stalled_s": 59.9, "stalls": 152, "longest_ms": 1753}
     table = markdown({"sizes": {40: {"stream_s": 10.04}}, "runs": {"chat lab": {40: run}}})
     assert "| chat lab | 40 KB | 10.04 | > 60.4 (not shown) | > 6.02 | > 59.9 | 152 | 1753 |" in table
+
+
+@pytest.mark.parametrize(("argv", "expected"), [(["--long"], 1000.0), (["--long", "--rate", "50"], 50.0),
+                                                (["--long", "--rate", "200"], 200.0)])
+def test_page_benchmark_long_runs_at_the_rate_asked_for(monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                                        expected: float) -> None:
+    from nbchat.bench import longpage, page
+
+    rates: list[float] = []
+
+    def run(sizes: tuple[int, ...], rate: float, surfaces: tuple[str, ...]) -> dict[str, object]:
+        rates.append(rate)
+        return {"sizes": {}, "runs": {}}
+
+    monkeypatch.setattr(longpage, "run", run)
+    page.main(argv)
+    assert rates == [expected]

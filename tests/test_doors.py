@@ -10,34 +10,27 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
 from nbchat.wire.errors import ServerStartError
-from tests.helpers import TOKEN, ServerFactory, stop_process
+from tests.helpers import TOKEN, ServerFactory
+from tests.load_limits import ROOT, serve
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 PAGE = "http://page.example:8888"
-
-
-def serve(*args: str, log: IO[str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE if log is None else log,
-                            text=True, env=ENV)
 
 
 # ---------------------------------------------------------------- a public bind
 
 
 def test_a_public_bind_with_auth_off_is_refused_and_says_why() -> None:
-    proc = serve("--host", "0.0.0.0", "--token", "")
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2 and out == ""
-    assert "--public-without-token" in err and "rebinding" in err and "Traceback" not in err
+    done = subprocess.run([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--port", "0", "--host",
+                           "0.0.0.0", "--token", ""], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--public-without-token" in done.stderr and "rebinding" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_public_bind_with_auth_off_is_refused_by_code_too(make_server: ServerFactory) -> None:
@@ -45,14 +38,9 @@ def test_a_public_bind_with_auth_off_is_refused_by_code_too(make_server: ServerF
         make_server(host="0.0.0.0", token="")
 
 
-def test_the_explicit_flag_allows_it_and_a_rebinding_origin_is_still_refused(tmp_path: Path) -> None:
-    with (tmp_path / "log").open("w") as log:
-        proc = serve("--host", "0.0.0.0", "--token", "", "--public-without-token", log=log)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        port = int(line.split(" at ", 1)[1].split("/", 3)[2].rsplit(":", 1)[1])
-        url = f"http://127.0.0.1:{port}"
+def test_the_explicit_flag_allows_it_and_a_rebinding_origin_is_still_refused() -> None:
+    with serve(extra=["--host", "0.0.0.0", "--public-without-token"], token="") as server:
+        port, url = server.port, server.url
         ask = {"userMessage": {"role": "user", "content": "hi"}}
         evil = {"Host": f"rebind.evil:{port}", "Origin": f"http://rebind.evil:{port}"}
         r = httpx.post(url + "/talkByStream", json=ask, headers=evil)
@@ -60,8 +48,6 @@ def test_the_explicit_flag_allows_it_and_a_rebinding_origin_is_still_refused(tmp
         # the server's own origin under a name of this machine is still its own
         own = {"Host": f"127.0.0.1:{port}", "Origin": f"http://127.0.0.1:{port}"}
         assert httpx.post(url + "/talkByStream", json=ask, headers=own).status_code == 200
-    finally:
-        stop_process(proc)
 
 
 def test_an_origin_equal_to_a_public_host_name_is_not_the_servers_own(make_server: ServerFactory) -> None:
@@ -105,11 +91,8 @@ def ws_handshake(port: int) -> socket.socket:
 
 def test_invalid_utf8_text_frames_close_1007_without_a_traceback(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
-    with log.open("w") as err:
-        proc = serve(f"--token={TOKEN}", "--log-level", "info", log=err)
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().split(" at ", 1)[1].split("/?", 1)[0].rsplit(":", 1)[1])
+    with log.open("w") as err, serve(extra=["--log-level", "info"], token=TOKEN, log=err) as server:
+        port = server.port
         for _ in range(5):
             s = ws_handshake(port)
             s.sendall(bytes([0x81, 0x82]) + b"\0\0\0\0" + b"\xff\xfe")  # a masked text frame, not UTF-8
@@ -117,8 +100,6 @@ def test_invalid_utf8_text_frames_close_1007_without_a_traceback(tmp_path: Path)
             assert close[:1] == b"\x88" and int.from_bytes(close[2:4], "big") == 1007, close
             s.close()
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
-    finally:
-        stop_process(proc)
     text = log.read_text()
     assert "Traceback" not in text and "UnicodeDecodeError" not in text, text[-2000:]
 
@@ -181,32 +162,23 @@ def test_a_burst_queued_while_the_server_is_stopped_never_runs_it_out_of_descrip
         pytest.skip("this test opens 1,000 sockets: the hard descriptor limit is too low")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
 
-    def low_limit() -> None:  # the server gets 256 descriptors: it admits 192 connections
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
     log = tmp_path / "server.log"
-    with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--port", "0",
-                                 f"--token={TOKEN}", "--log-level", "info"], stdout=subprocess.PIPE, stderr=err,
-                                text=True, env=ENV, preexec_fn=low_limit)
     socks: list[socket.socket] = []
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().split(" at ", 1)[1].split("/?", 1)[0].rsplit(":", 1)[1])
-        proc.send_signal(signal.SIGSTOP)  # a server busy for a moment while a burst arrives
-        for _ in range(1000):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            socks.append(s)
-        time.sleep(0.5)  # the kernel completes the handshakes into the listen queue meanwhile
-        proc.send_signal(signal.SIGCONT)
-        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
-        assert len(os.listdir(f"/proc/{proc.pid}/fd")) < 256
+    try:  # the server gets 256 descriptors: it admits 192 connections
+        with log.open("w") as err, serve(extra=["--log-level", "info"], fd_limit=256, token=TOKEN, log=err) as server:
+            server.proc.send_signal(signal.SIGSTOP)  # a server busy for a moment while a burst arrives
+            for _ in range(1000):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", server.port))
+                socks.append(s)
+            time.sleep(0.5)  # the kernel completes the handshakes into the listen queue meanwhile
+            server.proc.send_signal(signal.SIGCONT)
+            assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+            assert len(os.listdir(f"/proc/{server.proc.pid}/fd")) < 256
     finally:
         for s in socks:
             s.close()
-        stop_process(proc)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     text = log.read_text()
     assert "out of system resource" not in text and "Too many open files" not in text, text[-2000:]

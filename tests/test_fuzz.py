@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from nbchat.wire.events import STATUS_STRINGS
+from tests.load_limits import serve
 
 TOKEN = "fuzz-token-0123456789"
-ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(max_examples=int(os.environ.get("NBCHAT_FUZZ_EXAMPLES", "60")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], derandomize=False)
 #: hundreds of requests against a serve subprocess: seconds of CPU, so out of the fast layer
@@ -33,18 +31,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     log = tmp_path_factory.mktemp("fuzz") / "server.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "nbchat", "serve", "--backend", "echo", "--rate", "0",
-                                 "--port", "0", f"--token={TOKEN}", "--log-level", "info"],
-                                stdout=subprocess.PIPE, stderr=err, text=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = line.split(" at ", 1)[1].split("/?", 1)[0]
-        yield url, log
-        proc.terminate()
-        proc.wait(15)
-        proc.stdout.close()
+    with open(log, "w") as err, serve(extra=["--log-level", "info"], token=TOKEN, log=err) as running:
+        yield running.url, log
     text = log.read_text()
     assert "Traceback" not in text and "Exception in ASGI" not in text, text[-4000:]
 

@@ -21,9 +21,10 @@ from IPython.testing.globalipapp import start_ipython
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.clients import TRANSPORTS
 from nbchat.notebook.kernel_server import KernelServer
+from nbchat.notebook.live import MAX_PARTS, PART_CHARS
 from nbchat.notebook.magics import ChatMagics, StreamView, interpolate
 from nbchat.notebook.options import ChatOptions
-from nbchat.notebook.render import TurnStats, answer_markdown, open_fence, safe_markdown
+from nbchat.notebook.render import TurnStats, answer_markdown, open_fence, safe_markdown, split_blocks
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle
 from nbchat.wire.errors import ServerStartError
@@ -136,7 +137,8 @@ def test_output_metadata_carries_the_provenance(ip: InteractiveShell, magics: Ch
                                                 echo_server: ServerHandle, transport: str) -> None:
     assert chat(ip, echo_server, "where from?", f"-t {transport} --temperature 0.3 --system hi").success
     record = published.metadata[-1]["nbchat"]
-    assert published.messages[-1][0] == published.messages[-2][0]  # the metadata joins the final output as is
+    # the metadata comes with the final output, in one message: a second one would make the page render it again
+    assert "\\[DONE\\]" in published.last_markdown and published.messages[-1][0] != published.messages[-2][0]
     assert (record["backend"], record["model"], record["server"]) == ("echo", "echo", echo_server.url)
     assert (record["transport"], record["temperature"], record["system"]) == (transport, 0.3, "hi")
     assert record["status"] == "[DONE]" and record["chunks"] == 3 and record["uid"]
@@ -291,6 +293,34 @@ def test_load_ext_registers_the_magics(ip: InteractiveShell) -> None:
 # ---------------------------------------------------------------- rendering (pure)
 
 
+def test_a_long_answer_ends_in_at_most_max_parts_outputs(published: Published,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("nbchat.notebook.live.PART_INTERVAL", 0.0)  # the pacing is for a page, none here
+    text = "".join(f"Paragraph {i} says a little more than the one before it.\n\n" for i in range(2000))
+    assert len(text) / PART_CHARS > MAX_PARTS
+    view = StreamView(widget=False)
+    view.start()
+    view.finish(text, "echo · [DONE]", {"nbchat": {"status": "[DONE]"}})
+    (_, shown), (first, replaced), *rest = published.messages
+    assert not shown and replaced and not any(update for _, update in rest)  # the first part replaces the note
+    parts = [first["text/markdown"]] + [data["text/markdown"] for data, _ in rest]
+    assert 1 < len(parts) <= MAX_PARTS  # JupyterLab shows 50 outputs of a cell, the rest behind a button
+    assert "".join(parts).count("Paragraph ") == 2000 and parts[-1].endswith("*echo · \\[DONE\\]*")
+    assert published.metadata[-1] == {"nbchat": {"status": "[DONE]"}} and not any(published.metadata[:-1])
+
+
+def test_split_blocks_cuts_only_between_whole_blocks() -> None:
+    fence = "```python\nx = 1\n\ny = 2\n```\n\n"
+    math = "$$\na\n\nb\n$$\n\n"
+    text = "para one\n\n" + fence + math + "- item\n\n  more of the item\n\nlast <b>para</b>\n"
+    parts = split_blocks(text, 1)
+    assert "".join(parts) == text
+    assert parts == ["para one\n\n", fence, math, "- item\n\n  more of the item\n\n", "last <b>para</b>\n"]
+    assert split_blocks(text, 10_000) == [text] and split_blocks("", 10) == [""]
+    # each part is made safe alone exactly as within the whole
+    assert "".join(safe_markdown(p) for p in parts) == safe_markdown(text)
+
+
 def test_safe_markdown_escapes_html_outside_code() -> None:
     text = "a <img src=x onerror=alert(1)> & `<b>` b\n```html\n<script>x</script>\n```\n<script>y</script>"
     out = safe_markdown(text)
@@ -401,7 +431,7 @@ class WidgetView(StreamView):
 
 def test_in_a_kernel_the_answer_streams_as_new_text_and_ends_as_markdown(
         ip: InteractiveShell, magics: ChatMagics, published: Published, make_server: ServerFactory) -> None:
-    server = make_server(rate=400.0)
+    server = make_server(rate=1000.0)  # ~1,400 pieces: 1.4 s, some 28 of the view's 50 ms intervals
     magics.view_factory = WidgetView
     text = "".join(f"Paragraph {i} with $x_{i}$ and `code`.\n\n" for i in range(150))
     assert chat(ip, server, text, "--max-tokens 100000 --raw").success
@@ -411,10 +441,12 @@ def test_in_a_kernel_the_answer_streams_as_new_text_and_ends_as_markdown(
     assert 5 <= len(view.deltas) < len(text) / 4  # coalesced, yet live
     first, *rest = published.messages
     assert "application/vnd.jupyter.widget-view+json" in first[0] and not first[1]  # the live view
-    assert all(update for _, update in rest) and len(rest) == 2  # replaced in place, then annotated
-    final = published.last_markdown
-    assert final.startswith("Paragraph 0 with $x_0$") and "\\[DONE\\]*" in final
-    assert published.metadata[-1]["nbchat"]["status"] == "[DONE]"
+    # replaced in place by the answer's first part, the others (whole paragraphs, ~PART_CHARS each) after it
+    assert rest[0][1] and not any(update for _, update in rest[1:]) and len(rest) >= len(text) // PART_CHARS
+    parts = [data["text/markdown"] for data, _ in rest]
+    assert parts[0].startswith("Paragraph 0 with $x_0$") and "\\[DONE\\]*" in parts[-1]
+    assert "".join(parts).count("Paragraph ") == 150 and all(p.startswith("Paragraph ") for p in parts)
+    assert published.metadata[-1]["nbchat"]["status"] == "[DONE]" and not any(published.metadata[1:-1])
     assert view.live is None  # the widget is closed: no widget state stays in the notebook
 
 

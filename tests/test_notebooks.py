@@ -6,7 +6,8 @@ Three layers share one set of checks (``check_quickstart``, ``check_clients``):
 - the notebooks executed now with nbclient in this environment (slow: the
   embedded model answers every question);
 - the notebooks executed by ``binder/check.sh`` in a fresh virtual environment
-  built only from ``binder/`` (slow; ``NBCHAT_SKIP_BINDER=1`` skips it).
+  built only from ``binder/`` (a minute and more: run on request, with
+  ``NBCHAT_BINDER=1``, as ``.ci/run`` does in a step of its own).
 
 The transport comparison notebook is tested with the benchmark.
 """
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import MISSING
 from tests.helpers import lab_module, read_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +34,8 @@ TRANSPORTS = ("ws", "sse", "stream", "openai")
 #: the footer under every %%chat answer: "ws · first token 0.31 s · 42 chunks · 35.1 tok/s · [DONE]"
 FOOTER = re.compile(r"^(ws|sse|stream|openai) · first token \d+\.\d\d s · (\d+) chunks?( · [\d.]+ tok/s)? · "
                     r"(\[DONE\]|\[TOKENS\])$", re.MULTILINE)
+#: ``NBCHAT_BINDER=1``: run the Binder environment check (it builds a virtual environment: a minute and more)
+BINDER_ENV = "NBCHAT_BINDER"
 CELL_TIMEOUT = 300  # seconds: the slowest cell streams a few dozen tokens on a shared 2-core machine
 
 Notebook = Any  # nbformat.NotebookNode: untyped
@@ -231,10 +235,12 @@ def test_notebook_runs_on_a_fresh_kernel(path: Path, tmp_path: Path) -> None:
 
 @pytest.mark.model
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("NBCHAT_SKIP_BINDER") == "1", reason="NBCHAT_SKIP_BINDER=1")
-@pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="binder/check.sh checks apt.txt with dpkg")
+@pytest.mark.skipif(os.environ.get(BINDER_ENV) != "1", reason=f"the Binder environment check is a step of its own: "
+                    f"{BINDER_ENV}=1 python -m pytest tests/test_notebooks.py -k binder (.ci/run runs it)")
 def test_binder_environment_runs_every_notebook(tmp_path: Path) -> None:
     """binder/ alone makes an environment in which every notebook runs (see docs/binder.md)."""
+    if shutil.which("dpkg-query") is None:
+        pytest.skip(f"{MISSING}dpkg-query (binder/check.sh checks binder/apt.txt with it: a Debian system)")
     env = {k: v for k, v in os.environ.items() if k not in ("NBCHAT_URL", "NBCHAT_TOKEN")}
     done = subprocess.run(["bash", str(ROOT / "binder" / "check.sh"), str(tmp_path)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=1500)

@@ -73,3 +73,33 @@ def test_mirror_is_markdown_of_the_conversation_with_its_marker() -> None:
     text = mirror_markdown(conversation)
     assert "(1 exchange)" in text and "hi &lt;b>" in text and "hello **there**" in text and "m (b) · ws to s" in text
     assert json.dumps(text)  # plain JSON-able text, as a saved output must be
+
+
+@pytest.mark.slow
+def test_a_chat_cell_leaves_no_live_view_state_in_the_saved_notebook(
+        make_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live view of a ``%%chat`` answer is a widget; nbclient keeps the last state of every widget it
+    saw (closed or not) in the notebook's metadata: the bundle and CSS, ~1 MB per cell, before."""
+    server = make_server(rate=500.0)
+    monkeypatch.setenv("NBCHAT_URL", server.url)
+    monkeypatch.setenv("NBCHAT_TOKEN", TOKEN)
+    nbformat, nbclient = lab_module("nbformat"), lab_module("nbclient")
+    answer = "".join(f"Step {i}: $x_{i}$ and `code`.\n\n" for i in range(100))
+    cells = ["%load_ext nbchat", f"%%chat --max-tokens 100000\n{answer}", "%%chat --new\nshort"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    path = tmp_path / "chat.ipynb"
+    nbformat.write(nb, path)
+
+    saved = nbformat.read(path, as_version=4)
+    states = saved.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    views = [s for s in states.values() if s["model_name"] == "AnyModel"]
+    assert len(views) == 2, states  # nbclient saw the two live views (and their layouts)...
+    widgets = json.dumps(saved.metadata.get("widgets", {}))
+    assert len(widgets) < 4000, len(widgets)  # ...but keeps only their emptied states
+    assert path.stat().st_size < len(answer) * 4 + 20_000, path.stat().st_size
+    for cell in saved.cells[1:]:  # each answer is Markdown, its provenance on the last output
+        assert cell.outputs and all(set(o.data) == {"text/markdown", "text/plain"} for o in cell.outputs)
+        assert cell.outputs[-1].metadata["nbchat"]["status"] == "[DONE]"
+    assert "".join(o.data["text/markdown"] for o in saved.cells[1].outputs).startswith(answer.strip())

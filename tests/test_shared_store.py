@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
@@ -370,8 +369,9 @@ async def store_here(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisSto
 @pytest.mark.redis
 async def test_one_command_writes_a_batch_and_a_failing_turn_alone_ends(
         store_here: tuple[RedisStore, aioredis.Redis]) -> None:
-    """The writer's batch reaches every turn's stream in order, times included; a turn whose stream the
-    store refuses ends with [ERROR] while the others of the same batch are written."""
+    """One write puts each turn's new chunks in one entry of its stream, times included, whose id is the
+    last seq it holds; a turn whose stream the store refuses ends with [ERROR] while the others of the
+    same write are written."""
     store, direct = store_here
     question = TurnRequest(user_message=Message("user", "hi"))
     good, bad, other = (store.manager.create(question, start=False, turn_id=name) for name in ("g", "b", "o"))
@@ -379,14 +379,17 @@ async def test_one_command_writes_a_batch_and_a_failing_turn_alone_ends(
     for seq in (1, 2, 3):
         store.writer.published(good, Chunk(content=f"g{seq}", seq=seq, server_time=1000.125 + seq))
         store.writer.published(bad, Chunk(content=f"b{seq}", seq=seq))
-    store.writer.published(other, Chunk(content="o1 \u00e9 🚀 \"x\"\n", seq=1))
-    store.writer.published(good, Chunk(content="g5", seq=5, server_time=None))  # a gap, and no time
+    store.writer.published(other, Chunk(content="o1 \u00e9 🚀 \"x\"\n", seq=1, trimmed=2))
+    await store.writer.drain()
+    store.writer.published(good, Chunk(content="g4", seq=4, server_time=1004.5))
     await store.writer.drain()
     entries = await direct.xrange(log_key("g"))
-    assert [(i, f["seq"], f["c"], float(f["t"]) if "t" in f else None) for i, f in entries] == [
-        ("1-0", "1", "g1", 1001.125), ("2-0", "2", "g2", 1002.125), ("3-0", "3", "g3", 1003.125),
-        ("5-0", "5", "g5", None)]
-    assert await direct.xrange(log_key("o")) == [("1-0", {"seq": "1", "c": "o1 \u00e9 🚀 \"x\"\n"})]
+    assert [i for i, _ in entries] == ["3-0", "4-0"]
+    assert [[(c.content, c.seq, c.server_time) for c in decode_entry(f)] for _, f in entries] == [
+        [("g1", 1, 1001.125), ("g2", 2, 1002.125), ("g3", 3, 1003.125)], [("g4", 4, 1004.5)]]
+    ((entry_id, fields),) = await direct.xrange(log_key("o"))
+    assert entry_id == "1-0" and "t" not in fields
+    assert decode_entry(fields) == [Chunk(content="o1 \u00e9 🚀 \"x\"\n", seq=1, trimmed=2)]
     assert bad.end is not None and bad.end.status is Status.ERROR and bad.end.error is not None
     assert bad.end.error.code == "store_unavailable"
     assert good.end is None and other.end is None
@@ -404,10 +407,10 @@ async def test_the_heartbeat_reads_interrupts_and_readers_on_other_processes(
     await direct.set(lease_key("live"), "1")
     await direct.hset(readers_key(turn.id), mapping={"live": "1", "gone": "3"})
     await store.check_turns()
-    assert turn.idle_since is None and turn.end is None  # "live" reads it
+    assert not turn.in_grace and turn.end is None  # "live" reads it
     await direct.hset(readers_key(turn.id), "live", "0")
     await store.check_turns()
-    assert turn.idle_since is not None and turn.end is None  # only a dead process's count is left
+    assert turn.in_grace and turn.end is None  # only a dead process's count is left
     await direct.hset(meta_key(turn.id), "interrupt", Status.INTERRUPTED.value)
     await store.check_turns()
     await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]
@@ -422,14 +425,14 @@ async def test_the_heartbeat_leaves_a_turn_alone_while_its_record_is_being_writt
     store, direct = store_here
     written = asyncio.Event()
     release = asyncio.Event()
-    execute = Pipeline.execute
+    create = store._create
 
-    async def slow_execute(self: Pipeline, *args: object, **kwargs: object) -> object:
+    async def slow_create(*args: object, **kwargs: object) -> object:
         written.set()
         await release.wait()  # the record is on its way
-        return await execute(self, *args, **kwargs)
+        return await create(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Pipeline, "execute", slow_execute)
+    monkeypatch.setattr(store, "_create", slow_create)
     creating = asyncio.ensure_future(store.create(TurnRequest(user_message=Message("user", "hello there"))))
     await asyncio.wait_for(written.wait(), 5)
     (turn,) = [t for t in store.manager.running() if t.end is None]
@@ -457,7 +460,7 @@ async def test_the_grace_period_counts_streams_on_other_processes_and_is_the_mem
         await direct.set(lease_key("elsewhere"), "1", ex=30)
         await direct.hset(readers_key(turn.id), "elsewhere", "1")
         await asyncio.sleep(1.5)  # heartbeats every 0.2 s; grace and lag together are 0.7 s
-        assert turn.end is None and turn.idle_since is None
+        assert turn.end is None and not turn.in_grace
         left = time.monotonic()
         await direct.hset(readers_key(turn.id), "elsewhere", "0")
         await asyncio.wait_for(asyncio.shield(turn.generation), 5)  # type: ignore[arg-type]
@@ -479,7 +482,7 @@ async def test_a_claimed_turn_this_process_cannot_run_ends_with_its_reason_in_th
         await store.open(info.id, 0)
     assert refused.value.code == "shutting_down"
     ((entry_id, fields),) = await direct.xrange(log_key(info.id))
-    assert entry_id == "1-0" and decode_entry(fields) == End(
-        status=Status.ERROR, error=ErrorInfo("shutting_down", "the server is shutting down"))
+    assert entry_id == "1-0" and decode_entry(fields) == [End(
+        status=Status.ERROR, error=ErrorInfo("shutting_down", "the server is shutting down"))]
     assert await direct.hget(meta_key(info.id), "state") == "ended"
     assert await direct.ttl(log_key(info.id)) > 0 and await direct.ttl(meta_key(info.id)) > 0

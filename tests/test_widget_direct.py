@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -199,3 +200,28 @@ async def test_stop_is_forwarded_to_the_page(direct: tuple[ChatWidget, Recording
 def test_an_unknown_route_is_refused() -> None:
     with pytest.raises(ValueError, match="route must be one of"):
         ChatWidget(Conversation(), direct=True, route="tunnel")
+
+
+@pytest.mark.parametrize(("server", "what"), [(None, "starting the nbchat server in the kernel"),
+                                              ("http://127.0.0.1:9", "resolving")])
+def test_the_page_hears_the_kernel_server_is_starting_only_when_it_is(
+        kernel_server: KernelServer, monkeypatch: pytest.MonkeyPatch, server: str | None, what: str) -> None:
+    """As the magic says it: a widget given a server (or NBCHAT_URL) starts no server in the kernel."""
+    import nbchat.notebook.direct as direct
+
+    monkeypatch.delenv("NBCHAT_URL", raising=False)
+    resolved = threading.Event()
+
+    def resolve(*args: Any) -> Any:  # the endpoint stays unresolved until the test has read the page's note
+        resolved.wait(30)
+        raise OSError("not needed here")
+
+    monkeypatch.setattr(direct, "resolve_endpoint", resolve)
+    comm = RecordingComm()
+    widget = ChatWidget(Conversation(), direct=True, server=server, token="t" if server else None,
+                        kernel_server=kernel_server, comm=comm)
+    try:
+        assert {m["what"] for m in block_until(comm, "pending", 10)} == {what}
+    finally:
+        resolved.set()
+        widget.close()

@@ -37,14 +37,18 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.echo import PIECE_CHARS
+from . import chromium
 from .procs import free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 START_TIMEOUT = 120.0
+#: echo pieces a second: a long answer arriving fast (4,000 characters a second)
+RATE = 1000.0
 #: a frame gap over this many milliseconds counts as a stall
 STALL_MS = 100.0
+#: after the answer shows, stalls still count until frames have come regularly for this long...
+SETTLE_MS = 1000.0
+#: ...or this long has passed since it showed
+SETTLE_MAX_MS = 30000.0
 #: a max_tokens no answer here reaches (the default would cut a long answer short)
 UNLIMITED = 1_000_000
 SURFACES = ("chat lab", "chat nb7", "widget relayed", "widget direct")
@@ -95,41 +99,55 @@ def stream_seconds(answer: str, rate: float) -> float:
 #: installed in the page once: the frame probe and a watcher that resolves when a run has shown its whole answer
 PROBE = """() => {
   if (window.nbchatProbe) return;
-  const probe = window.nbchatProbe = {gaps: []};
-  let last = performance.now();
-  const tick = () => { const now = performance.now(); if (now - last > STALL_MS) probe.gaps.push([last, now]);
-    last = now; requestAnimationFrame(tick); };
+  const probe = window.nbchatProbe = {gaps: [], last: performance.now()};
+  const tick = () => { const now = performance.now();
+    if (now - probe.last > STALL_MS) probe.gaps.push([probe.last, now]);
+    probe.last = now; requestAnimationFrame(tick); };
   requestAnimationFrame(tick);
   const nb = () => jupyterapp.shell.currentWidget.content;
   probe.done = (i, kind) => {
     const node = nb().widgets[i].node;
-    if (kind === 'chat') {  // the footer ends the answer: read only the output's last element until it shows
-      const last = node.querySelector('.jp-RenderedMarkdown')?.lastElementChild;
+    if (kind === 'chat') {  // the footer ends the answer (in its last Markdown output): read only that until it shows
+      const outputs = node.querySelectorAll('.jp-RenderedMarkdown');
+      const last = outputs.length ? outputs[outputs.length - 1].lastElementChild : null;
       const area = node.querySelector('.jp-OutputArea');
       return !!last && /\\[(DONE|TOKENS)\\]/.test(last.textContent) ? area.textContent.length : 0;
     }
     const bubble = node.querySelector('.nbchat-assistant');
     return bubble && !bubble.classList.contains('nbchat-streaming') ? bubble.textContent.length : 0;
   };
+  // Once the answer shows, the page may still be busy with it (typesetting its math, laying it out): the
+  // stalls are counted until frames have come regularly for SETTLE_MS (or SETTLE_MAX_MS have passed).
   probe.run = (i, show, kind, timeout) => new Promise((resolve) => {
     const t0 = performance.now();
+    let shown = 0, chars = 0;
     const content = nb();
     content.activeCellIndex = i;
     jupyterapp.commands.execute('notebook:run-cell');
     const check = () => {
       const now = performance.now();
-      const chars = probe.done(show, kind);
-      if (chars || now - t0 > timeout) {
+      if (!shown) {
+        chars = probe.done(show, kind);
+        if (chars) shown = now;
+      }
+      const quiet = Math.max(shown, ...probe.gaps.map(([, b]) => b));
+      const settled = shown && now - probe.last < STALL_MS && (now - quiet >= SETTLE_MS || now - shown > SETTLE_MAX_MS);
+      if (settled || (!shown && now - t0 > timeout)) {
         const stalls = probe.gaps.filter(([a, b]) => b > t0 && a < now)
-          .map(([a, b]) => Math.min(b, now) - Math.max(a, t0));
-        resolve({seconds: (now - t0) / 1000, shown_chars: chars, timed_out: !chars,
-                 stalled_s: stalls.filter((g) => g > STALL_MS).reduce((s, g) => s + g, 0) / 1000,
-                 stalls: stalls.filter((g) => g > STALL_MS).length, longest_ms: Math.max(0, ...stalls)});
+          .map(([a, b]) => Math.min(b, now) - Math.max(a, t0)).filter((g) => g > STALL_MS);
+        const live = probe.gaps.filter(([a, b]) => b > t0 && b <= (shown || now))
+          .map(([a, b]) => b - Math.max(a, t0)).filter((g) => g > STALL_MS);
+        resolve({seconds: ((shown || now) - t0) / 1000, shown_chars: chars, timed_out: !chars,
+                 settled_s: (now - t0) / 1000, stalled_s: stalls.reduce((s, g) => s + g, 0) / 1000,
+                 stalled_live_s: live.reduce((s, g) => s + g, 0) / 1000,
+                 stalls: stalls.length, longest_ms: Math.max(0, ...stalls)});
       } else setTimeout(check, 50);
     };
     check();
   });
-}""".replace("STALL_MS", str(STALL_MS))
+}"""
+for _name, _value in (("SETTLE_MAX_MS", SETTLE_MAX_MS), ("SETTLE_MS", SETTLE_MS), ("STALL_MS", STALL_MS)):
+    PROBE = PROBE.replace(_name, str(_value))
 
 KERNEL_IDLE = ("() => { const nb = window.jupyterapp && jupyterapp.shell.currentWidget;"
                " const k = nb && nb.sessionContext && nb.sessionContext.session && nb.sessionContext.session.kernel;"
@@ -201,9 +219,10 @@ def write_notebook(path: Path, cells: list[str]) -> None:
 
 
 def open_notebook(tab: Any, lab: Lab, path: str, ui: str = "lab") -> None:
-    """Open ``path`` in JupyterLab (``ui="lab"``) or Notebook 7 (``"nb7"``) and wait for its kernel."""
-    where = f"lab/tree/{path}" if ui == "lab" else f"notebooks/{path}"
-    tab.goto(f"{lab.url}/{where}?token={lab.token}")
+    """Open ``path`` in JupyterLab (``ui="lab"``, in a fresh workspace named after it: nothing another page
+    left open is restored) or Notebook 7 (``"nb7"``) and wait for its kernel."""
+    where = f"lab/workspaces/{Path(path).stem}/tree/{path}?reset&" if ui == "lab" else f"notebooks/{path}?"
+    tab.goto(f"{lab.url}/{where}token={lab.token}")
     tab.wait_for_function(KERNEL_IDLE, timeout=START_TIMEOUT * 1000)
     tab.evaluate(PROBE)
 
@@ -253,7 +272,7 @@ def cells(sizes: tuple[int, ...], rate: float, origin: str) -> tuple[list[str], 
     return source, runs
 
 
-def run(sizes: tuple[int, ...] = (4, 40, 150), rate: float = 1000.0,
+def run(sizes: tuple[int, ...] = (4, 40, 150), rate: float = RATE,
         surfaces: tuple[str, ...] = SURFACES) -> dict[str, Any]:
     """Each surface in ``surfaces`` with each answer size; Notebook 7 only where the ``notebook`` package is."""
     from playwright.sync_api import sync_playwright
@@ -264,7 +283,7 @@ def run(sizes: tuple[int, ...] = (4, 40, 150), rate: float = 1000.0,
         answer = long_answer(kb * 1000)
         results["sizes"][kb] = {"chars": len(answer), "stream_s": round(stream_seconds(answer, rate), 2)}
     with lab_server() as lab, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = chromium.launch(pw)
         try:
             source, runs = cells(sizes, rate, lab.url)
             write_notebook(lab.root / "long.ipynb", source)

@@ -43,12 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from ..wire.contract import DIRECT_TRANSPORTS
+from . import chromium
 from .procs import free_port
 from .relay import DelayRelay
 from .stats import percentile
 
-CHROMIUM = "/usr/bin/chromium"
 TRANSPORTS = DIRECT_TRANSPORTS
+#: echo pieces a second: a chat's pace (``--long`` has its own, :data:`.longpage.RATE`)
+RATE = 50.0
 TEXT = "The quick brown fox jumps over the lazy dog; 你好, 世界 🚀. " * 5
 
 PAGE = """<!doctype html><html><body>
@@ -170,7 +172,7 @@ def python_client_figures(url: str, token: str, transport: str, turns: int) -> d
             "cadence_p50_ms": round(statistics.median(p50s), 1), "cadence_p99_ms": round(statistics.median(p99s), 1)}
 
 
-def run(turns: int = 5, rate: float = 50.0, rtts: tuple[float, ...] = (0.02, 0.1)) -> dict[str, Any]:
+def run(turns: int = 5, rate: float = RATE, rtts: tuple[float, ...] = (0.02, 0.1)) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     from ..server.config import Settings
@@ -190,8 +192,7 @@ def run(turns: int = 5, rate: float = 50.0, rtts: tuple[float, ...] = (0.02, 0.1
             routes = {"direct": ("direct", server.url), "proxy": ("proxy", server.url),
                       **{name: ("direct", relay.url) for name, relay in relays.items()}}
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu"])
+                browser = chromium.launch(pw)
                 tab = browser.new_page()
                 tab.goto(f"{jurl}/proxy/{page_port}/bench.html?token={jtoken}")  # the page's origin is Jupyter's
                 tab.wait_for_function("() => window.ready === true")
@@ -248,7 +249,7 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m nbchat.bench.page", description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--rate", type=float, default=50.0, help="echo pieces per second")
+    parser.add_argument("--rate", type=float, help="echo pieces per second (default: 50; with --long, 1000)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--long", action="store_true",
                         help="instead: long answers in JupyterLab and Notebook 7 (time to the whole answer, stalls)")
@@ -261,12 +262,12 @@ def main(argv: list[str] | None = None) -> None:
 
         surfaces = tuple(args.surfaces.split(",")) if args.surfaces else longpage.SURFACES
         long_results = longpage.run(tuple(int(kb) for kb in args.sizes.split(",")),
-                                    1000.0 if args.rate == 50.0 else args.rate, surfaces)
+                                    longpage.RATE if args.rate is None else args.rate, surfaces)
         if args.json:
             Path(args.json).write_text(json.dumps(long_results, indent=1))
         print(longpage.markdown(long_results))
         return
-    results = run(args.turns, args.rate)
+    results = run(args.turns, RATE if args.rate is None else args.rate)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, ensure_ascii=False))
     print(markdown(results))

@@ -1,8 +1,10 @@
 """``nbchat chat``: stream one answer to the terminal.
 
-With no ``--server`` it starts a server in this process on a free loopback
-port (the embedded model by default), so one command on a fresh machine shows
-a real answer streaming.
+With no ``--server`` and no ``NBCHAT_URL`` it starts a server in this process
+on a free loopback port (the embedded model by default), so one command on a
+fresh machine shows a real answer streaming. ``NBCHAT_URL`` is read as the
+notebook reads it (:func:`~nbchat.notebook.kernel_server.environment_endpoint`):
+in a JupyterHub user's terminal it reaches the Hub's service with the Hub's token.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser("chat", help="stream one answer to the terminal",
                        description="Ask one question and stream the answer as it arrives.")
     p.add_argument("message", help="the question")
-    p.add_argument("--server", default=os.environ.get("NBCHAT_URL"),
-                   help="a running nbchat server (default: start one in this process)")
-    p.add_argument("--token", default=os.environ.get("NBCHAT_TOKEN"), help="the server's token")
+    p.add_argument("--server", default=None,
+                   help="a running nbchat server (default: $NBCHAT_URL, else start one in this process)")
+    p.add_argument("--token", default=None,
+                   help="the server's token (default: $NBCHAT_TOKEN; for $NBCHAT_URL on a JupyterHub, "
+                        "$JUPYTERHUB_API_TOKEN)")
     p.add_argument("--transport", "-t", default="ws", choices=[*TRANSPORTS, "ndjson"])
     p.add_argument("--backend", default="smollm2", choices=["smollm2", "echo", "openai"],
                    help="backend of the in-process server (ignored with --server)")
@@ -43,9 +47,13 @@ def add_chat_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_chat(args: argparse.Namespace) -> int:
     from ..clients import connect
+    from ..notebook.kernel_server import ENV_TOKEN, ENV_URL, environment_endpoint
 
     handle = None
-    url, token = args.server, args.token
+    url, token = args.server, args.token if args.token is not None else os.environ.get(ENV_TOKEN)
+    if url is None and os.environ.get(ENV_URL):
+        endpoint = environment_endpoint(os.environ[ENV_URL], args.token)
+        url, token = endpoint.url, endpoint.token
     try:
         if url is None:
             from ..server.serving import start_server_thread

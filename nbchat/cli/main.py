@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from ..backends import BACKEND_NAMES
 from ..backends.echo import DEFAULT_RATE
-from ..server.config import Settings
+from ..server.config import HUB_MAX_USER_TURNS, HUB_USER_TURNS_PER_MINUTE, Settings
 
 LIMIT_OPTIONS = ("max_body_bytes", "header_timeout", "max_header_bytes", "max_connections", "max_queued_bytes")
 
@@ -20,8 +20,14 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("serve", help="run the streaming chat server",
                        description="Run the nbchat streaming chat server (WebSocket, SSE, NDJSON, OpenAI-compatible).")
     d = Settings()  # the defaults live there, once
-    p.add_argument("--host", default=d.host, help="bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=d.port, help="port (0 picks a free one)")
+    p.add_argument("--host", default=None,
+                   help=f"bind address (default: {d.host}, loopback only; with --jupyterhub, the host of "
+                        "$JUPYTERHUB_SERVICE_URL)")
+    p.add_argument("--port", type=int, default=None,
+                   help=f"port (0 picks a free one; default: {d.port}, with --jupyterhub $JUPYTERHUB_SERVICE_URL's)")
+    p.add_argument("--jupyterhub", action="store_true",
+                   help="run as a JupyterHub service: serve under $JUPYTERHUB_SERVICE_PREFIX to the Hub's users, "
+                        "authenticated by the Hub (no nbchat token; see docs/deployment.md)")
     p.add_argument("--token", default=None,
                    help="access token; without it a random one is made and printed; --token '' turns auth off")
     p.add_argument("--public-without-token", action="store_true",
@@ -66,6 +72,18 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N server processes on the one port (needs --store: they share the turns there; "
                         "each worker loads its own model)")
+    hub = p.add_argument_group("per user, with --jupyterhub", "a fair share of the model for each Hub user "
+                               "(docs/deployment.md); each process counts its own")
+    hub.add_argument("--max-user-turns", type=int, default=None, metavar="N",
+                     help=f"turns one user may hold at once, running or queued; over it: 429 (default "
+                          f"{HUB_MAX_USER_TURNS}; 0: no bound)")
+    hub.add_argument("--user-turns-per-minute", type=float, default=None, metavar="N",
+                     help=f"turns one user may begin per minute; over it: 429 (default {HUB_USER_TURNS_PER_MINUTE:g}; "
+                          "0: no bound)")
+    hub.add_argument("--fair-slots", type=int, default=None, metavar="N",
+                     help="turns generating at once, the others waiting in one queue per user, served user by user "
+                          "in turn (default: 1 for the embedded model, else 0; 0: no fair queue, first come first "
+                          "served)")
     limits = p.add_argument_group("limits", "what one client may hold or send (see docs/security.md)")
     limits.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
                         help="largest request body or WebSocket message; over it: 413 or close 1009 "
@@ -92,12 +110,12 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.cache_mb is not None and not args.cache_mb >= 0:
         print("nbchat serve: --cache-mb must be 0 or more", file=sys.stderr)
         return 2
-    problem = model_file_problem(args.backend, args.gguf)
+    problem = hub_problem(args) or model_file_problem(args.backend, args.gguf)
     if problem:
         print(f"nbchat serve: {problem}", file=sys.stderr)
         return 2
-    refusal = public_bind_refusal(args.host, args.token, args.public_without_token)
-    if refusal is not None:
+    refusal = public_bind_refusal(args.host or Settings.host, args.token, args.public_without_token)
+    if refusal is not None and not args.jupyterhub:
         print(f"nbchat serve: {refusal}", file=sys.stderr)
         return 2
     if args.workers < 1:
@@ -118,7 +136,9 @@ def run_serve(args: argparse.Namespace) -> int:
     def announce_port(port: int) -> None:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         url = f"http://{host}:{port}/"
-        if settings.token:
+        if settings.jupyterhub:
+            url += os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "").lstrip("/") + " for JupyterHub"
+        elif settings.token:
             url += f"?token={quote(settings.token)}"
         workers = f" ({args.workers} workers)" if args.workers > 1 else ""
         print(f"nbchat serving {settings.backend} at {url}{workers}", flush=True)
@@ -137,6 +157,29 @@ def run_serve(args: argparse.Namespace) -> int:
     server.on_ready = announce
     serve_here(server)
     return 0 if server.started else 1
+
+
+def hub_problem(args: argparse.Namespace) -> str | None:
+    """What keeps ``--jupyterhub`` from running with these options (or None); fills in its bind address."""
+    if not args.jupyterhub:
+        given = [name for name in ("max_user_turns", "user_turns_per_minute", "fair_slots")
+                 if getattr(args, name) is not None]
+        return f"--{given[0].replace('_', '-')} goes with --jupyterhub (it shares the model among Hub users)" \
+            if given else None
+    if args.token:
+        return "--token goes unused with --jupyterhub: the Hub authenticates every request"
+    try:
+        from ..server.hub import HubService
+
+        service = HubService.from_environ()
+    except ImportError:
+        return "--jupyterhub needs the jupyterhub package: pip install -e '.[hub]'"
+    except ValueError as exc:
+        return str(exc)
+    host, port = service.bind()
+    args.host = args.host or host
+    args.port = args.port if args.port is not None else port
+    return None
 
 
 def model_file_problem(backend: str, gguf: str | None) -> str | None:
@@ -161,7 +204,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
                                                ("exact", args.exact_cache), ("model_path", args.gguf))
                if value is not None}
     limits = {name: getattr(args, name) for name in LIMIT_OPTIONS}
-    return Settings(host=args.host, port=args.port, token=args.token, backend=args.backend,
+    defaults = Settings()
+    return Settings(host=args.host or defaults.host, port=defaults.port if args.port is None else args.port,
+                    token=args.token, backend=args.backend, jupyterhub=args.jupyterhub,
+                    max_user_turns=args.max_user_turns, user_turns_per_minute=args.user_turns_per_minute,
+                    fair_slots=args.fair_slots,
                     rate=DEFAULT_RATE if args.rate is None else args.rate, replay_rate=args.rate,
                     record=args.record, record_max_mb=args.record_max_mb, replay=args.replay,
                     public_without_token=args.public_without_token,

@@ -21,7 +21,9 @@ is read only when the loop is free; so until a page has been heard from, the
 thread sends what the page needs again at growing intervals, and the page
 ignores what it already has (an ask carries an id).
 
-The token reaches the page only in custom comm messages. Custom messages are
+The token reaches the page only in custom comm messages, and never the Hub's
+API token a kernel on JupyterHub streams with: that page uses its own Hub
+login (:func:`page_endpoint`). Custom messages are
 not widget state: a saved notebook stores the synced traitlets (``messages``,
 ``stats``, ...) and never the token, and a reopened notebook has no endpoint
 until a live kernel sends it again.
@@ -42,7 +44,7 @@ from urllib.parse import urlsplit
 from ..wire.contract import DIRECT_TRANSPORTS, Transport, transport_name
 from ..wire.protocol import encode_turn_request
 from .conversation import Conversation
-from .kernel_server import Endpoint, KernelServer, resolve_endpoint
+from .kernel_server import Endpoint, KernelServer, resolve_endpoint, starts_kernel_server
 from .options import ChatOptions
 
 #: how a page may reach the server: the server's own URL, Jupyter's /proxy/<port>/, or the proxy when it is there
@@ -67,9 +69,15 @@ def direct_transport(name: str) -> Transport:
 
 
 def page_endpoint(endpoint: Endpoint) -> dict[str, Any]:
-    """What the page needs to reach the server: its URL and token, and its port for Jupyter's proxy."""
+    """What the page needs to reach the server: its URL and token, and its port for Jupyter's proxy.
+
+    A Hub's service gets no token: the kernel's is the Hub's API token, which acts as its user on the
+    whole Hub, so the page signs in to the service with its own Hub login and reaches it by the
+    service's path on the page's own origin (``hub``; see ``js/route.js``).
+    """
     parts = urlsplit(endpoint.url)
-    return {"url": endpoint.url.rstrip("/"), "token": endpoint.token or "", "port": parts.port,
+    return {"url": endpoint.url.rstrip("/"), "token": "" if endpoint.hub else endpoint.token or "",
+            "hub": endpoint.hub, "path": parts.path.rstrip("/"), "port": parts.port,
             "loopback": parts.hostname in LOOPBACK,
             # the Jupyter server usually runs in the kernel's environment: the extension is there too
             "proxy": importlib.util.find_spec("jupyter_server_proxy") is not None}
@@ -136,8 +144,8 @@ class DirectLink:
                 return
             self._started = True
             self._context = self._context_message(options)
-        server, token = self._server or options.server, self._token or options.token
-        threading.Thread(target=self._resolve, args=(server, token), name="nbchat-direct-endpoint",
+            self._server, self._token = self._server or options.server, self._token or options.token
+        threading.Thread(target=self._resolve, args=(self._server, self._token), name="nbchat-direct-endpoint",
                          daemon=True).start()
         threading.Thread(target=self._resend, name="nbchat-direct-resend", daemon=True).start()
 
@@ -171,7 +179,8 @@ class DirectLink:
         if self.failure is not None:
             self._send({"type": "failed", "error": self.failure})
         elif self.endpoint is None:
-            what = "starting the nbchat server in the kernel" if not self._kernel_server.running else "resolving"
+            starting = starts_kernel_server(self._server, self._kernel_server)
+            what = "starting the nbchat server in the kernel" if starting else "resolving"
             self._send({"type": "pending", "what": what})
         else:
             self._send({"type": "endpoint", "endpoint": page_endpoint(self.endpoint)})

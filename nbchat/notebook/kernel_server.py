@@ -7,19 +7,28 @@ model. That in-kernel server starts on first use, is reused after that, and
 stops when the kernel exits. It is one per kernel process (:func:`kernel_server`):
 the ``%%chat`` magic and every ``ChatWidget`` of the kernel stream from the same
 server, whether or not the extension is loaded.
+
+On JupyterHub the operator names the Hub's nbchat service in every user's
+environment (``c.Spawner.environment = {"NBCHAT_URL": ...}``) and sets no
+``NBCHAT_TOKEN``: the kernel then authenticates with the token the Hub gave
+its single-user server (``JUPYTERHUB_API_TOKEN``), so nothing is configured in
+the notebook. That token goes only to the server ``NBCHAT_URL`` names, never
+to one given explicitly, and never to a browser page (:attr:`Endpoint.hub`).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..backends.echo import DEFAULT_RATE
+from ..wire.errors import AuthError
 
 if TYPE_CHECKING:
     from ..server.config import Settings
@@ -27,6 +36,8 @@ if TYPE_CHECKING:
 
 ENV_URL = "NBCHAT_URL"
 ENV_TOKEN = "NBCHAT_TOKEN"
+#: the token JupyterHub gives a single-user server (and so its kernels) to act as its user
+ENV_HUB_TOKEN = "JUPYTERHUB_API_TOKEN"
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,8 @@ class Endpoint:
 
     url: str
     token: str | None
+    #: the token is the kernel's JupyterHub API token: a page authenticates with its own Hub login instead
+    hub: bool = False
 
 
 class KernelServer:
@@ -136,12 +149,60 @@ def set_kernel_server(server: KernelServer | None) -> KernelServer | None:
     return old
 
 
+def starts_kernel_server(server: str | None, kernel: KernelServer) -> bool:
+    """A turn for ``server`` will start the kernel's own server first (no server named, no ``NBCHAT_URL``,
+    the kernel's not running yet): what the magic and the direct widget's page say meanwhile."""
+    return not (server or os.environ.get(ENV_URL) or kernel.running)
+
+
 def resolve_endpoint(server: str | None, token: str | None, kernel: KernelServer) -> Endpoint:
     """The endpoint for a turn: the given server, else ``NBCHAT_URL``, else the kernel's own."""
     if server:
         return Endpoint(server, token if token is not None else os.environ.get(ENV_TOKEN))
     env_url = os.environ.get(ENV_URL)
     if env_url:
-        return Endpoint(env_url, token if token is not None else os.environ.get(ENV_TOKEN))
+        return environment_endpoint(env_url, token)
     endpoint = kernel.endpoint()
     return endpoint if token is None else Endpoint(endpoint.url, token)
+
+
+def environment_endpoint(url: str, token: str | None) -> Endpoint:
+    """The server ``NBCHAT_URL`` names, with the given token, else ``NBCHAT_TOKEN``, else the Hub's.
+
+    ``NBCHAT_TOKEN`` set (even empty) wins over the Hub's token: an operator who sets it means it.
+    """
+    if token is not None:
+        return Endpoint(url, token)
+    if ENV_TOKEN in os.environ:
+        return Endpoint(url, os.environ[ENV_TOKEN])
+    hub_token = os.environ.get(ENV_HUB_TOKEN)
+    if hub_token:
+        return Endpoint(url, hub_token, hub=True)
+    return Endpoint(url, None)
+
+
+def describe_destination(server: str | None, token: str | None) -> str:
+    """Where a turn would go and with which token, in words, without starting anything (``%chat``)."""
+    if server:
+        return f"{server} (named in the cell or with %chat)"
+    url = os.environ.get(ENV_URL)
+    if not url:
+        return "the kernel's own server (started on first use)"
+    endpoint = environment_endpoint(url, token)
+    whose = ("the kernel's JupyterHub token" if endpoint.hub else "the token given" if token is not None
+             else f"${ENV_TOKEN}" if ENV_TOKEN in os.environ else "no token")
+    return f"{url} (${ENV_URL}, with {whose})"
+
+
+@contextlib.contextmanager
+def hub_refusal_explained(endpoint: Endpoint) -> Iterator[None]:
+    """A refusal of the Hub's token says what the Hub's operator must grant; other errors pass as they are."""
+    try:
+        yield
+    except AuthError as exc:
+        if not endpoint.hub:
+            raise
+        raise AuthError(f"{exc}. The kernel authenticated with its {ENV_HUB_TOKEN} ({ENV_URL} names the Hub's "
+                        "nbchat service): the Hub must grant this user, and the scopes of the single-user "
+                        "server's token, access:services!service=nbchat (see the JupyterHub section of "
+                        "docs/deployment.md), or set NBCHAT_TOKEN") from exc

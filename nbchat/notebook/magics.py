@@ -28,7 +28,7 @@ from IPython.core.magic import Magics, magics_class
 
 from ..wire.contract import transport_name
 from .conversation import Conversation
-from .kernel_server import ENV_URL, KernelServer
+from .kernel_server import KernelServer, describe_destination, starts_kernel_server
 from .kernel_server import kernel_server as _kernel_server
 from .live import StreamView
 from .options import ChatOptions
@@ -238,7 +238,9 @@ class ChatMagics(Magics):
 
     def _show(self) -> None:
         server = "running" if self.kernel_server.running else "not started"
-        print(f"{self.conversation.options.describe()}\n{'history':12} {len(self.conversation)} exchanges\n"
+        options = self.conversation.options
+        print(f"{options.describe()}\n{'history':12} {len(self.conversation)} exchanges\n"
+              f"{'chats go to':12} {describe_destination(options.server, options.token)}\n"
               f"{'kernel server':12} {server}")
 
     def _options(self, args: Any) -> ChatOptions:
@@ -253,14 +255,13 @@ class ChatMagics(Magics):
     def _run_turn(self, text: str, options: ChatOptions, widget: bool | None = None) -> ChatResult:
         view = self.view_factory(widget=widget)
         run = TurnRun.begin(text, options)
-        if not (options.server or os.environ.get(ENV_URL) or self.kernel_server.running):
+        if starts_kernel_server(options.server, self.kernel_server):
             view.start("*starting the nbchat server in this kernel (first use)…*")
         run_turn(run, self.conversation, self.kernel_server, _ViewSink(view))
-        if view.started:  # what arrived stays, also before an error
-            view.finish(run.answer, run.footer)
         record = run.provenance(self.conversation.server_info.get(run.url)) if run.url is not None else None
-        if record is not None:
-            view.annotate({"nbchat": record})
+        if view.started:  # what arrived stays, also before an error
+            # One message with the provenance: a second update would make the page render it all again.
+            view.finish(run.answer, run.footer, None if record is None else {"nbchat": record})
         if run.error is not None:
             raise ChatError(f"nbchat ({options.transport}): {run.error}")
         assert record is not None  # a turn that reached its End reached a server

@@ -201,6 +201,39 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
     return blocks
 
 
+def split_blocks(text: str, size: int) -> list[str]:
+    """``text`` cut into parts of about ``size`` characters or more, each made of whole Markdown blocks.
+
+    A cut falls only at a blank line outside code fences and display math, before a line that starts
+    in its first column (an indented line may continue a list item), so each part renders alone as it
+    would within the whole. The parts joined are ``text``; a text with no such place stays one part.
+    """
+    parts: list[str] = []
+    start = offset = 0
+    fence: str | None = None
+    math = False  # inside $$ or \[ display math that spans lines
+    lines = text.splitlines(keepends=True)
+    for n, line in enumerate(lines):
+        marker = _fence_marker(line)
+        if fence is not None:
+            if marker is not None and marker.startswith(fence) and line.strip() == marker:
+                fence = None
+        elif marker is not None and len(marker) >= 3:
+            fence = marker
+        else:
+            math ^= (line.count("$$") + line.count("\\[") + line.count("\\]")) % 2 == 1
+        offset += len(line)
+        nxt = lines[n + 1] if n + 1 < len(lines) else ""
+        if (offset - start >= size and fence is None and not math and not line.strip()
+                and nxt.strip() and not nxt[0].isspace()):
+            parts.append(text[start:offset])
+            start = offset
+    tail = text[start:]
+    if tail or not parts:
+        parts.append(tail)
+    return parts
+
+
 def answer_markdown(answer: str, footer: str | None = None) -> str:
     """The cell's Markdown: the safe answer, its open code block closed, then the footer in italics."""
     body = safe_markdown(answer)

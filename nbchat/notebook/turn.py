@@ -10,7 +10,7 @@ twin on the kernel's loop (the widget: :class:`StopSwitch` is its Stop button).
 
 The stats line is written by :func:`stats_line` only; the direct widget's page,
 which streams without the kernel, writes the same line (``statsLine`` in
-``js/direct.js``).
+``js/metrics.js``).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..wire.errors import NBChatError
 from ..wire.events import Chunk, End, Status
-from .kernel_server import KernelServer, resolve_endpoint
+from .kernel_server import Endpoint, KernelServer, hub_refusal_explained, resolve_endpoint
 from .options import ChatOptions
 from .provenance import provenance, utc_now
 from .render import TurnStats
 
 if TYPE_CHECKING:
     from ..clients import AsyncTurnStream
+    from ..wire.events import TurnRequest
     from .conversation import Conversation
 
 
@@ -117,7 +118,8 @@ def run_turn(run: TurnRun, conversation: Conversation, kernel_server: KernelServ
         endpoint = resolve_endpoint(options.server, options.token, kernel_server)
         run.url = endpoint.url
         request = conversation.request(run.text, options)
-        with connect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
+        with hub_refusal_explained(endpoint), connect(endpoint.url, token=endpoint.token,
+                                                      transport=options.transport) as client:
             run.uid = client.uid
             turn = client.stream(request)
             run.turn_id = turn.turn_id
@@ -160,15 +162,21 @@ async def arun_turn(run: TurnRun, conversation: Conversation, kernel_server: Ker
 
 async def _astream(run: TurnRun, conversation: Conversation, kernel_server: KernelServer, sink: Sink,
                    stop: StopSwitch) -> End:
-    from ..clients import acollect, aconnect
-
     options = run.options
     endpoint = await asyncio.to_thread(resolve_endpoint, options.server, options.token, kernel_server)
     request = conversation.request(run.text, options)
     if stop.requested:  # Stop came before anything was sent: nothing to interrupt
         return End(Status.INTERRUPTED)
     run.url = endpoint.url
-    async with aconnect(endpoint.url, token=endpoint.token, transport=options.transport) as client:
+    with hub_refusal_explained(endpoint):
+        return await _astream_from(run, endpoint, request, sink, stop)
+
+
+async def _astream_from(run: TurnRun, endpoint: Endpoint, request: TurnRequest, sink: Sink,
+                        stop: StopSwitch) -> End:
+    from ..clients import acollect, aconnect
+
+    async with aconnect(endpoint.url, token=endpoint.token, transport=run.options.transport) as client:
         run.uid = client.uid
         turn = await client.stream(request)
         run.turn_id = turn.turn_id

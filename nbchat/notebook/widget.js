@@ -15,6 +15,7 @@
 
 import CONTRACT from "./js/contract.js";
 import { DirectTurn } from "./js/direct.js";
+import { pageOf, resolveRoute } from "./js/route.js";
 import { MarkdownStream } from "./js/stream.js";
 
 function node(tag, cls, text) {
@@ -42,41 +43,15 @@ function renderMessage(log, message) {
 // ChatWidget(direct=True): the page opens the stream itself, with the browser's
 // native WebSocket, EventSource or fetch reader (js/direct.js), so the answer
 // never waits for the kernel. The kernel sends the endpoint (with the server's
-// token) and the conversation in custom messages, which are never saved with
-// the notebook; it sends them again until it hears from the page, so the page
-// takes each only once (an ask by its id).
+// token; none for a JupyterHub's service, see js/route.js) and the
+// conversation in custom messages, which are never saved with the notebook; it
+// sends them again until it hears from the page, so the page takes each only
+// once (an ask by its id).
 
 // Without word from the kernel for this long, the stats line says why nothing happens.
 const SILENT_KERNEL_MS = 4000;
 // The asks a model's page has started (a second view of the model, or a repeated ask, starts none).
 const STARTED_ASKS = new WeakMap();
-
-// Jupyter's page config: the base URL (/user/NAME/ on a hub) and the token JupyterLab itself uses.
-function jupyterConfig() {
-  const el = document.getElementById("jupyter-config-data");
-  if (!el) return null;
-  try { return JSON.parse(el.textContent); } catch (e) { return null; }
-}
-
-function cookie(name) {
-  const m = document.cookie.match(new RegExp("(?:^|;\\s*)" + name + "=([^;]*)"));
-  return m ? decodeURIComponent(m[1]) : null;
-}
-
-// Where the page sends its requests: the server itself, or Jupyter's /proxy/<port>/ in front of it.
-function resolveRoute(endpoint, route) {
-  const config = jupyterConfig();
-  const proxied = route === "proxy" || (route === "auto" && endpoint.loopback && endpoint.proxy && !!config);
-  if (!proxied) return { base: endpoint.url, route: "direct", headers: {} };
-  if (!config) throw new Error("route='proxy' needs a page served by Jupyter (no jupyter-config-data here)");
-  const baseUrl = new URL(config.baseUrl || "/", location.origin);
-  const headers = {};
-  // Jupyter's own credentials: its token when the page has one, else the XSRF cookie of the login session.
-  if (config.token) headers.Authorization = "token " + config.token;
-  const xsrf = cookie("_xsrf");
-  if (xsrf) headers["X-XSRFToken"] = xsrf;
-  return { base: new URL(`proxy/${endpoint.port}`, baseUrl).href.replace(/\/$/, ""), route: "proxy", headers };
-}
 
 // One view of the widget: its DOM, the answer streaming into it, and its model bindings.
 // Direct mode: which view of a model streams the turns the kernel asks for (one page, one stream).
@@ -206,7 +181,7 @@ class ChatView {
     if (this.endpoint && JSON.stringify(endpoint) === JSON.stringify(this.endpoint)) return;
     this.endpoint = endpoint;
     try {
-      this.where = resolveRoute(endpoint, this.model.get("route"));
+      this.where = resolveRoute(endpoint, this.model.get("route"), pageOf());
       this.root.dataset.server = this.where.base; // the address only: the token stays in memory
       this.stats.textContent = `${this.model.get("transport")} ${this.where.route} · ready`;
     } catch (e) { this.where = null; this.stats.textContent = String(e.message || e); }

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from .._version import __version__
 from ..backends import Backend, create_backend
@@ -52,7 +52,9 @@ from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware, public_bind_refusal
 from .config import Settings
 from .context import AppContext, context_of, read_json
+from .fairshare import fair_share
 from .openai_routes import chat_completions, list_models
+from .owned import owner_of, store_for
 from .recording import Recorder
 from .store import MemoryStore, Reader, TurnStore
 from .streaming import EventStreamResponse, NBChatApp
@@ -67,7 +69,7 @@ def error_response(code: str, message: str, status: int = 400) -> JSONResponse:
 
 
 def store_of(request: Request) -> TurnStore:
-    return context_of(request).store
+    return store_for(request)
 
 
 def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict[str, str],
@@ -112,10 +114,12 @@ async def start_turn(request: Request) -> Reader:
 
 
 async def health(request: Request) -> Response:
-    backend = context_of(request).backend
+    context = context_of(request)
+    backend = context.backend
     return JSONResponse({"status": "ok", "version": __version__, "backend": backend.name,
                          "model": backend.model_name, "sampling": backend.sampling,
-                         "turns": len(store_of(request)), "retention": store_of(request).manager.retention()})
+                         "turns": len(store_of(request)), "retention": store_of(request).manager.retention(),
+                         **(context.fair.health() if context.fair is not None else {})})
 
 
 async def post_turns(request: Request) -> Response:
@@ -194,7 +198,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     """The nbchat ASGI app. ``settings.token`` must be concrete (see Settings.with_token)."""
     settings = (settings or Settings()).with_token()
     refusal = public_bind_refusal(settings.host, settings.token, settings.public_without_token)
-    if refusal is not None:
+    if refusal is not None and not settings.jupyterhub:  # under a Hub, the Hub authenticates
         raise ValueError(refusal)
     if backend is None:
         backend = create_backend(settings.backend, rate=settings.rate, model=settings.model,
@@ -220,7 +224,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             await store.aclose()
             await backend.aclose()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route(HEALTH_PATH, health),
         Route(TURNS_PATH, post_turns, methods=["POST"]),
         Route(INTERRUPT_PATH, interrupt_turn, methods=["POST"]),
@@ -230,16 +234,32 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         Route(OPENAI_MODELS_PATH, list_models),
         WebSocketRoute(WEBSOCKET_PATH, websocket_endpoint),
     ]
+    middleware = [Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=origins,
+                             bind_host=settings.host, behind_proxy=settings.jupyterhub)]
+    if settings.jupyterhub:
+        middleware.append(hub_middleware(routes, origins))
     app = NBChatApp(
         routes=routes,
-        middleware=[Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=origins,
-                               bind_host=settings.host)],
+        middleware=middleware,
         exception_handlers={RequestError: on_request_error, ResumeError: on_resume_error,
                             HTTPException: on_http_error, Exception: on_unexpected},
         lifespan=lifespan,
     )
-    app.state.context = AppContext(settings, backend, store, origins)
+    fair = fair_share(settings, store.manager, owner_of) if settings.jupyterhub else None
+    app.state.context = AppContext(settings, backend, store, origins, fair)
     return app
+
+
+def hub_middleware(routes: list[BaseRoute], origins: set[str]) -> Middleware:
+    """Serve as a JupyterHub service: Hub users only, under the service's prefix (the Hub's environment)."""
+    from .hub import HubAuthMiddleware, HubService, whoami  # jupyterhub loads only in this mode
+
+    service = HubService.from_environ()
+    public = service.public_origin()
+    if public:
+        origins.add(public)
+    routes.append(Route("/", whoami))
+    return Middleware(HubAuthMiddleware, service=service)
 
 
 def make_store(backend: Backend, settings: Settings, recorder: Recorder | None = None) -> TurnStore:

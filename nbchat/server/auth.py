@@ -75,9 +75,27 @@ def _error(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
 
+async def send_refusal(scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str,
+                       headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Refuse an HTTP request or a WebSocket handshake with the protocol's JSON error."""
+    body = _error(code, message)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *(headers or [])]
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return
+    await receive()  # websocket.connect
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION, "reason": code})
+
+
 class SecurityMiddleware:
     def __init__(self, app: ASGIApp, token: str, allow_origins: Iterable[str] = (),
-                 bind_host: str = "127.0.0.1") -> None:
+                 bind_host: str = "127.0.0.1", behind_proxy: bool = False) -> None:
         self.app = app
         self.token = token.encode()
         # A set is kept by reference, not copied: the app may admit an origin while it runs
@@ -87,7 +105,11 @@ class SecurityMiddleware:
         # literals, localhost, and the hosts of allowed origins, read at each request since
         # origins may be admitted later). Bound to a public address, it is reached under
         # names it cannot know: the token guards it.
-        self.check_host = is_loopback(bind_host) and "*" not in self.origins
+        self.check_host = is_loopback(bind_host) and "*" not in self.origins and not behind_proxy
+        # Behind a JupyterHub's proxy the Host is the Hub's public name, which the server cannot know,
+        # and every request must carry the Hub's credentials, which a rebinding page has not: a page
+        # of the proxy's own origin (as the proxy forwards it) is the server's own.
+        self.behind_proxy = behind_proxy
         self.own_names = LOCAL_NAMES | {bind_host.strip("[]").lower()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,6 +161,8 @@ class SecurityMiddleware:
     def origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
         if self.admitted(origin):
             return True
+        if self.behind_proxy:
+            return self.proxy_origin(origin, scope, headers)
         # The server's own origin: the page was served by this host and port, under a name that
         # means this machine (or the bind address's). Equal to the Host header is not enough,
         # whatever the bind: under DNS rebinding the attacker's name is in both (and a public
@@ -148,6 +172,16 @@ class SecurityMiddleware:
         name = hostname_of(host) if host is not None else None
         if name is None or not (name in self.own_names or name.endswith(".localhost") or is_ip_literal(name)):
             return False
+        return hmac.compare_digest(origin.encode(), f"{scheme}://{host}".encode())
+
+    @staticmethod
+    def proxy_origin(origin: str, scope: Scope, headers: Headers) -> bool:
+        """The origin of the proxy's pages: its Host under the scheme it was reached by."""
+        host = headers.get("host")
+        if host is None:
+            return False
+        scheme = headers.get("x-forwarded-proto", "").split(",")[0].strip() or scope.get("scheme", "http")
+        scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
         return hmac.compare_digest(origin.encode(), f"{scheme}://{host}".encode())
 
     def token_ok(self, scope: Scope, headers: Headers) -> bool:
@@ -192,17 +226,5 @@ class SecurityMiddleware:
     async def _reject(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str,
                       origin: str | None = None) -> None:
         """Refuse with a JSON error; ``origin`` (an admitted page's) gets CORS headers to read it by."""
-        body = _error(code, message)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if origin is not None:
-            headers += self._cors_headers(origin)
-        if scope["type"] == "http":
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await receive()  # websocket.connect
-        if "websocket.http.response" in scope.get("extensions", {}):
-            await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION, "reason": code})
+        await send_refusal(scope, receive, send, status, code, message,
+                           self._cors_headers(origin) if origin is not None else None)

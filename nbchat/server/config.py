@@ -24,6 +24,13 @@ _POSITIVE = ("model_timeout", "pending_seconds", "replay_max_bytes", "max_turns"
              "ping_interval", "max_body_bytes", "header_timeout", "max_header_bytes", "max_connections",
              "max_queued_bytes", "stream_max_entries", "lease_seconds")
 _NOT_NEGATIVE = ("rate", "grace_period", "retain_seconds", "record_max_mb")
+#: fields where None means the mode's default
+_OPTIONAL_NOT_NEGATIVE = ("max_user_turns", "user_turns_per_minute", "fair_slots")
+
+#: what one user may hold and begin under a JupyterHub unless told otherwise: a %%chat cell, a widget and one
+#: more at once; a turn every two seconds on average
+HUB_MAX_USER_TURNS = 3
+HUB_USER_TURNS_PER_MINUTE = 30.0
 
 
 @dataclass(frozen=True)
@@ -83,12 +90,24 @@ class Settings:
     public_without_token: bool = False
     #: ``record``: the recordings' total size in MiB; past it the oldest files go (0: no bound)
     record_max_mb: float = 256.0
+    #: serve as a JupyterHub service: under its prefix, to Hub users (the ``JUPYTERHUB_*`` environment), no token
+    jupyterhub: bool = False
+    #: under a JupyterHub: turns one user may hold at once, running or queued (None: HUB_MAX_USER_TURNS; 0: no bound)
+    max_user_turns: int | None = None
+    #: under a JupyterHub: turns one user may begin per minute (None: HUB_USER_TURNS_PER_MINUTE; 0: no bound)
+    user_turns_per_minute: float | None = None
+    #: under a JupyterHub: turns generating at once, the others queued and served user by user in turn
+    #: (None: 1 for the embedded model, which generates one at a time anyway, else 0; 0: no fair queue)
+    fair_slots: int | None = None
 
     def __post_init__(self) -> None:
         for name in _POSITIVE:
             _check(name, getattr(self, name), zero_ok=False)
         for name in _NOT_NEGATIVE:
             _check(name, getattr(self, name), zero_ok=True)
+        for name in _OPTIONAL_NOT_NEGATIVE:
+            if getattr(self, name) is not None:
+                _check(name, getattr(self, name), zero_ok=True, hint=" (or None: the mode's default)")
         if self.replay_rate is not None:
             _check("replay_rate", self.replay_rate, zero_ok=True, hint=" (or None: the recorded pace)")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -102,8 +121,22 @@ class Settings:
             raise ValueError(f"Settings.store takes a Redis URL ({', '.join(STORE_SCHEMES)}...) or \"\" (in memory), "
                              f"not {self.store!r}")
 
+    def user_limits(self) -> tuple[int, float, int]:
+        """Turns per user at once, turns per user per minute, fair-queue slots (each 0: none), for this mode."""
+        if not self.jupyterhub:
+            return 0, 0.0, 0
+        slots = self.fair_slots if self.fair_slots is not None else int(self.backend == "smollm2")
+        return (HUB_MAX_USER_TURNS if self.max_user_turns is None else self.max_user_turns,
+                HUB_USER_TURNS_PER_MINUTE if self.user_turns_per_minute is None else self.user_turns_per_minute,
+                slots)
+
     def with_token(self) -> Settings:
-        """A copy whose token is concrete: a random one when none was given."""
+        """A copy whose token is concrete: a random one when none was given (none under a JupyterHub)."""
+        if self.jupyterhub and self.token:
+            raise ValueError("Settings.token goes unused under a JupyterHub (jupyterhub=True): the Hub "
+                             "authenticates every request")
+        if self.jupyterhub:
+            return replace(self, token="")
         if self.token is None:
             return replace(self, token=secrets.token_hex(24))  # hex: never read as an option, as Jupyter does
         return self

@@ -19,6 +19,7 @@ from ..backends import Backend
 from ..wire.errors import PayloadTooLarge
 from ..wire.protocol import parse_json_body
 from .config import Settings
+from .fairshare import FairShare
 from .store import TurnStore
 
 
@@ -29,6 +30,8 @@ class AppContext:
     store: TurnStore
     #: the page origins admitted; shared with the security middleware, which reads it per request
     origins: set[str]
+    #: under a JupyterHub: the per-user bounds and the fair queue
+    fair: FairShare | None = None
 
 
 def context_of(where: HTTPConnection | Starlette) -> AppContext:

@@ -14,11 +14,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..wire.contract import SSE_HEADERS, TURN_HEADER
 from ..wire.errors import QueueFull, RequestError
-from ..wire.events import Chunk, End, Event, Status
+from ..wire.events import Chunk, End, ErrorInfo, Event, Status
 from ..wire.openai import CompletionEncoder, OpenAIRequestError, openai_error, parse_completion_request
 from ..wire.protocol import dumps
 from ..wire.sse import SSEMessage, encode_sse
 from .context import context_of, read_json
+from .owned import store_for
 from .store import Reader
 
 ERROR_HTTP = {Status.MODEL_TIMEOUT: 504, Status.ERROR: 502, Status.INTERRUPTED: 503}
@@ -51,7 +52,7 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse(openai_error(str(exc), param=exc.param), status_code=400)
     except RequestError as exc:
         return JSONResponse(openai_error(str(exc), code=exc.code), status_code=exc.status or 400)
-    store, backend = context_of(request).store, context_of(request).backend
+    store, backend = store_for(request), context_of(request).backend
     try:
         turn = await store.create(req.turn)
         sub = await store.open(turn.id, 0)
@@ -64,21 +65,23 @@ async def chat_completions(request: Request) -> Response:
         return await _complete(sub, encoder)
     async with sub:
         first = await sub.next_batch(FIRST_EVENTS_WAIT)
-    if first and isinstance(first[-1], End) and _is_busy(first[-1]):
-        return _busy(first[-1])
+    busy = _busy_error(first[-1]) if first and isinstance(first[-1], End) else None
+    if busy is not None:
+        return _busy(busy)
     return StreamingResponse(_stream(sub, encoder, req.include_usage, first),
                              headers={**SSE_HEADERS, TURN_HEADER: turn.id})
 
 
-def _is_busy(end: End) -> bool:
-    return end.status is Status.ERROR and end.error is not None and end.error.code in BUSY_CODES
+def _busy_error(end: End) -> ErrorInfo | None:
+    """The error of a turn refused because the model was busy, else None."""
+    if end.status is Status.ERROR and end.error is not None and end.error.code in BUSY_CODES:
+        return end.error
+    return None
 
 
-def _busy(end: End) -> JSONResponse:
+def _busy(error: ErrorInfo) -> JSONResponse:
     """429 with Retry-After, in OpenAI's shape (the ``openai`` package retries it after that wait)."""
-    message = end.error.message if end.error is not None else "the model is busy; try again shortly"
-    code = end.error.code if end.error is not None else None
-    return JSONResponse(openai_error(message, type_=ERROR_TYPES[429], code=code), status_code=429,
+    return JSONResponse(openai_error(error.message, type_=ERROR_TYPES[429], code=error.code), status_code=429,
                         headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
@@ -115,8 +118,9 @@ async def _complete(sub: Reader, encoder: CompletionEncoder) -> Response:
             else:
                 end = ev
     assert end is not None
-    if _is_busy(end):
-        return _busy(end)
+    busy = _busy_error(end)
+    if busy is not None:
+        return _busy(busy)
     if end.status in ERROR_HTTP:
         err = encoder.final_chunk(end)
         return JSONResponse(err, status_code=ERROR_HTTP[end.status], headers={TURN_HEADER: sub.turn_id})

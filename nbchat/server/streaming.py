@@ -50,20 +50,28 @@ def send_now(send: Send, messages: list[Message]) -> asyncio.Future[None] | None
     behind, so the common case runs it to completion here, as an eager task would.
     """
     for i, message in enumerate(messages):
-        sending = send(message)
-        # (the exact type first: the ABC's own check costs as much as the rest of a chunk's send)
-        if type(sending) is not types.CoroutineType and not isinstance(sending, Coroutine):
-            # some other awaitable: a task sends it and the rest
-            return asyncio.ensure_future(_finish(sending, send, messages[i + 1:]))
-        try:
-            waiting = sending.send(None)
-        except StopIteration:
-            continue
-        return asyncio.ensure_future(_finish(_resume(sending, waiting), send, messages[i + 1:]))
+        pending = send_one(send, message)
+        if pending is not None:
+            return asyncio.ensure_future(finish(pending, send, messages[i + 1:]))
     return None
 
 
-async def _finish(sending: Awaitable[None], send: Send, rest: list[Message]) -> None:
+def send_one(send: Send, message: Message) -> Awaitable[None] | None:
+    """:func:`send_now` of one message (a chunk's, nearly always): None when it went out, else what
+    finishes sending it."""
+    sending = send(message)
+    # (the exact type first: the ABC's own check costs as much as the rest of a chunk's send)
+    if type(sending) is not types.CoroutineType and not isinstance(sending, Coroutine):
+        return sending  # some other awaitable: a task sends it
+    try:
+        waiting = sending.send(None)
+    except StopIteration:
+        return None
+    return _resume(sending, waiting)
+
+
+async def finish(sending: Awaitable[None], send: Send, rest: list[Message]) -> None:
+    """Finish a send that had to wait, then send ``rest`` (in a task: the caller goes on)."""
     await sending
     for message in rest:
         await send(message)
@@ -126,7 +134,8 @@ class EventStreamResponse(Response):
                 data = b"".join(map(encode, events))
             else:
                 data = self.idle
-            return send_now(send, [{"type": "http.response.body", "body": data, "more_body": True}])
+            pending = send_one(send, {"type": "http.response.body", "body": data, "more_body": True})
+            return None if pending is None else asyncio.ensure_future(finish(pending, send, []))
 
         try:
             async with reader:

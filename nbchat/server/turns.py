@@ -71,6 +71,8 @@ class Turn:
         self.state = TurnState.PENDING
         self.created = time.monotonic()
         self.end: End | None = None
+        #: when the turn ended (monotonic clock)
+        self.ended_at: float | None = None
         self._manager = manager
         self._settings = manager.settings
         self._hooks = manager.hooks
@@ -92,7 +94,6 @@ class Turn:
         #: streams attached in other processes, as the store last counted them
         self._elsewhere = 0
         self._grace: asyncio.TimerHandle | None = None
-        self._idle_since: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_piece = 0.0
         self._record: TurnRecord | None = None
@@ -158,8 +159,9 @@ class Turn:
                                 max_tokens=req.max_tokens, model=req.model)
         pieces = self._manager.backend.generate(gen)
         try:
-            self._arm_watchdog()
-            self._finish(End(status=await self._pump(pieces), trimmed=self.trimmed))
+            async with self._manager.admitted(self):  # a fair queue's turn comes before its watchdog starts
+                self._arm_watchdog()
+                self._finish(End(status=await self._pump(pieces), trimmed=self.trimmed))
         except asyncio.CancelledError:
             if self.on_cancel is not None:
                 self.on_cancel(self)
@@ -247,6 +249,7 @@ class Turn:
         if self.end is not None:
             return
         self.end = end
+        self.ended_at = time.monotonic()
         self.state = TurnState.ENDED
         if self._record is not None:
             self._record.end(end)
@@ -328,9 +331,9 @@ class Turn:
         self._update_grace()
 
     @property
-    def idle_since(self) -> float | None:
-        """When the grace period began (monotonic clock); None while a stream reads the turn."""
-        return self._idle_since
+    def in_grace(self) -> bool:
+        """The grace period runs: the turn generates with no stream attached here or elsewhere."""
+        return self._grace is not None
 
     def _update_grace(self) -> None:
         """The one grace period, for every store: it runs while the turn generates with no stream attached
@@ -339,7 +342,6 @@ class Turn:
             self._cancel_grace()
         elif self._grace is None:
             delay = self._settings.grace_period + (self._hooks.counting_delay if self._hooks is not None else 0.0)
-            self._idle_since = time.monotonic()
             self._grace = asyncio.get_running_loop().call_later(delay, self._grace_expired)
 
     def _grace_expired(self) -> None:
@@ -348,7 +350,6 @@ class Turn:
         self.interrupt()
 
     def _cancel_grace(self) -> None:
-        self._idle_since = None
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
@@ -556,10 +557,14 @@ class TurnManager:
         self.evicted_early = 0
         #: how long the latest of those had been ended (seconds): the retention the cap allowed then
         self.evicted_after: float | None = None
-        self._ended_at: dict[str, float] = {}
+        #: what a turn waits for before it generates (a fair queue, :mod:`.fairshare`); None: nothing
+        self.admission: Callable[[Turn], contextlib.AbstractAsyncContextManager[None]] | None = None
 
     def __len__(self) -> int:
         return len(self._turns)
+
+    def admitted(self, turn: Turn) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.admission(turn) if self.admission is not None else contextlib.nullcontext()
 
     def create(self, request: TurnRequest, uid: str | None = None, *, start: bool = True,
                turn_id: str | None = None) -> Turn:
@@ -603,7 +608,8 @@ class TurnManager:
                     break
         if oldest:
             self.evicted_early += len(oldest)
-            self.evicted_after = time.monotonic() - self._ended_at.get(oldest[-1], time.monotonic())
+            ended_at = self._turns[oldest[-1]].ended_at
+            self.evicted_after = 0.0 if ended_at is None else time.monotonic() - ended_at
         for turn_id in oldest:
             self.forget(turn_id)
         if len(self._turns) >= self.settings.max_turns:
@@ -612,7 +618,6 @@ class TurnManager:
     def turn_ended(self, turn: Turn) -> None:
         """Called by a turn when it ends: it is kept for ``retain_seconds``, then forgotten (sooner when
         ``max_turns`` turns are kept and a new one needs room: see :meth:`retention_note`)."""
-        self._ended_at[turn.id] = time.monotonic()
         self._expire_later(turn, self.settings.retain_seconds)
 
     def retention_note(self) -> str:
@@ -650,7 +655,6 @@ class TurnManager:
     def forget(self, turn_id: str) -> None:
         """Drop a turn from the registry now (its expiry too); a store whose publication failed undoes a create."""
         turn = self._turns.pop(turn_id, None)
-        self._ended_at.pop(turn_id, None)
         self._expiry.drop(turn_id)
         if turn is not None and turn.uid is not None and self._by_uid.get(turn.uid) is turn:
             del self._by_uid[turn.uid]

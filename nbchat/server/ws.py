@@ -21,12 +21,13 @@ from websockets.frames import CloseCode
 
 from ..wire.contract import INTERRUPT_FRAME, RESUME_KEY
 from ..wire.errors import RequestError, ResumeError
-from ..wire.events import End, ErrorInfo, Event, Status
-from ..wire.protocol import encode_ws, parse_json_text, parse_position, parse_turn_request
+from ..wire.events import Chunk, End, ErrorInfo, Event, Status
+from ..wire.protocol import encode_chunk_record, encode_ws, parse_json_text, parse_position, parse_turn_request
 from .config import Settings
 from .context import context_of
+from .owned import store_for
 from .store import Reader, TurnStore
-from .streaming import send_now, server_send
+from .streaming import finish, send_now, send_one, server_send
 from .turns import TurnState
 
 log = logging.getLogger("nbchat.server.ws")
@@ -117,6 +118,9 @@ class Session:
 
     async def _pump(self, sub: Reader) -> None:
         def frames(events: list[Event]) -> asyncio.Future[None] | None:
+            if len(events) == 1 and type(events[0]) is Chunk:  # a live chunk: one frame
+                pending = send_one(self._send, {"type": "websocket.send", "text": encode_chunk_record(events[0])})
+                return None if pending is None else asyncio.ensure_future(finish(pending, self._send, []))
             return send_now(self._send, [{"type": "websocket.send", "text": frame}
                                          for event in events for frame in encode_ws(event)])
 
@@ -148,7 +152,7 @@ class Session:
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
     context = context_of(websocket)
-    session = Session(websocket, context.store, context.settings)
+    session = Session(websocket, store_for(websocket), context.settings)
     await websocket.accept()
     try:
         while True:

@@ -9,22 +9,23 @@ execute request is queued at once, so the page's own messages reach the
 kernel only after the last cell; what the page needs must come from the
 kernel without them. Asserted from the browser's side: which endpoint each
 page opened (Playwright's request and WebSocket events), and that each
-widget's text grows while its cell sleeps.
+widget's text grows while its cell sleeps. The two notebooks run at once, in
+two tabs: two kernels, each starting its own server and model.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.e2e.test_jupyterlab import ARTIFACTS, START_TIMEOUT, Lab
-from tests.e2e.test_jupyterlab import lab as lab  # the JupyterLab fixture, for this module too
+from nbchat.bench.longpage import KERNEL_IDLE, Lab, write_notebook
+from tests.e2e.conftest import START_TIMEOUT
+from tests.e2e.test_jupyterlab import ARTIFACTS
 
 pytestmark = [pytest.mark.model, pytest.mark.browser, pytest.mark.slow, pytest.mark.e2e]
 
@@ -53,8 +54,9 @@ def cells(route: str) -> list[str]:
 
 @dataclass
 class Run:
-    """What the browser saw during Run All."""
+    """What the browser saw during Run All of one route's notebook."""
 
+    began: float = field(default_factory=time.monotonic)
     samples: list[dict[str, Any]] = field(default_factory=list)  # {t, running, lengths: {transport: n}}
     opened: list[tuple[float, str, str]] = field(default_factory=list)  # (time, kind, url)
 
@@ -80,74 +82,81 @@ SAMPLE = """(cells) => {
 }"""
 
 
-@contextmanager
-def run_all(lab: Lab, browser: Any, route: str) -> Iterator[Run]:
-    """Open a fresh notebook for ``route``, Run All, and sample the page until the last cell is done."""
-    import nbformat
+@pytest.fixture(scope="module")
+def runs(lab: Lab, browser: Any) -> Iterator[dict[str, Run]]:
+    """Each route's notebook, fresh, in a tab of its own; Run All in both at once, each tab sampled in turn until
+    its last cell is done (two kernels, each starting its own server and model, as two users would)."""
+    contexts = {route: browser.new_context(viewport={"width": 1280, "height": 1400}) for route in ROUTES}
+    try:
+        tabs, found = {}, {}
+        for route, context in contexts.items():
+            tabs[route], found[route] = open_notebook(lab, context, route)
+        for tab in tabs.values():
+            tab.wait_for_function(KERNEL_IDLE, timeout=START_TIMEOUT * 1000)
+        for tab in tabs.values():  # not awaited: the command's promise resolves only once every cell has run
+            tab.evaluate("() => { jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        time.sleep(1)  # let the first cells be marked as running before sampling looks for the end
+        deadline = time.monotonic() + 240
+        running = set(ROUTES)
+        while running and time.monotonic() < deadline:
+            for route in sorted(running):
+                sample = tabs[route].evaluate(SAMPLE, SHOW)
+                sample["t"] = time.monotonic() - found[route].began
+                found[route].samples.append(sample)
+                if sample["running"] == -1:
+                    running.discard(route)
+            time.sleep(0.2)  # sampling the page at a steady pace is the point here
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for route, tab in tabs.items():
+            tab.screenshot(path=str(ARTIFACTS / f"direct-run-all-{route}.png"), full_page=True)
+        yield found
+    finally:
+        for context in contexts.values():
+            context.close()
 
+
+def open_notebook(lab: Lab, context: Any, route: str) -> tuple[Any, Run]:
+    """A fresh notebook for ``route`` opened in a tab of ``context`` (in a workspace of its own), with the
+    requests and WebSockets the tab opens logged from now on."""
     name = f"direct-{route}.ipynb"
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells(route)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, lab.root / name)
-    context = browser.new_context(viewport={"width": 1280, "height": 1400})
+    write_notebook(lab.root / name, cells(route))
     tab = context.new_page()
     run = Run()
-    began = time.monotonic()
-    tab.on("request", lambda r: run.opened.append((time.monotonic() - began, f"{r.method} {r.resource_type}", r.url)))
-    tab.on("websocket", lambda ws: run.opened.append((time.monotonic() - began, "websocket", ws.url)))
-    try:
-        tab.goto(f"{lab.url}/lab/workspaces/{route}/tree/{name}?reset&token={lab.token}")
-        tab.wait_for_function(
-            "() => { const nb = window.jupyterapp && jupyterapp.shell.currentWidget;"
-            " const k = nb && nb.sessionContext && nb.sessionContext.session && nb.sessionContext.session.kernel;"
-            " return !!k && k.status === 'idle'; }", timeout=START_TIMEOUT * 1000)
-        # not awaited: the command's promise resolves only once every cell has run
-        tab.evaluate("() => { jupyterapp.commands.execute('notebook:run-all-cells'); }")
-        time.sleep(1)  # let the first cell be marked as running before sampling looks for the end
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            sample = tab.evaluate(SAMPLE, SHOW)
-            sample["t"] = time.monotonic() - began
-            run.samples.append(sample)
-            if sample["running"] == -1:
-                break
-            time.sleep(0.2)  # sampling the page at a steady pace is the point here
-        tab.screenshot(path=str(ARTIFACTS / f"direct-run-all-{route}.png"), full_page=True)
-        yield run
-    finally:
-        context.close()
+    tab.on("request", lambda r: run.opened.append((time.monotonic() - run.began, f"{r.method} {r.resource_type}",
+                                                   r.url)))
+    tab.on("websocket", lambda ws: run.opened.append((time.monotonic() - run.began, "websocket", ws.url)))
+    tab.goto(f"{lab.url}/lab/workspaces/{route}/tree/{name}?reset&token={lab.token}")
+    return tab, run
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_run_all_streams_every_transport_while_the_kernel_sleeps(lab: Lab, browser: Any, route: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with run_all(lab, browser, route) as run:
-        assert run.samples[-1]["running"] == -1, "Run All did not finish"
-        for t in TRANSPORTS:
-            during = run.during(ASK[t])
-            lengths = [s["lengths"][t] for s in during]
-            distinct = sorted({n for n in lengths if n > 0})
-            print(f"\n{route} {t}: {len(during)} samples during its sleep, distinct lengths {distinct}; "
-                  f"stats after: {run.samples[-1]['stats'][t]!r}")
-            assert len(distinct) >= 3, (route, t, lengths)  # it grew while the kernel slept
-            assert lengths == sorted(lengths), (route, t, lengths)
-            # the requests this widget's page made while its cell ran, from the browser's log
-            start, end = run.window(ASK[t])
-            mine = [(kind, url) for when, kind, url in run.opened if start - 1 <= when <= end
-                    and any(p in urlsplit(url).path for p in NBCHAT_PATHS)]
-            seen = [f"{kind} {urlsplit(url).path}" for kind, url in mine]
-            print(f"{route} {t} opened: {seen}")
-            assert [s if "/websocket/" not in s else s.split("/websocket/")[0] + "/websocket/" for s in
-                    (_strip_proxy(x) for x in seen)] == OPENS[t], seen
-            for _kind, url in mine:
-                parts = urlsplit(url)
-                if route == "auto":  # jupyter-server-proxy is installed: through Jupyter's /proxy/<port>/
-                    assert f"{parts.hostname}:{parts.port}" == urlsplit(lab.url).netloc and "/proxy/" in parts.path
-                else:  # the kernel's own server, on its own port
-                    assert parts.hostname == "127.0.0.1" and parts.port != urlsplit(lab.url).port, url
-                    assert "/proxy/" not in parts.path, url
-            assert run.samples[-1]["stats"][t].startswith(f"{t} {'proxy' if route == 'auto' else 'direct'} · ")
+def test_run_all_streams_every_transport_while_the_kernel_sleeps(lab: Lab, runs: dict[str, Run], route: str) -> None:
+    run = runs[route]
+    assert run.samples[-1]["running"] == -1, "Run All did not finish"
+    for t in TRANSPORTS:
+        during = run.during(ASK[t])
+        lengths = [s["lengths"][t] for s in during]
+        distinct = sorted({n for n in lengths if n > 0})
+        print(f"\n{route} {t}: {len(during)} samples during its sleep, distinct lengths {distinct}; "
+              f"stats after: {run.samples[-1]['stats'][t]!r}")
+        assert len(distinct) >= 3, (route, t, lengths)  # it grew while the kernel slept
+        assert lengths == sorted(lengths), (route, t, lengths)
+        # the requests this widget's page made while its cell ran, from the browser's log
+        start, end = run.window(ASK[t])
+        mine = [(kind, url) for when, kind, url in run.opened if start - 1 <= when <= end
+                and any(p in urlsplit(url).path for p in NBCHAT_PATHS)]
+        seen = [f"{kind} {urlsplit(url).path}" for kind, url in mine]
+        print(f"{route} {t} opened: {seen}")
+        assert [s if "/websocket/" not in s else s.split("/websocket/")[0] + "/websocket/" for s in
+                (_strip_proxy(x) for x in seen)] == OPENS[t], seen
+        for _kind, url in mine:
+            parts = urlsplit(url)
+            if route == "auto":  # jupyter-server-proxy is installed: through Jupyter's /proxy/<port>/
+                assert f"{parts.hostname}:{parts.port}" == urlsplit(lab.url).netloc and "/proxy/" in parts.path
+            else:  # the kernel's own server, on its own port
+                assert parts.hostname == "127.0.0.1" and parts.port != urlsplit(lab.url).port, url
+                assert "/proxy/" not in parts.path, url
+        assert run.samples[-1]["stats"][t].startswith(f"{t} {'proxy' if route == 'auto' else 'direct'} · ")
 
 
 def _strip_proxy(seen: str) -> str:

@@ -12,7 +12,6 @@ to ``artifacts/e2e/``. The widget's rendering alone, in a plain page, is tested 
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +19,12 @@ from typing import Any
 
 import pytest
 
-from nbchat.bench.longpage import Lab, lab_server, write_notebook
-from tests.e2e.conftest import CHROMIUM
+from nbchat.bench.longpage import CELL_DONE, KERNEL_IDLE, Lab, write_notebook
+from tests.e2e.conftest import START_TIMEOUT
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
-IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
-START_TIMEOUT = 90.0
 XSS = 'Hi <img src=x onerror="window.__xss=1"> and <script>window.__xss=2</script> **bold** done'
 
 CELLS = [
@@ -74,26 +71,14 @@ CELLS[DIRECT_SETUP] = f"TRANSPORTS = {TRANSPORTS!r}\n" + CELLS[DIRECT_SETUP]
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    if shutil.which("jupyter") is None or not Path(CHROMIUM).exists():
-        pytest.skip("needs JupyterLab and /usr/bin/chromium")
-    root = tmp_path_factory.mktemp("lab")
-    write_notebook(root / "chat.ipynb", CELLS)
-    with lab_server(root, START_TIMEOUT) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
 def page(lab: Lab, browser: Any) -> Iterator[Any]:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    write_notebook(lab.root / "chat.ipynb", CELLS)
     tab = browser.new_page(viewport={"width": 1280, "height": 1000})
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    tab.goto(f"{lab.url}/lab/tree/chat.ipynb?token={lab.token}")
-    tab.wait_for_function(
-        "() => { const nb = window.jupyterapp && jupyterapp.shell.currentWidget;"
-        " const k = nb && nb.sessionContext && nb.sessionContext.session && nb.sessionContext.session.kernel;"
-        " return !!k && k.status === 'idle'; }", timeout=START_TIMEOUT * 1000)
+    tab.goto(f"{lab.url}/lab/workspaces/chat/tree/chat.ipynb?reset&token={lab.token}")
+    tab.wait_for_function(KERNEL_IDLE, timeout=START_TIMEOUT * 1000)
     tab.nbchat_errors = errors
     run_cell(tab, LOAD)  # every test below may use %%chat
     wait_cell(tab, LOAD)
@@ -110,15 +95,11 @@ def run_cell(page: Any, index: int) -> float:
 
 
 def cell_done(page: Any, index: int) -> bool:
-    return bool(page.evaluate("i => { const c = jupyterapp.shell.currentWidget.content.widgets[i];"
-                              " return c.model.executionCount !== null && !c.promptNode.textContent.includes('*'); }",
-                              index))
+    return bool(page.evaluate(CELL_DONE, index))
 
 
 def wait_cell(page: Any, index: int, timeout: float = 120.0) -> None:
-    page.wait_for_function("i => { const c = jupyterapp.shell.currentWidget.content.widgets[i];"
-                           " return c.model.executionCount !== null && !c.promptNode.textContent.includes('*'); }",
-                           arg=index, timeout=timeout * 1000)
+    page.wait_for_function(CELL_DONE, arg=index, timeout=timeout * 1000)
 
 
 def output(page: Any, index: int) -> Any:
@@ -151,7 +132,7 @@ def test_chat_cell_streams_live_and_ends_as_markdown(page: Any) -> None:
 
 def test_kernel_interrupt_stops_a_chat_cell_and_keeps_the_partial_answer(page: Any) -> None:
     run_cell(page, STORY)
-    out = output(page, STORY)
+    out = page.locator(".jp-Notebook .jp-Cell").nth(STORY).locator(".jp-OutputArea")  # a long answer: a few outputs
     page.wait_for_function("i => { const t = jupyterapp.shell.currentWidget.content.widgets[i]"
                            ".node.querySelector('.jp-OutputArea-output');"
                            " return !!t && t.innerText.length > 80 && !t.innerText.includes('waiting'); }",
@@ -346,7 +327,7 @@ MIRROR_SHOWN = ("i => { const m = jupyterapp.shell.currentWidget.content.widgets
                 " return {shown: getComputedStyle(o).display !== 'none', text: o.innerText}; }")
 
 
-def test_widget_streams_code_and_math_and_renders_them_at_the_end(page: Any) -> None:
+def test_widget_streams_code_and_math_and_renders_them_at_the_end(page: Any, docs_img: Path) -> None:
     run_cell(page, RENDER_WIDGET)
     wait_cell(page, RENDER_WIDGET)
     widget = page.locator(".jp-Notebook .jp-Cell").nth(RENDER_WIDGET).locator(".nbchat-widget")
@@ -371,11 +352,11 @@ def test_widget_streams_code_and_math_and_renders_them_at_the_end(page: Any) -> 
     mirror = page.evaluate(MIRROR_SHOWN, RENDER_WIDGET)
     assert mirror is not None and mirror["shown"] is False, mirror  # the live widget shows it: the copy is hidden
     assert not page.nbchat_errors, page.nbchat_errors
-    IMG.mkdir(parents=True, exist_ok=True)
-    widget.screenshot(path=str(IMG / "widget-code-math.png"))
+    widget.screenshot(path=str(docs_img / "widget-code-math.png"))
 
 
-def test_saved_notebook_reopened_without_a_kernel_shows_the_conversation(page: Any, lab: Lab, browser: Any) -> None:
+def test_saved_notebook_reopened_without_a_kernel_shows_the_conversation(page: Any, lab: Lab, browser: Any,
+                                                                         docs_img: Path) -> None:
     import nbformat
 
     page.evaluate("() => jupyterapp.commands.execute('docmanager:save')")
@@ -404,7 +385,6 @@ def test_saved_notebook_reopened_without_a_kernel_shows_the_conversation(page: A
         assert "ChatWidget conversation (1 exchange)" in mirror["text"], mirror
         assert "def total(n: int) -> int:" in mirror["text"] and "Euler's identity" in mirror["text"], mirror
         cell = tab.locator(".jp-Notebook .jp-Cell").nth(RENDER_WIDGET)
-        IMG.mkdir(parents=True, exist_ok=True)
-        cell.screenshot(path=str(IMG / "widget-saved-no-kernel.png"))
+        cell.screenshot(path=str(docs_img / "widget-saved-no-kernel.png"))
     finally:
         context.close()

@@ -4,31 +4,33 @@ saved notebook, reopened without a kernel, shows the whole answer as Markdown.
 The same ~40 KB Markdown answer (math, code, tables) streams from an echo
 server in the kernel at 1,000 pieces a second into a relayed ``ChatWidget``
 and into a ``%%chat`` cell, in the same run (:mod:`nbchat.bench.longpage`
-measures the same way). The bounds are relative to the widget or generous: the
-machine may be shared. Before the answer was rendered block by block,
+measures the same way). The bounds are the targets, relative to the widget in
+the same run where the machine may be shared. Before the answer was rendered block by block,
 ``%%chat`` took over 6 times as long as the stream and the page spent nearly
 all of it in frames over 100 ms apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from nbchat.bench.longpage import Lab, cells, lab_server, long_answer, measure, open_notebook, run_cell, write_notebook
+from nbchat.bench.longpage import (
+    CELL_DONE,
+    Lab,
+    cells,
+    long_answer,
+    measure,
+    open_notebook,
+    run_cell,
+    write_notebook,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.browser]
 
 KB = 40
 RATE = 1000.0
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with lab_server(tmp_path_factory.mktemp("long")) as running:
-        yield running
 
 
 def test_a_long_chat_answer_keeps_pace_and_is_saved_as_markdown(lab: Lab, browser: Any) -> None:
@@ -50,11 +52,12 @@ def test_a_long_chat_answer_keeps_pace_and_is_saved_as_markdown(lab: Lab, browse
         chat = measure(tab, chat_cell, chat_cell, "chat", 120)
         print(f"\n{KB} KB answer at {RATE:.0f} pieces/s: widget {widget}\n%%chat {chat}")
         assert not widget["timed_out"] and not chat["timed_out"], (widget, chat)
-        assert chat["seconds"] <= 1.6 * widget["seconds"], (chat, widget)
-        assert chat["stalled_s"] <= 5.0, chat  # it was the whole run (60 s and more) before
-        tab.wait_for_function("i => { const c = jupyterapp.shell.currentWidget.content.widgets[i];"
-                              " return c.model.executionCount !== null && !c.promptNode.textContent.includes('*'); }",
-                              arg=chat_cell, timeout=60_000)
+        assert chat["seconds"] <= 1.3 * widget["seconds"], (chat, widget)
+        # At most 2 s of stalled frames (the whole run, 60 s and more, before the answer was drawn block by
+        # block), counted until the page has settled: on a machine so busy that the widget itself stalls
+        # longer, no more than the widget in the same run.
+        assert chat["stalled_s"] <= max(2.0, 1.2 * widget["stalled_s"]), (chat, widget)
+        tab.wait_for_function(CELL_DONE, arg=chat_cell, timeout=60_000)
         tab.evaluate("() => jupyterapp.commands.execute('docmanager:save')")
         tab.wait_for_function("() => !jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
     finally:
@@ -63,22 +66,23 @@ def test_a_long_chat_answer_keeps_pace_and_is_saved_as_markdown(lab: Lab, browse
     answer = long_answer(KB * 1000)
     saved = nbformat.read(lab.root / "long.ipynb", as_version=4)
     outputs = saved.cells[chat_cell].outputs
-    assert len(outputs) == 1 and outputs[0].output_type == "display_data", outputs  # no widget view left
-    markdown = outputs[0].data["text/markdown"]
-    assert markdown.startswith(answer) and "\\[DONE\\]" in markdown
-    assert outputs[0].metadata["nbchat"]["status"] == "[DONE]" and outputs[0].metadata["nbchat"]["backend"] == "echo"
-    nbformat.write(saved, lab.root / "reopened.ipynb")
+    # Markdown outputs of whole blocks (no widget view left), the provenance on the last, beside the footer
+    assert len(outputs) > 1 and all(set(o.data) == {"text/markdown", "text/plain"} for o in outputs), outputs
+    markdown = "".join(o.data["text/markdown"] for o in outputs)
+    assert markdown.startswith(answer) and "\\[DONE\\]" in outputs[-1].data["text/markdown"]
+    assert outputs[-1].metadata["nbchat"]["status"] == "[DONE]" and outputs[-1].metadata["nbchat"]["backend"] == "echo"
+    nbformat.write(saved, lab.root / "long-reopened.ipynb")
 
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     tab = context.new_page()
     try:  # a fresh page, the notebook opened with no kernel
-        tab.goto(f"{lab.url}/lab/workspaces/reopened?reset&token={lab.token}")
+        tab.goto(f"{lab.url}/lab/workspaces/long-reopened?reset&token={lab.token}")
         tab.wait_for_function("() => !!window.jupyterapp", timeout=120_000)
         tab.evaluate("async () => { await jupyterapp.restored;"
-                     " await jupyterapp.commands.execute('docmanager:open', {path: 'reopened.ipynb',"
+                     " await jupyterapp.commands.execute('docmanager:open', {path: 'long-reopened.ipynb',"
                      " factory: 'Notebook', kernelPreference: {shouldStart: false, canStart: false}}); }")
         tab.wait_for_function("i => { const nb = jupyterapp.shell.currentWidget; return !!nb && !!nb.content"
-                              " && nb.context.path === 'reopened.ipynb' && nb.content.widgets.length > i"
+                              " && nb.context.path === 'long-reopened.ipynb' && nb.content.widgets.length > i"
                               " && !!nb.content.widgets[i].node.querySelector('.jp-RenderedMarkdown'); }",
                               arg=chat_cell, timeout=60_000)
         assert tab.evaluate("() => jupyterapp.shell.currentWidget.sessionContext.session?.kernel ?? null") is None
@@ -87,8 +91,8 @@ def test_a_long_chat_answer_keeps_pace_and_is_saved_as_markdown(lab: Lab, browse
                               ".querySelectorAll('.jp-RenderedMarkdown mjx-container').length > 100",
                               arg=chat_cell, timeout=60_000)
         shown = tab.evaluate("""i => { const m = jupyterapp.shell.currentWidget.content.widgets[i].node
-            .querySelector('.jp-RenderedMarkdown'); return {text: m.textContent, pre: m.querySelectorAll('pre').length,
-            tables: m.querySelectorAll('table').length, strong: m.querySelectorAll('strong').length}; }""",
+            .querySelector('.jp-OutputArea'); const n = (s) => m.querySelectorAll('.jp-RenderedMarkdown ' + s).length;
+            return {text: m.textContent, pre: n('pre'), tables: n('table'), strong: n('strong')}; }""",
                              chat_cell)
         last_step = answer.rsplit("**Step ", 1)[1].split(".**", 1)[0]
         assert f"Step {last_step}." in shown["text"] and "[DONE]" in shown["text"], shown["text"][-300:]

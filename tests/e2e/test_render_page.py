@@ -20,7 +20,6 @@ import pytest
 pytestmark = pytest.mark.browser
 
 STATIC = Path(__file__).resolve().parents[2] / "nbchat" / "notebook" / "static"
-IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 PAGE_URL = "http://127.0.0.1:9/render.html"
 
 HARNESS = """<!doctype html><html><head><style>%(css)s</style></head><body><div id=root></div>
@@ -133,7 +132,7 @@ def test_streamed_markdown_renders_like_the_whole_and_stays_inert(page: Any) -> 
     assert page.evaluate("() => window.__xss") is None
 
 
-def test_math_and_code_split_at_every_character_render_like_the_whole(page: Any) -> None:
+def test_math_and_code_split_at_every_character_render_like_the_whole(page: Any, docs_img: Path) -> None:
     # Every prefix of the answer is drawn (one delta per character, a render after each), recording
     # where the highlighted code blocks are not exactly those whose closing fence line is complete.
     early: list[int] = page.evaluate("""(text) => {
@@ -169,9 +168,8 @@ def test_math_and_code_split_at_every_character_render_like_the_whole(page: Any)
     assert counts["nested"] == 1 and all(counts["cells"]), counts
     assert "It costs $5 and $6." in counts["text"], counts["text"]  # prices are not math
     assert "\"$x$\" stays code" in counts["text"] and "<script>" in counts["text"]
-    IMG.mkdir(parents=True, exist_ok=True)
     page.add_style_tag(content=".nbchat-log { max-height: none; }")  # the whole answer in the picture
-    page.locator(".nbchat-widget").screenshot(path=str(IMG / "widget-render-page.png"))
+    page.locator(".nbchat-widget").screenshot(path=str(docs_img / "widget-render-page.png"))
 
 
 def test_code_is_plain_until_its_fence_closes(page: Any) -> None:

@@ -46,7 +46,6 @@ from nbchat.backends.echo import split_pieces
 from nbchat.bench.procs import free_port
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.helpers import stop_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -184,28 +183,23 @@ def nbchat_server(jupyter: Jupyter) -> Iterator[ServerHandle]:
 
 
 @pytest.fixture(scope="module")
-def results(jupyter: Jupyter, nbchat_server: ServerHandle, page_port: int) -> dict[str, dict[str, Any]]:
+def results(jupyter: Jupyter, nbchat_server: ServerHandle, page_port: int,
+            browser: Any) -> dict[str, dict[str, Any]]:
     """Each client's answer and the times the page took its pieces, through the proxy."""
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip("needs /usr/bin/chromium")
     server = f"{jupyter.url}/proxy/{_port(nbchat_server)}"
     query = urllib.parse.urlencode({"server": server, "token": nbchat_server.token, "msg": MSG})
     out: dict[str, dict[str, Any]] = {}
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            tab = browser.new_page()
-            tab.set_default_timeout(30_000)
-            tab.add_init_script(RECORDER)
-            tab.goto(f"{jupyter.url}/api/status?token={jupyter.token}")  # Jupyter's login cookie
-            tab.goto(f"{jupyter.url}/proxy/{page_port}/seed_page.html?{query}")
-            tab.wait_for_function("() => typeof EventSourcePolyfill === 'function'")
-            for name, function in CLIENTS.items():
-                out[name] = tab.evaluate(RUN, [function, f"{name}-{secrets.token_hex(4)}", CLIENT_TIMEOUT_MS])
-        finally:
-            browser.close()
+    tab = browser.new_page()
+    try:
+        tab.set_default_timeout(30_000)
+        tab.add_init_script(RECORDER)
+        tab.goto(f"{jupyter.url}/api/status?token={jupyter.token}")  # Jupyter's login cookie
+        tab.goto(f"{jupyter.url}/proxy/{page_port}/seed_page.html?{query}")
+        tab.wait_for_function("() => typeof EventSourcePolyfill === 'function'")
+        for name, function in CLIENTS.items():
+            out[name] = tab.evaluate(RUN, [function, f"{name}-{secrets.token_hex(4)}", CLIENT_TIMEOUT_MS])
+    finally:
+        tab.close()
     return out
 
 

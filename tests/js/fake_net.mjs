@@ -27,7 +27,8 @@ export class FakeServer {
     this.records = pieces(text).map((content, i) => ({ content, seq: i + 1, ts: 1700000000 + i / 100 }));
     this.status = status;
     this.error = error; // {code, message}: sent just before the status
-    this.scenario = { dropAfter: [], overlap: 0, answer: {}, ...scenario }; // dropAfter: one count per connection
+    // dropAfter: one count per connection; prefix: the path the server is mounted under (a Hub's service)
+    this.scenario = { dropAfter: [], overlap: 0, answer: {}, prefix: "", ...scenario };
     this.calls = []; // [method, url, init] of every fetch
     this.sockets = [];
     this.sources = [];
@@ -52,6 +53,9 @@ export class FakeServer {
     const method = init.method || "GET";
     this.calls.push([method, url, init]);
     const u = new URL(url);
+    const { prefix } = this.scenario;
+    if (prefix && !u.pathname.startsWith(prefix)) return Response.json({ error: { code: "not_found", message: "outside" } }, { status: 404 });
+    u.pathname = u.pathname.slice(prefix.length) || "/";
     const key = `${method} ${u.pathname}`;
     if (this.scenario.answer[key]) return this.scenario.answer[key](u, init);
     if (key === `POST ${PATHS.turns}`) return Response.json({ id: TURN_ID, uid: JSON.parse(init.body).uid });
@@ -151,11 +155,11 @@ export class FakeServer {
 }
 
 // Runs one DirectTurn against `server`; resolves with how it ended and what the page was given.
-export function run(DirectTurn, server, transport, { route = "direct", request, before } = {}) {
+export function run(DirectTurn, server, transport, { route = "direct", request, before, where, token = TOKEN } = {}) {
   return new Promise((resolve) => {
     const given = [];
     const turn = new DirectTurn({
-      where: { base: BASE, route, headers: {} }, token: TOKEN, transport, net: server.net, origin: "http://page:8888",
+      where: where || { base: BASE, route, headers: {} }, token, transport, net: server.net, origin: "http://page:8888",
       request: request || { userMessage: { role: "user", content: "hi" }, conversation: [] },
       onChunk: (piece) => given.push(piece),
       onEnd: (status, error, metrics, stats) => resolve({ status, error, text: given.join(""), given, metrics, turn, stats }),

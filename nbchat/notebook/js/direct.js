@@ -9,8 +9,14 @@
 // No DOM here: the network constructors (fetch, WebSocket, EventSource) are
 // taken from `net` (the page's globals by default), so node --test can drive
 // each reader with fakes.
+//
+// On a JupyterHub's service (route "hub", see ./route.js) the page has no
+// token: it signs in with the user's Hub login before its first request, and
+// again once if the service stops taking its login cookie.
 
 import CONTRACT from "./contract.js";
+import { TurnMetrics, statsLine } from "./metrics.js";
+import { signIn } from "./route.js";
 
 const { paths: PATHS, params: PARAMS, statuses: STATUS } = CONTRACT;
 export const STATUSES = new Set(Object.values(STATUS));
@@ -26,68 +32,8 @@ export function transportName(name) {
   return canonical;
 }
 
-// What the stats line says of a history the server shortened to fit its model (Python's trimmed_note).
-export function trimmedNote(exchanges) {
-  return `history trimmed: ${exchanges} exchange${exchanges === 1 ? "" : "s"}`;
-}
-
-// The line under an answer, in the format of Python's stats_line (nbchat/notebook/turn.py): the figures,
-// the status (with the server's error, as "[ERROR] code: message"), the trimmed history, then why the
-// page itself had to end the turn.
-export function statsLine(footer, error) {
-  return footer + (error ? ` · ${error}` : "");
-}
-
 function fillPath(path, values) {
   return path.replace(/\{(\w+)\}/g, (_, key) => encodeURIComponent(values[key]));
-}
-
-function percentile(sorted, p) {
-  if (!sorted.length) return null;
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
-}
-
-// Per chunk: arrival (clock.now(), ms), the server's emit time (ts, s) and the bytes it took on the wire.
-export class TurnMetrics {
-  constructor(transport, route, clock = globalThis.performance) {
-    this.transport = transport;
-    this.route = route;
-    this.clock = clock;
-    this.t0 = clock.now();
-    this.arrivals = [];
-    this.lags = []; // arrival minus the server's ts (one clock on one host), ms
-    this.bytes = 0;
-    this.resumes = 0;
-    this.trimmed = 0; // exchanges the server dropped from the history: its first chunk says so
-  }
-
-  chunk(rec, bytes) {
-    const now = this.clock.now();
-    this.arrivals.push(now);
-    this.bytes += bytes;
-    if (Number.isInteger(rec.trimmed) && rec.trimmed > 0) this.trimmed = rec.trimmed;
-    if (typeof rec.ts === "number") this.lags.push(this.clock.timeOrigin + now - rec.ts * 1000);
-  }
-
-  summary() {
-    const gaps = this.arrivals.slice(1).map((t, i) => t - this.arrivals[i]).sort((a, b) => a - b);
-    const lags = [...this.lags].sort((a, b) => a - b);
-    const n = this.arrivals.length;
-    const round = (x) => (x === null ? null : Math.round(x * 10) / 10);
-    return { transport: this.transport, route: this.route, chunks: n, resumes: this.resumes,
-             ttft_ms: n ? round(this.arrivals[0] - this.t0) : null,
-             cadence_p50_ms: round(percentile(gaps, 50)), cadence_p99_ms: round(percentile(gaps, 99)),
-             lag_p50_ms: round(percentile(lags, 50)), bytes_per_chunk: n ? round(this.bytes / n) : null };
-  }
-
-  footer(status) {
-    const s = this.summary();
-    const ms = (x) => (x === null ? "–" : `${Math.round(x)} ms`);
-    return `${s.transport} ${s.route} · first token ${ms(s.ttft_ms)} · ${s.chunks} chunks · cadence p50 ${ms(s.cadence_p50_ms)}`
-      + ` p99 ${ms(s.cadence_p99_ms)} · ${s.bytes_per_chunk ?? "–"} B/chunk`
-      + (s.resumes ? ` · resumed ${s.resumes}×` : "") + ` · ${status}`
-      + (this.trimmed ? ` · ${trimmedNote(this.trimmed)}` : "");
-  }
 }
 
 export async function describe(res, what) {
@@ -95,6 +41,18 @@ export async function describe(res, what) {
   try { detail = (await res.json()).error.message; } catch (e) { /* not nbchat's JSON: the status says enough */ }
   const hint = res.status === 403 && !detail ? " (Jupyter refused the request: is the page logged in?)" : "";
   return `${what} answered ${res.status}${detail ? ": " + detail : ""}${hint}`;
+}
+
+// A request the server answered with an HTTP error; `status` says whether signing in again may help.
+export class Refused extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function refused(res, what) {
+  return new Refused(await describe(res, what), res.status);
 }
 
 // One turn streamed by the page. Chunks are taken only when their seq is new, so a resumed stream
@@ -114,24 +72,38 @@ export class DirectTurn {
     this.metrics = new TurnMetrics(this.transport, where.route, clock);
   }
 
+  // The token as a query parameter and a header, when there is one (a Hub's page has none: its cookie signs it in).
+  tokenQuery() { return this.token ? { [PARAMS.token]: this.token } : {}; }
+
   url(path, query) {
-    const q = new URLSearchParams({ ...query, [PARAMS.token]: this.token });
+    const q = new URLSearchParams({ ...query, ...this.tokenQuery() });
     return `${this.where.base}${path}?${q}`;
   }
 
   headers(extra) {
-    return { ...this.where.headers, [PARAMS.token]: this.token, ...extra };
+    return { ...this.where.headers, ...this.tokenQuery(), ...extra };
   }
 
   async start() {
+    const hub = this.where.route === "hub";
     try {
-      if (this.transport === "stream") await this.fetchStream(null);
-      else {
-        await this.queue();
-        if (this.transport === "ws") this.openSocket(false);
-        else this.openEventSource();
+      if (hub) await signIn(this.where.base, this.net);
+      try { await this.open(); } catch (e) {
+        // the login cookie expired, or the Hub revoked its token: sign in anew, once
+        if (!(hub && e instanceof Refused && e.status === 401)) throw e;
+        await signIn(this.where.base, this.net, true);
+        await this.open();
       }
     } catch (e) { this.fail(this.explain(e)); }
+  }
+
+  async open() {
+    if (this.transport === "stream") await this.fetchStream(null);
+    else {
+      await this.queue();
+      if (this.transport === "ws") this.openSocket(false);
+      else this.openEventSource();
+    }
   }
 
   // A refused cross-origin request reaches the page only as "Failed to fetch": say what to check.
@@ -147,7 +119,7 @@ export class DirectTurn {
     const res = await this.net.fetch(`${this.where.base}${PATHS.turns}`, { method: "POST", credentials: "same-origin",
       headers: this.headers({ "Content-Type": "application/json" }),
       body: JSON.stringify({ ...this.request, [PARAMS.uid]: this.uid }) });
-    if (!res.ok) throw new Error(await describe(res, `POST ${PATHS.turns}`));
+    if (!res.ok) throw await refused(res, `POST ${PATHS.turns}`);
     this.id = (await res.json()).id;
     if (this.stopping) this.interrupt();
   }
@@ -227,7 +199,8 @@ export class DirectTurn {
   openSocket(resume) {
     const base = this.where.base.replace(/^http/, "ws");
     const path = fillPath(PATHS.websocket, { uid: this.uid });
-    const socket = new this.net.WebSocket(`${base}${path}?${new URLSearchParams({ [PARAMS.token]: this.token })}`);
+    const query = new URLSearchParams(this.tokenQuery());
+    const socket = new this.net.WebSocket(`${base}${path}${this.token ? "?" + query : ""}`);
     this.conn = socket;
     socket.onopen = () => {
       const spec = { [PARAMS.after]: this.seq, [PARAMS.turn]: this.id };
@@ -266,7 +239,7 @@ export class DirectTurn {
           body: JSON.stringify(this.request), headers: { ...init.headers, "Content-Type": "application/json" } })
       : await this.net.fetch(this.url(PATHS.ndjson, { [PARAMS.turn]: this.id, [PARAMS.after]: String(after) }), init);
     if (res.status === 204) { this.fail("the turn ended and expired before it could be resumed"); return; }
-    if (!res.ok) throw new Error(await describe(res, PATHS.ndjson));
+    if (!res.ok) throw await refused(res, PATHS.ndjson);
     this.id = this.id || res.headers.get(CONTRACT.turnHeader);
     if (this.stopping) this.interrupt();
     if (res.headers.get("Content-Length") !== null) {

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
+from redis.typing import EncodableT
 
 from ...wire.errors import RequestError
 from ...wire.events import End, ErrorInfo, Status
@@ -52,3 +56,45 @@ def unavailable() -> Iterator[None]:
         log.warning("the turn store (Redis) failed in a request: %s", exc)
         raise RequestError("the turn store (Redis) is unreachable; try again shortly",
                            code="store_unavailable", status=503) from exc
+
+
+class Batched:
+    """Calls of one script made in the same pass of the event loop, sent together in one pipeline: a
+    burst of new turns (500 streams starting at once) costs a few round trips, not one each, and no
+    wait for a pooled connection per turn (the pool's lock and condition cost more than the call)."""
+
+    def __init__(self, client: aioredis.Redis, script: AsyncScript) -> None:
+        self._client = client
+        self._script = script
+        self._calls: list[tuple[Sequence[str], Sequence[EncodableT], asyncio.Future[Any]]] = []
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[EncodableT]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls.append((keys, args, future))
+        if len(self._calls) == 1:
+            asyncio.get_running_loop().call_soon(self._send)
+        return await future
+
+    def _send(self) -> None:
+        calls, self._calls = self._calls, []
+        task = asyncio.get_running_loop().create_task(self._execute(calls))
+        task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
+
+    async def _execute(self, calls: list[tuple[Sequence[str], Sequence[EncodableT], asyncio.Future[Any]]]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args, _ in calls:
+            await self._script(keys=keys, args=args, client=pipe)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            for _, _, future in calls:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else RedisError(str(exc)))
+            raise
+        for (_, _, future), result in zip(calls, results, strict=True):
+            if future.done():  # its caller went away
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

@@ -14,8 +14,9 @@ from ...wire.events import ErrorInfo, Status
 from ..config import Settings
 from ..turns import Turn, TurnManager, TurnState
 from .client import POLL_SECONDS, store_error
-from .schema import CHANNEL, lease_key, log_key, meta_key, readers_key, turn_of
+from .schema import CHANNEL, WATCH_CHANNEL, lease_key, log_key, meta_key, readers_key, turn_of
 from .scripts import Scripts
+from .writer import Writer
 
 log = logging.getLogger("nbchat.server.redis")
 
@@ -29,6 +30,7 @@ class Heartbeat:
     _manager: TurnManager
     _settings: Settings
     _process: str
+    _writer: Writer
 
     @property
     def interval(self) -> float:
@@ -61,45 +63,57 @@ class Heartbeat:
         record is gone, and count the streams attached on every live process for its grace period."""
         # Running ones only: a turn being created is here before its record is written (under load the
         # write can take seconds), and a look at it then would find no record and end it as lost.
+        self._writer.forget_watches()
         turns = [t for t in self._manager.running() if t.state is TurnState.RUNNING]
         if not turns:
             return
         keys = [key for t in turns for key in (meta_key(t.id), log_key(t.id), readers_key(t.id))]
         results = await self._scripts.check(keys=keys, args=[self.ttl])
-        found = [((state or None, interrupt or None), dict(zip(flat[::2], flat[1::2], strict=True)))
-                 for state, interrupt, flat in results]
-        others = sorted({p for _, readers in found for p in readers if p != self._process})
+        found = {int(n) - 1: ((state or None, interrupt or None), dict(zip(flat[::2], flat[1::2], strict=True)))
+                 for n, state, interrupt, flat in results}
+        others = sorted({p for _, readers in found.values() for p in readers if p != self._process})
         alive = {self._process}
         if others:
             pipe = self._redis.pipeline(transaction=False)
             for process in others:
                 pipe.exists(lease_key(process))
             alive.update(p for p, live in zip(others, await pipe.execute(), strict=True) if live)
-        for turn, ((state, interrupt), readers) in zip(turns, found, strict=True):
-            self._check_turn(turn, state, interrupt, readers, alive)
+        nothing: tuple[tuple[str | None, str | None], dict[str, str]] = (("running", None), {})
+        for i, turn in enumerate(turns):
+            (state, interrupt), readers = found.get(i, nothing)
+            if self._check_turn(turn, state, interrupt, readers, alive):
+                self._writer.watch(turn.id, self._settings.lease_seconds)
 
     @staticmethod
     def _check_turn(turn: Turn, state: str | None, interrupt: str | None, readers: dict[str, str],
-                    alive: set[str]) -> None:
+                    alive: set[str]) -> int:
+        """The streams attached to the turn in other processes (0 when it ends here)."""
         if state is None:
             turn.interrupt(Status.ERROR, ErrorInfo(
                 "turn_lost", "the turn's record is gone from the store (did Redis restart?); ask again"))
-            return
+            return 0
         if interrupt:
             turn.interrupt(Status(interrupt))
-            return
-        turn.count_elsewhere(sum(int(n) for p, n in readers.items() if p in alive))
+            return 0
+        elsewhere = sum(int(n) for p, n in readers.items() if p in alive)
+        turn.count_elsewhere(elsewhere)
+        return elsewhere
 
     async def listen(self) -> None:
         """Interrupts sent to any process, for the turns generating here (the heartbeat finds the
-        ``interrupt`` field should a message be lost)."""
+        ``interrupt`` field should a message be lost), and the streams that came to them elsewhere (the
+        heartbeat counts those should a message be lost)."""
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(CHANNEL, WATCH_CHANNEL)
                     while True:
                         message = await pubsub.get_message(timeout=POLL_SECONDS)
-                        if message is not None:
+                        if message is None:
+                            continue
+                        if message["channel"] == WATCH_CHANNEL:
+                            self._writer.watch(str(message["data"]), self._settings.lease_seconds)
+                        else:
                             self._on_interrupt(str(message["data"]))
             except RedisError as exc:
                 log.warning("listening for interrupts failed (retrying): %s", exc)

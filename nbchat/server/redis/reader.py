@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from ...wire.events import Chunk, End, ErrorInfo, Event, Status
 from ..turns import Direct
 from .client import POLL_SECONDS, store_error
-from .schema import decode_entry, entry_seq, log_key
+from .schema import decode_entry, first_seq, log_key
 
 log = logging.getLogger("nbchat.server.redis")
 
@@ -77,17 +77,19 @@ class RemoteReader:
     def _decode(self, found: Any) -> list[Event]:
         events: list[Event] = []
         for _key, entries in found:
-            for entry_id, fields in entries:
-                seq = entry_seq(entry_id)
-                if seq != self.pos + 1:
+            for _entry_id, fields in entries:
+                if first_seq(fields) > self.pos + 1:
                     behind = ErrorInfo("resume_unavailable", f"seq {self.pos + 1} is no longer in the turn's stream "
-                                       f"(it starts at {seq}): the stream fell behind the store's bound")
+                                       f"(it starts at {first_seq(fields)}): the stream fell behind the store's bound")
                     return [*events, End(status=Status.ERROR, error=behind)]
-                event = decode_entry(fields)
-                events.append(event)
-                self.pos = seq
-                if not isinstance(event, Chunk):
-                    return events
+                for event in decode_entry(fields):
+                    if type(event) is Chunk:
+                        if event.seq <= self.pos:  # a batch read from inside: what this stream already has
+                            continue
+                        self.pos = event.seq
+                    events.append(event)
+                    if type(event) is End:
+                        return events
         return events
 
     async def _check_owner(self) -> list[Event]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from .schema import ENTRY_LUA
+from .schema import BATCH_SLOTS, END_SLOTS, ENTRY_LUA
 
 # End a turn unless it already ended: its end entry after the last one, its record marked ended
 # (KEYS: meta, log; ARGV: status, code, message, ttl). Shared by the interrupt of a queued turn, by a
@@ -18,8 +18,7 @@ _END = """
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local seq = 1
 if #last > 0 then seq = tonumber(string.match(last[1][1], '^(%d+)')) + 1 end
-local id, fields = entry_fields({0, seq, ARGV[1], ARGV[2], ARGV[3]})
-redis.call('XADD', KEYS[2], id .. '-0', unpack(fields))
+redis.call('XADD', KEYS[2], seq .. '-0', unpack(end_fields(tostring(seq), ARGV[1], ARGV[2], ARGV[3], '')))
 redis.call('HSET', KEYS[1], 'state', 'ended')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -27,41 +26,49 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 
 END_SCRIPT = ENTRY_LUA + _END
 
-# Append a batch of events to the turns' streams in one command with one reply, its entries in one
-# JSON argument: the Python client's cost is per command, per reply and per argument, and one XADD per
-# chunk spent more CPU on them than on the chunk. KEYS: the streams, metas and reader hashes the
-# entries name; ARGV: maxlen, ttl, then a JSON array of entries as schema.entry makes them, each naming
-# its stream by number, an end's followed by its meta's and reader hash's numbers.
-# A turn whose entry fails (out of memory, say) does not stop the others: returns the failed logs' numbers.
-APPEND_SCRIPT = ENTRY_LUA + """
-local maxlen, ttl, failed, timed = ARGV[1], ARGV[2], {}, {}
-for _, e in ipairs(cjson.decode(ARGV[3])) do
-  local log = KEYS[e[1]]
-  local id, fields = entry_fields(e)
-  local ok = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, id .. '-0', unpack(fields))
-  if not timed[log] then
+# Write the events of many turns in one command with one reply: per turn, one entry for its new chunks
+# (schema.batch_args) and, once it ended, one for its end (schema.end_args). The Python client's cost is
+# per command, per reply and per argument, and Redis's per entry: one XADD per chunk spent more CPU on
+# them than on the chunk. KEYS: the streams, metas and reader hashes the entries name; ARGV: maxlen, ttl,
+# then the entries, each "b", stream number, then its BATCH_SLOTS; or "e", stream, meta and readers
+# numbers, then its END_SLOTS. A turn whose entry fails (out of memory, say) does not stop the others:
+# returns the failed streams' numbers.
+APPEND_SCRIPT = ENTRY_LUA + f"""
+local maxlen, ttl, failed, i = ARGV[1], ARGV[2], {{}}, 3
+while i <= #ARGV do
+  local n, ok = ARGV[i + 1], nil
+  local log = KEYS[tonumber(n)]
+  if ARGV[i] == 'b' then
+    ok = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, ARGV[i + 2] .. '-0',
+                     unpack(batch_fields(ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])))
     redis.call('EXPIRE', log, ttl)
-    timed[log] = true
+    i = i + 2 + {BATCH_SLOTS}
+  else
+    local meta, readers = KEYS[tonumber(ARGV[i + 2])], KEYS[tonumber(ARGV[i + 3])]
+    ok = redis.pcall('XADD', log, ARGV[i + 4] .. '-0',
+                     unpack(end_fields(ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8])))
+    redis.call('HSET', meta, 'state', 'ended')
+    for _, key in ipairs({{meta, log, readers}}) do redis.call('EXPIRE', key, ttl) end
+    i = i + 4 + {END_SLOTS}
   end
-  if #e > 4 then
-    redis.call('HSET', KEYS[e[6]], 'state', 'ended')
-    for _, key in ipairs({KEYS[e[6]], log, KEYS[e[7]]}) do redis.call('EXPIRE', key, ttl) end
-  end
-  if type(ok) == 'table' and ok.err then failed[#failed + 1] = e[1] end
+  if type(ok) == 'table' and ok.err then failed[#failed + 1] = n end
 end
 return failed
 """
 
-# The heartbeat's look at the turns generating in this process, in one command: each turn's state,
-# pending interrupt and attached readers, and its keys kept alive. KEYS: meta, log, readers of each
-# turn; ARGV: ttl. Returns {state or "", interrupt or "", {process, count, ...}} per turn.
+# The heartbeat's look at the turns generating in this process, in one command: their keys kept alive,
+# and the turns that need a look: record gone, interrupt pending, or streams counted on some process.
+# KEYS: meta, log, readers of each turn; ARGV: ttl. Returns {turn number (from 1), state or "",
+# interrupt or "", {process, count, ...}} for those only (the reply is read per turn: most have nothing).
 CHECK_SCRIPT = """
 local out = {}
 for i = 1, #KEYS, 3 do
   local found = redis.call('HMGET', KEYS[i], 'state', 'interrupt')
   local readers = redis.call('HGETALL', KEYS[i + 2])
   for j = 0, 2 do redis.call('EXPIRE', KEYS[i + j], ARGV[1]) end
-  out[#out + 1] = {found[1] or '', found[2] or '', readers}
+  if not found[1] or found[2] or #readers > 0 then
+    out[#out + 1] = {(i + 2) / 3, found[1] or '', found[2] or '', readers}
+  end
 end
 return out
 """
@@ -90,6 +97,18 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 return 1
 """
 
+# A new turn's record and its expiry, and the uid's current turn, at once (or none of it), in one round
+# trip. KEYS: meta, and the uid's key when the turn has a uid; ARGV: uid, state, owner, request, ttl,
+# the uid key's ttl, turn id. Returns the uid's previous turn ('' when none).
+CREATE_SCRIPT = """
+redis.call('HSET', KEYS[1], 'uid', ARGV[1], 'state', ARGV[2], 'owner', ARGV[3], 'request', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+if #KEYS < 2 then return '' end
+local previous = redis.call('GET', KEYS[2])
+redis.call('SET', KEYS[2], ARGV[7], 'EX', ARGV[6])
+return previous or ''
+"""
+
 # KEYS: meta; ARGV: this process. Returns {'claimed', request, uid} or {state}.
 CLAIM_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -105,6 +124,7 @@ class Scripts:
     """The scripts registered on one client (each is sent once, then called by its hash)."""
 
     def __init__(self, client: Redis) -> None:
+        self.create = client.register_script(CREATE_SCRIPT)
         self.append = client.register_script(APPEND_SCRIPT)
         self.end = client.register_script(END_SCRIPT)
         self.check = client.register_script(CHECK_SCRIPT)

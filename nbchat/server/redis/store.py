@@ -2,11 +2,12 @@
 
 A turn generates in the process that started it (its *owner*), exactly as
 in the memory store: its pieces fan out to the streams attached in that
-process from its own replay buffer. Every event is also copied, in batches,
-to a Redis Stream (:class:`~.writer.Writer`, the turns' hooks), so a stream
-attached in any other process reads it from there (:class:`~.reader.RemoteReader`:
-from its position on, then blocking for new entries). The keys are described
-in :mod:`.schema`.
+process from its own replay buffer. Its chunks are also copied to a Redis
+Stream, one entry per write (:class:`~.writer.Writer`, the turns' hooks:
+once a second, or at once while a stream in another process reads the
+turn), so a stream attached in any other process reads it from there
+(:class:`~.reader.RemoteReader`: from its position on, then blocking for new
+entries). The keys and entries are described in :mod:`.schema`.
 
 An interrupt sent to any process is published on ``nbchat:interrupt``; the
 owner cancels at once (and finds the ``interrupt`` field on its next
@@ -27,7 +28,6 @@ import socket
 from typing import Any
 
 from redis.exceptions import RedisError
-from redis.typing import EncodableT, FieldT
 
 from ...backends import Backend
 from ...wire.errors import RequestError, ResumeError
@@ -37,12 +37,23 @@ from ..config import Settings
 from ..recording import Recorder
 from ..store import Reader, TurnInfo, TurnStore, info_of
 from ..turns import Turn, TurnManager, TurnState, is_turn_id, new_turn_id
-from .client import COMMAND_CONNECTIONS, READ_CONNECTIONS, connect, unavailable
+from .client import COMMAND_CONNECTIONS, READ_CONNECTIONS, Batched, connect, unavailable
 from .heartbeat import Heartbeat
 from .reader import RemoteReader
-from .schema import CHANNEL, entry_seq, is_end, lease_key, log_key, meta_key, readers_key, uid_key
+from .schema import (
+    CHANNEL,
+    WATCH_CHANNEL,
+    entry_seq,
+    first_seq,
+    is_end,
+    lease_key,
+    log_key,
+    meta_key,
+    readers_key,
+    uid_key,
+)
 from .scripts import Scripts
-from .writer import Writer
+from .writer import LAZY_SECONDS, Writer
 
 
 class RedisStore(TurnStore):
@@ -56,11 +67,13 @@ class RedisStore(TurnStore):
         #: blocking reads of streams attached here to turns generating elsewhere: one connection each
         self.reads = connect(settings.store, READ_CONNECTIONS)
         self._scripts = Scripts(self.redis)
+        #: a new turn's record: the creates of one pass of the loop in one pipeline
+        self._create = Batched(self.redis, self._scripts.create)
         # A stream attached elsewhere is counted by the owner's next heartbeat: up to one interval and
         # the pass itself after it attached, so the grace period waits two intervals more.
         self.writer = Writer(self._scripts, settings, counting_delay=2 * settings.lease_seconds / 3)
         self.manager = TurnManager(backend, settings, recorder, hooks=self.writer)
-        self.heartbeat = Heartbeat(self.redis, self._scripts, self.manager, settings, self.process)
+        self.heartbeat = Heartbeat(self.redis, self._scripts, self.manager, settings, self.process, self.writer)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -105,21 +118,15 @@ class RedisStore(TurnStore):
     async def create(self, request: TurnRequest, uid: str | None = None, *, start: bool = True) -> TurnInfo:
         uid = uid if uid is not None else request.uid
         turn_id = new_turn_id()
-        with unavailable():
-            previous = await self.redis.get(uid_key(uid)) if uid else None
         turn = self.manager.create(request, uid, start=False, turn_id=turn_id) if start else None
         ttl = self.ttl if start else max(1, int(self.settings.pending_seconds))
-        fields: dict[FieldT, EncodableT] = {
-            "uid": uid or "", "state": "running" if start else "pending", "owner": self.process if start else "",
-            "request": json.dumps(encode_turn_request(request), ensure_ascii=False)}
-        pipe = self.redis.pipeline(transaction=True)  # the record and its expiry at once, or neither
-        pipe.hset(meta_key(turn_id), mapping=fields)
-        pipe.expire(meta_key(turn_id), ttl)
-        if uid:
-            pipe.set(uid_key(uid), turn_id, ex=max(ttl, int(self.settings.pending_seconds)))
+        record = [uid or "", "running" if start else "pending", self.process if start else "",
+                  json.dumps(encode_turn_request(request), ensure_ascii=False),
+                  ttl, max(ttl, int(self.settings.pending_seconds)), turn_id]
         try:
             with unavailable():
-                await pipe.execute()
+                previous = await self._create(keys=[meta_key(turn_id), *([uid_key(uid)] if uid else [])],
+                                                      args=record)
                 if previous and previous != turn_id:
                     await self.interrupt(str(previous))  # one current turn per uid, on whichever process it runs
         except RequestError:
@@ -160,6 +167,7 @@ class RedisStore(TurnStore):
             turn.start()
             return sub
         with unavailable():
+            await self.redis.publish(WATCH_CHANNEL, turn_id)  # its owner writes it at once from now on
             await self._check_position(turn_id, after)
         return RemoteReader(self, turn_id, after)
 
@@ -205,17 +213,29 @@ class RedisStore(TurnStore):
                                 args=[Status.ERROR.value, exc.code, str(exc), self.ttl])
 
     async def _check_position(self, turn_id: str, after: int) -> None:
+        first, last_seq, ended = await self._log_bounds(turn_id)
+        if after > last_seq and not ended:
+            # The owner writes a turn nobody reads elsewhere every LAZY_SECONDS; the watch published
+            # before this made it write at once: wait for that write, not a whole LAZY_SECONDS.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + LAZY_SECONDS + 1.0
+            while after > last_seq and not ended and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+                first, last_seq, ended = await self._log_bounds(turn_id)
+        if after > 0 and after > last_seq and not ended:
+            raise ResumeError(f"turn {turn_id} has not reached seq {after} yet")
+        if first > after + 1 and after < last_seq:
+            raise ResumeError(f"turn {turn_id} no longer holds seq {after + 1}: its stream starts at {first}")
+
+    async def _log_bounds(self, turn_id: str) -> tuple[int, int, bool]:
+        """The first and last seq the turn's stream holds (0 when empty), and whether its end is there."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xrange(log_key(turn_id), count=1)
         pipe.xrevrange(log_key(turn_id), count=1)
         first, last = await pipe.execute()
         ended = bool(last) and is_end(last[0][1])
         last_seq = entry_seq(last[0][0]) - (1 if ended else 0) if last else 0
-        if after > 0 and after > last_seq and not ended:
-            raise ResumeError(f"turn {turn_id} has not reached seq {after} yet")
-        if first and entry_seq(first[0][0]) > after + 1 and after < last_seq:
-            raise ResumeError(f"turn {turn_id} no longer holds seq {after + 1}: its stream starts at "
-                              f"{entry_seq(first[0][0])}")
+        return (first_seq(first[0][1]) if first else 0), last_seq, ended
 
     async def check_owner(self, turn_id: str) -> End | None:
         """An End when the turn cannot go on: its record is gone; ends it when its owner's lease ran out."""

@@ -1,0 +1,181 @@
+"""A browser-direct ``ChatWidget`` in a Hub user's JupyterLab, in headless Chromium.
+
+A real JupyterHub (its proxy, the DummyAuthenticator, the ``SimpleLocalProcessSpawner``, nbchat as
+its service on the echo backend; :mod:`nbchat.bench.hubrun`) with the operator's
+``c.Spawner.environment`` naming the service. Chromium logs in at the Hub's login page, the Hub
+spawns the user's server, and JupyterLab runs a notebook whose cells say nothing of nbchat's
+address or token: ``ChatWidget(direct=True)`` on each transport. The page must sign in to the
+service with the user's Hub login and stream from ``/services/nbchat/`` through the proxy, and no
+request it sends may carry a token (the kernel's ``JUPYTERHUB_API_TOKEN`` stays in the kernel).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from nbchat.bench.hubrun import PASSWORD, LocalHub
+from nbchat.bench.longpage import CELL_DONE, KERNEL_IDLE, write_notebook
+from tests.hub.conftest import new_user
+
+pytestmark = [pytest.mark.hub, pytest.mark.browser, pytest.mark.slow]
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "e2e"
+TIMEOUT_MS = 120_000
+TRANSPORTS = ("ws", "sse", "stream")
+CELLS = [
+    "import os\nfrom nbchat import ChatWidget\nfrom nbchat.notebook.conversation import Conversation\n"
+    "from nbchat.notebook.options import ChatOptions\n"
+    f"widgets = {{t: ChatWidget(Conversation(ChatOptions(max_tokens=48)), direct=True, transport=t)"
+    f" for t in {TRANSPORTS!r}}}\ndisplay(*widgets.values())",
+    "for w in widgets.values():\n    w.ask(f'streamed by the page over {w.transport}, through the Hub')",
+    "import json\nprint(json.dumps([[w.transport, w.conversation.exchanges[-1].status,"
+    " w.conversation.exchanges[-1].answer] for w in widgets.values()]))",
+    "print(os.environ['JUPYTERHUB_API_TOKEN'])",
+]
+SHOW, ASK, CHECK, KERNEL_TOKEN = range(len(CELLS))
+# Every direct widget on the page has ended a turn (its page reported the figures of one).
+ALL_ENDED = ("n => { const views = [...document.querySelectorAll('.nbchat-widget')].map(e => e.nbchatView)"
+             ".filter(v => v && v.model.get('direct'));"
+             " return views.length === n && views.every(v => v.lastMetrics !== null); }")
+
+
+def homes(workdir: Path) -> Path:
+    """Where the spawner puts its users' homes (their servers' root directories)."""
+    return workdir / "home"
+
+
+#: the service's backend: the embedded model (as ``nbchat serve --jupyterhub`` starts), and the echo backend,
+#: whose answers are known to the letter
+BACKENDS = [pytest.param((), id="model", marks=pytest.mark.model),
+            pytest.param(("--backend", "echo", "--rate", "50"), id="echo")]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def hub(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalHub]:
+    """A Hub whose users' JupyterLab exposes its app to the page (the tests run cells through it)."""
+    workdir = tmp_path_factory.mktemp("hub-lab")
+    started = LocalHub(workdir, service_args=request.param, extra_config="\n".join([
+        "c.Spawner.args = ['--allow-root', '--LabApp.expose_app_in_browser=True', "
+        "'--LabApp.extension_manager=readonly']",
+        "c.Spawner.default_url = '/lab'",
+        f"c.SimpleLocalProcessSpawner.home_dir_template = {str(homes(workdir)) + '/{username}'!r}",
+    ]))
+    started.start()
+    yield started
+    assert not started.stop(), started.tail()
+
+
+@pytest.fixture(scope="module")
+def lab(hub: LocalHub, browser: Any) -> Iterator[tuple[Any, list[Any], list[str], list[str]]]:
+    """A logged-in user's JupyterLab with the notebook open: the page, its requests, sockets and errors."""
+    name = new_user(hub).name
+    home = homes(hub.workdir) / name
+    settings = home / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)  # no news or update check: nothing reaches out, no toast over the cells
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    write_notebook(home / "hub.ipynb", CELLS)
+    context = browser.new_context(viewport={"width": 1280, "height": 1100})
+    page = context.new_page()
+    requests: list[Any] = []
+    sockets: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda request: requests.append(request))
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", name)
+    page.fill("#password_input", PASSWORD)
+    page.click("#login_submit")
+    page.wait_for_url(f"{hub.url}/user/{name}/lab**", timeout=TIMEOUT_MS)  # the Hub spawned the server
+    page.goto(f"{hub.url}/user/{name}/lab/tree/hub.ipynb")
+    page.wait_for_function(KERNEL_IDLE, timeout=TIMEOUT_MS)
+    yield page, requests, sockets, errors
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"hub-widget-{hub.service_args[1] if hub.service_args else 'model'}.png"),
+                    full_page=True)
+    context.close()
+    hub.api("DELETE", f"/users/{name}/server")
+
+
+def start_cell(page: Any, index: int) -> None:
+    page.evaluate("i => { const nb = jupyterapp.shell.currentWidget.content; nb.activeCellIndex = i;"
+                  " jupyterapp.commands.execute('notebook:run-cell'); }", index)
+
+
+def run_cell(page: Any, index: int) -> None:
+    start_cell(page, index)
+    page.wait_for_function(CELL_DONE, arg=index, timeout=TIMEOUT_MS)
+
+
+def cell_text(page: Any, index: int) -> str:
+    return str(page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output").last.inner_text())
+
+
+def test_direct_widgets_stream_from_the_service_with_the_hub_login(
+        lab: tuple[Any, list[Any], list[str], list[str]], hub: LocalHub) -> None:
+    page, requests, sockets, errors = lab
+    began = len(requests)
+    start_cell(page, SHOW)  # as Run All runs them: the asks go out before the page has the service's address
+    run_cell(page, ASK)
+    page.wait_for_function(ALL_ENDED, arg=len(TRANSPORTS), timeout=TIMEOUT_MS)
+    run_cell(page, CHECK)
+    ended = {transport: (status, answer) for transport, status, answer in json.loads(cell_text(page, CHECK))}
+    assert set(ended) == set(TRANSPORTS)
+    if "echo" in hub.service_args:
+        assert ended == {t: ("[DONE]", f"streamed by the page over {t}, through the Hub") for t in TRANSPORTS}
+    assert all(status in ("[DONE]", "[TOKENS]") and answer.strip() for status, answer in ended.values()), ended
+    stats = page.locator(".nbchat-stats").all_inner_texts()
+    assert all(" hub · first token " in line and line.endswith(("[DONE]", "[TOKENS]")) for line in stats), stats
+    assert not errors, errors
+
+    service = f"{hub.service_url}/"
+    to_service = [r for r in requests[began:] if r.url.startswith(service)]
+    seen = {(r.method, urlsplit(r.url).path.removeprefix(urlsplit(service).path)) for r in to_service}
+    # the sign-in (the service's root, the Hub's authorize, the callback), then each transport's requests
+    assert {("GET", ""), ("GET", "oauth_callback"), ("POST", "turns"), ("POST", "talkByStream"),
+            ("GET", "createSse")} <= seen, seen
+    assert any(r.url.startswith(f"{hub.url}/hub/api/oauth2/authorize") for r in requests[began:])
+    assert [url for url in sockets if url.startswith(service.replace("http", "ws", 1) + "websocket/")]
+
+    run_cell(page, KERNEL_TOKEN)
+    kernel_token = cell_text(page, KERNEL_TOKEN).strip()
+    assert len(kernel_token) >= 16
+    for request in to_service:
+        headers = request.all_headers()
+        assert "token" not in parse_qs(urlsplit(request.url).query), request.url
+        assert "authorization" not in headers and "token" not in headers, (request.url, headers)
+        assert kernel_token not in request.url + json.dumps(headers) + (request.post_data or ""), request.url
+    for url in sockets:
+        assert kernel_token not in url and "token" not in parse_qs(urlsplit(url).query), url
+    root = urlsplit(service).path
+    streamed = [r for r in to_service if urlsplit(r.url).path not in (root, root + "oauth_callback")]
+    assert streamed and all("service-nbchat=" in r.all_headers().get("cookie", "") for r in streamed), [
+        (r.url, r.all_headers().get("cookie", "")[:40]) for r in streamed]
+
+
+def test_a_question_typed_in_the_page_streams_with_no_new_sign_in(
+        lab: tuple[Any, list[Any], list[str], list[str]], hub: LocalHub) -> None:
+    page, requests, _, _ = lab
+    began = len(requests)
+    widget = page.locator(".nbchat-widget").first
+    shown = page.evaluate("() => document.querySelector('.nbchat-widget').nbchatView.log.childElementCount")
+    widget.locator(".nbchat-input").fill("typed in the page")
+    widget.locator(".nbchat-send").click()
+    page.wait_for_function("n => { const v = document.querySelector('.nbchat-widget').nbchatView;"
+                           " return !v.turn && v.log.childElementCount === n + 2"
+                           " && /\\[(DONE|TOKENS)\\]$/.test(v.stats.textContent); }", arg=shown,
+                           timeout=TIMEOUT_MS)
+    if "echo" in hub.service_args:
+        assert widget.locator(".nbchat-assistant").last.inner_text() == "typed in the page"
+    later = [urlsplit(r.url).path for r in requests[began:] if r.url.startswith(hub.url)]
+    queued = [json.loads(r.post_data) for r in requests[began:] if r.method == "POST" and r.url.endswith("/turns")]
+    assert len(queued) == 1 and queued[0]["userMessage"]["content"] == "typed in the page"
+    # the page went on from the conversation the kernel sent it: the question the kernel asked, then its answer
+    assert [m["role"] for m in queued[0]["conversation"]] == ["user", "assistant"], queued
+    assert not [path for path in later if "oauth" in path or path == urlsplit(f"{hub.service_url}/").path], later
