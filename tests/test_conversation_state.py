@@ -8,7 +8,7 @@ import pytest
 
 from nbchat.backends.kv_states import GROWTH, Saved, StateStore, common_prefix
 from nbchat.backends.trim import TRIM_STEP, fit
-from nbchat.bench.conversations import growth, report, run_schedules
+from nbchat.bench.conversations import Answer, full_report, growth, report, run_schedules
 from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.provenance import provenance
 from nbchat.notebook.render import TurnStats
@@ -131,12 +131,15 @@ def test_a_temperature_is_sent_only_when_set(temperature: float | None) -> None:
 def test_the_conversation_benchmark_alternates_and_reports_growth() -> None:
     seen: list[int] = []
 
-    def ask(history: list[Message], text: str) -> tuple[float, str]:
+    def ask(history: list[Message], text: str) -> Answer:
         seen.append(len(history))
-        return 0.1 * (len(history) // 2 + 1), f"answer to {text}"
+        return Answer(0.1 * (len(history) // 2 + 1), f"answer to {text}", cpu=0.01 * len(history))
 
     result = run_schedules(ask, turns=3, long_turns=4)
     assert [len(result[k]) for k in "ABC"] == [3, 3, 4]
     assert seen[:4] == [0, 0, 2, 2]  # A1, B1, A2 (after A1 only), B2
     assert growth(result["C"], first=2, last=2) == pytest.approx(0.35 / 0.15)
     assert report({"nbchat/ws": result}).splitlines()[-1].startswith("nbchat/ws")
+    assert result["C cpu"] == pytest.approx([0.0, 0.02, 0.04, 0.06])
+    text = full_report({"nbchat/ws": result, "fresh": {k: result[k] for k in "ABC"}})
+    assert text.count("nbchat/ws") == 2 and text.count("fresh") == 1  # a CPU row only where measured

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import openai
 import pytest
 from IPython.core.getipython import get_ipython
 from IPython.core.interactiveshell import InteractiveShell
@@ -136,6 +138,18 @@ def test_chat_magic_shows_the_trimmed_history(model_server: ServerHandle) -> Non
     trimmed = result.provenance["history_trimmed"]
     assert trimmed > 0 and f"history trimmed: {trimmed} exchanges" in result.stats.footer()
     assert result.provenance["sampling"]["repeat_penalty"] > 1  # the backend's defaults, recorded
+
+
+def test_the_openai_route_says_the_history_was_trimmed(model_server: ServerHandle) -> None:
+    messages: list[Any] = [{"role": r, "content": c} for e in long_history()
+                           for r, c in (("user", e.user), ("assistant", e.answer))]
+    messages.append({"role": "user", "content": "Say hello."})
+    client = openai.OpenAI(base_url=f"{model_server.url}/v1", api_key=TOKEN, timeout=600)
+    chunks = list(client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8, stream=True))
+    said = [(c.model_extra or {}).get("x_nbchat", {}).get("trimmed") for c in chunks]
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length") and said[-1] and said[-1] > 0
+    completion = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8)
+    assert (completion.model_extra or {})["x_nbchat"]["trimmed"] == said[-1]
 
 
 async def test_widget_stats_line_shows_the_trimmed_history(model_server: ServerHandle) -> None:
