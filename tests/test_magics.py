@@ -173,6 +173,15 @@ def test_line_magic_shows_and_changes_defaults(ip: InteractiveShell, magics: Cha
     assert len(magics.conversation) == 0 and ip.run_line_magic("chat", "last") is None
 
 
+def test_line_magic_shows_an_unset_temperature_as_the_backends_default(
+        ip: InteractiveShell, magics: ChatMagics, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("chat", "")
+    line = next(text for text in capsys.readouterr().out.splitlines() if text.startswith("temperature"))
+    assert "None" not in line and "default" in line
+    ip.run_line_magic("chat", "--temperature 0.3")
+    assert "temperature  0.3" in capsys.readouterr().out.splitlines()
+
+
 def test_interpolation_fills_variables_and_keeps_double_braces(ip: InteractiveShell, magics: ChatMagics,
                                                                published: Published,
                                                                echo_server: ServerHandle) -> None:

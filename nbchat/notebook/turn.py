@@ -10,7 +10,7 @@ twin on the kernel's loop (the widget: :class:`StopSwitch` is its Stop button).
 
 The stats line is written by :func:`stats_line` only; the direct widget's page,
 which streams without the kernel, writes the same line (``statsLine`` in
-``js/direct.js``).
+``js/metrics.js``).
 """
 
 from __future__ import annotations

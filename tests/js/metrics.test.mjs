@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { TurnMetrics } from "../../nbchat/notebook/js/direct.js";
+import { TurnMetrics } from "../../nbchat/notebook/js/metrics.js";
 
 function clockAt(times) {
   const clock = { timeOrigin: 1_700_000_000_000, t: times.shift(), now: () => clock.t };

@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import CONTRACT from "../../nbchat/notebook/js/contract.js";
-import { DirectTurn, statsLine, trimmedNote } from "../../nbchat/notebook/js/direct.js";
+import { DirectTurn } from "../../nbchat/notebook/js/direct.js";
+import { statsLine, trimmedNote } from "../../nbchat/notebook/js/metrics.js";
 import { FakeServer, run } from "./fake_net.mjs";
 
 const { paths: PATHS, statuses: STATUS } = CONTRACT;
