@@ -158,9 +158,20 @@ def test_widget_streams_and_stop_interrupts(page: Any) -> None:
                             lambda: len(answer.inner_text()) > 150 or not send.is_disabled(), timeout=90)
     assert send.is_disabled(), "the answer ended before Stop could be clicked"
     assert len(set(lengths)) >= 3, lengths
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # the e2e extra, imported where used
+
+    shown = len(answer.inner_text())
+    clicked = time.monotonic()
     widget.locator(".nbchat-stop").click()  # the kernel is idle: the click reaches it while the task streams
     status = widget.locator(".nbchat-status").last
-    status.wait_for(timeout=30_000)
+    try:
+        status.wait_for(timeout=30_000)
+    except PlaywrightTimeout as exc:  # say which side lost it: a still growing answer never got the Stop
+        raise AssertionError(
+            f"no status 30 s after Stop; since the click the answer grew {len(answer.inner_text()) - shown} "
+            f"characters; stats line {widget.locator('.nbchat-stats').inner_text()!r}; Stop still enabled: "
+            f"{widget.locator('.nbchat-stop').is_enabled()}") from exc
+    print(f"\nStop to status: {time.monotonic() - clicked:.2f} s")
     assert status.inner_text() == "[INTERRUPTED]"
     page.wait_for_function("() => [...document.querySelectorAll('.nbchat-stats')].pop().innerText"
                            ".includes('[INTERRUPTED]')", timeout=30_000)
