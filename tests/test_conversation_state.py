@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from nbchat.backends.kv_states import Saved, StateStore, common_prefix
+from nbchat.backends.kv_states import GROWTH, Saved, StateStore, common_prefix
 from nbchat.backends.trim import TRIM_STEP, fit
-from nbchat.bench.conversations import growth, report, run_schedules
+from nbchat.bench.conversations import Answer, full_report, growth, report, run_schedules
 from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.provenance import provenance
 from nbchat.notebook.render import TurnStats
@@ -45,6 +45,27 @@ def test_the_store_finds_the_longest_shared_prefix_and_stays_within_its_bound() 
     store.put(saved([5], 500))  # larger than the whole bound: not kept
     assert store.best([5]) == (None, 0)
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2 and common_prefix([], [1]) == 0
+
+
+def test_a_restored_state_lends_its_buffer_to_the_next_save() -> None:
+    store = StateStore(limit=200 * 1024 * 1024)
+    first = store.buffer(1000)
+    assert len(first) >= 1000 + GROWTH  # room for the conversation's next turns
+    kept = Saved((1, 2, 3), first, 1000)
+    store.put(kept)
+    store.take(kept)
+    store.release(kept)  # copied back into the context: its buffer is free
+    assert store.buffer(1000 + GROWTH) is first  # the next save, a turn longer, writes into it
+    assert store.buffer(10) is not first  # the spare is lent once
+    store.put(kept)
+    store.take(kept)
+    store.release(kept)
+    assert store.buffer(len(first) + 1) is not first  # too small: a new buffer
+    small = StateStore(limit=100)
+    small.put(saved([1], 60))
+    released = saved([2], 60)
+    small.release(released)  # holding it would pass the bound: not kept
+    assert small.buffer(10) is not released.data and small.size == 60
 
 
 def words(messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
@@ -110,12 +131,15 @@ def test_a_temperature_is_sent_only_when_set(temperature: float | None) -> None:
 def test_the_conversation_benchmark_alternates_and_reports_growth() -> None:
     seen: list[int] = []
 
-    def ask(history: list[Message], text: str) -> tuple[float, str]:
+    def ask(history: list[Message], text: str) -> Answer:
         seen.append(len(history))
-        return 0.1 * (len(history) // 2 + 1), f"answer to {text}"
+        return Answer(0.1 * (len(history) // 2 + 1), f"answer to {text}", cpu=0.01 * len(history))
 
     result = run_schedules(ask, turns=3, long_turns=4)
     assert [len(result[k]) for k in "ABC"] == [3, 3, 4]
     assert seen[:4] == [0, 0, 2, 2]  # A1, B1, A2 (after A1 only), B2
     assert growth(result["C"], first=2, last=2) == pytest.approx(0.35 / 0.15)
     assert report({"nbchat/ws": result}).splitlines()[-1].startswith("nbchat/ws")
+    assert result["C cpu"] == pytest.approx([0.0, 0.02, 0.04, 0.06])
+    text = full_report({"nbchat/ws": result, "fresh": {k: result[k] for k in "ABC"}})
+    assert text.count("nbchat/ws") == 2 and text.count("fresh") == 1  # a CPU row only where measured

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import openai
 import pytest
 from IPython.core.getipython import get_ipython
 from IPython.core.interactiveshell import InteractiveShell
@@ -22,6 +24,7 @@ from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.widget import ChatWidget
 from nbchat.server.config import Settings
 from nbchat.server.serving import ServerHandle, start_server_thread
+from nbchat.wire.errors import BackendError
 from nbchat.wire.events import Message
 from tests.helpers import TOKEN
 from tests.test_widget import RecordingComm
@@ -82,6 +85,17 @@ async def test_exact_reuse_gives_the_greedy_text_of_a_fresh_evaluation() -> None
         await fresh.aclose()
 
 
+async def test_a_job_that_ends_before_its_prefill_reports_no_prompt_counts(backend: SmolLM2Backend) -> None:
+    await answer(backend, [Message("user", question(1))], max_tokens=4)
+    assert backend.model.last_prompt.get("prompt", 0) > 0
+    with pytest.raises(BackendError, match="does not fit"):
+        await answer(backend, [Message("user", "word " * 5000)])  # refused before anything is evaluated
+    loop, idle = asyncio.get_running_loop(), asyncio.Event()
+    backend.model.submit(lambda: loop.call_soon_threadsafe(idle.set))  # after the refused job's End (FIFO)
+    await asyncio.wait_for(idle.wait(), 60)
+    assert backend.model.last_prompt == {}  # not the previous job's counts
+
+
 def long_history(tokens: int = 6000) -> list[Exchange]:
     """Exchanges of ~500 tokens each (a word and a space are about two tokens), ``tokens`` in all."""
     words = ["river", "stone", "lantern", "harbour", "willow", "copper", "meadow", "falcon"]
@@ -124,6 +138,18 @@ def test_chat_magic_shows_the_trimmed_history(model_server: ServerHandle) -> Non
     trimmed = result.provenance["history_trimmed"]
     assert trimmed > 0 and f"history trimmed: {trimmed} exchanges" in result.stats.footer()
     assert result.provenance["sampling"]["repeat_penalty"] > 1  # the backend's defaults, recorded
+
+
+def test_the_openai_route_says_the_history_was_trimmed(model_server: ServerHandle) -> None:
+    messages: list[Any] = [{"role": r, "content": c} for e in long_history()
+                           for r, c in (("user", e.user), ("assistant", e.answer))]
+    messages.append({"role": "user", "content": "Say hello."})
+    client = openai.OpenAI(base_url=f"{model_server.url}/v1", api_key=TOKEN, timeout=600)
+    chunks = list(client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8, stream=True))
+    said = [(c.model_extra or {}).get("x_nbchat", {}).get("trimmed") for c in chunks]
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length") and said[-1] and said[-1] > 0
+    completion = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=8)
+    assert (completion.model_extra or {})["x_nbchat"]["trimmed"] == said[-1]
 
 
 async def test_widget_stats_line_shows_the_trimmed_history(model_server: ServerHandle) -> None:

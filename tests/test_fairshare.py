@@ -108,6 +108,7 @@ def test_per_user_options_go_with_jupyterhub(capsys: pytest.CaptureFixture[str])
 def test_the_benchmark_table_shows_each_users_median_and_refusals() -> None:
     fifo = [UserRun("greedy0", [0.5, 0.7, 0.9]), UserRun("user1", [4.0, 6.0], refused=Counter(busy=1))]
     fair = [UserRun("greedy0", [0.5, 3.0]), UserRun("user1", [1.0, 1.2])]
-    shown = table(fifo, fair)
+    shown = table({"FIFO": fifo, "fair": fair})
+    assert shown.splitlines()[0] == "| user | FIFO: median TTFT, s | fair: median TTFT, s |"
     assert "| user1 | 5.00 (2 ok, refused: 1 busy) | 1.10 (2 ok) |" in shown
     assert "| the others, median of their medians | 5.00 | 1.10 |" in shown

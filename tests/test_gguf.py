@@ -113,13 +113,14 @@ def test_a_named_model_file_that_cannot_be_used_is_a_clear_error_at_start(
 
 def test_the_named_file_gives_the_backend_its_model_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(ENV_GGUF, raising=False)
-    assert SmolLM2Backend().model_name == MODEL_ID
+    assert SmolLM2Backend().model_name == MODEL_ID and SmolLM2Backend().name == "smollm2"
     monkeypatch.setenv(ENV_GGUF, str(tmp_path / "Qwen2.5-0.5B-Instruct-Q4_K_M.gguf"))
     backend = create_backend("smollm2")
     assert backend.model_name == "Qwen2.5-0.5B-Instruct-Q4_K_M"
     assert isinstance(backend, SmolLM2Backend) and backend.gguf_path() == tmp_path / "Qwen2.5-0.5B-Instruct-Q4_K_M.gguf"
+    assert backend.name == "gguf"  # /health and the provenance do not call a user's file smollm2
     named = create_backend("smollm2", model_path=str(tmp_path / "other.gguf"))  # --gguf wins over the variable
-    assert named.model_name == "other"
+    assert named.model_name == "other" and named.name == "gguf"
 
 
 @pytest.mark.model
@@ -140,7 +141,7 @@ def test_nbchat_serve_runs_a_named_gguf_in_its_supervised_process(tmp_path: Path
         assert len(workers) == 1
         assert str(model) in Path(f"/proc/{workers[0]}/cmdline").read_bytes().decode(errors="replace")
         health = httpx.get(f"{url}/health", timeout=10).json()
-        assert health["model"] == "my-local-model"
+        assert (health["backend"], health["model"]) == ("gguf", "my-local-model")
         models = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).json()
         assert [m["id"] for m in models["data"]] == ["my-local-model"]
         request = TurnRequest(user_message=Message("user", "What is the capital of France? Answer in one sentence."),

@@ -21,7 +21,7 @@ from IPython.testing.globalipapp import start_ipython
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.clients import TRANSPORTS
 from nbchat.notebook.kernel_server import KernelServer
-from nbchat.notebook.live import PART_CHARS
+from nbchat.notebook.live import MAX_PARTS, PART_CHARS
 from nbchat.notebook.magics import ChatMagics, StreamView, interpolate
 from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.render import TurnStats, answer_markdown, open_fence, safe_markdown, split_blocks
@@ -173,6 +173,15 @@ def test_line_magic_shows_and_changes_defaults(ip: InteractiveShell, magics: Cha
     assert len(magics.conversation) == 0 and ip.run_line_magic("chat", "last") is None
 
 
+def test_line_magic_shows_an_unset_temperature_as_the_backends_default(
+        ip: InteractiveShell, magics: ChatMagics, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.run_line_magic("chat", "")
+    line = next(text for text in capsys.readouterr().out.splitlines() if text.startswith("temperature"))
+    assert "None" not in line and "default" in line
+    ip.run_line_magic("chat", "--temperature 0.3")
+    assert "temperature  0.3" in capsys.readouterr().out.splitlines()
+
+
 def test_interpolation_fills_variables_and_keeps_double_braces(ip: InteractiveShell, magics: ChatMagics,
                                                                published: Published,
                                                                echo_server: ServerHandle) -> None:
@@ -282,6 +291,22 @@ def test_load_ext_registers_the_magics(ip: InteractiveShell) -> None:
 
 
 # ---------------------------------------------------------------- rendering (pure)
+
+
+def test_a_long_answer_ends_in_at_most_max_parts_outputs(published: Published,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("nbchat.notebook.live.PART_INTERVAL", 0.0)  # the pacing is for a page, none here
+    text = "".join(f"Paragraph {i} says a little more than the one before it.\n\n" for i in range(2000))
+    assert len(text) / PART_CHARS > MAX_PARTS
+    view = StreamView(widget=False)
+    view.start()
+    view.finish(text, "echo · [DONE]", {"nbchat": {"status": "[DONE]"}})
+    (_, shown), (first, replaced), *rest = published.messages
+    assert not shown and replaced and not any(update for _, update in rest)  # the first part replaces the note
+    parts = [first["text/markdown"]] + [data["text/markdown"] for data, _ in rest]
+    assert 1 < len(parts) <= MAX_PARTS  # JupyterLab shows 50 outputs of a cell, the rest behind a button
+    assert "".join(parts).count("Paragraph ") == 2000 and parts[-1].endswith("*echo · \\[DONE\\]*")
+    assert published.metadata[-1] == {"nbchat": {"status": "[DONE]"}} and not any(published.metadata[:-1])
 
 
 def test_split_blocks_cuts_only_between_whole_blocks() -> None:
@@ -406,7 +431,7 @@ class WidgetView(StreamView):
 
 def test_in_a_kernel_the_answer_streams_as_new_text_and_ends_as_markdown(
         ip: InteractiveShell, magics: ChatMagics, published: Published, make_server: ServerFactory) -> None:
-    server = make_server(rate=400.0)
+    server = make_server(rate=1000.0)  # ~1,400 pieces: 1.4 s, some 28 of the view's 50 ms intervals
     magics.view_factory = WidgetView
     text = "".join(f"Paragraph {i} with $x_{i}$ and `code`.\n\n" for i in range(150))
     assert chat(ip, server, text, "--max-tokens 100000 --raw").success

@@ -4,15 +4,20 @@ benchmark all read them."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from nbchat.backends.base import GenerationRequest
 from nbchat.wire.contract import DEFAULT_MAX_TOKENS
 from nbchat.wire.errors import ProtocolError
-from nbchat.wire.events import Message, TurnRequest
+from nbchat.wire.events import Chunk, End, Message, Status, TurnRequest
 from nbchat.wire.openai import (
     DEFAULT_MODEL,
+    CompletionEncoder,
     ErrorFields,
+    OpenAIItemDecoder,
     StreamDelta,
     StreamDone,
     StreamError,
@@ -21,6 +26,8 @@ from nbchat.wire.openai import (
     parse_error_body,
     parse_stream_event,
 )
+from nbchat.wire.protocol import EventAssembler
+from nbchat.wire.sse import SSEMessage, encode_sse
 
 
 def test_completion_body_from_a_turn_request_round_trips_through_the_server_parser() -> None:
@@ -83,3 +90,22 @@ def test_stream_events() -> None:
 def test_stream_events_that_break_the_format(data: str) -> None:
     with pytest.raises(ProtocolError):
         parse_stream_event(data)
+
+
+def test_a_trimmed_history_is_said_on_the_openai_route_and_read_back_as_end_trimmed() -> None:
+    encoder = CompletionEncoder("t1", "smollm2")
+    end = End(Status.DONE, trimmed=4)
+    objects = [encoder.role_chunk(), encoder.content_chunk(Chunk("Hi", seq=1, trimmed=4)),
+               encoder.content_chunk(Chunk(" there", seq=2)), encoder.final_chunk(end)]
+    # the official client's models keep the extension field as an extra, and parse the rest as usual
+    parsed = [ChatCompletionChunk.model_validate(obj) for obj in objects]
+    assert [(p.model_extra or {}).get("x_nbchat", {}).get("trimmed") for p in parsed] == [None, 4, None, 4]
+    assert parsed[-1].choices[0].finish_reason == "stop"
+    completion = ChatCompletion.model_validate(encoder.completion("Hi there", end))
+    assert (completion.model_extra or {})["x_nbchat"] == {"trimmed": 4}
+    assert "x_nbchat" not in encoder.completion("Hi", End(Status.DONE))  # nothing trimmed: nothing said
+    # nbchat's own openai transport hands it on as End.trimmed, as the other transports do
+    decoder, assembler = OpenAIItemDecoder(), EventAssembler()
+    stream = b"".join(encode_sse(SSEMessage(data=json.dumps(obj))) for obj in objects)
+    events = [assembler.feed(item, 0.0) for item in decoder.feed(stream + b"data: [DONE]\n\n", 0.0)]
+    assert isinstance(events[-1], End) and events[-1].trimmed == 4

@@ -425,14 +425,14 @@ async def test_the_heartbeat_leaves_a_turn_alone_while_its_record_is_being_writt
     store, direct = store_here
     written = asyncio.Event()
     release = asyncio.Event()
-    create = store._create
+    create = store.write_record
 
     async def slow_create(*args: object, **kwargs: object) -> object:
         written.set()
         await release.wait()  # the record is on its way
         return await create(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "_create", slow_create)
+    monkeypatch.setattr(store, "write_record", slow_create)
     creating = asyncio.ensure_future(store.create(TurnRequest(user_message=Message("user", "hello there"))))
     await asyncio.wait_for(written.wait(), 5)
     (turn,) = [t for t in store.manager.running() if t.end is None]

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import tracemalloc
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -312,7 +313,7 @@ async def test_deadlines_fire_in_order_once_each_on_one_loop_timer() -> None:
             done.set()
 
     deadlines = Deadlines(due)
-    before = live_timers()
+    timers = NewTimers()
     deadlines.set("b", 0.04)
     deadlines.set("a", 0.02)  # earlier than the armed timer: it moves forward
     deadlines.set("moved", 0.01)
@@ -321,10 +322,11 @@ async def test_deadlines_fire_in_order_once_each_on_one_loop_timer() -> None:
     deadlines.drop("dropped")
     deadlines.set("again", 0.05)
     assert len(deadlines) == 4
-    assert live_timers() == before + 1  # one for all of them
+    assert timers.live() == 1  # one for all of them
     await asyncio.wait_for(done.wait(), 2)
     assert fired == ["a", "b", "again", "moved", "late"]
-    assert len(deadlines) == 0 and live_timers() == before
+    assert len(deadlines) == 0 and timers.live() == 0
+    timers.stop()
 
 
 async def test_a_deadline_set_while_others_fire_does_not_delay_an_earlier_one() -> None:
@@ -352,23 +354,44 @@ async def test_a_deadline_set_while_others_fire_does_not_delay_an_earlier_one() 
 
 async def test_retained_turns_add_no_timers_to_the_loop() -> None:
     manager = TurnManager(Paced(count=1, interval=0.0), Settings(retain_seconds=60))
-    before = live_timers()
+    timers = NewTimers()
     for _ in range(50):
         turn = manager.create(REQ)
         generation = turn.generation
         assert generation is not None
         await generation
     assert manager.running() == [] and len(manager) == 50  # all ended, all kept
-    assert live_timers() == before + 1  # the turns' 50 deadlines: one timer
+    assert timers.live() == 1  # the turns' 50 deadlines: one timer
+    timers.stop()
     await manager.shutdown()
 
 
-def live_timers() -> int:
-    """Timers scheduled on this thread's loop and not cancelled."""
-    gc.collect()  # earlier tests' loops and their handles, unreachable now, must not count
-    # type(), not isinstance(): the heap may hold a weak proxy whose object is gone, which isinstance
-    # would dereference (ReferenceError)
-    return sum(1 for o in gc.get_objects() if issubclass(type(o), asyncio.TimerHandle) and not o.cancelled())
+class NewTimers:
+    """The timers scheduled on the running loop from now on (``call_later`` goes through ``call_at``), for
+    counting those still to run: a scan of every object for timer handles took seconds in a full run."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._pending: dict[int, asyncio.TimerHandle] = {}
+        call_at = self.loop.call_at
+
+        def recording(when: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
+            def run(*run_args: Any) -> None:
+                self._pending.pop(id(handle), None)
+                callback(*run_args)
+
+            handle = call_at(when, run, *args, context=context)
+            self._pending[id(handle)] = handle
+            return handle
+
+        self.loop.call_at = recording  # type: ignore[method-assign]
+
+    def live(self) -> int:
+        """Timers scheduled since, neither run nor cancelled."""
+        return sum(1 for handle in self._pending.values() if not handle.cancelled())
+
+    def stop(self) -> None:
+        del self.loop.call_at  # the loop's own method again
 
 
 async def test_at_the_turn_limit_the_oldest_ended_turns_make_room() -> None:

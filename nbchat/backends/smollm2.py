@@ -51,11 +51,15 @@ def named_gguf() -> Path | None:
 class SmolLM2Backend(GGUFBackend):
     """SmolLM2-135M-Instruct, or the GGUF file named by ``model_path`` or ``NBCHAT_GGUF``."""
 
-    name = "smollm2"
     sampling = SAMPLING
 
     def gguf_path(self) -> Path:
         return self.model_path or named_gguf() or find_gguf()
+
+    @property
+    def name(self) -> str:  # type: ignore[override]  # a class attribute elsewhere; here it depends on the file
+        """``gguf`` for a named file (``/health`` and the provenance then say what runs), else ``smollm2``."""
+        return GGUFBackend.name if self.model_path or named_gguf() else "smollm2"
 
     @property
     def model_name(self) -> str:

@@ -42,34 +42,59 @@ def question(turn: int, topic_offset: int = 0) -> str:
     return f"Explain {topic} in a short paragraph."
 
 
-#: answers one turn: (history, user message) -> (TTFT in seconds, answer text)
-Ask = Callable[[list[Message], str], tuple[float, str]]
+@dataclass(frozen=True)
+class Answer:
+    """One turn as a path answered it."""
+
+    ttft: float  #: seconds to the first token, as the client saw it
+    text: str
+    #: CPU seconds the server side (server and model process) used until the client saw the first
+    #: token, where it can be read: a figure the machine's other load moves far less than the TTFT
+    cpu: float | None = None
+
+
+#: answers one turn: (history, user message) -> the answer
+Ask = Callable[[list[Message], str], Answer]
 
 
 @dataclass
 class Conversation:
-    """One conversation's history and the TTFT of each of its turns."""
+    """One conversation's history and the TTFT (and server CPU) of each of its turns."""
 
     topic_offset: int
     history: list[Message] = field(default_factory=list)
     ttft: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
     def turn(self, ask: Ask) -> None:
         text = question(len(self.ttft) + 1, self.topic_offset)
-        ttft, answer = ask(self.history, text)
-        self.ttft.append(ttft)
-        self.history += [Message("user", text), Message("assistant", answer)]
+        answer = ask(self.history, text)
+        self.ttft.append(answer.ttft)
+        if answer.cpu is not None:
+            self.cpu.append(answer.cpu)
+        self.history += [Message("user", text), Message("assistant", answer.text)]
 
 
 def run_schedules(ask: Ask, turns: int = 10, long_turns: int = 20) -> dict[str, list[float]]:
-    """TTFT per turn: ``A`` and ``B`` alternating, then ``C`` alone."""
+    """TTFT per turn: ``A`` and ``B`` alternating, then ``C`` alone; the server's CPU to the first
+    token under ``A cpu``, ``B cpu``, ``C cpu`` where the path measures it."""
     a, b, c = Conversation(0), Conversation(7), Conversation(3)
     for _ in range(turns):
         a.turn(ask)
         b.turn(ask)
     for _ in range(long_turns):
         c.turn(ask)
-    return {"A": a.ttft, "B": b.ttft, "C": c.ttft}
+    result = {"A": a.ttft, "B": b.ttft, "C": c.ttft}
+    if a.cpu and len(a.cpu) == len(a.ttft):
+        result.update({"A cpu": a.cpu, "B cpu": b.cpu, "C cpu": c.cpu})
+    return result
+
+
+def cpu_view(result: dict[str, list[float]]) -> dict[str, list[float]] | None:
+    """A path's server CPU to the first token, shaped as its TTFT (None where not measured)."""
+    if "A cpu" not in result:
+        return None
+    return {name: result[f"{name} cpu"] for name in "ABC"}
 
 
 def growth(ttft: list[float], first: int = 2, last: int = 3) -> float:
@@ -82,17 +107,26 @@ def alternating(result: dict[str, list[float]]) -> list[float]:
     return [statistics.fmean(pair) for pair in zip(result["A"], result["B"], strict=True)]
 
 
-def report(results: dict[str, dict[str, list[float]]]) -> str:
+TTFT_TITLE = "TTFT ms per turn, two alternating conversations (mean of A and B); C: one long conversation"
+CPU_TITLE = "server CPU ms (server and model process, all threads) until the first token, same turns"
+
+
+def report(results: dict[str, dict[str, list[float]]], title: str = TTFT_TITLE) -> str:
     """Per path: the alternating conversations' TTFT by turn, their growth, and the long one's."""
     if not results:
         return ""
     n = len(next(iter(results.values()))["A"])
     head = f"{'path':<18}" + "".join(f"{f't{i}':>7}" for i in range(1, n + 1))
     head += f" {'A/B 8-10 / 1-2':>15} {'C t1':>7} {'C t20':>7} {'C 18-20 / 1-2':>14}"
-    lines = ["TTFT ms per turn, two alternating conversations (mean of A and B); C: one long conversation",
-             head, "-" * len(head)]
+    lines = [title, head, "-" * len(head)]
     lines += [row(name, result) for name, result in results.items()]
     return "\n".join(lines)
+
+
+def full_report(results: dict[str, dict[str, list[float]]]) -> str:
+    """The TTFT table, then the server CPU table of the paths that measured it."""
+    cpu = {name: view for name, result in results.items() if (view := cpu_view(result)) is not None}
+    return report(results) + (f"\n\n{report(cpu, CPU_TITLE)}" if cpu else "")
 
 
 def row(name: str, result: dict[str, list[float]]) -> str:

@@ -4,10 +4,12 @@ A real JupyterHub (:mod:`.hubrun`) serves nbchat on the embedded model to ten
 users through its proxy: one greedy user keeps ``--greedy`` turns in flight at
 once, nine others each send ``--turns`` turns back to back (short answers,
 ``max_tokens`` 32). Each user's median time to first token is measured with
-the model's queue first come, first served (``--fair-slots 0``) and then
-served user by user in turn (``--fair-slots 1``); the per-user bounds are off
-in both runs, so only the queue differs. Turns the model refused (its queue
-full) are counted, not timed.
+the model's queue first come, first served (``--fair-slots 0``), then
+served user by user in turn (``--fair-slots 1``), both with the per-user
+bounds off so that only the queue differs, and last with the bounds
+``--jupyterhub`` sets by default. Refused turns (the model's queue full, a
+per-user bound) are counted by their code, not timed; a refused greedy client
+asks again half a second later.
 """
 
 from __future__ import annotations
@@ -22,10 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..clients import acollect, aconnect
+from ..wire.errors import RequestError
 from ..wire.events import Chunk
 from .hubrun import HubUserToken, LocalHub
 
 MAX_TOKENS = 32
+RETRY_SECONDS = 0.5
+#: the runs: the model's queue first come first served; the fair queue; the fair queue with the per-user
+#: bounds of --jupyterhub (3 turns at once, 30 a minute); the first two with the bounds off
+MODES = {
+    "FIFO queue": ("--fair-slots", "0", "--max-user-turns", "0", "--user-turns-per-minute", "0"),
+    "fair queue": ("--fair-slots", "1", "--max-user-turns", "0", "--user-turns-per-minute", "0"),
+    "fair queue + default bounds": ("--fair-slots", "1"),
+}
 QUESTION = "In one sentence, what is a {topic}?"
 TOPICS = ("river", "cloud", "kernel", "notebook", "proxy", "token", "queue", "model", "socket", "browser")
 
@@ -41,7 +52,8 @@ class UserRun:
         return statistics.median(self.ttft) if self.ttft else None
 
 
-async def one_turn(url: str, user: HubUserToken, topic: str, run: UserRun) -> None:
+async def one_turn(url: str, user: HubUserToken, topic: str, run: UserRun) -> bool:
+    """Ask once; whether the turn was answered."""
     started = time.perf_counter()
     first: list[float] = []
 
@@ -49,13 +61,18 @@ async def one_turn(url: str, user: HubUserToken, topic: str, run: UserRun) -> No
         if not first:
             first.append(time.perf_counter() - started)
 
-    async with aconnect(url, token=user.token, transport="stream", timeout=300) as client, \
-            client.stream(QUESTION.format(topic=topic), max_tokens=MAX_TOKENS, temperature=0.0) as turn:
-        end = await acollect(turn, on_chunk)
+    try:
+        async with aconnect(url, token=user.token, transport="stream", timeout=300) as client, \
+                client.stream(QUESTION.format(topic=topic), max_tokens=MAX_TOKENS, temperature=0.0) as turn:
+            end = await acollect(turn, on_chunk)
+    except RequestError as exc:  # refused before it began (a per-user bound: 429)
+        run.refused[exc.code] += 1
+        return False
     if end.ok and first:
         run.ttft.append(first[0])
-    else:
-        run.refused[end.error.code if end.error is not None else end.status.value] += 1
+        return True
+    run.refused[end.error.code if end.error is not None else end.status.value] += 1
+    return False
 
 
 async def normal_user(url: str, user: HubUserToken, turns: int, run: UserRun) -> None:
@@ -66,7 +83,8 @@ async def normal_user(url: str, user: HubUserToken, turns: int, run: UserRun) ->
 async def greedy_user(url: str, user: HubUserToken, parallel: int, run: UserRun, stop: asyncio.Event) -> None:
     async def keep_asking(slot: int) -> None:
         while not stop.is_set():
-            await one_turn(url, user, TOPICS[slot % len(TOPICS)], run)
+            if not await one_turn(url, user, TOPICS[slot % len(TOPICS)], run):
+                await asyncio.sleep(RETRY_SECONDS)  # a refused client asks again shortly, as clients do
 
     tasks = [asyncio.create_task(keep_asking(i)) for i in range(parallel)]
     await stop.wait()
@@ -88,10 +106,8 @@ async def measure(hub: LocalHub, users: list[HubUserToken], greedy: int, turns: 
     return runs
 
 
-def run_mode(workdir: Path, fair: bool, greedy: int, turns: int, users: int) -> list[UserRun]:
-    args = ("--backend", "smollm2", "--max-user-turns", "0", "--user-turns-per-minute", "0",
-            "--fair-slots", "1" if fair else "0")
-    hub = LocalHub(workdir, service_args=args)
+def run_mode(workdir: Path, mode: tuple[str, ...], greedy: int, turns: int, users: int) -> list[UserRun]:
+    hub = LocalHub(workdir, service_args=("--backend", "smollm2", *mode))
     hub.start()
     try:
         tokens = [hub.create_user(f"{'greedy' if i == 0 else 'user'}{i}") for i in range(users)]
@@ -100,18 +116,21 @@ def run_mode(workdir: Path, fair: bool, greedy: int, turns: int, users: int) -> 
         hub.stop()
 
 
-def table(fifo: list[UserRun], fair: list[UserRun]) -> str:
+def table(results: dict[str, list[UserRun]]) -> str:
+    """Each user's median time to first token (and turns refused) in each mode; the others' median last."""
     def cell(run: UserRun) -> str:
         median = run.median()
         timed = f"{median:.2f}" if median is not None else "-"
         refused = ", ".join(f"{n} {why}" for why, n in sorted(run.refused.items()))
         return f"{timed} ({len(run.ttft)} ok{', refused: ' + refused if refused else ''})"
 
-    lines = ["| user | FIFO queue: median TTFT, s | fair queue: median TTFT, s |", "|---|---:|---:|"]
-    lines += [f"| {a.name} | {cell(a)} | {cell(b)} |" for a, b in zip(fifo, fair, strict=True)]
-    medians = [[m for r in runs[1:] if (m := r.median()) is not None] for runs in (fifo, fair)]
+    runs = list(results.values())
+    lines = ["| user | " + " | ".join(f"{mode}: median TTFT, s" for mode in results) + " |",
+             "|---|" + "---:|" * len(runs)]
+    lines += [f"| {row[0].name} | " + " | ".join(cell(r) for r in row) + " |" for row in zip(*runs, strict=True)]
+    medians = [[m for r in mode_runs[1:] if (m := r.median()) is not None] for mode_runs in runs]
     shown = [f"{statistics.median(m):.2f}" if m else "-" for m in medians]
-    lines.append(f"| the others, median of their medians | {shown[0]} | {shown[1]} |")
+    lines.append("| the others, median of their medians | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 
@@ -121,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--greedy", type=int, default=20, help="the greedy user's turns in flight (default 20)")
     parser.add_argument("--turns", type=int, default=3, help="turns each other user sends back to back (default 3)")
     args = parser.parse_args(argv)
+    results: dict[str, list[UserRun]] = {}
     with tempfile.TemporaryDirectory(prefix="nbchat-hub-bench-") as tmp:
-        fifo_dir, fair_dir = Path(tmp, "fifo"), Path(tmp, "fair")
-        fifo_dir.mkdir()
-        fair_dir.mkdir()
-        fifo = run_mode(fifo_dir, False, args.greedy, args.turns, args.users)
-        fair = run_mode(fair_dir, True, args.greedy, args.turns, args.users)
-    print(table(fifo, fair))
+        for i, (name, mode) in enumerate(MODES.items()):
+            workdir = Path(tmp, str(i))
+            workdir.mkdir()
+            results[name] = run_mode(workdir, mode, args.greedy, args.turns, args.users)
+    print(table(results))
     return 0
 
 

@@ -135,8 +135,11 @@ PROBE = """() => {
       if (settled || (!shown && now - t0 > timeout)) {
         const stalls = probe.gaps.filter(([a, b]) => b > t0 && a < now)
           .map(([a, b]) => Math.min(b, now) - Math.max(a, t0)).filter((g) => g > STALL_MS);
+        const live = probe.gaps.filter(([a, b]) => b > t0 && b <= (shown || now))
+          .map(([a, b]) => b - Math.max(a, t0)).filter((g) => g > STALL_MS);
         resolve({seconds: ((shown || now) - t0) / 1000, shown_chars: chars, timed_out: !chars,
                  settled_s: (now - t0) / 1000, stalled_s: stalls.reduce((s, g) => s + g, 0) / 1000,
+                 stalled_live_s: live.reduce((s, g) => s + g, 0) / 1000,
                  stalls: stalls.length, longest_ms: Math.max(0, ...stalls)});
       } else setTimeout(check, 50);
     };

@@ -51,7 +51,7 @@ from ..wire.contract import OPENAI_MODELS_PATH, TRANSPORTS
 from ..wire.errors import ServerStartError
 from ..wire.events import Message
 from . import conversations
-from .procs import START_TIMEOUT, drain, free_port, in_background, nbchat_server, python_child
+from .procs import START_TIMEOUT, Child, drain, free_port, in_background, nbchat_server, python_child
 
 PROMPTS = (
     "Explain in a few sentences why the sky is blue.",
@@ -143,7 +143,7 @@ def fresh_ask(threads: int, max_tokens: int) -> conversations.Ask:
     """llama.cpp in this process, re-reading the whole prompt every turn: what no cache costs."""
     model = Model(str(find_gguf()), threads, DEFAULT_N_CTX)
 
-    def ask(history: list[Message], text: str) -> tuple[float, str]:
+    def ask(history: list[Message], text: str) -> conversations.Answer:
         messages = [m.to_dict() for m in (*history, Message("user", text))]
         started = time.perf_counter()
         tokens, stop = model.prompt(messages)
@@ -152,34 +152,42 @@ def fresh_ask(threads: int, max_tokens: int) -> conversations.Ask:
         for chunk in model.llama.create_completion(tokens, max_tokens=max_tokens, temperature=0.0, stop=stop,
                                                    stream=True):
             sample.add(chunk["choices"][0]["text"])  # type: ignore[index]
-        return sample.ttft, sample.text
+        return conversations.Answer(sample.ttft, sample.text)
 
     return ask
 
 
-def client_ask(client: ChatClient, max_tokens: int, model: str | None = None) -> conversations.Ask:
-    """A turn with its history through a client (nbchat's, or its OpenAI one to llama_cpp.server)."""
+def client_ask(client: ChatClient, max_tokens: int, server: Child, model: str | None = None) -> conversations.Ask:
+    """A turn with its history through a client (nbchat's, or its OpenAI one to llama_cpp.server),
+    with the CPU time ``server`` (and its children) used until the first token arrived."""
 
-    def ask(history: list[Message], text: str) -> tuple[float, str]:
+    def ask(history: list[Message], text: str) -> conversations.Answer:
         sample = Sample(time.perf_counter())
+        cpu = [server.cpu_seconds()]
+
+        def add(piece: str) -> None:
+            if piece and not sample.arrivals:
+                cpu.append(server.cpu_seconds())
+            sample.add(piece)
+
         with client.stream(text, conversation=history, temperature=0.0, max_tokens=max_tokens,
                            model=model) as turn:
-            collect(turn, lambda chunk: sample.add(chunk.content))
-        return sample.ttft, sample.text
+            collect(turn, lambda chunk: add(chunk.content))
+        return conversations.Answer(sample.ttft, sample.text, cpu[-1] - cpu[0])
 
     return ask
 
 
 @contextlib.asynccontextmanager
-async def llama_server(threads: int) -> AsyncIterator[str]:
-    """llama-cpp-python's OpenAI-compatible server on the same model file; yields its base URL."""
+async def llama_server(threads: int) -> AsyncIterator[Child]:
+    """llama-cpp-python's OpenAI-compatible server on the same model file."""
     port = free_port()
     args = ["-m", "llama_cpp.server", "--model", str(find_gguf()), "--host", "127.0.0.1", "--port", str(port),
             "--n_threads", str(threads), "--n_ctx", "4096", "--model_alias", LLAMA_MODEL, "--verbose", "False"]
     async with python_child(args) as proc:
         output = asyncio.ensure_future(drain(proc))
         try:
-            yield await _llama_ready(proc, f"http://127.0.0.1:{port}")
+            yield Child(proc, url=await _llama_ready(proc, f"http://127.0.0.1:{port}"))
         finally:
             output.cancel()
 
@@ -273,11 +281,11 @@ def run_conversations(args: argparse.Namespace, threads: int) -> None:
         for transport in args.transports:
             client = stack.enter_context(connect(server.url, token=server.token, transport=transport,
                                                  timeout=START_TIMEOUT))
-            asks[f"nbchat/{transport}"] = client_ask(client, args.max_tokens)
+            asks[f"nbchat/{transport}"] = client_ask(client, args.max_tokens, server)
         if not args.no_llama_server:
-            llama_url = stack.enter_context(in_background(llama_server(threads)))
-            llama = stack.enter_context(connect(llama_url, transport="openai", timeout=START_TIMEOUT))
-            asks["llama_cpp.server"] = client_ask(llama, args.max_tokens, model=LLAMA_MODEL)
+            llama_server_ = stack.enter_context(in_background(llama_server(threads)))
+            llama = stack.enter_context(connect(llama_server_.url, transport="openai", timeout=START_TIMEOUT))
+            asks["llama_cpp.server"] = client_ask(llama, args.max_tokens, llama_server_, model=LLAMA_MODEL)
         if not args.no_fresh:
             asks["fresh"] = fresh_ask(threads, args.max_tokens)
         print(f"conversations: 2 x {args.turns} turns alternating, 1 x {args.long_turns} turns; "
@@ -286,7 +294,7 @@ def run_conversations(args: argparse.Namespace, threads: int) -> None:
             ask([], "Say hello.")  # warm-up: loads what a path loads lazily
             results[name] = conversations.run_schedules(ask, args.turns, args.long_turns)
             print(conversations.row(name, results[name]), flush=True)  # a path's figures as soon as they are in
-    print(conversations.report(results))
+    print(conversations.full_report(results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             runners[f"nbchat/{transport}"] = nbchat_runner(client, args.max_tokens)
         if not args.no_llama_server:
             # read with nbchat's own OpenAI-stream client, so both servers are measured through the same client
-            llama_url = stack.enter_context(in_background(llama_server(threads)))
+            llama_url = stack.enter_context(in_background(llama_server(threads))).url
             llama = stack.enter_context(connect(llama_url, transport="openai", timeout=START_TIMEOUT))
             runners["llama_cpp.server"] = nbchat_runner(llama, args.max_tokens, model=LLAMA_MODEL)
         print(f"{len(PROMPTS)} prompts x {args.rounds} rounds, {args.max_tokens} tokens, greedy, "

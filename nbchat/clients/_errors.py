@@ -47,8 +47,9 @@ def error_from_status(status: int, body: bytes, url: str, *, resuming: bool = Fa
     if status in (401, 403):
         hint = ("check the token printed by `nbchat serve` (connect(url, token=...))" if status == 401
                 else "the server does not allow this Origin (see `nbchat serve --allow-origin`)")
-        # nbchat's own 401 already says where the token comes from
-        return AuthError(f"{url} answered {status}: {message}" + ("" if "nbchat serve" in message else f"; {hint}"))
+        # nbchat's own refusals already say where the token comes from (a Hub service's: which credentials)
+        explained = "nbchat serve" in message or "Hub" in message
+        return AuthError(f"{url} answered {status}: {message}" + ("" if explained else f"; {hint}"))
     if status == 413:
         # the server's own message quotes its configured limit
         return PayloadTooLarge(f"{message or 'the request is over the server limit'} ({status}): send less",

@@ -37,6 +37,9 @@ RESYNC_INTERVAL = 1.0
 #: parse and code highlighting, then MathJax typesetting ~250 formulas (measuring each), then the layout.
 #: A part of this size costs ~30-70 ms on a busy 2-core machine.
 PART_CHARS = 1000
+#: at most this many parts: JupyterLab and Notebook 7 show 50 outputs of a cell (``maxNumberOutputs``) and
+#: hide the rest behind "Show more outputs", so a longer answer has longer parts
+MAX_PARTS = 40
 #: seconds between the parts' messages. Sent at once, they reach the page together and Chromium runs
 #: their renders back to back until it must paint (~100 ms later); spaced, each gets a frame of its own.
 PART_INTERVAL = 0.03
@@ -160,7 +163,7 @@ class StreamView:
         from IPython.display import display
 
         live, self.live = self.live, None
-        parts = split_blocks(answer, PART_CHARS)
+        parts = split_blocks(answer, max(PART_CHARS, -(-len(answer) // MAX_PARTS)))
         last = parts.pop()
         bundles = [self._bundle(answer_markdown(part), part) for part in parts]
         bundles.append(self._bundle(answer_markdown(last, footer), f"{last}\n\n{footer}".lstrip()))

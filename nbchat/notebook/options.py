@@ -35,8 +35,11 @@ class ChatOptions:
 
     def describe(self) -> str:
         token = "set" if self.token else None
-        shown = {**{f.name: getattr(self, f.name) for f in fields(self)}, "token": token}
-        return "\n".join(f"{name:12} {value!r}" for name, value in shown.items())
+        shown: dict[str, Any] = {**{f.name: getattr(self, f.name) for f in fields(self)}, "token": token}
+        lines = [f"{name:12} {value!r}" for name, value in shown.items()]
+        if self.temperature is None:  # nothing is sent: the backend samples with its own defaults
+            lines[list(shown).index("temperature")] = f"{'temperature':12} default (the backend's)"
+        return "\n".join(lines)
 
 
 def trimmed_note(exchanges: int) -> str:

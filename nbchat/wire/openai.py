@@ -12,7 +12,10 @@ Only the subset the contract names is read (``messages``, ``temperature``,
 ``max_tokens``/``max_completion_tokens``, ``stream``,
 ``stream_options.include_usage``, ``model``); unknown fields are ignored, as
 OpenAI-compatible servers commonly do. Chunk objects carry one extension
-field, ``x_nbchat: {"seq", "ts"}``, which clients that do not know it ignore.
+field, ``x_nbchat: {"seq", "ts"}``, which clients that do not know it ignore;
+when the history was trimmed to fit the model's context, the first content
+chunk, the closing chunk and a non-streamed completion say how many exchanges
+went with ``x_nbchat: {"trimmed": N}``.
 """
 
 from __future__ import annotations
@@ -198,12 +201,14 @@ class CompletionEncoder:
 
     def content_chunk(self, chunk: Chunk) -> dict[str, Any]:
         self.completion_tokens += 1
-        return self._chunk({"content": chunk.content}, None, x_nbchat={"seq": chunk.seq, "ts": chunk.server_time})
+        ext: dict[str, Any] = {"seq": chunk.seq, "ts": chunk.server_time, **_trimmed(chunk.trimmed)}
+        return self._chunk({"content": chunk.content}, None, x_nbchat=ext)
 
     def final_chunk(self, end: End) -> dict[str, Any]:
         """The closing chunk, or the error object a stream ends with when no answer completed."""
         if end.status in FINISH_REASONS:
-            return self._chunk({}, FINISH_REASONS[end.status])
+            extra = {"x_nbchat": _trimmed(end.trimmed)} if end.trimmed else {}
+            return self._chunk({}, FINISH_REASONS[end.status], **extra)
         message = end.error.message if end.error else f"the turn ended with {end.status.value}"
         # an [ERROR]'s own code says what failed (queue_full, process_lost...), as on the other transports
         code = end.error.code if end.error and end.status is Status.ERROR else ERROR_CODES[end.status]
@@ -222,7 +227,12 @@ class CompletionEncoder:
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "logprobs": None, "finish_reason": FINISH_REASONS.get(end.status, "stop")}],
-                "usage": self.usage()}
+                "usage": self.usage(), **({"x_nbchat": _trimmed(end.trimmed)} if end.trimmed else {})}
+
+
+def _trimmed(exchanges: int) -> dict[str, int]:
+    """nbchat's extension field for a history trimmed to fit the context: the exchanges dropped."""
+    return {"trimmed": exchanges} if exchanges else {}
 
 
 # ================================================================ the client side
@@ -294,6 +304,8 @@ class StreamDelta:
     #: nbchat's extension: the chunk's seq and server emit time, when the server is nbchat
     seq: int | None = None
     server_time: float | None = None
+    #: nbchat's extension: the oldest exchanges dropped to fit the context (on the first chunk)
+    trimmed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,11 +347,13 @@ def parse_stream_event(data: str, event: str = "") -> StreamEvent:
     content = delta.get("content") if isinstance(delta, dict) else None
     ext = obj.get("x_nbchat")
     ext = ext if isinstance(ext, dict) else {}
-    seq = ext.get("seq")
+    seq, trimmed = ext.get("seq"), ext.get("trimmed")
     return StreamDelta(content=content if isinstance(content, str) else None,
                        finish_reason=str(choice["finish_reason"]) if choice.get("finish_reason") else None,
                        seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-                       server_time=_number(ext.get("ts")))
+                       server_time=_number(ext.get("ts")),
+                       trimmed=trimmed if isinstance(trimmed, int) and not isinstance(trimmed, bool)
+                       and trimmed > 0 else 0)
 
 
 class OpenAIItemDecoder:
@@ -381,7 +395,7 @@ class OpenAIItemDecoder:
         if event.content is not None and (event.content or event.seq is not None):  # not the opening role chunk
             self._seq = event.seq if event.seq is not None else self._seq + 1
             out.append(Chunk(content=event.content, seq=self._seq, server_time=event.server_time,
-                             received=received))
+                             received=received, trimmed=event.trimmed))
         if event.finish_reason:
             self._end = [FINISH_STATUS.get(event.finish_reason, Status.DONE)]
         return out

@@ -132,7 +132,7 @@ def test_chat_cell_streams_live_and_ends_as_markdown(page: Any) -> None:
 
 def test_kernel_interrupt_stops_a_chat_cell_and_keeps_the_partial_answer(page: Any) -> None:
     run_cell(page, STORY)
-    out = output(page, STORY)
+    out = page.locator(".jp-Notebook .jp-Cell").nth(STORY).locator(".jp-OutputArea")  # a long answer: a few outputs
     page.wait_for_function("i => { const t = jupyterapp.shell.currentWidget.content.widgets[i]"
                            ".node.querySelector('.jp-OutputArea-output');"
                            " return !!t && t.innerText.length > 80 && !t.innerText.includes('waiting'); }",
@@ -158,9 +158,20 @@ def test_widget_streams_and_stop_interrupts(page: Any) -> None:
                             lambda: len(answer.inner_text()) > 150 or not send.is_disabled(), timeout=90)
     assert send.is_disabled(), "the answer ended before Stop could be clicked"
     assert len(set(lengths)) >= 3, lengths
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # the e2e extra, imported where used
+
+    shown = len(answer.inner_text())
+    clicked = time.monotonic()
     widget.locator(".nbchat-stop").click()  # the kernel is idle: the click reaches it while the task streams
     status = widget.locator(".nbchat-status").last
-    status.wait_for(timeout=30_000)
+    try:
+        status.wait_for(timeout=30_000)
+    except PlaywrightTimeout as exc:  # say which side lost it: a still growing answer never got the Stop
+        raise AssertionError(
+            f"no status 30 s after Stop; since the click the answer grew {len(answer.inner_text()) - shown} "
+            f"characters; stats line {widget.locator('.nbchat-stats').inner_text()!r}; Stop still enabled: "
+            f"{widget.locator('.nbchat-stop').is_enabled()}") from exc
+    print(f"\nStop to status: {time.monotonic() - clicked:.2f} s")
     assert status.inner_text() == "[INTERRUPTED]"
     page.wait_for_function("() => [...document.querySelectorAll('.nbchat-stats')].pop().innerText"
                            ".includes('[INTERRUPTED]')", timeout=30_000)

@@ -4,8 +4,8 @@ saved notebook, reopened without a kernel, shows the whole answer as Markdown.
 The same ~40 KB Markdown answer (math, code, tables) streams from an echo
 server in the kernel at 1,000 pieces a second into a relayed ``ChatWidget``
 and into a ``%%chat`` cell, in the same run (:mod:`nbchat.bench.longpage`
-measures the same way). The bounds are relative to the widget or generous: the
-machine may be shared. Before the answer was rendered block by block,
+measures the same way). The bounds are the targets, relative to the widget in
+the same run where the machine may be shared. Before the answer was rendered block by block,
 ``%%chat`` took over 6 times as long as the stream and the page spent nearly
 all of it in frames over 100 ms apart.
 """
@@ -52,8 +52,11 @@ def test_a_long_chat_answer_keeps_pace_and_is_saved_as_markdown(lab: Lab, browse
         chat = measure(tab, chat_cell, chat_cell, "chat", 120)
         print(f"\n{KB} KB answer at {RATE:.0f} pieces/s: widget {widget}\n%%chat {chat}")
         assert not widget["timed_out"] and not chat["timed_out"], (widget, chat)
-        assert chat["seconds"] <= 1.6 * widget["seconds"], (chat, widget)
-        assert chat["stalled_s"] <= 5.0, chat  # it was the whole run (60 s and more) before
+        assert chat["seconds"] <= 1.3 * widget["seconds"], (chat, widget)
+        # At most 2 s of stalled frames (the whole run, 60 s and more, before the answer was drawn block by
+        # block), counted until the page has settled: on a machine so busy that the widget itself stalls
+        # longer, no more than the widget in the same run.
+        assert chat["stalled_s"] <= max(2.0, 1.2 * widget["stalled_s"]), (chat, widget)
         tab.wait_for_function(CELL_DONE, arg=chat_cell, timeout=60_000)
         tab.evaluate("() => jupyterapp.commands.execute('docmanager:save')")
         tab.wait_for_function("() => !jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)

@@ -4,16 +4,18 @@ token; no token, a wrong one or one without the service's access scope is refuse
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import websockets.sync.client
 
-from nbchat.bench.hubrun import LocalHub
+from nbchat.bench.hubrun import HubUserToken, LocalHub
 from nbchat.clients import collect, connect
 from nbchat.wire.contract import Transport
 from nbchat.wire.errors import AuthError
-from tests.hub.conftest import new_user
+from nbchat.wire.events import End
+from tests.hub.conftest import HubFactory, new_user
 
 pytestmark = pytest.mark.hub
 
@@ -73,8 +75,9 @@ def test_a_websocket_handshake_without_credentials_gets_401(hub: LocalHub) -> No
 def test_a_user_without_the_access_scope_gets_403(hub: LocalHub, transport: Transport) -> None:
     outsider = new_user(hub, access=False)
     with connect(hub.service_url, token=outsider.token, transport=transport) as client, \
-            pytest.raises(AuthError, match="403"), client.stream(MESSAGE) as turn:
+            pytest.raises(AuthError, match="403") as refused, client.stream(MESSAGE) as turn:
         collect(turn)
+    assert "access:services!service=nbchat" in str(refused.value) and "Origin" not in str(refused.value)
     answer = httpx.get(f"{hub.service_url}/v1/models", headers={"Authorization": f"token {outsider.token}"})
     assert answer.status_code == 403
     assert "access:services!service=nbchat" in answer.json()["error"]["message"]
@@ -88,3 +91,39 @@ def test_paths_outside_the_prefix_are_not_served(hub: LocalHub) -> None:
     assert answer.status_code == 404
     assert httpx.get(f"{direct}/services/nbchat/v1/models",
                      headers={"Authorization": f"token {user.token}"}).status_code == 200
+
+
+@pytest.mark.model
+def test_the_embedded_model_answers_each_user_through_the_fair_queue(make_hub: HubFactory) -> None:
+    """The default path: the embedded model behind the Hub, with the defaults of --jupyterhub (a fair queue of one
+    slot); two users asking at once both get their answer."""
+    hub = make_hub(service_args=("--backend", "smollm2"))
+    users = [new_user(hub), new_user(hub)]
+
+    def ask(user: HubUserToken) -> tuple[End, str]:
+        pieces: list[str] = []
+        with connect(hub.service_url, token=user.token, transport="sse", timeout=120) as client, \
+                client.stream("Name a colour.", max_tokens=16, temperature=0.0) as turn:
+            end = collect(turn, lambda chunk: pieces.append(chunk.content))
+        return end, "".join(pieces)
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(ask, users))
+    for end, text in answers:
+        assert end.ok and text.strip()
+    health = httpx.get(f"{hub.service_url}/health").json()
+    assert health["backend"] == "smollm2" and health["generating"] == 0 and health["queued"] == 0
+
+
+def test_the_hubs_public_name_is_served_and_its_pages_admitted(hub: LocalHub) -> None:
+    """Behind the proxy the Host is the Hub's public name, which the service cannot know: it is not refused, and a
+    page of that origin is the service's own; another origin is not."""
+    user = new_user(hub)
+    headers = {"Authorization": f"token {user.token}", "host": "hub.example.org"}
+    turn = {"userMessage": {"role": "user", "content": "hello"}}
+    own = httpx.post(f"{hub.service_url}/talkByStream", json=turn, headers={**headers,
+                                                                          "origin": "http://hub.example.org"})
+    assert own.status_code == 200 and own.text.rstrip().endswith('{"status":"[DONE]"}')
+    other = httpx.post(f"{hub.service_url}/talkByStream", json=turn, headers={**headers,
+                                                                            "origin": "http://evil.example"})
+    assert other.status_code == 403 and other.json()["error"]["code"] == "origin_not_allowed"

@@ -1,6 +1,7 @@
 """The shared store's keys and the fields of a turn's log entries, for the Python and the Lua side.
 
-Keys (``nbchat:`` prefix)::
+Keys (``nbchat:`` prefix; a turn's keys name its id in braces, a Redis Cluster *hash tag*, so that
+they sit in one slot and every script on one turn touches one shard)::
 
     turn:{id}          hash    uid, state (pending|running|ended), owner, request (JSON), interrupt
     turn:{id}:log      stream  a batch of chunks or the end (below)
@@ -45,15 +46,15 @@ END_SLOTS = 5
 
 
 def meta_key(turn_id: str) -> str:
-    return f"{PREFIX}turn:{turn_id}"
+    return f"{PREFIX}turn:{{{turn_id}}}"
 
 
 def log_key(turn_id: str) -> str:
-    return f"{PREFIX}turn:{turn_id}:log"
+    return f"{PREFIX}turn:{{{turn_id}}}:log"
 
 
 def readers_key(turn_id: str) -> str:
-    return f"{PREFIX}turn:{turn_id}:readers"
+    return f"{PREFIX}turn:{{{turn_id}}}:readers"
 
 
 def uid_key(uid: str) -> str:
@@ -66,7 +67,11 @@ def lease_key(process: str) -> str:
 
 def turn_of(meta: str) -> str:
     """The turn id a record's key names (what an interrupt message carries)."""
-    return meta.removeprefix(PREFIX + "turn:")
+    return meta.removeprefix(PREFIX + "turn:{").removesuffix("}")
+
+
+#: JSON as short as it gets, UTF-8 left as it is (one encoder: json.dumps makes one per call with options)
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Batch:
@@ -92,7 +97,7 @@ class Batch:
         """The entry's slots: ``[last, first, contents, times or "", notice or ""]`` (JSON encoded here,
         by C, once per entry: the script only places them)."""
         times = "" if self.times[0] is None else json.dumps(self.times)
-        contents = json.dumps(self.contents, ensure_ascii=False, separators=(",", ":"))
+        contents = _compact(self.contents)
         return [self.first + len(self.contents) - 1, self.first, contents, times, self.notice]
 
 

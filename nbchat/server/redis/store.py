@@ -2,11 +2,12 @@
 
 A turn generates in the process that started it (its *owner*), exactly as
 in the memory store: its pieces fan out to the streams attached in that
-process from its own replay buffer. Every event is also copied, in batches,
-to a Redis Stream (:class:`~.writer.Writer`, the turns' hooks), so a stream
-attached in any other process reads it from there (:class:`~.reader.RemoteReader`:
-from its position on, then blocking for new entries). The keys are described
-in :mod:`.schema`.
+process from its own replay buffer. Its chunks are also copied to a Redis
+Stream, one entry per write (:class:`~.writer.Writer`, the turns' hooks:
+once a second, or at once while a stream in another process reads the
+turn), so a stream attached in any other process reads it from there
+(:class:`~.reader.RemoteReader`: from its position on, then blocking for new
+entries). The keys and entries are described in :mod:`.schema`.
 
 An interrupt sent to any process is published on ``nbchat:interrupt``; the
 owner cancels at once (and finds the ``interrupt`` field on its next
@@ -66,8 +67,8 @@ class RedisStore(TurnStore):
         #: blocking reads of streams attached here to turns generating elsewhere: one connection each
         self.reads = connect(settings.store, READ_CONNECTIONS)
         self._scripts = Scripts(self.redis)
-        #: a new turn's record: the creates of one pass of the loop in one pipeline
-        self._create = Batched(self.redis, self._scripts.create)
+        #: writes a new turn's record: the creates of one pass of the loop in one pipeline
+        self.write_record = Batched(self.redis, self._scripts.create)
         # A stream attached elsewhere is counted by the owner's next heartbeat: up to one interval and
         # the pass itself after it attached, so the grace period waits two intervals more.
         self.writer = Writer(self._scripts, settings, counting_delay=2 * settings.lease_seconds / 3)
@@ -124,7 +125,7 @@ class RedisStore(TurnStore):
                   ttl, max(ttl, int(self.settings.pending_seconds)), turn_id]
         try:
             with unavailable():
-                previous = await self._create(keys=[meta_key(turn_id), *([uid_key(uid)] if uid else [])],
+                previous = await self.write_record(keys=[meta_key(turn_id), *([uid_key(uid)] if uid else [])],
                                                       args=record)
                 if previous and previous != turn_id:
                     await self.interrupt(str(previous))  # one current turn per uid, on whichever process it runs
