@@ -23,6 +23,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from nbchat.backends.echo import EchoBackend
+from nbchat.bench.procs import alive
 from nbchat.server.config import Settings
 from nbchat.server.redis import RedisStore
 from nbchat.server.redis.schema import decode_entry, lease_key, log_key, meta_key, readers_key
@@ -316,18 +317,9 @@ def test_workers_share_one_port_and_the_turns(redis_server: RedisProcess, serve_
     served.proc.terminate()
     assert served.proc.wait(30) == 0
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in workers)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
+    assert not any(alive(pid) for pid in workers)
 
 
 @pytest.mark.redis

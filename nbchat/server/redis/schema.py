@@ -1,7 +1,8 @@
 """The shared store's keys and the fields of a turn's log entries, for the Python and the Lua side.
 
 Keys (``nbchat:`` prefix; a turn's keys name its id in braces, a Redis Cluster *hash tag*, so that
-they sit in one slot and every script on one turn touches one shard)::
+they sit in one slot; the scripts that write many turns at once, and a turn's record with its uid,
+still span slots, so a Cluster needs them split per shard)::
 
     turn:{id}          hash    uid, state (pending|running|ended), owner, request (JSON), interrupt
     turn:{id}:log      stream  a batch of chunks or the end (below)
