@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -178,11 +179,12 @@ class LocalHub:
 
     def create_user(self, name: str, *, access: bool = True, admin: bool = False) -> HubUserToken:
         """A Hub user (in the group that may use the service, or the admins') with an API token of its own."""
-        self.api("POST", f"/users/{name}")
+        path = quote(name, safe="")  # a name may hold any character the Hub allows, "/" and "%" too
+        self.api("POST", f"/users/{path}")
         for group, wanted in (("nbchat", access and not admin), ("nbchat-admins", admin)):
             if wanted:
                 self.api("POST", f"/groups/{group}/users", json={"users": [name]})
-        token = self.api("POST", f"/users/{name}/tokens", json={"note": "nbchat tests"}).json()["token"]
+        token = self.api("POST", f"/users/{path}/tokens", json={"note": "nbchat tests"}).json()["token"]
         return HubUserToken(name, str(token))
 
 

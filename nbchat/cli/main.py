@@ -84,6 +84,10 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                      help="turns generating at once, the others waiting in one queue per user, served user by user "
                           "in turn (default: 1 for the embedded model, else 0; 0: no fair queue, first come first "
                           "served)")
+    hub.add_argument("--hub-auth-cache", type=int, default=d.hub_auth_cache, metavar="SECONDS",
+                     help="how long each process keeps the Hub's answer for a token: a token the Hub revokes is "
+                          "refused here after at most this long (default %(default)s, the Hub's own; 0: ask "
+                          "the Hub on every request)")
     limits = p.add_argument_group("limits", "what one client may hold or send (see docs/security.md)")
     limits.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="N",
                         help="largest request body or WebSocket message; over it: 413 or close 1009 "
@@ -208,7 +212,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(host=args.host or defaults.host, port=defaults.port if args.port is None else args.port,
                     token=args.token, backend=args.backend, jupyterhub=args.jupyterhub,
                     max_user_turns=args.max_user_turns, user_turns_per_minute=args.user_turns_per_minute,
-                    fair_slots=args.fair_slots,
+                    fair_slots=args.fair_slots, hub_auth_cache=args.hub_auth_cache,
                     rate=DEFAULT_RATE if args.rate is None else args.rate, replay_rate=args.rate,
                     record=args.record, record_max_mb=args.record_max_mb, replay=args.replay,
                     public_without_token=args.public_without_token,

@@ -237,7 +237,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     middleware = [Middleware(SecurityMiddleware, token=settings.token or "", allow_origins=origins,
                              bind_host=settings.host, behind_proxy=settings.jupyterhub)]
     if settings.jupyterhub:
-        middleware.append(hub_middleware(routes, origins))
+        middleware.append(hub_middleware(routes, origins, settings.hub_auth_cache))
     app = NBChatApp(
         routes=routes,
         middleware=middleware,
@@ -250,7 +250,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     return app
 
 
-def hub_middleware(routes: list[BaseRoute], origins: set[str]) -> Middleware:
+def hub_middleware(routes: list[BaseRoute], origins: set[str], cache_seconds: int) -> Middleware:
     """Serve as a JupyterHub service: Hub users only, under the service's prefix (the Hub's environment)."""
     from .hub import HubAuthMiddleware, HubService, whoami  # jupyterhub loads only in this mode
 
@@ -259,7 +259,7 @@ def hub_middleware(routes: list[BaseRoute], origins: set[str]) -> Middleware:
     if public:
         origins.add(public)
     routes.append(Route("/", whoami))
-    return Middleware(HubAuthMiddleware, service=service)
+    return Middleware(HubAuthMiddleware, service=service, cache_seconds=cache_seconds)
 
 
 def make_store(backend: Backend, settings: Settings, recorder: Recorder | None = None) -> TurnStore:

@@ -23,7 +23,7 @@ STORE_SCHEMES = ("redis://", "rediss://", "unix://")
 _POSITIVE = ("model_timeout", "pending_seconds", "replay_max_bytes", "max_turns", "keepalive_seconds",
              "ping_interval", "max_body_bytes", "header_timeout", "max_header_bytes", "max_connections",
              "max_queued_bytes", "stream_max_entries", "lease_seconds")
-_NOT_NEGATIVE = ("rate", "grace_period", "retain_seconds", "record_max_mb")
+_NOT_NEGATIVE = ("rate", "grace_period", "retain_seconds", "record_max_mb", "hub_auth_cache")
 #: fields where None means the mode's default
 _OPTIONAL_NOT_NEGATIVE = ("max_user_turns", "user_turns_per_minute", "fair_slots")
 
@@ -99,6 +99,8 @@ class Settings:
     #: under a JupyterHub: turns generating at once, the others queued and served user by user in turn
     #: (None: 1 for the embedded model, which generates one at a time anyway, else 0; 0: no fair queue)
     fair_slots: int | None = None
+    #: under a JupyterHub: seconds the Hub's answer for a token is kept, so a revoked token works that long
+    hub_auth_cache: int = 300
 
     def __post_init__(self) -> None:
         for name in _POSITIVE:

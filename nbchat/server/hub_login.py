@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import posixpath
 import secrets
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, unquote, urlencode
 
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
@@ -48,9 +49,11 @@ SAME_SITE = frozenset({"same-origin", "none"})
 
 
 class LoginFlow:
-    def __init__(self, auth: HubOAuth, prefix: str) -> None:
+    def __init__(self, auth: HubOAuth, prefix: str, *, https: bool = False) -> None:
         self.auth = auth
         self.prefix = prefix
+        #: the Hub's public URL is https: the cookies are Secure whatever scheme the proxy forwards
+        self.https = https
         self.secret = hmac.new(auth.api_token.encode(), b"nbchat login cookies", hashlib.sha256).hexdigest()
 
     # ------------------------------------------------------------ reading the login
@@ -79,7 +82,9 @@ class LoginFlow:
         state = secrets.token_urlsafe(16)
         query = [(k, v) for k, vs in parse_qs(scope.get("query_string", b"").decode("latin-1")).items()
                  for v in vs if k != TOKEN_PARAM]
-        next_url = scope["path"] + ("?" + urlencode(query) if query else "")
+        # the path as it was asked (still escaped), so the redirect back names the same resource
+        path = scope.get("raw_path", b"").decode("latin-1").partition("?")[0] or scope["path"]
+        next_url = path + ("?" + urlencode(query) if query else "")
         verifier, challenge, method = self.auth.generate_pkce_code_challenge()
         kept = json.dumps({"state": state, "next": next_url, "verifier": verifier})
         url = url_concat(self.auth.login_url, {"state": state, "code_challenge": challenge,
@@ -88,7 +93,7 @@ class LoginFlow:
         response.set_cookie(self._state_cookie(state), create_signed_value(self.secret, self._state_cookie(state),
                                                                            kept).decode(),
                             max_age=STATE_SECONDS, path=self.prefix, httponly=True,
-                            secure=_is_https(scope), samesite="lax")
+                            secure=self._secure(scope), samesite="lax")
         await response(scope, receive, send)
 
     async def finish(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,16 +119,20 @@ class LoginFlow:
         response.set_cookie(self.auth.cookie_name, create_signed_value(self.secret, self.auth.cookie_name,
                                                                        token).decode(),
                             max_age=COOKIE_DAYS * 86400, path=self.prefix, httponly=True,
-                            secure=_is_https(scope), samesite="lax")
-        response.delete_cookie(name, path=self.prefix)
+                            secure=self._secure(scope), samesite="lax")
+        response.delete_cookie(name, path=self.prefix, secure=self._secure(scope), httponly=True, samesite="lax")
         await response(scope, receive, send)
+
+    def _secure(self, scope: Scope) -> bool:
+        return self.https or _is_https(scope)
 
     def _state_cookie(self, state: str) -> str:
         return f"{self.auth.state_cookie_name}-{hashlib.sha256(state.encode()).hexdigest()[:12]}"
 
     def _kept_state(self, headers: Headers, name: str) -> dict[str, Any] | None:
         cookie = cookie_parser(headers.get("cookie", "")).get(name)
-        value = decode_signed_value(self.secret, name, cookie, max_age_days=1) if cookie else None
+        # the signature's own age bounds a state: a copied cookie is no good once the login's time is up
+        value = decode_signed_value(self.secret, name, cookie, max_age_days=STATE_SECONDS / 86400) if cookie else None
         if value is None:
             return None
         kept = json.loads(value)
@@ -134,12 +143,16 @@ def _prefix_of(scope: Scope) -> str:
     return str(scope.get("root_path", "")) + "/"
 
 
-def _local_path(next_url: object, default: str) -> str:
-    """Where to go after the login: a path on this site only (never ``//other.site``)."""
-    if isinstance(next_url, str) and next_url.startswith("/") and not next_url.startswith("//") \
-            and "\\" not in next_url:
-        return next_url
-    return default
+def _local_path(next_url: object, prefix: str) -> str:
+    """Where to go after the login: a page of this service only (never ``//other.site``, nor a path that a
+    browser's dot-segment rule, escaped or not, takes out of the prefix); otherwise the service's root."""
+    if not isinstance(next_url, str) or "\\" in next_url or not next_url.startswith(prefix):
+        return prefix
+    path = unquote(next_url.partition("?")[0])
+    if "//" in path or "\\" in path or posixpath.normpath(path) + "/" != path.rstrip("/") + "/" \
+            or not path.startswith(prefix):
+        return prefix
+    return next_url
 
 
 def _is_https(scope: Scope) -> bool:
