@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -71,36 +73,51 @@ def hub(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
     assert not started.stop(), started.tail()
 
 
-@pytest.fixture(scope="module")
-def lab(hub: LocalHub, browser: Any) -> Iterator[tuple[Any, list[Any], list[str], list[str]]]:
-    """A logged-in user's JupyterLab with the notebook open: the page, its requests, sockets and errors."""
-    name = new_user(hub).name
+@dataclass
+class Lab:
+    """A logged-in user's JupyterLab page, and what it sent: its requests, its WebSockets, its errors."""
+
+    page: Any
+    requests: list[Any] = field(default_factory=list)
+    sockets: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def user_lab(hub: LocalHub, browser: Any, shot: str, access: bool = True) -> Iterator[Lab]:
+    """A fresh user logged in at the Hub's login page, in the JupyterLab the Hub spawned, the notebook open."""
+    name = new_user(hub, access=access).name
     home = homes(hub.workdir) / name
     settings = home / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)  # no news or update check: nothing reaches out, no toast over the cells
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
     write_notebook(home / "hub.ipynb", CELLS)
     context = browser.new_context(viewport={"width": 1280, "height": 1100})
-    page = context.new_page()
-    requests: list[Any] = []
-    sockets: list[str] = []
-    errors: list[str] = []
-    page.on("request", lambda request: requests.append(request))
-    page.on("websocket", lambda ws: sockets.append(ws.url))
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{hub.url}/hub/login")
-    page.fill("#username_input", name)
-    page.fill("#password_input", PASSWORD)
-    page.click("#login_submit")
-    page.wait_for_url(f"{hub.url}/user/{name}/lab**", timeout=TIMEOUT_MS)  # the Hub spawned the server
-    page.goto(f"{hub.url}/user/{name}/lab/tree/hub.ipynb")
-    page.wait_for_function(KERNEL_IDLE, timeout=TIMEOUT_MS)
-    yield page, requests, sockets, errors
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"hub-widget-{hub.service_args[1] if hub.service_args else 'model'}.png"),
-                    full_page=True)
-    context.close()
-    hub.api("DELETE", f"/users/{name}/server")
+    lab = Lab(context.new_page())
+    lab.page.on("request", lambda request: lab.requests.append(request))
+    lab.page.on("websocket", lambda ws: lab.sockets.append(ws.url))
+    lab.page.on("pageerror", lambda exc: lab.errors.append(str(exc)))
+    lab.page.goto(f"{hub.url}/hub/login")
+    lab.page.fill("#username_input", name)
+    lab.page.fill("#password_input", PASSWORD)
+    lab.page.click("#login_submit")
+    lab.page.wait_for_url(f"{hub.url}/user/{name}/lab**", timeout=TIMEOUT_MS)  # the Hub spawned the server
+    lab.page.goto(f"{hub.url}/user/{name}/lab/tree/hub.ipynb")
+    lab.page.wait_for_function(KERNEL_IDLE, timeout=TIMEOUT_MS)
+    try:
+        yield lab
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        backend = hub.service_args[1] if hub.service_args else "model"
+        lab.page.screenshot(path=str(ARTIFACTS / f"hub-widget-{shot}-{backend}.png"), full_page=True)
+        context.close()
+        hub.api("DELETE", f"/users/{name}/server")
+
+
+@pytest.fixture(scope="module")
+def lab(hub: LocalHub, browser: Any) -> Iterator[Lab]:
+    with user_lab(hub, browser, "streamed") as made:
+        yield made
 
 
 def start_cell(page: Any, index: int) -> None:
@@ -114,12 +131,17 @@ def run_cell(page: Any, index: int) -> None:
 
 
 def cell_text(page: Any, index: int) -> str:
-    return str(page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output").last.inner_text())
+    """A finished cell's printed text (its output area may be drawn a moment after the cell is marked done)."""
+    output = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output").last
+    output.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_function("i => !!jupyterapp.shell.currentWidget.content.widgets[i].node"
+                           ".querySelector('.jp-OutputArea-output').innerText.trim()", arg=index, timeout=TIMEOUT_MS)
+    return str(output.inner_text())
 
 
 def test_direct_widgets_stream_from_the_service_with_the_hub_login(
-        lab: tuple[Any, list[Any], list[str], list[str]], hub: LocalHub) -> None:
-    page, requests, sockets, errors = lab
+        lab: Lab, hub: LocalHub) -> None:
+    page, requests, sockets, errors = lab.page, lab.requests, lab.sockets, lab.errors
     began = len(requests)
     start_cell(page, SHOW)  # as Run All runs them: the asks go out before the page has the service's address
     run_cell(page, ASK)
@@ -160,8 +182,8 @@ def test_direct_widgets_stream_from_the_service_with_the_hub_login(
 
 
 def test_a_question_typed_in_the_page_streams_with_no_new_sign_in(
-        lab: tuple[Any, list[Any], list[str], list[str]], hub: LocalHub) -> None:
-    page, requests, _, _ = lab
+        lab: Lab, hub: LocalHub) -> None:
+    page, requests = lab.page, lab.requests
     began = len(requests)
     widget = page.locator(".nbchat-widget").first
     shown = page.evaluate("() => document.querySelector('.nbchat-widget').nbchatView.log.childElementCount")
@@ -179,3 +201,20 @@ def test_a_question_typed_in_the_page_streams_with_no_new_sign_in(
     # the page went on from the conversation the kernel sent it: the question the kernel asked, then its answer
     assert [m["role"] for m in queued[0]["conversation"]] == ["user", "assistant"], queued
     assert not [path for path in later if "oauth" in path or path == urlsplit(f"{hub.service_url}/").path], later
+
+
+def test_a_user_the_hub_does_not_allow_is_told_why_and_no_token_leaves(hub: LocalHub, browser: Any) -> None:
+    with user_lab(hub, browser, "refused", access=False) as lab:
+        start_cell(lab.page, SHOW)
+        run_cell(lab.page, ASK)
+        lab.page.wait_for_function(
+            "n => [...document.querySelectorAll('.nbchat-stats')].filter(e => /does not let this user use the nbchat"
+            " service \\(403\\)/.test(e.textContent)).length === n", arg=len(TRANSPORTS), timeout=TIMEOUT_MS)
+        assert not lab.errors, lab.errors
+        service = f"{hub.service_url}/"
+        paths = [urlsplit(r.url).path for r in lab.requests if r.url.startswith(service)]
+        assert paths and set(paths) == {urlsplit(service).path}, paths  # the sign-in only: no turn was sent
+        assert not [url for url in lab.sockets if url.startswith(service.replace("http", "ws", 1))]
+        for request in lab.requests:
+            if request.url.startswith(service):
+                assert "authorization" not in request.all_headers(), request.url
