@@ -126,6 +126,8 @@ return {state or 'gone'}
 # written yet). A member counts while its record is pending, or running on a process whose lease is alive (a
 # killed process's turns stop counting when its lease runs out), a reservation while young; the others are
 # dropped. Returns {} when admitted (the member counted), {'turns', counted ids...} or {'rate', count, ms to wait}.
+# It reads the records and leases of the turns it holds, keys it cannot name in KEYS before it runs: like the
+# batched write, it needs one Redis primary, not a Cluster (docs/deployment.md).
 USER_TURNS_SCRIPT = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
