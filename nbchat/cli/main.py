@@ -73,7 +73,7 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="run N server processes on the one port (needs --store: they share the turns there; "
                         "each worker loads its own model)")
     hub = p.add_argument_group("per user, with --jupyterhub", "a fair share of the model for each Hub user "
-                               "(docs/deployment.md); each process counts its own")
+                               "(docs/deployment.md); with --store, counted across processes")
     hub.add_argument("--max-user-turns", type=int, default=None, metavar="N",
                      help=f"turns one user may hold at once, running or queued; over it: 429 (default "
                           f"{HUB_MAX_USER_TURNS}; 0: no bound)")

@@ -9,6 +9,8 @@ still span slots, so a Cluster needs them split per shard)::
     turn:{id}:readers  hash    process id -> streams attached in that process (for the grace period)
     uid:{uid}          string  the uid's current turn
     proc:{id}          string  the process's lease, renewed every lease/3 s
+    user:{owner}:turns zset    a Hub user's turns held (or places reserved), by when admitted (ms)
+    user:{owner}:begun zset    a Hub user's turns begun in the last minute, by when (ms)
 
 A turn's log holds one entry per write of its owner, not one per chunk:
 
@@ -60,6 +62,11 @@ def readers_key(turn_id: str) -> str:
 
 def uid_key(uid: str) -> str:
     return f"{PREFIX}uid:{uid}"
+
+
+def user_key(owner: str, what: str) -> str:
+    """A Hub user's count across processes: ``turns`` held, ``begun`` in the last minute."""
+    return f"{PREFIX}user:{{{owner}}}:{what}"
 
 
 def lease_key(process: str) -> str:
