@@ -74,19 +74,19 @@ async def test_a_turn_cancelled_while_waiting_leaves_the_queue() -> None:
 
 def test_the_quota_refuses_turns_over_the_users_bound_with_429() -> None:
     quota = UserQuota(max_turns=2, per_minute=0)
-    quota.admit("alice", [])
+    quota.admit("alice", 0)
     with pytest.raises(RequestError) as refused:
-        quota.admit("alice", [object(), object()])  # type: ignore[list-item]
+        quota.admit("alice", 2)
     assert refused.value.status == 429 and refused.value.code == "user_turn_limit"
 
 
 def test_the_quota_refuses_turns_over_the_users_rate_with_429() -> None:
     quota = UserQuota(max_turns=0, per_minute=3)
     for _ in range(3):
-        quota.admit("alice", [])
-    quota.admit("bob", [])  # each user has a rate of their own
+        quota.admit("alice", 0)
+    quota.admit("bob", 0)  # each user has a rate of their own
     with pytest.raises(RequestError) as refused:
-        quota.admit("alice", [])
+        quota.admit("alice", 0)
     assert refused.value.status == 429 and refused.value.code == "user_rate_limit"
     assert "try again in" in str(refused.value)
 

@@ -141,7 +141,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         url = f"http://{host}:{port}/"
         if settings.jupyterhub:
-            url += os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "").lstrip("/") + " for JupyterHub"
+            url += args.hub_prefix.lstrip("/") + " for JupyterHub"
         elif settings.token:
             url += f"?token={quote(settings.token)}"
         workers = f" ({args.workers} workers)" if args.workers > 1 else ""
@@ -181,6 +181,7 @@ def hub_problem(args: argparse.Namespace) -> str | None:
     except ValueError as exc:
         return str(exc)
     host, port = service.bind()
+    args.hub_prefix = service.prefix
     args.host = args.host or host
     args.port = args.port if args.port is not None else port
     return None

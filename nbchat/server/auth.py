@@ -47,6 +47,13 @@ def hostname_of(authority: str) -> str | None:
     return name.rstrip(".") if name else None
 
 
+def forwarded_scheme(scope: Scope, headers: Headers) -> str:
+    """The scheme the client used, as an origin names it (http or https): the proxy's
+    ``X-Forwarded-Proto`` when one says, else the connection's own."""
+    scheme = headers.get("x-forwarded-proto", "").split(",")[0].strip() or scope.get("scheme", "http")
+    return {"ws": "http", "wss": "https"}.get(scheme, scheme)
+
+
 def is_ip_literal(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -180,9 +187,7 @@ class SecurityMiddleware:
         host = headers.get("host")
         if host is None:
             return False
-        scheme = headers.get("x-forwarded-proto", "").split(",")[0].strip() or scope.get("scheme", "http")
-        scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
-        return hmac.compare_digest(origin.encode(), f"{scheme}://{host}".encode())
+        return hmac.compare_digest(origin.encode(), f"{forwarded_scheme(scope, headers)}://{host}".encode())
 
     def token_ok(self, scope: Scope, headers: Headers) -> bool:
         if not self.token:

@@ -94,10 +94,10 @@ class UserQuota:
         self.per_minute = per_minute
         self._begun: dict[str, deque[float]] = {}
 
-    def admit(self, user: str, live: list[Turn]) -> None:
-        """Count a new turn of ``user``, who holds the ``live`` turns; RequestError (429) when over a bound."""
-        if self.max_turns and len(live) >= self.max_turns:
-            raise self.over_turns(len(live))
+    def admit(self, user: str, held: int) -> None:
+        """Count a new turn of ``user``, who holds ``held`` turns; RequestError (429) when over a bound."""
+        if self.max_turns and held >= self.max_turns:
+            raise self.over_turns(held)
         if not self.per_minute:
             return
         now = time.monotonic()

@@ -45,9 +45,6 @@ log = logging.getLogger("nbchat.server.hub")
 
 #: a custom scope (``c.JupyterHub.custom_scopes``) whose holders may read and stop every user's turns
 ADMIN_SCOPE = "custom:nbchat:admin"
-#: how long the Hub's answer for a token is kept (HubAuth's own default): a token the Hub revokes still works
-#: here until its answer ages out, in each process of the service
-AUTH_CACHE_SECONDS = 300
 #: the environment a Hub gives a service it starts (and an external service's operator sets)
 REQUIRED = ("JUPYTERHUB_SERVICE_NAME", "JUPYTERHUB_API_TOKEN", "JUPYTERHUB_API_URL")
 
@@ -90,7 +87,7 @@ class HubService:
         parts = urlsplit(self.public_url)
         return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
 
-    def make_auth(self, cache_seconds: int = AUTH_CACHE_SECONDS) -> HubOAuth:
+    def make_auth(self, cache_seconds: int) -> HubOAuth:
         return HubOAuth(api_token=self.api_token, api_url=self.api_url, base_url=self.prefix,
                         oauth_client_id=self.client_id, cache_max_age=cache_seconds,
                         access_scopes={f"access:services!service={self.name}"} | _env_scopes())
@@ -121,7 +118,7 @@ NO_SCOPE = ("your Hub credentials do not grant access to this service: ask the H
 class HubAuthMiddleware:
     """Serve the prefix only, and only to Hub users allowed to use the service (see the module's doc)."""
 
-    def __init__(self, app: ASGIApp, service: HubService, cache_seconds: int = AUTH_CACHE_SECONDS) -> None:
+    def __init__(self, app: ASGIApp, service: HubService, cache_seconds: int) -> None:
         self.app = app
         self.service = service
         self.auth = service.make_auth(cache_seconds)

@@ -35,7 +35,7 @@ from tornado.httputil import url_concat
 from tornado.web import HTTPError, create_signed_value, decode_signed_value
 
 from ..wire.contract import TOKEN_PARAM
-from .auth import send_refusal
+from .auth import forwarded_scheme, send_refusal
 
 if TYPE_CHECKING:
     from jupyterhub.services.auth import HubOAuth
@@ -156,5 +156,4 @@ def _local_path(next_url: object, prefix: str) -> str:
 
 
 def _is_https(scope: Scope) -> bool:
-    forwarded = Headers(scope=scope).get("x-forwarded-proto", "").split(",")[0].strip()
-    return (forwarded or scope.get("scheme", "http")) in ("https", "wss")
+    return forwarded_scheme(scope, Headers(scope=scope)) == "https"

@@ -93,8 +93,10 @@ class UserTurns(TurnStore):
             # a shared store counts every process's turns; else this process's count is the whole count
             hold = await self.store.hold_user_turn(self.namespace, self.quota)
             if hold is None:
-                live = [t for t in self.manager.running() if owner_of(t.uid) == self.namespace]
-                self.quota.admit(self.namespace, live)
+                # (the walk over every turn kept only when there is a bound to count against)
+                held = sum(owner_of(t.uid) == self.namespace for t in self.manager.running()) \
+                    if self.quota.max_turns else 0
+                self.quota.admit(self.namespace, held)
         # a turn without a uid gets one of its own, so it is owned too (and supersedes nothing)
         stored = self.own(uid) if uid is not None else f"{self.namespace}{ANONYMOUS}{secrets.token_urlsafe(9)}"
         try:
