@@ -36,7 +36,9 @@ from ...wire.protocol import encode_turn_request, parse_turn_request
 from ..config import Settings
 from ..recording import Recorder
 from ..store import Reader, TurnInfo, TurnStore, info_of
-from ..turns import Turn, TurnManager, TurnState, is_turn_id, new_turn_id
+from ..turn import Turn, TurnState
+from ..turn_ids import is_turn_id, new_turn_id
+from ..turn_manager import TurnManager
 from .client import COMMAND_CONNECTIONS, READ_CONNECTIONS, Batched, connect, unavailable
 from .heartbeat import Heartbeat
 from .reader import RemoteReader
