@@ -29,7 +29,7 @@ from nbchat.server.redis.schema import decode_entry, lease_key, log_key, meta_ke
 from nbchat.wire.errors import RequestError
 from nbchat.wire.events import Chunk, End, ErrorInfo, Message, Status, TurnRequest
 from tests.conftest import ROOT, RedisProcess, ServeFactory, ServeProcess
-from tests.helpers import TOKEN, descendants
+from tests.helpers import TOKEN, alive, descendants
 
 H = {"token": TOKEN}
 # about 90 pieces of the echo backend: at 50 pieces/s a turn lasts about two seconds
@@ -316,18 +316,9 @@ def test_workers_share_one_port_and_the_turns(redis_server: RedisProcess, serve_
     served.proc.terminate()
     assert served.proc.wait(30) == 0
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in workers)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
+    assert not any(alive(pid) for pid in workers)
 
 
 @pytest.mark.redis
