@@ -87,13 +87,13 @@ class Supervisor:
         for proc, ready in self._procs:
             while not ready.wait(0.2):
                 if not proc.is_alive():
-                    return f"worker {proc.pid} exited with {proc.exitcode} before it accepted connections " \
-                           "(see its log above)"
+                    return (f"worker {proc.pid} exited with {proc.exitcode} before it accepted connections "
+                            "(see its log above)")
                 if self._stop.is_set():
                     return "stopped before every worker accepted connections"
                 if time.monotonic() >= deadline:
-                    return f"worker {proc.pid} did not accept connections within {self.start_timeout:g} s " \
-                           "(--start-timeout); stopping every worker"
+                    return (f"worker {proc.pid} did not accept connections within {self.start_timeout:g} s "
+                            "(--start-timeout); stopping every worker")
         return None
 
     def run(self, announce: Callable[[int], None]) -> int:
