@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -198,16 +197,6 @@ def quiet_after(pid: int, windows: int = 6, seconds: float = 0.5) -> list[float]
         used.append(tree_cpu_seconds(pid) - before)
     return used
 
-
-
-def alive(pid: int) -> bool:
-    """Whether a process runs (a zombie, ended but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split(")")[-1].split()[0] != "Z"
 
 
 def model_processes(pid: int) -> list[int]:

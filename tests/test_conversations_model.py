@@ -66,6 +66,21 @@ async def test_alternating_conversations_keep_their_own_state(backend: SmolLM2Ba
             histories[name] += [Message("user", text), Message("assistant", reply)]
 
 
+async def test_a_continued_turn_reads_only_its_own_message_and_what_follows_it(backend: SmolLM2Backend) -> None:
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(backend.gguf_path()), vocab_only=True, verbose=False)
+    first = [Message("user", question(1))]
+    reply, _ = await answer(backend, first)
+    text = question(2)
+    await answer(backend, [*first, Message("assistant", reply), Message("user", text)], max_tokens=4)
+    stats = backend.model.last_prompt
+    # the template's tokens between the answer and the new message were read after the answer,
+    # so only the message and "<|im_end|>\n<|im_start|>assistant\n" (6 tokens) are left, not also the
+    # 5 of "<|im_end|>\n<|im_start|>user\n" before it
+    assert stats["prompt"] - stats["reused"] <= len(vocab.tokenize(text.encode(), add_bos=False)) + 6, stats
+
+
 async def test_exact_reuse_gives_the_greedy_text_of_a_fresh_evaluation() -> None:
     cached = SmolLM2Backend(cache_mb=64, exact=True)
     fresh = SmolLM2Backend(cache_mb=0, exact=True)  # another process, which has seen nothing else

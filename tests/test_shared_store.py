@@ -23,13 +23,14 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from nbchat.backends.echo import EchoBackend
+from nbchat.bench.procs import alive
 from nbchat.server.config import Settings
 from nbchat.server.redis import RedisStore
 from nbchat.server.redis.schema import decode_entry, lease_key, log_key, meta_key, readers_key
 from nbchat.wire.errors import RequestError
 from nbchat.wire.events import Chunk, End, ErrorInfo, Message, Status, TurnRequest
 from tests.conftest import ROOT, RedisProcess, ServeFactory, ServeProcess
-from tests.helpers import TOKEN, alive, descendants
+from tests.helpers import TOKEN, descendants
 
 H = {"token": TOKEN}
 # about 90 pieces of the echo backend: at 50 pieces/s a turn lasts about two seconds

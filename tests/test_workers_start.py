@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nbchat.bench.procs import descendants
+from nbchat.bench.procs import alive, descendants
 from tests.conftest import ROOT, RedisProcess
-from tests.helpers import TOKEN, alive
+from tests.helpers import TOKEN
 
 START_TIMEOUT = 15  # room for the healthy worker to start on a busy machine, so the stuck one is named
 

@@ -49,6 +49,8 @@ def block_cuts(length: int) -> list[int]:
 KEEP_MIN_TOKENS = 8
 #: tokens left for the answer when a request sets no max_tokens (at most a quarter of the context)
 DEFAULT_RESERVE = 512
+#: the most tokens read ahead for the next turn after an answer (:meth:`Model.prime`)
+PRIME_MAX = 16
 
 
 class Stopped(Exception):
@@ -293,6 +295,27 @@ class Model:
         if not self.exact:
             self._cached = self.llama.input_ids[:self.llama.n_tokens].tolist()
 
+    def prime(self, messages: list[dict[str, str]]) -> None:
+        """Read ahead, after an answer and its End: the tokens the chat template puts between the
+        answer (the last of ``messages``) and the next user message's text.
+
+        A continued turn then reads only its own message and the template after it: on
+        SmolLM2, 5 of its 20-30 new tokens (``<|im_end|>``, ``\\n``, ``<|im_start|>user\\n``)
+        are read while the process would be idle. Not with ``exact`` (only whole blocks are
+        kept), and never more than :data:`PRIME_MAX` tokens, so that a turn of another
+        conversation, which waits for this, is not held up.
+        """
+        if self.exact:
+            return
+        probes = [self.prompt([*messages, {"role": "user", "content": text}])[0] for text in ("a", "1")]
+        opening = common_prefix(*probes)  # the tokens every next user message starts with
+        shared = min(common_prefix(self._cached, probes[0]), opening)
+        if not 0 < opening - shared <= PRIME_MAX:
+            return
+        self._truncate(probes[0], shared)
+        self.llama.eval(probes[0][shared:opening])
+        self._cached = probes[0][:opening]
+
     def forget(self) -> None:
         """Drop the current state (after a failure left it unknown)."""
         self._cached = []
@@ -316,6 +339,8 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
         return stop()
 
     model.last_prompt = (None, None)  # a job that ends before its prefill reports no counts, not the last job's
+    answer: list[str] = []
+    follow: list[dict[str, str]] | None = None  # the conversation with its answer, once it completed
     try:
         if stop():
             return
@@ -342,10 +367,13 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
                     break
                 choice = chunk["choices"][0]
                 if choice["text"]:
+                    answer.append(choice["text"])
                     send(Piece(job_id, choice["text"], model.tokens_sampled))
                 if choice["finish_reason"] == "length":
                     send(Length(job_id))
         model.answered()
+        if not trimmed and not stop():
+            follow = [*job.messages, {"role": "assistant", "content": "".join(answer)}]
     except Stopped:
         pass
     except Exception as exc:  # reported to the parent, which raises it as a BackendError
@@ -355,6 +383,11 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
         with control.lock:
             control.stopped.discard(job_id)
         send(End(job_id, model.tokens_sampled, *model.last_prompt))
+    if follow is not None:
+        try:
+            model.prime(follow)
+        except Exception:  # reading ahead is an optimisation: a failure leaves nothing to trust
+            model.forget()
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

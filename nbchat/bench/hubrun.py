@@ -29,7 +29,7 @@ from urllib.parse import quote
 import httpx
 
 from ..server.hub import ADMIN_SCOPE
-from .procs import descendants, free_port
+from .procs import alive, descendants, free_port
 
 SERVICE = "nbchat"
 ACCESS = f"access:services!service={SERVICE}"
@@ -163,7 +163,7 @@ class LocalHub:
                 self.proc.kill()
                 self.proc.wait()
         deadline = time.monotonic() + 10
-        while (left := [pid for pid in tree if _alive(pid)]) and time.monotonic() < deadline:
+        while (left := [pid for pid in tree if alive(pid)]) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
@@ -188,9 +188,3 @@ class LocalHub:
         return HubUserToken(name, str(token))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

@@ -76,7 +76,7 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="with --workers: stop every worker and exit with an error when one does not accept "
                         "connections within this long (default: 180, room for each worker to load its model)")
     hub = p.add_argument_group("per user, with --jupyterhub", "a fair share of the model for each Hub user "
-                               "(docs/deployment.md); each process counts its own")
+                               "(docs/deployment.md); with --store, counted across processes")
     hub.add_argument("--max-user-turns", type=int, default=None, metavar="N",
                      help=f"turns one user may hold at once, running or queued; over it: 429 (default "
                           f"{HUB_MAX_USER_TURNS}; 0: no bound)")

@@ -153,28 +153,25 @@ def safe_markdown(text: str) -> str:
     out: list[str] = []
     fence: str | None = None
     for line in text.splitlines(keepends=True):
-        marker = _fence_marker(line)
-        if fence is not None:
-            if marker is not None and marker.startswith(fence) and line.strip() == marker:
-                fence = None
-            out.append(line)
-        elif marker is not None and len(marker) >= 3:
-            fence = marker
-            out.append(line)
-        else:
-            out.append(_escape_inline(line))
+        after = _next_fence(fence, line)
+        out.append(line if fence is not None or after is not None else _escape_inline(line))
+        fence = after
     return "".join(out)
+
+
+def _next_fence(fence: str | None, line: str) -> str | None:
+    """The code fence open after ``line``, given the one open before it (None: outside code)."""
+    marker = _fence_marker(line)
+    if fence is None:
+        return marker if marker is not None and len(marker) >= 3 else None
+    return None if marker is not None and marker.startswith(fence) and line.strip() == marker else fence
 
 
 def open_fence(text: str) -> str | None:
     """The fence left open at the end of ``text`` (an interrupted code block), if any."""
     fence: str | None = None
     for line in text.splitlines():
-        marker = _fence_marker(line)
-        if fence is None and marker is not None and len(marker) >= 3:
-            fence = marker
-        elif fence is not None and marker is not None and marker.startswith(fence) and line.strip() == marker:
-            fence = None
+        fence = _next_fence(fence, line)
     return fence
 
 
@@ -214,14 +211,10 @@ def split_blocks(text: str, size: int) -> list[str]:
     math = False  # inside $$ or \[ display math that spans lines
     lines = text.splitlines(keepends=True)
     for n, line in enumerate(lines):
-        marker = _fence_marker(line)
-        if fence is not None:
-            if marker is not None and marker.startswith(fence) and line.strip() == marker:
-                fence = None
-        elif marker is not None and len(marker) >= 3:
-            fence = marker
-        else:
+        after = _next_fence(fence, line)
+        if fence is None and after is None:
             math ^= (line.count("$$") + line.count("\\[") + line.count("\\]")) % 2 == 1
+        fence = after
         offset += len(line)
         nxt = lines[n + 1] if n + 1 < len(lines) else ""
         if (offset - start >= size and fence is None and not math and not line.strip()

@@ -12,8 +12,9 @@ watchdog starts, so a turn does not time out for being queued.
 is refused with 429 (:class:`~nbchat.wire.errors.RequestError`), which each
 transport reports in its own shape.
 
-Both count in this process: with ``--workers N`` a user may hold up to N times
-the bound, one share per worker.
+Both count in this process; with a shared store (``--store redis://…``) the
+store counts them once more across every process (:mod:`.redis.users`), so
+with ``--workers N`` a user still holds one share, not N.
 """
 
 from __future__ import annotations
@@ -97,9 +98,7 @@ class UserQuota:
     def admit(self, user: str, live: list[Turn]) -> None:
         """Count a new turn of ``user``, who holds the ``live`` turns; RequestError (429) when over a bound."""
         if self.max_turns and len(live) >= self.max_turns:
-            raise RequestError(f"you already have {len(live)} turns running or queued (at most {self.max_turns} "
-                               "at once per user): wait for one to end, or stop one", code="user_turn_limit",
-                               status=429)
+            raise self.over_turns(len(live))
         if not self.per_minute:
             return
         now = time.monotonic()
@@ -107,12 +106,19 @@ class UserQuota:
         while begun and begun[0] <= now - WINDOW:
             begun.popleft()
         if len(begun) >= self.per_minute:
-            wait = begun[0] + WINDOW - now
-            raise RequestError(f"you began {len(begun)} turns in the last minute (at most {self.per_minute:g} per "
-                               f"user): try again in {wait:.0f} s", code="user_rate_limit", status=429)
+            raise self.over_rate(len(begun), begun[0] + WINDOW - now)
         begun.append(now)
         if len(self._begun) > 10_000:  # forget users idle for a minute, so the map stays small
             self._begun = {u: d for u, d in self._begun.items() if d and d[-1] > now - WINDOW}
+
+
+    def over_turns(self, held: int) -> RequestError:
+        return RequestError(f"you already have {held} turns running or queued (at most {self.max_turns} at once "
+                            "per user): wait for one to end, or stop one", code="user_turn_limit", status=429)
+
+    def over_rate(self, begun: int, wait: float) -> RequestError:
+        return RequestError(f"you began {begun} turns in the last minute (at most {self.per_minute:g} per user): "
+                            f"try again in {wait:.0f} s", code="user_rate_limit", status=429)
 
 
 @dataclass(frozen=True)

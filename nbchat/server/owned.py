@@ -88,12 +88,24 @@ class UserTurns(TurnStore):
 
     async def create(self, request: TurnRequest, uid: str | None = None, *, start: bool = True) -> TurnInfo:
         uid = uid if uid is not None else request.uid
+        hold = None
         if self.quota is not None:
-            live = [t for t in self.manager.running() if owner_of(t.uid) == self.namespace]
-            self.quota.admit(self.namespace, live)
+            # a shared store counts every process's turns; else this process's count is the whole count
+            hold = await self.store.hold_user_turn(self.namespace, self.quota)
+            if hold is None:
+                live = [t for t in self.manager.running() if owner_of(t.uid) == self.namespace]
+                self.quota.admit(self.namespace, live)
         # a turn without a uid gets one of its own, so it is owned too (and supersedes nothing)
         stored = self.own(uid) if uid is not None else f"{self.namespace}{ANONYMOUS}{secrets.token_urlsafe(9)}"
-        info = self.mine(await self.store.create(dataclasses.replace(request, uid=stored), stored, start=start))
+        try:
+            made = await self.store.create(dataclasses.replace(request, uid=stored), stored, start=start)
+        except Exception:
+            if hold is not None:
+                await hold.release()
+            raise
+        if hold is not None:
+            await hold.keep(made.id)
+        info = self.mine(made)
         assert info is not None
         return info
 

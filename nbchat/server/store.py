@@ -13,13 +13,16 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..wire.errors import ResumeError
 from ..wire.events import Event, TurnRequest
 from .subscription import Direct
 from .turn import Turn, TurnState
 from .turn_manager import TurnManager
+
+if TYPE_CHECKING:
+    from .fairshare import UserQuota
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,14 @@ class TurnInfo:
     id: str
     uid: str | None
     state: TurnState
+
+
+class UserHold(Protocol):
+    """A place a new turn of a user holds in a shared count until it is made (then it is the turn's)."""
+
+    async def keep(self, turn_id: str) -> None: ...
+
+    async def release(self) -> None: ...
 
 
 class Reader(Protocol):
@@ -63,6 +74,11 @@ class TurnStore(abc.ABC):
 
     def __len__(self) -> int:
         return len(self.manager)
+
+    async def hold_user_turn(self, owner: str, quota: UserQuota) -> UserHold | None:
+        """Count a new turn of ``owner`` against ``quota`` in every process sharing this store (RequestError, 429,
+        when over a bound); None when the store is this process's own, which counts its turns itself."""
+        return None
 
     async def start(self) -> None:  # noqa: B027 (an optional hook: the memory store has nothing to connect)
         """Connect (called once, in the app's lifespan, before it serves)."""

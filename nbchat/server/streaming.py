@@ -56,6 +56,12 @@ def send_now(send: Send, messages: list[Message]) -> asyncio.Future[None] | None
     return None
 
 
+def send_message(send: Send, message: Message) -> asyncio.Future[None] | None:
+    """:func:`send_now` of one message (a live chunk's, nearly always), without its list."""
+    pending = send_one(send, message)
+    return None if pending is None else asyncio.ensure_future(finish(pending, send, []))
+
+
 def send_one(send: Send, message: Message) -> Awaitable[None] | None:
     """:func:`send_now` of one message (a chunk's, nearly always): None when it went out, else what
     finishes sending it."""
@@ -134,8 +140,7 @@ class EventStreamResponse(Response):
                 data = b"".join(map(encode, events))
             else:
                 data = self.idle
-            pending = send_one(send, {"type": "http.response.body", "body": data, "more_body": True})
-            return None if pending is None else asyncio.ensure_future(finish(pending, send, []))
+            return send_message(send, {"type": "http.response.body", "body": data, "more_body": True})
 
         try:
             async with reader:

@@ -27,7 +27,7 @@ from .config import Settings
 from .context import context_of
 from .owned import store_for
 from .store import Reader, TurnStore
-from .streaming import finish, send_now, send_one, server_send
+from .streaming import send_message, send_now, server_send
 from .turn import TurnState
 
 log = logging.getLogger("nbchat.server.ws")
@@ -119,8 +119,7 @@ class Session:
     async def _pump(self, sub: Reader) -> None:
         def frames(events: list[Event]) -> asyncio.Future[None] | None:
             if len(events) == 1 and type(events[0]) is Chunk:  # a live chunk: one frame
-                pending = send_one(self._send, {"type": "websocket.send", "text": encode_chunk_record(events[0])})
-                return None if pending is None else asyncio.ensure_future(finish(pending, self._send, []))
+                return send_message(self._send, {"type": "websocket.send", "text": encode_chunk_record(events[0])})
             return send_now(self._send, [{"type": "websocket.send", "text": frame}
                                          for event in events for frame in encode_ws(event)])
 

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -196,10 +197,35 @@ def test_the_login_cookies_are_secure_behind_https(hub: LocalHub, browser: httpx
 
 
 @pytest.fixture
-def logging_hub(make_hub: HubFactory) -> LocalHub:
-    """A service that logs at info and asks the Hub on every request."""
+def logging_hub(make_hub: HubFactory, tmp_path: Path) -> LocalHub:
+    """A service that logs at info, asks the Hub on every request, records its turns, and is told the Hub's
+    public URL is https."""
     return make_hub(service_args=["--backend", "echo", "--rate", "0", "--log-level", "info",
-                                  "--hub-auth-cache", "0"])
+                                  "--hub-auth-cache", "0", "--record", str(tmp_path / "recorded")],
+                    service_env={"JUPYTERHUB_PUBLIC_URL": "https://hub.example.org/"})
+
+
+def test_an_https_public_url_makes_the_login_cookies_secure(logging_hub: LocalHub) -> None:
+    with httpx.Client(timeout=30) as http:
+        start = http.get(logging_hub.service_url + "/", headers={"sec-fetch-mode": "navigate"})
+    assert start.status_code == 302
+    (line,) = set_cookies(start).values()
+    cookie_flags(line)
+    assert "Secure" in line  # the proxy said http: the public URL is what the browser sees
+
+
+def test_recordings_are_reachable_by_no_user(logging_hub: LocalHub, tmp_path: Path) -> None:
+    alice, bob, admin = new_user(logging_hub), new_user(logging_hub), new_user(logging_hub, admin=True)
+    answer = httpx.post(f"{logging_hub.service_url}/talkByStream", headers=auth(alice),
+                        json=turn_body("alice's secret"))
+    turn_id = answer.headers["x-nbchat-turn"]
+    (recording,) = (tmp_path / "recorded").glob(f"*-{turn_id}.jsonl")
+    assert re.search(f'"uid": ?"{alice.name}!', recording.read_text())  # the owner, for the operator
+    for user in (alice, bob, admin):  # the service serves no file: not the owner's, not another's
+        for path in (f"/{recording.name}", "/recordings", f"/recordings/{recording.name}", f"/record/{turn_id}",
+                     f"/turns/{turn_id}", f"/turns/{turn_id}/recording"):
+            got = httpx.get(logging_hub.service_url + path, headers=auth(user), timeout=30)
+            assert got.status_code in (404, 405) and "secret" not in got.text, (path, got.status_code)
 
 
 def test_a_token_in_the_url_is_never_logged(logging_hub: LocalHub) -> None:

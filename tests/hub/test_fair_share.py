@@ -11,6 +11,7 @@ import pytest
 import websockets.sync.client
 
 from nbchat.bench.hubrun import HubUserToken, LocalHub
+from tests.conftest import RedisProcess
 from tests.hub.conftest import HubFactory, new_user, start_hub, stop_hub
 
 pytestmark = pytest.mark.hub
@@ -87,3 +88,33 @@ def test_the_bounds_hold_with_the_defaults(make_hub: HubFactory) -> None:
     finally:
         for s in streams:
             s.__exit__(None, None, None)
+
+
+@pytest.mark.redis
+def test_a_users_bounds_hold_across_workers_sharing_redis(make_hub: HubFactory, redis_server: RedisProcess) -> None:
+    """Two workers count one user's turns together: the third at once is refused whichever worker takes it, and
+    the fifth in a minute; the places free when the turns end."""
+    hub = make_hub(service_args=("--backend", "echo", "--rate", "20", "--max-user-turns", "2",
+                                 "--user-turns-per-minute", "4", "--store", redis_server.url, "--workers", "2"))
+    erin, frank = new_user(hub), new_user(hub)
+    streams = [httpx.stream("POST", f"{hub.service_url}/talkByStream", headers=auth(erin), json=body(LONG),
+                            timeout=60) for _ in range(2)]
+    opened = [s.__enter__() for s in streams]
+    try:
+        assert [r.status_code for r in opened] == [200, 200]
+        # each on a connection of its own, so the workers take them in turn as the kernel hands them out
+        refused = [httpx.post(f"{hub.service_url}/talkByStream", headers=auth(erin), json=body("x"), timeout=30)
+                   for _ in range(6)]
+        other = httpx.post(f"{hub.service_url}/talkByStream", headers=auth(frank), json=body("frank's"), timeout=30)
+        for r in opened:
+            r.read()
+    finally:
+        for s in streams:
+            s.__exit__(None, None, None)
+    assert [r.status_code for r in refused] == [429] * 6
+    assert {r.json()["error"]["code"] for r in refused} == {"user_turn_limit"}
+    assert other.status_code == 200 and other.text.rstrip().endswith('{"status":"[DONE]"}')
+    after = [httpx.post(f"{hub.service_url}/talkByStream", headers=auth(erin), json=body("y"), timeout=30)
+             for _ in range(3)]
+    assert [r.status_code for r in after] == [200, 200, 429]  # two places free again; then four begun this minute
+    assert after[-1].json()["error"]["code"] == "user_rate_limit"

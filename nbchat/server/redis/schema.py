@@ -1,13 +1,16 @@
 """The shared store's keys and the fields of a turn's log entries, for the Python and the Lua side.
 
 Keys (``nbchat:`` prefix; a turn's keys name its id in braces, a Redis Cluster *hash tag*, so that
-they sit in one slot and every script on one turn touches one shard)::
+they sit in one slot; the scripts that write many turns at once, and a turn's record with its uid,
+still span slots, so a Cluster needs them split per shard)::
 
     turn:{id}          hash    uid, state (pending|running|ended), owner, request (JSON), interrupt
     turn:{id}:log      stream  a batch of chunks or the end (below)
     turn:{id}:readers  hash    process id -> streams attached in that process (for the grace period)
     uid:{uid}          string  the uid's current turn
     proc:{id}          string  the process's lease, renewed every lease/3 s
+    user:{owner}:turns zset    a Hub user's turns held (or places reserved), by when admitted (ms)
+    user:{owner}:begun zset    a Hub user's turns begun in the last minute, by when (ms)
 
 A turn's log holds one entry per write of its owner, not one per chunk:
 
@@ -59,6 +62,11 @@ def readers_key(turn_id: str) -> str:
 
 def uid_key(uid: str) -> str:
     return f"{PREFIX}uid:{uid}"
+
+
+def user_key(owner: str, what: str) -> str:
+    """A Hub user's count across processes: ``turns`` held, ``begun`` in the last minute."""
+    return f"{PREFIX}user:{{{owner}}}:{what}"
 
 
 def lease_key(process: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from .schema import BATCH_SLOTS, END_SLOTS, ENTRY_LUA
+from .schema import BATCH_SLOTS, END_SLOTS, ENTRY_LUA, PREFIX
 
 # End a turn unless it already ended: its end entry after the last one, its record marked ended
 # (KEYS: meta, log; ARGV: status, code, message, ttl). Shared by the interrupt of a queued turn, by a
@@ -119,6 +119,47 @@ end
 return {state or 'gone'}
 """
 
+# One Hub user's bounds across every process (--max-user-turns, --user-turns-per-minute), checked and counted at
+# once. KEYS: the user's turns (member -> when admitted, ms), the user's turns begun in the last minute; ARGV: the
+# bound at once and per minute (0: none), the new member (a reservation "r:..." until the turn is made), the
+# turns key's ttl, the grace of a reservation (ms), then the ids this process saw end (their end may not be
+# written yet). A member counts while its record is pending, or running on a process whose lease is alive (a
+# killed process's turns stop counting when its lease runs out), a reservation while young; the others are
+# dropped. Returns {} when admitted (the member counted), {'turns', counted ids...} or {'rate', count, ms to wait}.
+# It reads the records and leases of the turns it holds, keys it cannot name in KEYS before it runs: like the
+# batched write, it needs one Redis primary, not a Cluster (docs/deployment.md).
+USER_TURNS_SCRIPT = f"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 6, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
+local held, live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'), {{'turns'}}
+for i = 1, #held, 2 do
+  local id, counts = held[i], false
+  if string.sub(id, 1, 2) == 'r:' then
+    counts = now - tonumber(held[i + 1]) < tonumber(ARGV[5])
+  else
+    local found = redis.call('HMGET', '{PREFIX}turn:{{' .. id .. '}}', 'state', 'owner')
+    counts = found[1] == 'pending' or
+             (found[1] == 'running' and redis.call('EXISTS', '{PREFIX}proc:' .. (found[2] or '')) == 1)
+  end
+  if counts then live[#live + 1] = id else redis.call('ZREM', KEYS[1], id) end
+end
+if ARGV[1] ~= '0' and #live - 1 >= tonumber(ARGV[1]) then return live end
+if ARGV[2] ~= '0' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60000)
+  local begun = redis.call('ZCARD', KEYS[2])
+  if begun >= tonumber(ARGV[2]) then
+    local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    return {{'rate', begun, tonumber(first[2]) + 60000 - now}}
+  end
+  redis.call('ZADD', KEYS[2], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], 60000)
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {{}}
+"""
+
 
 class Scripts:
     """The scripts registered on one client (each is sent once, then called by its hash)."""
@@ -131,4 +172,5 @@ class Scripts:
         self.interrupt = client.register_script(INTERRUPT_SCRIPT)
         self.abandon = client.register_script(ABANDON_SCRIPT)
         self.claim = client.register_script(CLAIM_SCRIPT)
+        self.user_turns = client.register_script(USER_TURNS_SCRIPT)
 

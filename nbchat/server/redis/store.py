@@ -34,8 +34,9 @@ from ...wire.errors import RequestError, ResumeError
 from ...wire.events import End, ErrorInfo, Status, TurnRequest
 from ...wire.protocol import encode_turn_request, parse_turn_request
 from ..config import Settings
+from ..fairshare import UserQuota
 from ..recording import Recorder
-from ..store import Reader, TurnInfo, TurnStore, info_of
+from ..store import Reader, TurnInfo, TurnStore, UserHold, info_of
 from ..turn import Turn, TurnState
 from ..turn_ids import is_turn_id, new_turn_id
 from ..turn_manager import TurnManager
@@ -55,6 +56,7 @@ from .schema import (
     uid_key,
 )
 from .scripts import Scripts
+from .users import SharedQuota
 from .writer import LAZY_SECONDS, Writer
 
 
@@ -76,6 +78,7 @@ class RedisStore(TurnStore):
         self.writer = Writer(self._scripts, settings, counting_delay=2 * settings.lease_seconds / 3)
         self.manager = TurnManager(backend, settings, recorder, hooks=self.writer)
         self.heartbeat = Heartbeat(self.redis, self._scripts, self.manager, settings, self.process, self.writer)
+        self.users = SharedQuota(self.redis, self._scripts, self.manager)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -139,6 +142,9 @@ class RedisStore(TurnStore):
             return TurnInfo(turn_id, uid, TurnState.PENDING)
         turn.start()
         return info_of(turn)
+
+    async def hold_user_turn(self, owner: str, quota: UserQuota) -> UserHold | None:
+        return await self.users.hold(owner, quota)
 
     async def get(self, turn_id: str) -> TurnInfo | None:
         turn = self.manager.get(turn_id)

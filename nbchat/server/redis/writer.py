@@ -40,6 +40,8 @@ class Writer:
         self.counting_delay = counting_delay
         #: each turn's chunks not yet written, and its end once it came
         self._pending: dict[Turn, Pending] = {}
+        #: the same turns by id, for a watch message (which names the id only)
+        self._pending_ids: dict[str, Turn] = {}
         #: the pending turns to write at once (ended, or watched)
         self._now: set[Turn] = set()
         #: turn id -> until when a stream in another process reads it (monotonic clock)
@@ -52,6 +54,7 @@ class Writer:
         pending = self._pending.get(turn)
         if pending is None:
             pending = self._pending[turn] = Pending(event.seq if isinstance(event, Chunk) else turn.last_seq + 1)
+            self._pending_ids[turn.id] = turn
         if type(event) is Chunk:
             pending.add(event)
         elif type(event) is End:
@@ -66,9 +69,9 @@ class Writer:
     def watch(self, turn_id: str, seconds: float) -> None:
         """A stream in another process reads the turn (for ``seconds`` at least): write it at once."""
         self._watched[turn_id] = max(self._watched.get(turn_id, 0.0), time.monotonic() + seconds)
-        pending = [turn for turn in self._pending if turn.id == turn_id]
-        if pending:
-            self._now.update(pending)
+        turn = self._pending_ids.get(turn_id)
+        if turn is not None:
+            self._now.add(turn)
             self._urgent.set()
 
     def forget_watches(self) -> None:
@@ -98,10 +101,13 @@ class Writer:
         """The turns to write now (no longer pending): every one once in LAZY_SECONDS, else those at once."""
         if time.monotonic() >= self._next_all:
             self._next_all = time.monotonic() + LAZY_SECONDS
-            ready, self._pending, self._now = list(self._pending.items()), {}, set()
+            ready, self._pending, self._pending_ids, self._now = list(self._pending.items()), {}, {}, set()
             return ready
         now, self._now = self._now, set()
-        return [(turn, self._pending.pop(turn)) for turn in now if turn in self._pending]
+        ready = [(turn, self._pending.pop(turn)) for turn in now if turn in self._pending]
+        for turn, _ in ready:
+            del self._pending_ids[turn.id]
+        return ready
 
     async def _write(self, ready: list[tuple[Turn, Pending]]) -> None:
         if not ready:
