@@ -21,7 +21,7 @@ from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.bench.procs import cpu_seconds, descendants
 from nbchat.server.context import context_of
 from nbchat.server.serving import ServerHandle
-from nbchat.server.turns import TurnManager
+from nbchat.server.turn_manager import TurnManager
 from nbchat.wire.errors import BackendError
 
 TOKEN = "test-token-0123456789"

@@ -14,7 +14,8 @@ from nbchat.server.fairshare import UserQuota
 from nbchat.server.redis import users
 from nbchat.server.redis.schema import lease_key, meta_key, user_key
 from nbchat.server.redis.scripts import Scripts
-from nbchat.server.turns import TurnManager, new_turn_id
+from nbchat.server.turn_ids import new_turn_id
+from nbchat.server.turn_manager import TurnManager
 from nbchat.wire.errors import RequestError
 from tests.conftest import RedisProcess
 

@@ -444,7 +444,7 @@ async def test_the_grace_period_counts_streams_on_other_processes_and_is_the_mem
     """A turn generating here with its only stream in another process runs on while that process is
     alive and counts the stream; once the count drops to zero, the turn's own grace timer (the one the
     memory store uses) cancels it after the grace period and one heartbeat's lag, with one log line."""
-    caplog.set_level(logging.INFO, logger="nbchat.server.turns")
+    caplog.set_level(logging.INFO, logger="nbchat.server.turn")
     async with running_store(redis_server.url, rate=20.0, grace_period=0.3, lease_seconds=0.6) as (store, direct):
         info = await store.create(TurnRequest(user_message=Message("user", "a long answer " * 50)))
         turn = store.manager.get(info.id)

@@ -15,7 +15,8 @@ import pytest
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.server.config import Settings
 from nbchat.server.expiry import Deadlines
-from nbchat.server.turns import Turn, TurnManager
+from nbchat.server.turn import Turn
+from nbchat.server.turn_manager import TurnManager
 from nbchat.wire.errors import RequestError, ResumeError
 from nbchat.wire.events import Chunk, End, Event, Message, Status, TurnRequest
 from tests.helpers import StallBackend

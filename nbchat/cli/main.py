@@ -72,6 +72,9 @@ def serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N server processes on the one port (needs --store: they share the turns there; "
                         "each worker loads its own model)")
+    p.add_argument("--start-timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --workers: stop every worker and exit with an error when one does not accept "
+                        "connections within this long (default: 180, room for each worker to load its model)")
     hub = p.add_argument_group("per user, with --jupyterhub", "a fair share of the model for each Hub user "
                                "(docs/deployment.md); with --store, counted across processes")
     hub.add_argument("--max-user-turns", type=int, default=None, metavar="N",
@@ -125,6 +128,9 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("nbchat serve: --workers must be >= 1", file=sys.stderr)
         return 2
+    if args.start_timeout is not None and not args.start_timeout > 0:
+        print("nbchat serve: --start-timeout must be more than 0", file=sys.stderr)
+        return 2
     if args.workers > 1 and not args.store:
         print(f"nbchat serve: --workers {args.workers} needs --store redis://HOST:PORT/DB: each worker is a process "
               "with its own memory, so a resume, a Stop or a queued turn that lands on another worker than the one "
@@ -148,7 +154,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"nbchat serving {settings.backend} at {url}{workers}", flush=True)
 
     if args.workers > 1:
-        return run_workers(settings, args.workers, args.log_level, announce_port)
+        return run_workers(settings, args.workers, args.log_level, announce_port, args.start_timeout)
     try:
         server = make_server(settings, log_level=args.log_level)
     except Exception as exc:  # a backend that cannot be built: one clear line
@@ -229,11 +235,12 @@ def _as_option(message: str) -> str:
     return re.sub(r"Settings\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
-def run_workers(settings: Settings, workers: int, log_level: str, announce: Callable[[int], None]) -> int:
-    from ..server.workers import Supervisor
+def run_workers(settings: Settings, workers: int, log_level: str, announce: Callable[[int], None],
+                start_timeout: float | None = None) -> int:
+    from ..server.workers import START_TIMEOUT, Supervisor
 
     try:
-        supervisor = Supervisor(settings, workers, log_level)
+        supervisor = Supervisor(settings, workers, log_level, start_timeout or START_TIMEOUT)
     except OSError as exc:
         print(f"nbchat serve: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 
 :func:`create_app` builds everything per app (the backend, the turn manager,
 the security middleware); nothing lives at module level. Each route only
-*encodes* the events of a :class:`~nbchat.server.turns.Subscription` with
+*encodes* the events of a :class:`~nbchat.server.subscription.Subscription` with
 :mod:`nbchat.wire.protocol`; the WebSocket route lives in :mod:`nbchat.server.ws` and the
 OpenAI-compatible routes in :mod:`nbchat.server.openai_routes`.
 """
@@ -58,7 +58,7 @@ from .owned import owner_of, store_for
 from .recording import Recorder
 from .store import MemoryStore, Reader, TurnStore
 from .streaming import EventStreamResponse, NBChatApp
-from .turns import TurnManager
+from .turn_manager import TurnManager
 from .ws import websocket_endpoint
 
 log = logging.getLogger("nbchat.server.app")

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from ..wire.errors import RequestError
 from .config import Settings
-from .turns import Turn, TurnManager
+from .turn import Turn
+from .turn_manager import TurnManager
 
 WINDOW = 60.0
 

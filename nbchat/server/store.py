@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..wire.errors import ResumeError
 from ..wire.events import Event, TurnRequest
-from .turns import Direct, Turn, TurnManager, TurnState
+from .subscription import Direct
+from .turn import Turn, TurnState
+from .turn_manager import TurnManager
 
 if TYPE_CHECKING:
     from .fairshare import UserQuota
@@ -41,7 +43,7 @@ class UserHold(Protocol):
 
 
 class Reader(Protocol):
-    """One stream's view of a turn (see :class:`nbchat.server.turns.Subscription`)."""
+    """One stream's view of a turn (see :class:`nbchat.server.subscription.Subscription`)."""
 
     done: bool
 

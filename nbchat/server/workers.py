@@ -5,7 +5,9 @@ uvicorn's own ``--workers`` does), so the kernel spreads connections over
 them; the turns are shared through the store every worker is given (the
 command line refuses ``--workers`` > 1 without ``--store``). The parent only
 supervises: it announces the URL once every worker accepts, restarts a
-worker that dies, and stops them all on SIGINT or SIGTERM.
+worker that dies, and stops them all on SIGINT or SIGTERM. A worker that
+does not accept within the start timeout ends the command with an error
+rather than a wait with no end.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import logging
 import multiprocessing
 import signal
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as EventType
@@ -24,7 +28,9 @@ from .config import Settings
 
 log = logging.getLogger("nbchat.server.workers")
 
-START_TIMEOUT = 180.0  # covers loading the embedded model in every worker
+#: seconds every worker may take to accept connections: longer than one process's start (120 s,
+#: :func:`~nbchat.server.serving.start_server_thread`), as N workers load their models at once
+START_TIMEOUT = 180.0
 STOP_TIMEOUT = 15.0
 
 
@@ -54,10 +60,12 @@ def _worker(settings: Settings, log_level: str, sock: socket.socket, ready: Even
 class Supervisor:
     """Starts the workers, restarts one that dies, stops them all."""
 
-    def __init__(self, settings: Settings, workers: int, log_level: str) -> None:
+    def __init__(self, settings: Settings, workers: int, log_level: str,
+                 start_timeout: float = START_TIMEOUT) -> None:
         self.settings = settings
         self.count = workers
         self.log_level = log_level
+        self.start_timeout = start_timeout
         self.sock = bind_socket(settings.host, settings.port)
         self.port: int = self.sock.getsockname()[1]
         self._ctx = multiprocessing.get_context("spawn")
@@ -71,20 +79,29 @@ class Supervisor:
         proc.start()
         return proc, ready
 
-    def start(self) -> bool:
-        """Start every worker; False when one exits or times out before it accepts connections."""
+    def start(self) -> str | None:
+        """Start every worker: None once each accepts connections, else why one did not (it exited,
+        the start timeout passed, or a signal stopped the command)."""
         self._procs = [self._spawn() for _ in range(self.count)]
+        deadline = time.monotonic() + self.start_timeout
         for proc, ready in self._procs:
             while not ready.wait(0.2):
-                if not proc.is_alive() or self._stop.is_set():
-                    return False
-        return True
+                if not proc.is_alive():
+                    return (f"worker {proc.pid} exited with {proc.exitcode} before it accepted connections "
+                            "(see its log above)")
+                if self._stop.is_set():
+                    return "stopped before every worker accepted connections"
+                if time.monotonic() >= deadline:
+                    return (f"worker {proc.pid} did not accept connections within {self.start_timeout:g} s "
+                            "(--start-timeout); stopping every worker")
+        return None
 
     def run(self, announce: Callable[[int], None]) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            if not self.start():
-                print("nbchat serve: a worker did not start (see its log above)", flush=True)
+            problem = self.start()
+            if problem is not None:
+                print(f"nbchat serve: {problem}", file=sys.stderr, flush=True)
                 return 1
             announce(self.port)
             while not self._stop.wait(0.5):
@@ -106,9 +123,15 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
-        for proc, _ in self._procs:
-            if proc.is_alive():
+        for proc, ready in self._procs:
+            if not proc.is_alive():
+                continue
+            if ready.is_set():
                 proc.terminate()  # SIGTERM: uvicorn's graceful shutdown ends turns with [INTERRUPTED]
+            else:
+                # One that never accepted holds no turn: nothing to wait for (and one stuck, even
+                # stopped, must not hold the command up); its model process exits with it.
+                proc.kill()
         for proc, _ in self._procs:
             proc.join(STOP_TIMEOUT)
             if proc.is_alive():

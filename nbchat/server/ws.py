@@ -28,7 +28,7 @@ from .context import context_of
 from .owned import store_for
 from .store import Reader, TurnStore
 from .streaming import send_message, send_now, server_send
-from .turns import TurnState
+from .turn import TurnState
 
 log = logging.getLogger("nbchat.server.ws")
 

@@ -12,7 +12,8 @@ from redis.exceptions import RedisError
 
 from ...wire.events import ErrorInfo, Status
 from ..config import Settings
-from ..turns import Turn, TurnManager, TurnState
+from ..turn import Turn, TurnState
+from ..turn_manager import TurnManager
 from .client import POLL_SECONDS, store_error
 from .schema import CHANNEL, WATCH_CHANNEL, lease_key, log_key, meta_key, readers_key, turn_of
 from .scripts import Scripts

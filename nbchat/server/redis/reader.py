@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ...wire.events import Chunk, End, ErrorInfo, Event, Status
-from ..turns import Direct
+from ..subscription import Direct
 from .client import POLL_SECONDS, store_error
 from .schema import decode_entry, first_seq, log_key
 

@@ -37,7 +37,9 @@ from ..config import Settings
 from ..fairshare import UserQuota
 from ..recording import Recorder
 from ..store import Reader, TurnInfo, TurnStore, UserHold, info_of
-from ..turns import Turn, TurnManager, TurnState, is_turn_id, new_turn_id
+from ..turn import Turn, TurnState
+from ..turn_ids import is_turn_id, new_turn_id
+from ..turn_manager import TurnManager
 from .client import COMMAND_CONNECTIONS, READ_CONNECTIONS, Batched, connect, unavailable
 from .heartbeat import Heartbeat
 from .reader import RemoteReader

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..fairshare import UserQuota
-from ..turns import TurnManager
+from ..turn_manager import TurnManager
 from .client import unavailable
 from .schema import user_key
 from .scripts import Scripts

@@ -12,7 +12,7 @@ from redis.typing import EncodableT
 
 from ...wire.events import Chunk, End, Event
 from ..config import Settings
-from ..turns import Turn
+from ..turn import Turn
 from .client import store_error
 from .schema import Batch, end_args, log_key, meta_key, readers_key
 from .scripts import Scripts
@@ -27,7 +27,7 @@ LAZY_SECONDS = 1.0
 
 
 class Writer:
-    """The shared store's :class:`~nbchat.server.turns.TurnHooks`. A turn's new chunks go to Redis as one
+    """The shared store's :class:`~nbchat.server.turn.TurnHooks`. A turn's new chunks go to Redis as one
     entry per write (:data:`~.scripts.APPEND_SCRIPT`, which writes many turns in one command): at once
     (every :data:`FLUSH_SECONDS` at most) for a turn that a stream in another process reads or that
     ended, and every :data:`LAZY_SECONDS` for all the others together. Nobody but the owner reads those

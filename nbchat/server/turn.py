@@ -1,15 +1,15 @@
-"""Turns: one generation per turn, fanned out to any number of attached streams.
+"""A turn: one generation, fanned out to any number of attached streams.
 
 A :class:`Turn` runs its backend in one task and appends each piece to a
-bounded replay buffer; every stream attached to it is a :class:`Subscription`
-that reads the buffer from its own position, so a late or reattaching client
-gets everything after the seq it saw, nothing lost and nothing repeated.
+bounded replay buffer; every stream attached to it is a
+:class:`~nbchat.server.subscription.Subscription` that reads the buffer from
+its own position.
 
 The turn owns the rules of the contract that do not depend on a transport:
 the temperature range, ``maxTokens``, the model-timeout watchdog, interrupts,
-and the grace period after the last stream detaches. :class:`TurnManager`
-owns the registry (by id and by uid) and the expiry of old turns. All state
-lives on these objects, made per app; nothing is global.
+and the grace period after the last stream detaches. The registry that makes
+turns and forgets them is :class:`~nbchat.server.turn_manager.TurnManager`.
+All state lives on these objects, made per app; nothing is global.
 """
 
 from __future__ import annotations
@@ -18,26 +18,21 @@ import asyncio
 import contextlib
 import enum
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol, cast
 
 from ..backends.base import LENGTH, Backend, GenerationRequest, Trimmed
-from ..wire.errors import BackendError, RequestError, ResumeError
+from ..wire.errors import BackendError, ResumeError
 from ..wire.events import Chunk, End, ErrorInfo, Event, Status, TurnRequest
 from .config import Settings
-from .expiry import Deadlines
 from .recording import Recorder, TurnRecord
 from .resume_buffer import ResumeBuffer
 from .stops import StopScanner
+from .subscription import Subscription
+from .turn_ids import new_turn_id
 
-log = logging.getLogger("nbchat.server.turns")
-
-#: sends a stream's events at once, from the task that made them (see :meth:`Subscription.next_batch`):
-#: None when they went out, else a future that ends once they have (the client is behind); raises
-#: when the client is gone
-Direct = Callable[[list[Event]], "asyncio.Future[None] | None"]
+log = logging.getLogger("nbchat.server.turn")
 
 
 class TurnHooks(Protocol):
@@ -52,8 +47,19 @@ class TurnHooks(Protocol):
         """Each chunk and then the end, in order, as the turn makes them."""
 
 
-#: the length of a turn id (12 random bytes in URL-safe base64)
-TURN_ID_CHARS = 16
+class TurnRegistry(Protocol):
+    """What a turn needs of the registry that made it (:class:`~nbchat.server.turn_manager.TurnManager`)."""
+
+    backend: Backend
+    settings: Settings
+    recorder: Recorder | None
+    hooks: TurnHooks | None
+
+    def admitted(self, turn: Turn) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+    def turn_ended(self, turn: Turn) -> None: ...
+
+    def turn_detached(self, turn: Turn) -> None: ...
 
 
 class TurnState(enum.Enum):
@@ -63,7 +69,7 @@ class TurnState(enum.Enum):
 
 
 class Turn:
-    def __init__(self, manager: TurnManager, request: TurnRequest, uid: str | None,
+    def __init__(self, manager: TurnRegistry, request: TurnRequest, uid: str | None,
                  turn_id: str | None = None) -> None:
         self.id = turn_id or new_turn_id()
         self.uid = uid
@@ -355,167 +361,6 @@ class Turn:
             self._grace = None
 
 
-class Subscription:
-    """One stream's view of a turn: events after its position, live once caught up."""
-
-    def __init__(self, turn: Turn, after: int) -> None:
-        self.turn = turn
-        self.pos = after
-        self.done = False
-        self._waiter: asyncio.Future[bool] | None = None
-        # The keep-alive deadline: one timer per stream that re-arms itself for
-        # what is left, not one armed and cancelled per wait (a timer per wait was
-        # about a tenth of the server's CPU per SSE chunk at 10,000 chunks/s).
-        self._timeout = 0.0
-        self._wait_began = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        #: while waiting with a direct sender: how new chunks go out without waking the stream's task
-        self._direct: Direct | None = None
-        #: a direct send that had to wait for the client (the stream's task resumes when it ends)
-        self._sending: asyncio.Future[None] | None = None
-
-    @property
-    def turn_id(self) -> str:
-        return self.turn.id
-
-    def __enter__(self) -> Subscription:
-        self.turn.attach()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._sending is not None:
-            if self._sending.done() and not self._sending.cancelled():
-                self._sending.exception()  # seen: the client left while it was sent
-            self._sending.cancel()
-            self._sending = None
-        self._leave_sinks()
-        self.turn.detach()
-
-    @property
-    def keepalive_timer(self) -> asyncio.TimerHandle | None:
-        """The timer of this stream's keep-alive, while one is armed."""
-        return self._timer
-
-    async def __aenter__(self) -> Subscription:
-        return self.__enter__()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.__exit__()
-
-    async def next_batch(self, timeout: float | None = None, direct: Direct | None = None) -> list[Event]:
-        """The next events (all that are ready, in order); [] when ``timeout`` passes first.
-
-        With ``direct``, chunks that come while the stream waits go out through it from the task
-        that made them, and this returns only when something else is due (the end, a keep-alive,
-        catching up after a send that had to wait): one task wake per chunk instead of two, which
-        was most of what the server added per chunk to a bare socket's cost.
-        """
-        if self.done:
-            return []
-        while True:
-            if self._sending is not None:
-                await self._sending  # a direct send still waiting for the client: what follows goes after it
-                self._sending = None
-            try:
-                events = self.turn.events_after(self.pos)
-            except ResumeError as exc:
-                # This reader fell behind the replay bound: end its stream with a
-                # status that says so, rather than cut it or skip what it missed.
-                self.done = True
-                return [End(status=Status.ERROR, error=ErrorInfo("resume_unavailable", str(exc)))]
-            if events:
-                for ev in events:
-                    if isinstance(ev, Chunk):
-                        self.pos = ev.seq
-                    else:
-                        self.done = True
-                return events
-            if not await self._wait(timeout, direct):
-                return []
-
-    async def _wait(self, timeout: float | None, direct: Direct | None = None) -> bool:
-        """Wait until the turn's buffer changes; False when ``timeout`` passes first."""
-        loop = asyncio.get_running_loop()
-        if direct is None:
-            waiter = self.turn.waiter()
-        else:
-            waiter = loop.create_future()
-            self._direct = direct
-            self.turn.add_sink(self)
-        if timeout is not None:
-            self._timeout, self._wait_began = timeout, loop.time()
-            if self._timer is None:
-                self._timer = loop.call_at(self._wait_began + timeout, self._keepalive_due)
-        self._waiter = waiter
-        try:
-            return await waiter
-        finally:
-            self._waiter = None
-            if direct is not None:
-                self._leave_sinks()
-            elif waiter.cancelled():  # the stream left
-                self.turn.drop_waiter(waiter)
-
-    def push(self, chunk: Chunk) -> None:
-        """Send a new chunk through the waiting stream's direct sender (called by the turn)."""
-        direct, waiter = self._direct, self._waiter
-        if direct is None or waiter is None or waiter.done() or chunk.seq != self.pos + 1:
-            self.wake()
-            return
-        try:
-            pending = direct([chunk])
-        except Exception as exc:  # the client is gone: the stream's task ends with what its send raised
-            self._leave_sinks()
-            waiter.set_exception(exc)
-            return
-        self.pos = chunk.seq
-        self._wait_began = self.turn.last_piece  # the keep-alive counts from the last send
-        if pending is not None:  # the client is behind: nothing more goes out until that send is done
-            self._leave_sinks()
-            self._sending = pending
-            pending.add_done_callback(lambda _: self.wake())
-
-    def wake(self) -> None:
-        """End the wait: the stream's task reads what is new itself."""
-        self._leave_sinks()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(True)
-
-    def _leave_sinks(self) -> None:
-        """Take no more chunks directly (at once, not when the stream's task next runs)."""
-        self.turn.drop_sink(self)
-        self._direct = None
-
-    def _keepalive_due(self) -> None:
-        loop = asyncio.get_running_loop()
-        left = self._wait_began + self._timeout - loop.time()
-        if self._waiter is not None and left > 0:
-            self._timer = loop.call_later(left, self._keepalive_due)
-            return
-        self._timer = None  # the next wait arms it again
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(False)
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        while not self.done:
-            for ev in await self.next_batch():
-                yield ev
-
-
-def new_turn_id() -> str:
-    return secrets.token_urlsafe(12)
-
-
-def is_turn_id(text: str) -> bool:
-    """Whether ``text`` could be a turn id :func:`new_turn_id` made (URL-safe base64, 16 characters).
-    A store that builds keys from ids refuses any other text before it names a key: a client's
-    ``<id>:log`` would otherwise name the turn's stream instead of its record."""
-    return len(text) == TURN_ID_CHARS and text.isascii() and all(c.isalnum() or c in "-_" for c in text)
-
-
 def _as_unicode(text: str) -> str:
     """Text that can be encoded as UTF-8: a backend's lone surrogate becomes U+FFFD
     here, once, instead of breaking every stream that later encodes the chunk."""
@@ -535,152 +380,3 @@ async def _aclose(it: object) -> None:
     if aclose is not None:
         with contextlib.suppress(Exception):
             await asyncio.shield(aclose())
-
-
-class TurnManager:
-    """The registry of turns for one app: by id, and the latest by uid."""
-
-    def __init__(self, backend: Backend, settings: Settings, recorder: Recorder | None = None,
-                 hooks: TurnHooks | None = None) -> None:
-        self.backend = backend
-        self.settings = settings
-        #: what a store that keeps turns beyond this process hears from them (None: nothing to tell)
-        self.hooks = hooks
-        #: writes each turn's chunks to a file (``nbchat serve --record``)
-        self.recorder = recorder
-        self._turns: dict[str, Turn] = {}
-        self._by_uid: dict[str, Turn] = {}
-        self._expiry = Deadlines(self._expire)
-        self._drained: asyncio.Event | None = None
-        self.closing = False
-        #: ended turns forgotten before their retention ran out, to make room under ``max_turns``
-        self.evicted_early = 0
-        #: how long the latest of those had been ended (seconds): the retention the cap allowed then
-        self.evicted_after: float | None = None
-        #: what a turn waits for before it generates (a fair queue, :mod:`.fairshare`); None: nothing
-        self.admission: Callable[[Turn], contextlib.AbstractAsyncContextManager[None]] | None = None
-
-    def __len__(self) -> int:
-        return len(self._turns)
-
-    def admitted(self, turn: Turn) -> contextlib.AbstractAsyncContextManager[None]:
-        return self.admission(turn) if self.admission is not None else contextlib.nullcontext()
-
-    def create(self, request: TurnRequest, uid: str | None = None, *, start: bool = True,
-               turn_id: str | None = None) -> Turn:
-        if self.closing:
-            raise RequestError("the server is shutting down", code="shutting_down", status=503)
-        self._make_room()
-        uid = uid if uid is not None else request.uid
-        turn = Turn(self, request, uid, turn_id)
-        self._turns[turn.id] = turn
-        if uid is not None:
-            previous = self._by_uid.get(uid)
-            if previous is not None and previous.end is None:
-                previous.interrupt()  # one current turn per uid: a new question supersedes the old
-            self._by_uid[uid] = turn
-        if start:
-            turn.start()
-        else:
-            self._expire_later(turn, self.settings.pending_seconds)
-        return turn
-
-    def get(self, turn_id: str) -> Turn | None:
-        return self._turns.get(turn_id)
-
-    def latest(self, uid: str) -> Turn | None:
-        return self._by_uid.get(uid)
-
-    def running(self) -> list[Turn]:
-        return [t for t in self._turns.values() if t.end is None]
-
-    def _make_room(self) -> None:
-        """At the limit, forget the oldest ended turns. The registry is in creation order, so they are
-        found from its front: a sort of every turn here cost milliseconds per new turn at the limit."""
-        excess = len(self._turns) - self.settings.max_turns + 1
-        if excess <= 0:
-            return
-        oldest: list[str] = []
-        for turn_id, turn in self._turns.items():
-            if turn.end is not None:
-                oldest.append(turn_id)
-                if len(oldest) == excess:
-                    break
-        if oldest:
-            self.evicted_early += len(oldest)
-            ended_at = self._turns[oldest[-1]].ended_at
-            self.evicted_after = 0.0 if ended_at is None else time.monotonic() - ended_at
-        for turn_id in oldest:
-            self.forget(turn_id)
-        if len(self._turns) >= self.settings.max_turns:
-            raise RequestError("too many turns at once; try again shortly", code="too_many_turns", status=429)
-
-    def turn_ended(self, turn: Turn) -> None:
-        """Called by a turn when it ends: it is kept for ``retain_seconds``, then forgotten (sooner when
-        ``max_turns`` turns are kept and a new one needs room: see :meth:`retention_note`)."""
-        self._expire_later(turn, self.settings.retain_seconds)
-
-    def retention_note(self) -> str:
-        """Why a turn may be gone, for the 410/404 a client gets: the retention, and how the turn cap
-        shortened it when it did (at 100 new turns a second, 10,000 turns last 100 s, not 120)."""
-        note = (f"ended turns are kept {self.settings.retain_seconds:g} s, or less while {self.settings.max_turns} "
-                "turns are kept at once: the oldest ended ones then make room")
-        if self.evicted_after is not None:
-            note += f"; the latest dropped for room had ended {self.evicted_after:.0f} s before"
-        return note
-
-    def retention(self) -> dict[str, float | int | None]:
-        """The retention as configured and as the turn cap let it be (reported by ``/health``)."""
-        return {"seconds": self.settings.retain_seconds, "max_turns": self.settings.max_turns,
-                "evicted_early": self.evicted_early,
-                "evicted_after_seconds": None if self.evicted_after is None else round(self.evicted_after, 1)}
-
-    def _expire_later(self, turn: Turn, seconds: float) -> None:
-        with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
-            self._expiry.set(turn.id, seconds)
-
-    def _expire(self, turn_id: str) -> None:
-        turn = self._turns.get(turn_id)
-        if turn is None:
-            return
-        if turn.state is TurnState.PENDING:
-            turn.interrupt()
-        if turn.end is None:
-            return
-        if turn.attached == 0:
-            self.forget(turn_id)
-        else:
-            turn.expired = True  # a stream still reads it: forgotten when the last one detaches
-
-    def forget(self, turn_id: str) -> None:
-        """Drop a turn from the registry now (its expiry too); a store whose publication failed undoes a create."""
-        turn = self._turns.pop(turn_id, None)
-        self._expiry.drop(turn_id)
-        if turn is not None and turn.uid is not None and self._by_uid.get(turn.uid) is turn:
-            del self._by_uid[turn.uid]
-
-    async def shutdown(self) -> None:
-        """End every running or pending turn with [INTERRUPTED] and wait for the generations to stop."""
-        self.closing = True
-        turns = self.running()
-        for turn in turns:
-            turn.interrupt()
-        tasks = [t.generation for t in turns if t.generation is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
-        self._expiry.clear()
-
-    async def drain(self, timeout: float) -> None:
-        """Wait (at most ``timeout``) until no stream is attached: the last statuses went out."""
-        if not any(t.attached for t in self._turns.values()):
-            return
-        self._drained = asyncio.Event()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), timeout)
-
-    def turn_detached(self, turn: Turn) -> None:
-        """Called by a turn when a stream leaves it: an expired turn goes with its last reader."""
-        if turn.expired and turn.attached == 0:
-            self.forget(turn.id)
-        if self._drained is not None and not any(t.attached for t in self._turns.values()):
-            self._drained.set()
