@@ -13,7 +13,7 @@ is refused with 429 (:class:`~nbchat.wire.errors.RequestError`), which each
 transport reports in its own shape.
 
 Both count in this process; with a shared store (``--store redis://…``) the
-store counts them once more across every process (:mod:`.redis.users`), so
+store counts them instead, across every process (:mod:`.redis.users`), so
 with ``--workers N`` a user still holds one share, not N.
 """
 
@@ -110,7 +110,6 @@ class UserQuota:
         begun.append(now)
         if len(self._begun) > 10_000:  # forget users idle for a minute, so the map stays small
             self._begun = {u: d for u, d in self._begun.items() if d and d[-1] > now - WINDOW}
-
 
     def over_turns(self, held: int) -> RequestError:
         return RequestError(f"you already have {held} turns running or queued (at most {self.max_turns} at once "

@@ -1,7 +1,7 @@
 """Each Hub user's bounds counted across every process sharing the store.
 
 Each process bounds a user's turns itself (:class:`~nbchat.server.fairshare.UserQuota`); with several
-processes a user would hold one share in each. :class:`SharedQuota` counts them once more in Redis, in one
+processes a user would hold one share in each. :class:`SharedQuota` counts them in Redis instead, in one
 script (:data:`~.scripts.USER_TURNS_SCRIPT`) that checks and counts at once: a new turn reserves a place
 under a name of its own before it is made (its id comes with it), then the place becomes the turn's. What
 a killed process held is not counted for ever: a turn counts only while its record is queued, or running
