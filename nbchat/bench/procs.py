@@ -112,11 +112,15 @@ async def _announced(proc: asyncio.subprocess.Process, pattern: re.Pattern[bytes
 
 
 @contextlib.asynccontextmanager
-async def python_child(args: list[str], prefix: tuple[str, ...] = ()) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python ARGS`` with its output (stdout and stderr) piped; terminated, then killed, on exit."""
+async def python_child(args: list[str], prefix: tuple[str, ...] = (), *,
+                       limit: int = 0) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python ARGS`` with its output (stdout and stderr) piped; terminated, then killed, on exit.
+    With ``limit`` (the longest line its stdout may send), a child that talks both ways instead:
+    stdin piped too, stderr left on the parent's (a traceback must not be read as a reply)."""
+    pipe = asyncio.subprocess.PIPE
     proc = await asyncio.create_subprocess_exec(
-        *prefix, sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL)
+        *prefix, sys.executable, *args, stdout=pipe, stderr=None if limit else asyncio.subprocess.STDOUT,
+        stdin=pipe if limit else asyncio.subprocess.DEVNULL, limit=limit or 2**16)
     try:
         yield proc
     finally:
