@@ -17,6 +17,7 @@ from nbchat.bench.buffering import BufferingProxy, assess, detect_buffering
 from nbchat.bench.command import add_bench_parser, config_from_args
 from nbchat.bench.loadgen import shares, spread_window, trace_from_json, trace_to_json
 from nbchat.bench.measure import ClientStreamer, echo_message, open_streamer, wire_bytes
+from nbchat.bench.procs import alive, descendants, raw_server
 from nbchat.bench.rawtcp import _serve_stream, stream_raw
 from nbchat.bench.report import Results, Row, Target, round_ratios, summarize, wall_time
 from nbchat.bench.rounds import Window, floor_around, in_rounds, pool_point, window_order
@@ -322,6 +323,21 @@ async def test_a_window_spread_over_load_generator_processes(echo: ServerHandle,
     assert {t.status for t in traces} == {"eof" if kind == "raw" else "[DONE]"}
     assert all(0 < lat < 1 for t in traces for lat in t.latencies())  # one clock across the processes
     assert server_cpu == 0.5 and client_cpu > 0  # read once every child was ready and once all were done
+
+
+@pytest.mark.slow  # starts the raw TCP floor's processes
+async def test_raw_tcp_floor_in_several_processes_ends_with_its_parent() -> None:
+    async with raw_server(processes=3) as raw:
+        assert raw.process is not None
+        forked = descendants(raw.process.pid)
+        assert len(forked) == 2
+        traces = await asyncio.gather(*(stream_raw(raw.port, 5, 0.0) for _ in range(12)))
+        assert all(t.chunks == 5 and t.status == "eof" for t in traces)
+    for _ in range(100):  # SIGTERM on the parent's end
+        if not any(alive(pid) for pid in forked):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(alive(pid) for pid in forked)
 
 
 async def test_buffering_proxy_is_detected(paced: ServerHandle) -> None:

@@ -152,9 +152,9 @@ async def nbchat_server(backend: str = "echo", rate: float = 0.0, host: str = "1
 
 
 @contextlib.asynccontextmanager
-async def raw_server(host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> AsyncIterator[Child]:
-    """The raw TCP floor (:mod:`nbchat.bench.rawtcp`) in a child process."""
-    async with python_child(["-m", "nbchat.bench.rawtcp", host], prefix) as proc:
+async def raw_server(host: str = "127.0.0.1", prefix: tuple[str, ...] = (), processes: int = 1) -> AsyncIterator[Child]:
+    """The raw TCP floor (:mod:`nbchat.bench.rawtcp`) in a child process (and ``processes`` - 1 it forks)."""
+    async with python_child(["-m", "nbchat.bench.rawtcp", host, str(processes)], prefix) as proc:
         found = await _announced(proc, _RAW, 30.0)
         port = int(found.group(1))
         yield Child(proc, url=f"tcp://{host}:{port}", port=port)

@@ -122,7 +122,7 @@ async def run_benchmark(config: BenchConfig | None = None) -> Results:
     try:
         extra = config.serve_args
         # the raw TCP floor is never capped: what it delivers is the load generator's own ceiling
-        async with raw_server() as raw, measured_server(config, 0, extra) as fast, \
+        async with raw_server(processes=config.load_procs) as raw, measured_server(config, 0, extra) as fast, \
                 measured_server(config, config.latency_rate, extra) as paced, \
                 measured_server(config, config.concurrency_rate, (*extra, *load_limits(config))) as load:
             run.servers.update(raw=raw, fast=fast, paced=paced, load=load)
