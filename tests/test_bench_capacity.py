@@ -11,6 +11,8 @@ import pytest
 
 from nbchat.bench.capacity import Capacity, capacities, holds
 from nbchat.bench.report import Results, Row, summarize
+from nbchat.bench.scaling import main as scaling_main
+from nbchat.bench.scaling import saturation, verdict
 from nbchat.bench.stats import Trace
 
 RATE = 20.0
@@ -120,3 +122,35 @@ def test_json_rows_keep_their_fields_and_carry_the_capacity(tmp_path: Path) -> N
     assert (row["asked_rate"], row["delivered"]) == (12_000.0, pytest.approx(0.7507, abs=1e-4))
     assert {c["transport"]: c["knee"] for c in data["capacity"]} == {"raw": 1200, "stream": 150}
     assert Row.from_dict(row).delivered == pytest.approx(0.7507, abs=1e-4)
+
+
+def run_json(rate: float, ceiling: float, bound: bool = False) -> dict[str, object]:
+    """The ``capacity`` list of a --server-cpus run's JSON."""
+    return {"capacity": [{"transport": "raw", "saturation_rate": ceiling, "saturation_streams": 900},
+                         {"transport": "stream", "saturation_rate": rate, "saturation_streams": 600,
+                          "generator_bound": bound}]}
+
+
+def test_scaling_takes_the_best_of_each_and_says_when_the_generator_was_the_limit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = [saturation(run_json(8_000, 12_000)), saturation(run_json(8_800, 12_000))]
+    assert verdict(one, [saturation(run_json(17_000, 25_000)), saturation(run_json(16_000, 25_000))], 1.9) == (
+        pytest.approx(17_000 / 8_800), "PASS")
+    assert verdict(one, [saturation(run_json(16_000, 25_000))], 1.9)[1] == "MISS"
+    # the larger setup held back by the generator: a lower bound, which shows a target it reaches only
+    bound = [saturation(run_json(18_000, 18_500, bound=True))]
+    assert verdict(one, bound, 1.9)[1].startswith("PASS (a lower bound")
+    assert verdict(one, bound, 2.1)[1].startswith("not shown: the load generator")
+    # a one-worker baseline the generator held back is no baseline
+    held = [saturation(run_json(9_000, 9_200, bound=True)), saturation(run_json(8_000, 12_000))]
+    ratio, said = verdict(held, [saturation(run_json(17_000, 25_000))], 1.9)
+    assert math.isnan(ratio) and said.startswith("no ratio")
+    assert verdict([], [], 1.9)[1] == "not measured"
+    paths = []
+    for name, data in (("w1.json", run_json(8_800, 12_000)), ("w2.json", run_json(17_000, 25_000))):
+        (tmp_path / name).write_text(json.dumps(data))
+        paths.append(str(tmp_path / name))
+    assert scaling_main(["--one", paths[0], "--many", paths[1], "--target", "1.9"]) == 0
+    out = capsys.readouterr().out
+    assert "8,800 chunks/s at 600 streams (raw TCP's ceiling 12,000)" in out
+    assert out.strip().endswith("best of each: 1.93x (target 1.9x): PASS")
