@@ -207,8 +207,13 @@ async def test_sweep_rounds_take_turns_and_pool_into_one_row() -> None:
 
 def test_window_order_puts_raw_tcp_around_every_transport() -> None:
     assert window_order(["ws"], 3) == ["raw", "ws", "raw", "ws", "raw", "ws", "raw"]
-    assert window_order(["ws", "sse", "stream"], 1) == ["raw", "ws", "raw", "sse", "raw", "stream", "raw"]
+    assert window_order(["ws", "sse", "stream"], 2) == ["raw", "ws", "raw", "sse", "raw", "stream"] * 2 + ["raw"]
     assert window_order([], 2) == ["raw", "raw"]
+    assert window_order(["ws", "sse"], 1) == ["raw", "ws", "sse"]  # one round: raw TCP once, as before
+
+
+def test_one_round_compares_every_transport_with_its_one_raw_window() -> None:
+    assert floor_around([20.0], 3, 2) == [20.0]
 
 
 def test_each_round_is_compared_with_the_floor_measured_around_it() -> None:
@@ -362,7 +367,7 @@ def test_rounds_option() -> None:
     assert config.rounds == 3 and config.concurrency_seconds == BenchConfig().concurrency_seconds
     quick = config_from_args(bench_args("--quick", "--rounds", "2"))
     assert quick.rounds == 2 and quick.concurrency == BenchConfig.quick().concurrency
-    assert quick.steps() == BenchConfig.quick().steps() + 2 * len(quick.transports) * len(quick.concurrency)
+    assert quick.steps() == BenchConfig.quick().steps() + 3 * len(quick.transports) * len(quick.concurrency)
     for bad in ("0", "two"):
         with pytest.raises(SystemExit):
             bench_args("--rounds", bad)

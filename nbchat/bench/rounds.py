@@ -7,7 +7,8 @@ next round starts with the last raw window of this one), and each transport's
 figure is compared with the mean of those two: a burst of load from
 elsewhere that lasts a window or two falls on the transport and on its own
 floor alike, and load that rises or falls steadily across a round is
-averaged out on the floor's side. Pure but for awaiting the ``measure``
+averaged out on the floor's side (with two rounds or more: one round takes
+raw TCP once). Pure but for awaiting the ``measure``
 callback: the tests drive it with made-up windows.
 """
 
@@ -37,9 +38,12 @@ class Window:
 
 def window_order(transports: Sequence[str], rounds: int) -> list[str]:
     """The windows of a sweep point in the order they are measured: each transport between two
-    raw TCP windows, round after round (``transports`` without the floor)."""
+    raw TCP windows, round after round (``transports`` without the floor). One round takes raw TCP
+    once, first: a single round gives no median to steady, and ``--quick`` stays as short as it was."""
     if not transports:
         return [FLOOR] * rounds
+    if rounds == 1:
+        return [FLOOR, *transports]
     order: list[str] = []
     for _ in range(rounds):
         for transport in transports:
@@ -61,6 +65,8 @@ def floor_around(floor: Sequence[float], transports: int, index: int) -> list[fl
     """For the transport at ``index`` (of ``transports``, the floor not counted), the floor's us/chunk
     its window of each round is compared with: the mean of the raw TCP windows just before and just
     after it (the one of them measured, where the other is too short to measure; NaN where neither)."""
+    if len(floor) == 1:  # one round, raw TCP once (see window_order)
+        return list(floor)
     rounds = (len(floor) - 1) // transports if transports else 0
     out = []
     for r in range(rounds):
