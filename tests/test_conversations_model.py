@@ -201,7 +201,7 @@ def test_an_answer_that_tokenises_otherwise_is_not_read_again(exact: bool) -> No
     evaluated = list(model.llama.input_ids[:model.llama.n_tokens])
     follow, _ = model.prompt([*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}])
     if exact:  # a fresh evaluation's tokens, so that greedy answers do not depend on the cache
-        assert follow == model.llama.tokenize(model._formatter(messages=[
+        assert follow == model.llama.tokenize(model.formatter(messages=[
             *first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}]).prompt.encode(),
             add_bos=False, special=True)
     else:  # the answer stays the tokens the model evaluated: only the new message is read

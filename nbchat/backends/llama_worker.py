@@ -156,7 +156,7 @@ class Model:
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"{path} has no chat template")
-        self._formatter: Any = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self.formatter: Any = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
         self._pieces: dict[int, bytes] = {}
         self._spelled: dict[tuple[int, ...], Spelling] = {}
         self._cached: list[int] = []  # the tokens whose KV entries sequence 0 holds and a prompt may reuse
@@ -183,7 +183,7 @@ class Model:
         Unless ``exact``, the text an evaluated sequence spells keeps that sequence's tokens
         (:mod:`.splice`): an earlier answer stays the tokens the model generated.
         """
-        formatted = self._formatter(messages=messages)
+        formatted = self.formatter(messages=messages)
         stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
         text, add_bos = formatted.prompt.encode(), not formatted.added_special
         tokens = None
