@@ -177,6 +177,25 @@ def redis_server() -> Iterator[RedisProcess]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisProcess]:
+    """One Redis for the session, for the Hubs whose workers share a store (tests/hub/conftest.py)."""
+    server = RedisProcess()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def hub_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's JupyterHubs, one per set of service options (the hub tests' and the browser's share them)."""
+    from tests.hub.conftest import HubPool
+
+    pool = HubPool(tmp_path_factory)
+    yield pool
+    pool.stop()
+
+
 ServeFactory = Callable[..., ServeProcess]
 
 

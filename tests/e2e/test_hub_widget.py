@@ -23,7 +23,7 @@ import pytest
 
 from nbchat.bench.hubrun import PASSWORD, LocalHub
 from nbchat.bench.longpage import CELL_DONE, KERNEL_IDLE, write_notebook
-from tests.hub.conftest import new_user
+from tests.hub.conftest import MODEL, HubPool, new_user
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser, pytest.mark.slow]
 
@@ -47,30 +47,17 @@ ALL_ENDED = ("n => { const views = [...document.querySelectorAll('.nbchat-widget
              " return views.length === n && views.every(v => v.lastMetrics !== null); }")
 
 
-def homes(workdir: Path) -> Path:
-    """Where the spawner puts its users' homes (their servers' root directories)."""
-    return workdir / "home"
-
-
 #: the service's backend: the embedded model (as ``nbchat serve --jupyterhub`` starts), and the echo backend,
 #: whose answers are known to the letter
-BACKENDS = [pytest.param((), id="model", marks=pytest.mark.model),
+BACKENDS = [pytest.param(MODEL, id="model", marks=pytest.mark.model),
             pytest.param(("--backend", "echo", "--rate", "50"), id="echo")]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def hub(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalHub]:
-    """A Hub whose users' JupyterLab exposes its app to the page (the tests run cells through it)."""
-    workdir = tmp_path_factory.mktemp("hub-lab")
-    started = LocalHub(workdir, service_args=request.param, extra_config="\n".join([
-        "c.Spawner.args = ['--allow-root', '--LabApp.expose_app_in_browser=True', "
-        "'--LabApp.extension_manager=readonly']",
-        "c.Spawner.default_url = '/lab'",
-        f"c.SimpleLocalProcessSpawner.home_dir_template = {str(homes(workdir)) + '/{username}'!r}",
-    ]))
-    started.start()
-    yield started
-    assert not started.stop(), started.tail()
+def hub(hub_pool: HubPool, request: pytest.FixtureRequest) -> LocalHub:
+    """The session's Hub for the backend (its users' JupyterLab exposes its app to the page: the tests run cells
+    through it)."""
+    return hub_pool.get(service_args=request.param)
 
 
 @dataclass
@@ -87,7 +74,7 @@ class Lab:
 def user_lab(hub: LocalHub, browser: Any, shot: str, access: bool = True) -> Iterator[Lab]:
     """A fresh user logged in at the Hub's login page, in the JupyterLab the Hub spawned, the notebook open."""
     name = new_user(hub, access=access).name
-    home = homes(hub.workdir) / name
+    home = hub.homes / name
     settings = home / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)  # no news or update check: nothing reaches out, no toast over the cells
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
