@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,9 @@ class HubPool:
         """Stop the given Hubs (all when none is given)."""
         stopping = [hub for hub in self._hubs.values() if not hubs or hub in hubs]
         self._hubs = {key: hub for key, hub in self._hubs.items() if hub not in stopping}
-        left = {hub.url: (hub.stop(), hub.tail()) for hub in stopping}
+        with ThreadPoolExecutor(max(1, len(stopping))) as stops:  # each stop mostly waits for processes to end
+            ended = list(stops.map(lambda hub: (hub.stop(), hub.tail()), stopping))
+        left = {hub.url: end for hub, end in zip(stopping, ended, strict=True)}
         assert not any(pids for pids, _ in left.values()), f"processes outlived their Hub: {left}"
 
 
