@@ -169,21 +169,27 @@ class RedisProcess:
 
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisProcess]:
     server = RedisProcess()
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def shared_redis() -> Iterator[RedisProcess]:
     """One Redis for the session, for the Hubs whose workers share a store (tests/hub/conftest.py)."""
-    server = RedisProcess()
-    server.start()
-    yield server
-    server.stop()
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
