@@ -22,7 +22,7 @@ import pytest
 
 from nbchat.bench.hubrun import PASSWORD, LocalHub
 from nbchat.bench.longpage import CELL_DONE, KERNEL_IDLE, write_notebook
-from tests.hub.conftest import MODEL, HubPool, new_user
+from tests.hub.conftest import MODEL, SLOW_ECHO, HubPool, new_user
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser, pytest.mark.slow]
 
@@ -49,7 +49,7 @@ ALL_ENDED = ("n => { const views = [...document.querySelectorAll('.nbchat-widget
 #: the service's backend: the embedded model (as ``nbchat serve --jupyterhub`` starts), and the echo backend,
 #: whose answers are known to the letter
 BACKENDS = [pytest.param(MODEL, id="model", marks=pytest.mark.model),
-            pytest.param(("--backend", "echo", "--rate", "50"), id="echo")]
+            pytest.param(SLOW_ECHO, id="echo")]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
