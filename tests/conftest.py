@@ -169,12 +169,37 @@ class RedisProcess:
 
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisProcess]:
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisProcess]:
     server = RedisProcess()
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisProcess]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisProcess]:
+    """One Redis for the session, for the Hubs whose workers share a store (tests/hub/conftest.py)."""
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def hub_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's JupyterHubs, one per set of service options (the hub tests' and the browser's share them)."""
+    from tests.hub.conftest import HubPool
+
+    pool = HubPool(tmp_path_factory)
+    yield pool
+    pool.stop()
 
 
 ServeFactory = Callable[..., ServeProcess]

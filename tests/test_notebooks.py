@@ -14,6 +14,7 @@ The transport comparison notebook is tested with the benchmark.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -205,32 +206,42 @@ def test_committed_notebooks_show_their_results(path: Path) -> None:
     CHECKS[path.name](read_notebook(path))
 
 
-def execute(path: Path, save_to: Path) -> Notebook:
+async def execute(path: Path, save_to: Path) -> Notebook:
     """Run the notebook on a fresh kernel; the executed copy is kept in ``save_to`` for a failure's post-mortem."""
     nbformat, nbclient = lab_module("nbformat"), lab_module("nbclient")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT, startup_timeout=120,
                                      resources={"metadata": {"path": str(path.parent)}})
     try:
-        client.execute()
+        await client.async_execute()
     finally:
         nbformat.write(nb, save_to / path.name)
     return nb
 
 
-@pytest.fixture
-def fresh_kernel_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No nbchat server from the environment: the notebooks start their own."""
-    monkeypatch.delenv("NBCHAT_URL", raising=False)
-    monkeypatch.delenv("NBCHAT_TOKEN", raising=False)
+@pytest.fixture(scope="module")
+def fresh_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Notebook | BaseException]:
+    """Every notebook run at once, each on a fresh kernel that starts its own server and model (as two users
+    would), with no nbchat server from the environment; a notebook's run, or what stopped it."""
+    save_to = tmp_path_factory.mktemp("notebooks")
+
+    async def run_all() -> list[Notebook | BaseException]:
+        return await asyncio.gather(*(execute(NOTEBOOKS / name, save_to) for name in CHECKS), return_exceptions=True)
+
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("NBCHAT_URL", raising=False)
+        env.delenv("NBCHAT_TOKEN", raising=False)
+        return dict(zip(CHECKS, asyncio.run(run_all()), strict=True))
 
 
 @pytest.mark.model
 @pytest.mark.slow
-@pytest.mark.usefixtures("fresh_kernel_env")
 @pytest.mark.parametrize("path", [QUICKSTART, CLIENTS], ids=lambda p: p.name)
-def test_notebook_runs_on_a_fresh_kernel(path: Path, tmp_path: Path) -> None:
-    CHECKS[path.name](execute(path, tmp_path))
+def test_notebook_runs_on_a_fresh_kernel(path: Path, fresh_runs: dict[str, Notebook | BaseException]) -> None:
+    ran = fresh_runs[path.name]
+    if isinstance(ran, BaseException):
+        raise ran
+    CHECKS[path.name](ran)
 
 
 @pytest.mark.model

@@ -20,7 +20,7 @@ class Collected:
         self.opened = 0
         self.texts: list[str] = []
 
-    def open(self) -> None:
+    def start(self) -> None:
         self.opened += 1
 
     def add(self, text: str) -> None:

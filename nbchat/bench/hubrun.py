@@ -1,10 +1,12 @@
 """A real JupyterHub on this machine, with nbchat as its service: for the tests and the fairness benchmark.
 
 :class:`LocalHub` writes a ``jupyterhub_config.py`` into a directory of its own
-(sqlite database, cookie secret, proxy pid file), starts ``jupyterhub`` with
-its real proxy (``configurable-http-proxy``, from npm) on free loopback ports,
-the ``DummyAuthenticator`` (one password for everyone) and the
-``SimpleLocalProcessSpawner`` (single-user servers as this user, root allowed),
+(cookie secret, proxy pid file, the users' homes; the database is sqlite in
+memory: a Hub lives for one run), starts ``jupyterhub`` with its real proxy
+(``configurable-http-proxy``, from npm) on free loopback ports, the
+``DummyAuthenticator`` (one password for everyone) and the
+``SimpleLocalProcessSpawner`` (single-user servers as this user, root allowed:
+JupyterLab, its app exposed to the page so that a browser test can run cells),
 and ``nbchat serve --jupyterhub`` as the Hub-managed service ``nbchat``. A
 service ``test-admin`` holds an admin token for the REST API, through which
 :meth:`LocalHub.create_user` makes users, puts them in the groups whose roles
@@ -36,6 +38,8 @@ ACCESS = f"access:services!service={SERVICE}"
 PASSWORD = "nbchat-hub-test-password"
 START_TIMEOUT = 180.0  # covers the service loading the embedded model (in each worker)
 ROOT = Path(__file__).resolve().parents[2]
+#: the service's options when nobody says: the echo backend, as fast as it can
+ECHO = ("--backend", "echo", "--rate", "0")
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class HubStartError(RuntimeError):
 
 
 class LocalHub:
-    def __init__(self, workdir: Path, service_args: Sequence[str] = ("--backend", "echo", "--rate", "0"),
+    def __init__(self, workdir: Path, service_args: Sequence[str] = ECHO,
                  extra_config: str = "", service_env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.service_args = tuple(service_args)
@@ -68,6 +72,11 @@ class LocalHub:
     @property
     def service_url(self) -> str:
         return f"{self.url}/services/{SERVICE}"
+
+    @property
+    def homes(self) -> Path:
+        """Where the spawner puts its users' homes (their servers' root directories)."""
+        return self.workdir / "home"
 
     def config_text(self) -> str:
         pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -94,14 +103,18 @@ class LocalHub:
             f"c.JupyterHub.hub_port = {self.hub_port}",
             f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{self.api_port}'",
             f"c.ConfigurableHTTPProxy.pid_file = {str(self.workdir / 'proxy.pid')!r}",
-            f"c.JupyterHub.db_url = 'sqlite:///{self.workdir / 'jupyterhub.sqlite'}'",
+            # in memory: no file to create and sync on each of the start's many commits
+            "c.JupyterHub.db_url = 'sqlite:///:memory:'",
             f"c.JupyterHub.cookie_secret_file = {str(self.workdir / 'cookie_secret')!r}",
             f"c.JupyterHub.pid_file = {str(self.workdir / 'jupyterhub.pid')!r}",
             "c.JupyterHub.authenticator_class = 'dummy'",
             f"c.DummyAuthenticator.password = {PASSWORD!r}",
             "c.Authenticator.allow_all = True",
             "c.JupyterHub.spawner_class = 'simple'",
-            "c.Spawner.args = ['--allow-root']",
+            "c.Spawner.args = ['--allow-root', '--LabApp.expose_app_in_browser=True', "
+            "'--LabApp.extension_manager=readonly']",
+            "c.Spawner.default_url = '/lab'",
+            f"c.SimpleLocalProcessSpawner.home_dir_template = {str(self.homes) + '/{username}'!r}",
             f"c.Spawner.environment = {{'NBCHAT_URL': {self.service_url + '/'!r}, 'PYTHONPATH': {pythonpath!r}}}",
             f"c.JupyterHub.custom_scopes = {{{ADMIN_SCOPE!r}: {{'description': 'read and stop any user\\'s turns'}}}}",
             "c.JupyterHub.load_groups = {'nbchat': {'users': []}, 'nbchat-admins': {'users': []}}",

@@ -257,7 +257,7 @@ class ChatMagics(Magics):
         run = TurnRun.begin(text, options)
         if starts_kernel_server(options.server, self.kernel_server):
             view.start("*starting the nbchat server in this kernel (first use)…*")
-        run_turn(run, self.conversation, self.kernel_server, _ViewSink(view))
+        run_turn(run, self.conversation, self.kernel_server, view)
         record = run.provenance(self.conversation.server_info.get(run.url)) if run.url is not None else None
         if view.started:  # what arrived stays, also before an error
             # One message with the provenance: a second update would make the page render it all again.
@@ -269,19 +269,6 @@ class ChatMagics(Magics):
         self.conversation.record(text, result.answer, result.status, record)
         self.last = result
         return result
-
-
-class _ViewSink:
-    """The cell's live output as the turn's sink."""
-
-    def __init__(self, view: StreamView) -> None:
-        self.view = view
-
-    def open(self) -> None:
-        self.view.start()
-
-    def add(self, text: str) -> None:
-        self.view.add(text)
 
 
 def load_ipython_extension(ip: InteractiveShell) -> None:

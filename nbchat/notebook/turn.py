@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 class Sink(Protocol):
     """Where a turn's text goes as it arrives."""
 
-    def open(self) -> None:
+    def start(self) -> None:
         """The stream is open and the first chunk may come (not called when the turn fails before)."""
 
     def add(self, text: str) -> None:
@@ -123,7 +123,7 @@ def run_turn(run: TurnRun, conversation: Conversation, kernel_server: KernelServ
             run.uid = client.uid
             turn = client.stream(request)
             run.turn_id = turn.turn_id
-            sink.open()
+            sink.start()
             end = collect(turn, lambda chunk: sink.add(run.take(chunk)))
             run.turn_id = turn.turn_id or run.turn_id
     except (NBChatError, OSError) as exc:
@@ -183,7 +183,7 @@ async def _astream_from(run: TurnRun, endpoint: Endpoint, request: TurnRequest, 
         stop.turn = turn
         if stop.requested:  # Stop came while the request was being sent
             await turn.interrupt()
-        sink.open()
+        sink.start()
         end = await acollect(turn, lambda chunk: sink.add(run.take(chunk)))
         run.turn_id = turn.turn_id or run.turn_id
         return end

@@ -53,7 +53,7 @@ class _DeltaBuffer:
         self._pending: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
 
-    def open(self) -> None:
+    def start(self) -> None:
         """Nothing to show before the first text: the page showed the question at "start"."""
 
     def add(self, text: str) -> None:

@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.model, pytest.mark.browser, pytest.mark.slow, pytest.m
 TRANSPORTS = ("ws", "sse", "stream")
 ROUTES = ("auto", "direct")
 QUESTION = "Write four sentences about rivers and the sea."
-SLEEP = 12
+#: each answer streams for 3-4 s on two cores (two kernels at once): the sleep outlasts it
+SLEEP = 6
 #: cells: the import, then for each transport a cell that shows a widget and one that asks and sleeps
 SHOW = {t: 1 + 2 * i for i, t in enumerate(TRANSPORTS)}
 ASK = {t: 2 + 2 * i for i, t in enumerate(TRANSPORTS)}

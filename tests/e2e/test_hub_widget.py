@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 
 from nbchat.bench.hubrun import PASSWORD, LocalHub
 from nbchat.bench.longpage import CELL_DONE, KERNEL_IDLE, write_notebook
-from tests.hub.conftest import new_user
+from tests.hub.conftest import MODEL, SLOW_ECHO, HubPool, new_user
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser, pytest.mark.slow]
 
@@ -47,30 +46,17 @@ ALL_ENDED = ("n => { const views = [...document.querySelectorAll('.nbchat-widget
              " return views.length === n && views.every(v => v.lastMetrics !== null); }")
 
 
-def homes(workdir: Path) -> Path:
-    """Where the spawner puts its users' homes (their servers' root directories)."""
-    return workdir / "home"
-
-
 #: the service's backend: the embedded model (as ``nbchat serve --jupyterhub`` starts), and the echo backend,
 #: whose answers are known to the letter
-BACKENDS = [pytest.param((), id="model", marks=pytest.mark.model),
-            pytest.param(("--backend", "echo", "--rate", "50"), id="echo")]
+BACKENDS = [pytest.param(MODEL, id="model", marks=pytest.mark.model),
+            pytest.param(SLOW_ECHO, id="echo")]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def hub(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[LocalHub]:
-    """A Hub whose users' JupyterLab exposes its app to the page (the tests run cells through it)."""
-    workdir = tmp_path_factory.mktemp("hub-lab")
-    started = LocalHub(workdir, service_args=request.param, extra_config="\n".join([
-        "c.Spawner.args = ['--allow-root', '--LabApp.expose_app_in_browser=True', "
-        "'--LabApp.extension_manager=readonly']",
-        "c.Spawner.default_url = '/lab'",
-        f"c.SimpleLocalProcessSpawner.home_dir_template = {str(homes(workdir)) + '/{username}'!r}",
-    ]))
-    started.start()
-    yield started
-    assert not started.stop(), started.tail()
+def hub(hub_pool: HubPool, request: pytest.FixtureRequest) -> LocalHub:
+    """The session's Hub for the backend (its users' JupyterLab exposes its app to the page: the tests run cells
+    through it)."""
+    return hub_pool.get(service_args=request.param)
 
 
 @dataclass
@@ -83,17 +69,15 @@ class Lab:
     errors: list[str] = field(default_factory=list)
 
 
-@contextmanager
-def user_lab(hub: LocalHub, browser: Any, shot: str, access: bool = True) -> Iterator[Lab]:
-    """A fresh user logged in at the Hub's login page, in the JupyterLab the Hub spawned, the notebook open."""
+def sign_in(hub: LocalHub, browser: Any, access: bool) -> tuple[Lab, str]:
+    """A fresh user at the Hub's login page, signed in: the Hub starts spawning the user's server."""
     name = new_user(hub, access=access).name
-    home = homes(hub.workdir) / name
+    home = hub.homes / name
     settings = home / ".jupyter" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True)  # no news or update check: nothing reaches out, no toast over the cells
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
     write_notebook(home / "hub.ipynb", CELLS)
-    context = browser.new_context(viewport={"width": 1280, "height": 1100})
-    lab = Lab(context.new_page())
+    lab = Lab(browser.new_context(viewport={"width": 1280, "height": 1100}).new_page())
     lab.page.on("request", lambda request: lab.requests.append(request))
     lab.page.on("websocket", lambda ws: lab.sockets.append(ws.url))
     lab.page.on("pageerror", lambda exc: lab.errors.append(str(exc)))
@@ -101,23 +85,33 @@ def user_lab(hub: LocalHub, browser: Any, shot: str, access: bool = True) -> Ite
     lab.page.fill("#username_input", name)
     lab.page.fill("#password_input", PASSWORD)
     lab.page.click("#login_submit")
-    lab.page.wait_for_url(f"{hub.url}/user/{name}/lab**", timeout=TIMEOUT_MS)  # the Hub spawned the server
-    lab.page.goto(f"{hub.url}/user/{name}/lab/tree/hub.ipynb")
-    lab.page.wait_for_function(KERNEL_IDLE, timeout=TIMEOUT_MS)
-    try:
-        yield lab
-    finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        backend = hub.service_args[1] if hub.service_args else "model"
-        lab.page.screenshot(path=str(ARTIFACTS / f"hub-widget-{shot}-{backend}.png"), full_page=True)
-        context.close()
-        hub.api("DELETE", f"/users/{name}/server")
+    return lab, name
 
 
 @pytest.fixture(scope="module")
-def lab(hub: LocalHub, browser: Any) -> Iterator[Lab]:
-    with user_lab(hub, browser, "streamed") as made:
-        yield made
+def labs(hub: LocalHub, browser: Any) -> Iterator[dict[str, Lab]]:
+    """Two fresh users' JupyterLab, the notebook open: one the Hub lets use the service ("streamed"), one it does
+    not ("refused"). Both sign in before either is awaited: the Hub spawns their servers side by side."""
+    signed = {"streamed": sign_in(hub, browser, access=True), "refused": sign_in(hub, browser, access=False)}
+    try:
+        for lab, name in signed.values():
+            lab.page.wait_for_url(f"{hub.url}/user/{name}/lab**", timeout=TIMEOUT_MS)  # the Hub spawned the server
+            lab.page.goto(f"{hub.url}/user/{name}/lab/tree/hub.ipynb")
+        for lab, _ in signed.values():
+            lab.page.wait_for_function(KERNEL_IDLE, timeout=TIMEOUT_MS)
+        yield {shot: lab for shot, (lab, _) in signed.items()}
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        backend = hub.service_args[1] if hub.service_args else "model"
+        for shot, (lab, name) in signed.items():
+            lab.page.screenshot(path=str(ARTIFACTS / f"hub-widget-{shot}-{backend}.png"), full_page=True)
+            lab.page.context.close()
+            hub.api("DELETE", f"/users/{name}/server")
+
+
+@pytest.fixture(scope="module")
+def lab(labs: dict[str, Lab]) -> Lab:
+    return labs["streamed"]
 
 
 def start_cell(page: Any, index: int) -> None:
@@ -203,18 +197,18 @@ def test_a_question_typed_in_the_page_streams_with_no_new_sign_in(
     assert not [path for path in later if "oauth" in path or path == urlsplit(f"{hub.service_url}/").path], later
 
 
-def test_a_user_the_hub_does_not_allow_is_told_why_and_no_token_leaves(hub: LocalHub, browser: Any) -> None:
-    with user_lab(hub, browser, "refused", access=False) as lab:
-        start_cell(lab.page, SHOW)
-        run_cell(lab.page, ASK)
-        lab.page.wait_for_function(
-            "n => [...document.querySelectorAll('.nbchat-stats')].filter(e => /does not let this user use the nbchat"
-            " service \\(403\\)/.test(e.textContent)).length === n", arg=len(TRANSPORTS), timeout=TIMEOUT_MS)
-        assert not lab.errors, lab.errors
-        service = f"{hub.service_url}/"
-        paths = [urlsplit(r.url).path for r in lab.requests if r.url.startswith(service)]
-        assert paths and set(paths) == {urlsplit(service).path}, paths  # the sign-in only: no turn was sent
-        assert not [url for url in lab.sockets if url.startswith(service.replace("http", "ws", 1))]
-        for request in lab.requests:
-            if request.url.startswith(service):
-                assert "authorization" not in request.all_headers(), request.url
+def test_a_user_the_hub_does_not_allow_is_told_why_and_no_token_leaves(hub: LocalHub, labs: dict[str, Lab]) -> None:
+    lab = labs["refused"]
+    start_cell(lab.page, SHOW)
+    run_cell(lab.page, ASK)
+    lab.page.wait_for_function(
+        "n => [...document.querySelectorAll('.nbchat-stats')].filter(e => /does not let this user use the nbchat"
+        " service \\(403\\)/.test(e.textContent)).length === n", arg=len(TRANSPORTS), timeout=TIMEOUT_MS)
+    assert not lab.errors, lab.errors
+    service = f"{hub.service_url}/"
+    paths = [urlsplit(r.url).path for r in lab.requests if r.url.startswith(service)]
+    assert paths and set(paths) == {urlsplit(service).path}, paths  # the sign-in only: no turn was sent
+    assert not [url for url in lab.sockets if url.startswith(service.replace("http", "ws", 1))]
+    for request in lab.requests:
+        if request.url.startswith(service):
+            assert "authorization" not in request.all_headers(), request.url

@@ -102,6 +102,12 @@ def wait_cell(page: Any, index: int, timeout: float = 120.0) -> None:
     page.wait_for_function(CELL_DONE, arg=index, timeout=timeout * 1000)
 
 
+def wake(page: Any, index: int) -> None:
+    """End the sleeping cell ``index`` once what it was for is seen: interrupt the kernel, wait for the cell."""
+    page.evaluate("() => jupyterapp.commands.execute('notebook:interrupt-kernel')")
+    wait_cell(page, index, 30)
+
+
 def output(page: Any, index: int) -> Any:
     return page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea-output").last
 
@@ -257,7 +263,7 @@ def test_direct_widgets_stream_and_stop_while_the_kernel_sleeps(page: Any) -> No
     for transport, lengths in zip(TRANSPORTS, stream_during_sleep(page, DIRECT_SHOW, DIRECT_ASK), strict=True):
         print(f"\ndirect {transport} during time.sleep(15): {lengths}")
         assert len(set(lengths)) >= 10 and lengths == sorted(lengths), (transport, lengths)
-    wait_cell(page, DIRECT_ASK, 30)
+    wake(page, DIRECT_ASK)
     page.locator(".jp-Notebook .jp-Cell").nth(DIRECT_SHOW).screenshot(path=str(ARTIFACTS / "direct-widgets.png"))
 
 
@@ -287,7 +293,7 @@ def test_direct_widgets_stream_through_the_jupyter_proxy_behind_its_token(page: 
     for transport, lengths in zip(TRANSPORTS, stream_during_sleep(page, PROXY_SHOW, PROXY_ASK), strict=True):
         print(f"\nproxied {transport} during time.sleep(15): {lengths}")
         assert len(set(lengths)) >= 10 and lengths == sorted(lengths), (transport, lengths)
-    wait_cell(page, PROXY_ASK, 30)
+    wake(page, PROXY_ASK)
 
 
 def test_the_relayed_widget_shows_nothing_while_the_kernel_sleeps(page: Any) -> None:
@@ -302,7 +308,7 @@ def test_the_relayed_widget_shows_nothing_while_the_kernel_sleeps(page: Any) -> 
     print(f"\nrelayed ws during time.sleep(15): {lengths}")
     assert not cell_done(page, RELAYED_ASK)
     assert len(set(lengths)) <= 1, lengths  # the contrast: every token waits for the kernel
-    wait_cell(page, RELAYED_ASK, 30)
+    wake(page, RELAYED_ASK)
     page.wait_for_function(  # once the kernel is free the same answer streams
         "i => { const w = jupyterapp.shell.currentWidget.content.widgets[i].node.querySelector('.nbchat-assistant');"
         " return !!w && w.innerText.length > 50; }", arg=RELAYED_SHOW, timeout=30_000)

@@ -116,10 +116,17 @@ CONTRAST = r"""(cells) => {
 }"""
 
 
+# The theme is in force once its own text colour is: dark on a light theme, light on a dark one (an element
+# coloured by the theme's variable takes its parent's colour until the stylesheet defines it).
+THEME_APPLIED = """t => { const body = document.body; if (body.dataset.jpThemeName !== t) return false;
+  const probe = document.createElement('div'); probe.style.color = 'var(--jp-ui-font-color0)'; body.appendChild(probe);
+  const [r, g, b] = getComputedStyle(probe).color.match(/[\\d.]+/g).map(Number); probe.remove();
+  return (r + g + b < 384) === (body.dataset.jpThemeLight === 'true'); }"""
+
+
 def switch_theme(tab: Any, theme: str) -> None:
     tab.evaluate("t => jupyterapp.commands.execute('apputils:change-theme', {theme: t})", theme)
-    tab.wait_for_function("t => document.body.dataset.jpThemeName === t", arg=theme, timeout=30_000)
-    tab.wait_for_timeout(1500)  # the theme's stylesheet applies after the attribute changes
+    tab.wait_for_function(THEME_APPLIED, arg=theme, timeout=30_000)
 
 
 def test_every_text_is_readable_in_light_and_dark(lab: Lab, browser: Any, docs_img: Path) -> None:

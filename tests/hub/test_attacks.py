@@ -15,9 +15,9 @@ from urllib.parse import quote, urlsplit
 import httpx
 import pytest
 
-from nbchat.bench.hubrun import ACCESS, SERVICE, HubUserToken, LocalHub
+from nbchat.bench.hubrun import ACCESS, ECHO, SERVICE, HubUserToken, LocalHub
 from nbchat.server.hub import ADMIN_SCOPE
-from tests.hub.conftest import HubFactory, new_user
+from tests.hub.conftest import HubFactory, HubPool, new_user
 from tests.hub.test_isolation import auth, read_ndjson, turn_body
 from tests.hub.test_login import hub_login
 
@@ -196,13 +196,18 @@ def test_the_login_cookies_are_secure_behind_https(hub: LocalHub, browser: httpx
 # ---------------------------------------------------------------- tokens in logs, revoked, a Hub that is down
 
 
-@pytest.fixture
-def logging_hub(make_hub: HubFactory, tmp_path: Path) -> LocalHub:
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("recorded")
+
+
+@pytest.fixture(scope="module")
+def logging_hub(hub_pool: HubPool, recordings: Path) -> LocalHub:
     """A service that logs at info, asks the Hub on every request, records its turns, and is told the Hub's
     public URL is https."""
-    return make_hub(service_args=["--backend", "echo", "--rate", "0", "--log-level", "info",
-                                  "--hub-auth-cache", "0", "--record", str(tmp_path / "recorded")],
-                    service_env={"JUPYTERHUB_PUBLIC_URL": "https://hub.example.org/"})
+    return hub_pool.get(service_args=[*ECHO, "--log-level", "info", "--hub-auth-cache", "0",
+                                      "--record", str(recordings)],
+                        service_env={"JUPYTERHUB_PUBLIC_URL": "https://hub.example.org/"})
 
 
 def test_an_https_public_url_makes_the_login_cookies_secure(logging_hub: LocalHub) -> None:
@@ -214,12 +219,12 @@ def test_an_https_public_url_makes_the_login_cookies_secure(logging_hub: LocalHu
     assert "Secure" in line  # the proxy said http: the public URL is what the browser sees
 
 
-def test_recordings_are_reachable_by_no_user(logging_hub: LocalHub, tmp_path: Path) -> None:
+def test_recordings_are_reachable_by_no_user(logging_hub: LocalHub, recordings: Path) -> None:
     alice, bob, admin = new_user(logging_hub), new_user(logging_hub), new_user(logging_hub, admin=True)
     answer = httpx.post(f"{logging_hub.service_url}/talkByStream", headers=auth(alice),
                         json=turn_body("alice's secret"))
     turn_id = answer.headers["x-nbchat-turn"]
-    (recording,) = (tmp_path / "recorded").glob(f"*-{turn_id}.jsonl")
+    (recording,) = recordings.glob(f"*-{turn_id}.jsonl")
     assert re.search(f'"uid": ?"{alice.name}!', recording.read_text())  # the owner, for the operator
     for user in (alice, bob, admin):  # the service serves no file: not the owner's, not another's
         for path in (f"/{recording.name}", "/recordings", f"/recordings/{recording.name}", f"/record/{turn_id}",

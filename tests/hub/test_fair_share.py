@@ -4,15 +4,13 @@ shape, while another user goes on."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 import websockets.sync.client
 
 from nbchat.bench.hubrun import HubUserToken, LocalHub
-from tests.conftest import RedisProcess
-from tests.hub.conftest import HubFactory, new_user, start_hub, stop_hub
+from tests.hub.conftest import SLOW_ECHO, HubPool, new_user
 
 pytestmark = pytest.mark.hub
 
@@ -20,12 +18,9 @@ LONG = "a turn that streams for a few seconds at twenty pieces a second " * 3
 
 
 @pytest.fixture(scope="module")
-def bounded_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalHub]:
-    hub = start_hub(tmp_path_factory.mktemp("hub"), service_args=("--backend", "echo", "--rate", "20",
-                                                               "--max-user-turns", "1", "--user-turns-per-minute", "4",
-                                                               "--fair-slots", "2"))
-    yield hub
-    stop_hub(hub)
+def bounded_hub(hub_pool: HubPool) -> LocalHub:
+    return hub_pool.get(service_args=(*SLOW_ECHO, "--max-user-turns", "1", "--user-turns-per-minute", "4",
+                                      "--fair-slots", "2"))
 
 
 def auth(user: HubUserToken) -> dict[str, str]:
@@ -74,9 +69,9 @@ def test_health_shows_the_fair_queue(bounded_hub: LocalHub) -> None:
     assert health["generating"] == 0 and health["queued"] == 0
 
 
-def test_the_bounds_hold_with_the_defaults(make_hub: HubFactory) -> None:
+def test_the_bounds_hold_with_the_defaults(hub_pool: HubPool) -> None:
     """--jupyterhub bounds users by default: three turns at once."""
-    hub = make_hub(service_args=("--backend", "echo", "--rate", "20"))
+    hub = hub_pool.get(service_args=SLOW_ECHO)
     dave = new_user(hub)
     streams = [httpx.stream("POST", f"{hub.service_url}/talkByStream", headers=auth(dave), json=body(LONG),
                             timeout=60) for _ in range(3)]
@@ -91,11 +86,10 @@ def test_the_bounds_hold_with_the_defaults(make_hub: HubFactory) -> None:
 
 
 @pytest.mark.redis
-def test_a_users_bounds_hold_across_workers_sharing_redis(make_hub: HubFactory, redis_server: RedisProcess) -> None:
+def test_a_users_bounds_hold_across_workers_sharing_redis(workers_hub: LocalHub) -> None:
     """Two workers count one user's turns together: the third at once is refused whichever worker takes it, and
     the fifth in a minute; the places free when the turns end."""
-    hub = make_hub(service_args=("--backend", "echo", "--rate", "20", "--max-user-turns", "2",
-                                 "--user-turns-per-minute", "4", "--store", redis_server.url, "--workers", "2"))
+    hub = workers_hub
     erin, frank = new_user(hub), new_user(hub)
     streams = [httpx.stream("POST", f"{hub.service_url}/talkByStream", headers=auth(erin), json=body(LONG),
                             timeout=60) for _ in range(2)]

@@ -4,15 +4,13 @@ nothing of it and cannot stop it; the admin scope may. The same across processes
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pytest
 import websockets.sync.client
 
 from nbchat.bench.hubrun import HubUserToken, LocalHub
-from tests.conftest import RedisProcess
-from tests.hub.conftest import HubFactory, new_user
+from tests.hub.conftest import SLOW_ECHO, HubPool, new_user
 
 pytestmark = pytest.mark.hub
 
@@ -38,18 +36,12 @@ def read_ndjson(response: httpx.Response) -> tuple[str, str]:
     return "".join(text), status
 
 
-@pytest.fixture(params=["memory", "redis-2-workers"])
-def slow_hub(request: pytest.FixtureRequest, make_hub: HubFactory) -> Iterator[LocalHub]:
-    args = ["--backend", "echo", "--rate", "20"]
+@pytest.fixture(params=["memory", pytest.param("redis-2-workers", marks=pytest.mark.redis)])
+def slow_hub(request: pytest.FixtureRequest, hub_pool: HubPool) -> LocalHub:
     if request.param == "memory":
-        yield make_hub(service_args=args)
-        return
-    redis = RedisProcess()
-    redis.start()
-    try:
-        yield make_hub(service_args=[*args, "--store", redis.url, "--workers", "2"])
-    finally:
-        redis.stop()
+        return hub_pool.get(service_args=SLOW_ECHO)
+    hub: LocalHub = request.getfixturevalue("workers_hub")
+    return hub
 
 
 def foreign_reads(hub: LocalHub, intruder: HubUserToken, turn_id: str, uid: str) -> list[tuple[str, int, str]]:

@@ -23,7 +23,7 @@ import pytest
 import websockets.sync.client
 
 from nbchat.bench.hubrun import LocalHub
-from tests.hub.conftest import HubFactory, new_user
+from tests.hub.conftest import MODEL, HubPool, new_user
 
 pytestmark = pytest.mark.hub
 
@@ -156,9 +156,9 @@ def test_a_widget_reaches_the_service_with_no_configuration(kernel: RemoteKernel
 
 
 @pytest.mark.model
-def test_chat_reaches_the_service_on_the_embedded_model(make_hub: HubFactory) -> None:
+def test_chat_reaches_the_service_on_the_embedded_model(hub_pool: HubPool) -> None:
     """The default path: the service with the embedded model (``nbchat serve --jupyterhub`` as it starts)."""
-    with user_kernel(make_hub(service_args=())) as remote:
+    with user_kernel(hub_pool.get(service_args=MODEL)) as remote:
         assert remote.run("%load_ext nbchat").error is None
         cell = remote.run("%%chat --max-tokens 24\nSay hello in five words.", timeout=180)
         assert cell.error is None and not cell.stderr, cell

@@ -15,7 +15,7 @@ from nbchat.clients import collect, connect
 from nbchat.wire.contract import Transport
 from nbchat.wire.errors import AuthError
 from nbchat.wire.events import End
-from tests.hub.conftest import HubFactory, new_user
+from tests.hub.conftest import MODEL, HubPool, new_user
 
 pytestmark = pytest.mark.hub
 
@@ -94,10 +94,10 @@ def test_paths_outside_the_prefix_are_not_served(hub: LocalHub) -> None:
 
 
 @pytest.mark.model
-def test_the_embedded_model_answers_each_user_through_the_fair_queue(make_hub: HubFactory) -> None:
+def test_the_embedded_model_answers_each_user_through_the_fair_queue(hub_pool: HubPool) -> None:
     """The default path: the embedded model behind the Hub, with the defaults of --jupyterhub (a fair queue of one
     slot); two users asking at once both get their answer."""
-    hub = make_hub(service_args=("--backend", "smollm2"))
+    hub = hub_pool.get(service_args=MODEL)
     users = [new_user(hub), new_user(hub)]
 
     def ask(user: HubUserToken) -> tuple[End, str]:
