@@ -15,10 +15,13 @@ import pytest
 
 from nbchat.bench.buffering import BufferingProxy, assess, detect_buffering
 from nbchat.bench.command import add_bench_parser, config_from_args
+from nbchat.bench.loadgen import shares, spread_window, trace_from_json, trace_to_json
 from nbchat.bench.measure import ClientStreamer, echo_message, open_streamer, wire_bytes
+from nbchat.bench.procs import alive, descendants, raw_server
 from nbchat.bench.rawtcp import _serve_stream, stream_raw
-from nbchat.bench.report import Results, Row, Target, summarize, wall_time
-from nbchat.bench.runner import BenchConfig, Window, in_rounds, load_limits, pool_rounds
+from nbchat.bench.report import Results, Row, Target, round_ratios, summarize, wall_time
+from nbchat.bench.rounds import Window, floor_around, in_rounds, pool_point, window_order
+from nbchat.bench.runner import BenchConfig, load_limits, warmup_chunks
 from nbchat.bench.stats import Trace, delivered_rate, percentile
 from nbchat.bench.wire import ChunkedDecoder, parse_host_port
 from nbchat.server.config import Settings
@@ -174,27 +177,71 @@ def test_round_figures_in_json_and_csv(tmp_path: Path) -> None:
 
 async def test_sweep_rounds_take_turns_and_pool_into_one_row() -> None:
     order: list[str] = []
-    cpu = iter([0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    cpu = iter([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1])
 
     async def measure(transport: str) -> Window:
         order.append(transport)
         return Window([synthetic() for _ in range(4)], server_cpu=next(cpu), client_cpu=0.01)
 
     windows = await in_rounds(("raw", "ws", "sse"), 2, measure)
-    assert order == ["raw", "ws", "sse"] * 2
+    # each transport between two raw TCP windows; a round's last raw window is the next round's first
+    assert order == ["raw", "ws", "raw", "sse"] * 2 + ["raw"]
     results = Results()
-    for transport, found in windows.items():
-        results.add(pool_rounds(transport, found, rate=20.0, streams=4))
+    for row in pool_point(windows, rate=20.0, streams=4):
+        results.add(row)
     assert [(r.transport, r.streams) for r in results.rows] == [("raw", 4), ("ws", 4), ("sse", 4)]
-    ws = results.rows[1]
+    raw, ws, sse = results.rows
     assert ws.chunks == 2 * 4 * 5 and len(results.traces[("concurrency", "ws", 4)]) == 8
-    assert ws.server_us_rounds == pytest.approx([1e6 * 0.4 / 20, 1e6 * 0.7 / 20])
-    assert ws.server_us_per_chunk == pytest.approx(1e6 * 1.1 / 40)
+    assert ws.server_us_rounds == pytest.approx([1e6 * 0.4 / 20, 1e6 * 0.8 / 20])
+    assert ws.server_us_per_chunk == pytest.approx(1e6 * 1.2 / 40)
+    assert len(raw.server_us_rounds) == 5 and raw.raw_us_rounds == []
+    # each round against the mean of the raw windows around it
+    assert ws.raw_us_rounds == pytest.approx([1e6 * 0.4 / 20, 1e6 * 0.8 / 20])
+    assert sse.raw_us_rounds == pytest.approx([1e6 * 0.6 / 20, 1e6 * 1.0 / 20])
     # chunks/s of all streams together: one round's (the rounds' mean), not over the span of both
     assert ws.total_rate == pytest.approx(delivered_rate(windows["ws"][0].traces))
     # every round's window has the same span here: over their sum, not the span of all rounds
-    assert ws.server_cpu_pct == pytest.approx(100 * 1.1 / (2 * wall_time([synthetic()])))
+    assert ws.server_cpu_pct == pytest.approx(100 * 1.2 / (2 * wall_time([synthetic()])))
     assert ws.client_cpu_pct == pytest.approx(100 * 0.02 / (2 * wall_time([synthetic()])))
+
+
+def test_window_order_puts_raw_tcp_around_every_transport() -> None:
+    assert window_order(["ws"], 3) == ["raw", "ws", "raw", "ws", "raw", "ws", "raw"]
+    assert window_order(["ws", "sse", "stream"], 1) == ["raw", "ws", "raw", "sse", "raw", "stream", "raw"]
+    assert window_order([], 2) == ["raw", "raw"]
+
+
+def test_each_round_is_compared_with_the_floor_measured_around_it() -> None:
+    floor = [10.0, 20.0, 30.0, math.nan, 50.0]  # raw, ws, raw, sse, raw, ws, raw, sse, raw
+    assert floor_around(floor, 2, 0) == pytest.approx([15.0, 30.0])
+    assert floor_around(floor, 2, 1) == pytest.approx([25.0, 50.0])  # a window too short to measure left out
+    assert math.isnan(floor_around([math.nan, math.nan], 1, 0)[0])
+    # a burst of load on one round's windows: against the pooled floor it reads 2.2x, against its own 1.1x
+    rows = cpu_results({"raw": [20.0, 40.0, 20.0], "ws": [22.0, 44.0]})
+    rows.rows[1].raw_us_rounds = floor_around([20.0, 40.0, 20.0], 1, 0)
+    assert round_ratios(rows.rows[1], rows.rows[0]) == pytest.approx([22 / 30, 44 / 30])
+    plain = cpu_results({"raw": [20.0, 20.0], "ws": [44.0, 22.0]})  # JSON from before: the raw row's rounds
+    assert round_ratios(plain.rows[1], plain.rows[0]) == pytest.approx([2.2, 1.1])
+
+
+def test_raw_us_rounds_in_json_and_back(tmp_path: Path) -> None:
+    results = cpu_results({"raw": [10.0, 20.0], "ws": [13.0]})
+    results.rows[1].raw_us_rounds = [15.0]
+    results.write_json(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["rows"][1]["raw_us_rounds"] == [15.0]
+    assert Row.from_dict(data["rows"][1]).raw_us_rounds == [15.0]
+    assert [t["rounds"] for t in data["targets"] if t["name"].startswith("server")] == [[13 / 15]]
+
+
+def test_load_generator_shares_and_traces_round_trip() -> None:
+    assert shares(500, 3) == [167, 167, 166] and sum(shares(7, 4)) == 7
+    assert shares(2, 5) == [1, 1] and shares(3, 1) == [3]
+    trace = synthetic()
+    trace.status, trace.wire_bytes = "[DONE]", 123
+    back = trace_from_json(json.loads(json.dumps(trace_to_json(trace))))
+    assert back == trace
+    assert warmup_chunks(BenchConfig()) == 20 and warmup_chunks(BenchConfig(concurrency_seconds=0.3)) == 6
 
 
 # ---------------------------------------------------------------- wire
@@ -263,6 +310,36 @@ async def test_raw_tcp_floor() -> None:
     assert all(0 < lat < 1 for lat in trace.latencies())
 
 
+@pytest.mark.slow  # starts load generator processes
+@pytest.mark.parametrize("kind", ["raw", "stream"])
+async def test_a_window_spread_over_load_generator_processes(echo: ServerHandle, kind: str) -> None:
+    server = await asyncio.start_server(_serve_stream, "127.0.0.1", 0)
+    url = f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}" if kind == "raw" else echo.url
+    readings = iter([1.0, 1.5])
+    async with server:
+        spec = {"kind": kind, "url": url, "token": TOKEN, "streams": 5, "n": 6, "rate": 50.0}
+        traces, server_cpu, client_cpu = await spread_window(spec, 2, lambda: next(readings))
+    assert len(traces) == 5 and all(t.chunks == 6 for t in traces)
+    assert {t.status for t in traces} == {"eof" if kind == "raw" else "[DONE]"}
+    assert all(0 < lat < 1 for t in traces for lat in t.latencies())  # one clock across the processes
+    assert server_cpu == 0.5 and client_cpu > 0  # read once every child was ready and once all were done
+
+
+@pytest.mark.slow  # starts the raw TCP floor's processes
+async def test_raw_tcp_floor_in_several_processes_ends_with_its_parent() -> None:
+    async with raw_server(processes=3) as raw:
+        assert raw.process is not None
+        forked = descendants(raw.process.pid)
+        assert len(forked) == 2
+        traces = await asyncio.gather(*(stream_raw(raw.port, 5, 0.0) for _ in range(12)))
+        assert all(t.chunks == 5 and t.status == "eof" for t in traces)
+    for _ in range(100):  # SIGTERM on the parent's end
+        if not any(alive(pid) for pid in forked):
+            break
+        await asyncio.sleep(0.05)
+    assert not any(alive(pid) for pid in forked)
+
+
 async def test_buffering_proxy_is_detected(paced: ServerHandle) -> None:
     assert not (await detect_buffering(paced.url, TOKEN, "stream", chunks=16)).buffered
     async with BufferingProxy(parse_host_port(paced.url)[1], flush_after=0.06) as proxy:
@@ -285,7 +362,7 @@ def test_rounds_option() -> None:
     assert config.rounds == 3 and config.concurrency_seconds == BenchConfig().concurrency_seconds
     quick = config_from_args(bench_args("--quick", "--rounds", "2"))
     assert quick.rounds == 2 and quick.concurrency == BenchConfig.quick().concurrency
-    assert quick.steps() == BenchConfig.quick().steps() + 5 * len(quick.concurrency)
+    assert quick.steps() == BenchConfig.quick().steps() + 2 * len(quick.transports) * len(quick.concurrency)
     for bad in ("0", "two"):
         with pytest.raises(SystemExit):
             bench_args("--rounds", bad)
@@ -305,7 +382,11 @@ def test_bench_quick_command(tmp_path: Path) -> None:
     sweep = [r for r in data["rows"] if r["section"] == "concurrency"]
     assert sorted((r["transport"], r["streams"]) for r in sweep) == [("raw", 3), ("stream", 3), ("ws", 3)]
     per_stream = max(2, round(data["config"]["concurrency_rate"] * 0.3))
-    assert all(r["chunks"] == 2 * 3 * per_stream and len(r["server_us_rounds"]) == 2 for r in sweep)
+    # every transport's window between two raw TCP windows: 2 rounds x 2 transports + 1 of raw TCP
+    windows = {"raw": 5, "ws": 2, "stream": 2}
+    assert all(r["chunks"] == windows[r["transport"]] * 3 * per_stream for r in sweep)
+    assert all(len(r["server_us_rounds"]) == windows[r["transport"]] for r in sweep)
+    assert all(len(r["raw_us_rounds"]) == (0 if r["transport"] == "raw" else 2) for r in sweep)
     cpu = [t for t in data["targets"] if t["name"].startswith("server us/chunk")]
     assert {t["transport"] for t in cpu} == {"ws", "stream"}
     assert all(t["passed"] is None for t in cpu)  # no 500-stream point in this run

@@ -59,6 +59,19 @@ def test_knee_stops_at_the_first_miss_and_can_be_none() -> None:
     assert overloaded.knee == 0 and overloaded.first_miss == "100 streams: p99 120 ms, 50% delivered"
 
 
+def test_a_saturation_near_the_generators_ceiling_is_marked_as_its_limit() -> None:
+    raw = [point("raw", n, d) for n, d in ((450, 8_800), (900, 13_000))]  # the generator tops out near 13,000
+    found = {c.transport: c for c in capacities([*raw, point("stream", 450, 8_500), point("stream", 900, 12_000),
+                                                 point("ws", 900, 11_600)])}
+    assert found["stream"].generator_bound and not found["ws"].generator_bound  # 92 % and 89 % of 13,000
+    assert not found["raw"].generator_bound
+    results = Results(config={"concurrency_rate": RATE}, rows=[*raw, point("stream", 900, 12_000)])
+    line = next(x for x in results.table().splitlines() if x.startswith("NDJSON") and "at 900" in x)
+    assert "92%: the generator's limit, not the server's" in line
+    alone = capacities([point("stream", 900, 12_000)])[0]  # no raw TCP in the run: nothing to judge by
+    assert not alone.generator_bound
+
+
 def paced(n: int, every: float, start: float = 100.0) -> Trace:
     trace = Trace(sent=start - 0.01, status="[DONE]")
     for i in range(n):

@@ -181,3 +181,30 @@ async def test_widget_stats_line_shows_the_trimmed_history(model_server: ServerH
         assert conversation.exchanges[-1].provenance["history_trimmed"] > 0
     finally:
         widget.close()
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_an_answer_that_tokenises_otherwise_is_not_read_again(exact: bool) -> None:
+    from nbchat.backends.llama_worker import Model
+    from nbchat.backends.smollm2 import find_gguf
+
+    model = Model(str(find_gguf()), 1, 1024, cache_mb=16, exact=exact)
+    first = [{"role": "user", "content": "Name a machine."}]
+    tokens, _ = model.prompt(first)
+    model.prefill(tokens, lambda: False)
+    answer = "Refrigerators keep food cool."
+    # as a model may generate it: one token a character, never how the whole text tokenises
+    generated = [t for c in answer for t in model.llama.tokenize(c.encode(), add_bos=False, special=False)]
+    assert generated != model.llama.tokenize(answer.encode(), add_bos=False, special=False)
+    model.llama.eval(generated)
+    model.answered()
+    evaluated = list(model.llama.input_ids[:model.llama.n_tokens])
+    follow, _ = model.prompt([*first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}])
+    if exact:  # a fresh evaluation's tokens, so that greedy answers do not depend on the cache
+        assert follow == model.llama.tokenize(model.formatter(messages=[
+            *first, {"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}]).prompt.encode(),
+            add_bos=False, special=True)
+    else:  # the answer stays the tokens the model evaluated: only the new message is read
+        assert follow[:len(evaluated)] == evaluated
+        model.prefill(follow, lambda: False)
+        assert model.last_prompt == (len(follow), len(evaluated))

@@ -20,9 +20,9 @@ from IPython.testing.globalipapp import start_ipython
 
 from nbchat.backends.base import Backend, Finish, GenerationRequest
 from nbchat.clients import TRANSPORTS
-from nbchat.notebook.kernel_server import KernelServer
+from nbchat.notebook.kernel_server import KernelServer, set_kernel_server
 from nbchat.notebook.live import MAX_PARTS, PART_CHARS
-from nbchat.notebook.magics import ChatMagics, StreamView, interpolate
+from nbchat.notebook.magics import ChatMagics, StreamView, interpolate, load_ipython_extension
 from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.render import TurnStats, answer_markdown, open_fence, safe_markdown, split_blocks
 from nbchat.server.config import Settings
@@ -286,8 +286,29 @@ def test_help_prints_the_options(ip: InteractiveShell, magics: ChatMagics,
 
 
 def test_load_ext_registers_the_magics(ip: InteractiveShell) -> None:
-    ip.run_line_magic("load_ext", "nbchat")
+    old = set_kernel_server(KernelServer(backend="echo"))  # no model process for this test to start
+    try:
+        ip.run_line_magic("load_ext", "nbchat")
+    finally:
+        set_kernel_server(old)
     assert "chat" in ip.magics_manager.magics["cell"] and "chat" in ip.magics_manager.magics["line"]
+
+
+def test_load_ext_starts_loading_the_model_only_for_the_kernels_own_default_server(
+        ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    preloads: list[object] = []
+    monkeypatch.setattr("nbchat.backends.gguf.GGUFBackend.preload", lambda self: preloads.append(self))
+    for kernel, url, expected in ((KernelServer(), None, 1), (KernelServer(backend="echo"), None, 0),
+                                  (KernelServer(), "http://127.0.0.1:1", 0)):
+        if url:
+            monkeypatch.setenv("NBCHAT_URL", url)
+        old = set_kernel_server(kernel)
+        try:
+            load_ipython_extension(ip)
+        finally:
+            set_kernel_server(old)
+        assert len(preloads) == expected, (kernel.backend, url)
+        preloads.clear()
 
 
 # ---------------------------------------------------------------- rendering (pure)

@@ -241,3 +241,29 @@ def test_the_runtime_switch_reaches_llama_cpp_model_params() -> None:
     finally:
         guarded.close()
         plain.close()
+
+
+def test_load_ext_loads_the_model_before_the_first_chat(monkeypatch: pytest.MonkeyPatch) -> None:
+    from IPython.core.getipython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    from nbchat.notebook.kernel_server import KernelServer, set_kernel_server
+    from nbchat.notebook.magics import load_ipython_extension
+
+    monkeypatch.setenv("NBCHAT_CACHE_MB", "17")  # a model process of its own, not one another test loaded
+    monkeypatch.delenv("NBCHAT_URL", raising=False)
+    model = SmolLM2Backend().model
+    assert model.pid is None
+    kernel = KernelServer()
+    old = set_kernel_server(kernel)
+    try:
+        load_ipython_extension(start_ipython() or get_ipython())
+        deadline = time.monotonic() + 60
+        while not model.info and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert model.info.get("pid") == model.pid and not kernel.running  # loaded, before any server or chat
+        kernel.endpoint()  # the first chat starts the server, which finds the model loaded
+        assert model.info.get("pid") == model.pid
+    finally:
+        kernel.stop()
+        set_kernel_server(old)

@@ -11,6 +11,7 @@ process come from the arguments, else from the environment (``NBCHAT_THREADS``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -147,6 +148,23 @@ class GGUFBackend(Backend):
 
         model.submit(load)
         await done
+
+    def preload(self) -> None:
+        """Start the model process and its load now, in the background, for a server that starts later
+        (its :meth:`start` then finds the process loaded or loading). Nothing waits for it; a
+        missing file is said by the first turn, as without this."""
+        try:
+            if gguf_problem(self.gguf_path()):
+                return
+            model = self.model
+        except BackendError:
+            return
+
+        def load() -> None:
+            with contextlib.suppress(BackendError):
+                model.ensure_process()
+
+        model.submit(load)
 
     async def aclose(self) -> None:
         """Stop this backend's running and queued turns; the model process stays for the host process."""

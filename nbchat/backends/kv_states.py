@@ -92,6 +92,10 @@ class StateStore:
         while self.size > self.limit:
             self._drop(next(iter(self._entries)))
 
+    def sequences(self) -> list[tuple[int, ...]]:
+        """The kept states' tokens, least recently used first."""
+        return list(self._entries)
+
     def best(self, tokens: Sequence[int]) -> tuple[Saved | None, int]:
         """The stored state sharing the longest prefix with ``tokens``, and that length."""
         found: Saved | None = None

@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .kv_states import DEFAULT_CACHE_MB, StateStore, common_prefix, load_sequence, save_sequence
 from .model_messages import End, Failure, Fatal, Generate, HistoryTrimmed, Length, Piece, Ready, decode_command, encode
+from .splice import Spelling, continuing, spell
 from .trim import fit
 
 if TYPE_CHECKING:
@@ -155,7 +156,9 @@ class Model:
         template = llama.metadata.get("tokenizer.chat_template")
         if not template:
             raise ValueError(f"{path} has no chat template")
-        self._formatter: Any = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self.formatter: Any = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        self._pieces: dict[int, bytes] = {}
+        self._spelled: dict[tuple[int, ...], Spelling] = {}
         self._cached: list[int] = []  # the tokens whose KV entries sequence 0 holds and a prompt may reuse
         #: other conversations' evaluated states, least recently used first
         self.kept = StateStore(int(cache_mb * 1024 * 1024))
@@ -175,11 +178,38 @@ class Model:
                 "pid": os.getpid()}
 
     def prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
-        """Token ids of the chat prompt (the GGUF's own template) and its stop strings."""
-        formatted = self._formatter(messages=messages)
+        """Token ids of the chat prompt (the GGUF's own template) and its stop strings.
+
+        Unless ``exact``, the text an evaluated sequence spells keeps that sequence's tokens
+        (:mod:`.splice`): an earlier answer stays the tokens the model generated.
+        """
+        formatted = self.formatter(messages=messages)
         stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
-        tokens = self.llama.tokenize(formatted.prompt.encode(), add_bos=not formatted.added_special, special=True)
+        text, add_bos = formatted.prompt.encode(), not formatted.added_special
+        tokens = None
+        if not self.exact:
+            head = self.llama.tokenize(b"", add_bos=add_bos, special=True)
+            tokens = continuing(text, head, self._spellings(head),
+                                lambda rest: self.llama.tokenize(rest, add_bos=False, special=True))
+        if tokens is None:
+            tokens = self.llama.tokenize(text, add_bos=add_bos, special=True)
         return tokens, [s for s in stop if s]
+
+    def _spellings(self, head: list[int]) -> list[Spelling]:
+        """The evaluated sequences (the current one and the kept ones) that start with ``head``,
+        spelled out past it; remembered while they are evaluated (a turn asks two or three times)."""
+        sequences = [s for s in (tuple(self._cached), *self.kept.sequences()) if s and list(s[:len(head)]) == head]
+        known, self._spelled = self._spelled, {}
+        for tokens in sequences:
+            self._spelled[tokens] = known.get(tokens) or spell(tokens[len(head):], self._piece)
+        return list(self._spelled.values())
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes a token spells, special tokens included (kept: a turn asks for thousands)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.llama.detokenize([token], special=True)
+        return piece
 
     @contextlib.contextmanager
     def abortable(self, should_stop: Callable[[], bool]) -> Iterator[None]:

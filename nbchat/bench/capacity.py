@@ -8,7 +8,10 @@ sweep point *holds* when its p99 latency is under 50 ms **and** at least 95 %
 of the chunks/s asked for arrived; the knee is the largest stream count up
 to which every point holds; the saturation throughput is the most chunks/s
 delivered at any count. For raw TCP, which is never capped, the saturation
-throughput is the load generator's own ceiling. Pure: rows in, figures out.
+throughput is the load generator's own ceiling, and a transport that comes
+within 90 % of it is marked as held back by the generator: its saturation is
+then what the generator could drive, not what the server could serve.
+Pure: rows in, figures out.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from typing import Protocol
 
 LOAD_P99_MS = 50.0
 MIN_DELIVERED = 0.95
+#: a transport whose saturation comes this close to raw TCP's was held back by the load generator, which
+#: could drive no more: its figure is a floor of what the server can do, and a ratio of two such is no ratio
+GENERATOR_BOUND = 0.9
 
 
 class SweepPoint(Protocol):
@@ -46,6 +52,8 @@ class Capacity:
     saturation_rate: float  # the most chunks/s delivered at any count
     saturation_streams: int  # the count it was delivered at
     first_miss: str = ""  # why the first point past the knee did not hold ("" when every point held)
+    #: the saturation reached 90 % of raw TCP's in the same run: the load generator's limit, not the server's
+    generator_bound: bool = False
 
 
 def capacities(points: Iterable[SweepPoint]) -> list[Capacity]:
@@ -53,7 +61,11 @@ def capacities(points: Iterable[SweepPoint]) -> list[Capacity]:
     by_transport: dict[str, list[SweepPoint]] = {}
     for point in points:
         by_transport.setdefault(point.transport, []).append(point)
-    return [_capacity(name, sorted(found, key=lambda p: p.streams)) for name, found in by_transport.items()]
+    found = [_capacity(name, sorted(points, key=lambda p: p.streams)) for name, points in by_transport.items()]
+    ceiling = next((c.saturation_rate for c in found if c.transport == "raw"), math.nan)
+    for c in found:
+        c.generator_bound = c.transport != "raw" and c.saturation_rate >= GENERATOR_BOUND * ceiling
+    return found
 
 
 def _capacity(transport: str, points: list[SweepPoint]) -> Capacity:

@@ -79,8 +79,8 @@ def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--rate", type=float, default=None, help="chunks/s per concurrent stream (default 20)")
     p.add_argument("--rounds", type=_positive, default=None, metavar="N",
                    help="the concurrency sweep measures each point N times, taking raw TCP and the transports in "
-                        "turn, so that load from elsewhere falls on all alike; figures pooled, the CPU ratio is the "
-                        "median of the rounds (default 1)")
+                        "turn (each transport between two raw TCP windows), so that load from elsewhere falls on all "
+                        "alike; figures pooled, the CPU ratio is the median of the rounds' ratios (default 1)")
     p.add_argument("--model", action="store_true",
                    help="also measure the embedded smollm2 model's real cadence (skipped if unavailable)")
     p.add_argument("--client", choices=["wire", "nbchat"], default="wire",
@@ -94,6 +94,9 @@ def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         "cgroup CPU quota, so that what a worker adds can be measured on a small machine; raw TCP "
                         "stays uncapped (its delivered rate is the load generator's ceiling). Needs root and a "
                         "writable cgroup cpu controller")
+    p.add_argument("--load-procs", type=_positive, default=1, metavar="N",
+                   help="spread the concurrency sweep's streams over N load generator processes (default 1: "
+                        "this one), for servers that one process cannot drive")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--csv", metavar="PATH", help="also write the result rows as CSV")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -106,7 +109,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     serve_args = (("--store", args.store) if args.store else ()) + (("--workers", str(args.workers))
                                                                      if args.workers > 1 else ())
     overrides: dict[str, Any] = {"model": args.model, "client": args.client, "progress": not args.no_progress,
-                                 "serve_args": serve_args, "server_cpus": args.server_cpus}
+                                 "serve_args": serve_args, "server_cpus": args.server_cpus,
+                                 "load_procs": args.load_procs}
     for key, value in (("transports", args.transports), ("concurrency", args.concurrency),
                        ("concurrency_seconds", args.seconds), ("concurrency_rate", args.rate),
                        ("rounds", args.rounds)):

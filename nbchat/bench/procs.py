@@ -112,11 +112,15 @@ async def _announced(proc: asyncio.subprocess.Process, pattern: re.Pattern[bytes
 
 
 @contextlib.asynccontextmanager
-async def python_child(args: list[str], prefix: tuple[str, ...] = ()) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python ARGS`` with its output (stdout and stderr) piped; terminated, then killed, on exit."""
+async def python_child(args: list[str], prefix: tuple[str, ...] = (), *,
+                       limit: int = 0) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python ARGS`` with its output (stdout and stderr) piped; terminated, then killed, on exit.
+    With ``limit`` (the longest line its stdout may send), a child that talks both ways instead:
+    stdin piped too, stderr left on the parent's (a traceback must not be read as a reply)."""
+    pipe = asyncio.subprocess.PIPE
     proc = await asyncio.create_subprocess_exec(
-        *prefix, sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL)
+        *prefix, sys.executable, *args, stdout=pipe, stderr=None if limit else asyncio.subprocess.STDOUT,
+        stdin=pipe if limit else asyncio.subprocess.DEVNULL, limit=limit or 2**16)
     try:
         yield proc
     finally:
@@ -148,9 +152,9 @@ async def nbchat_server(backend: str = "echo", rate: float = 0.0, host: str = "1
 
 
 @contextlib.asynccontextmanager
-async def raw_server(host: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> AsyncIterator[Child]:
-    """The raw TCP floor (:mod:`nbchat.bench.rawtcp`) in a child process."""
-    async with python_child(["-m", "nbchat.bench.rawtcp", host], prefix) as proc:
+async def raw_server(host: str = "127.0.0.1", prefix: tuple[str, ...] = (), processes: int = 1) -> AsyncIterator[Child]:
+    """The raw TCP floor (:mod:`nbchat.bench.rawtcp`) in a child process (and ``processes`` - 1 it forks)."""
+    async with python_child(["-m", "nbchat.bench.rawtcp", host, str(processes)], prefix) as proc:
         found = await _announced(proc, _RAW, 30.0)
         port = int(found.group(1))
         yield Child(proc, url=f"tcp://{host}:{port}", port=port)

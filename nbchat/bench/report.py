@@ -55,6 +55,9 @@ class Row:
     errors: int = 0
     #: server_us_per_chunk of each round of a sweep point (empty where the row is not a sweep point's)
     server_us_rounds: list[float] = field(default_factory=list)
+    #: the raw TCP floor each of those rounds is compared with: the mean of the raw windows measured just
+    #: before and just after it (empty for raw TCP itself, and in JSON from before it was kept)
+    raw_us_rounds: list[float] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Row:
@@ -283,10 +286,11 @@ def _cpu_target(results: Results, transport: str) -> Target:
 
 
 def round_ratios(row: Row, raw: Row) -> list[float]:
-    """The row's server us/chunk over raw TCP's, round by round; rows without rounds (from before
-    rounds were kept) count as one round of their pooled figures."""
+    """The row's server us/chunk over raw TCP's, round by round, each against the floor measured around
+    it where the row has one; rows without rounds (from before rounds were kept) count as one round of
+    their pooled figures."""
     ours = row.server_us_rounds or [row.server_us_per_chunk]
-    theirs = raw.server_us_rounds or [raw.server_us_per_chunk]
+    theirs = row.raw_us_rounds or raw.server_us_rounds or [raw.server_us_per_chunk]
     return [a / b for a, b in zip(ours, theirs, strict=False)]
 
 
@@ -353,6 +357,8 @@ def _capacity(results: Results) -> str:
     for c in found:
         # a transport near the ceiling was held back by the load generator: the server may have more to give
         share = "the load generator's ceiling" if c.transport == "raw" else _pct(c.saturation_rate / ceiling)
+        if c.generator_bound:
+            share += ": the generator's limit, not the server's"
         rows.append([_name(c.transport), str(c.knee) if c.knee else "none",
                      f"{fmt(c.saturation_rate)} at {c.saturation_streams}", share, c.first_miss or "-"])
     title = (f"Capacity: a point holds when p99 < {LOAD_P99_MS:g} ms and >= {MIN_DELIVERED:.0%} of the asked "

@@ -7,7 +7,9 @@
 - ``max_rate``: one long stream from an echo server at rate 0 (chunks/s at the client);
 - ``concurrency``: 1..N streams at once, each at a set rate, starting at
   random offsets within one interval (independent users do not start in step),
-  in rounds taking raw TCP and the transports in turn;
+  in rounds taking the transports in turn, each between two raw TCP windows
+  (:mod:`.rounds`), after a warm-up that is not counted; the streams in this
+  process or spread over several (:mod:`.loadgen`);
 - ``model``: the embedded model's real cadence (optional).
 
 Every scenario runs the raw TCP floor (:mod:`.rawtcp`) in the same run. The
@@ -20,25 +22,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import math
-import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..server.config import Settings
 from ..wire.contract import TRANSPORTS
+from .loadgen import ready_streams, spread_window
 from .measure import Streamer, echo_message, open_streamer
 from .procs import Child, nbchat_server, raw_server
 from .quota import cpu_quota
 from .rawtcp import stream_raw
-from .report import Results, Row, serve_workers, summarize, us_per_chunk, wall_time
-from .stats import Trace, delivered_rate
+from .report import Results, serve_workers, summarize
+from .rounds import Window, in_rounds, pool_point
+from .stats import Trace
 from .wire import parse_host_port
 
 MODEL_PROMPT = "Explain in two sentences why the sky is blue."
-CONNECT_AT_ONCE = 50  # connections opened concurrently while a sweep point sets up
 
 
 @dataclass
@@ -65,6 +66,8 @@ class BenchConfig:
     serve_args: tuple[str, ...] = ()
     #: cores each worker of a measured server may use (a cgroup CPU quota, :mod:`.quota`); 0: uncapped
     server_cpus: float = 0.0
+    #: processes the concurrency sweep's streams are spread over (:mod:`.loadgen`); 1: this one
+    load_procs: int = 1
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
@@ -78,8 +81,10 @@ class BenchConfig:
 
     def steps(self) -> int:
         """How many measurements a run makes (for the progress bar)."""
-        with_raw = (len(self.transports) + 1) * (3 + self.rounds * len(self.concurrency))
-        return with_raw + (len(self.transports) if self.model else 0)
+        single = (len(self.transports) + 1) * 3
+        # a sweep point's windows: each transport's between two of raw TCP's (.rounds.window_order)
+        sweep = len(self.concurrency) * (2 * self.rounds * len(self.transports) + 1)
+        return single + sweep + (len(self.transports) if self.model else 0)
 
 
 def load_limits(config: BenchConfig) -> tuple[str, ...]:
@@ -117,7 +122,7 @@ async def run_benchmark(config: BenchConfig | None = None) -> Results:
     try:
         extra = config.serve_args
         # the raw TCP floor is never capped: what it delivers is the load generator's own ceiling
-        async with raw_server() as raw, measured_server(config, 0, extra) as fast, \
+        async with raw_server(processes=config.load_procs) as raw, measured_server(config, 0, extra) as fast, \
                 measured_server(config, config.latency_rate, extra) as paced, \
                 measured_server(config, config.concurrency_rate, (*extra, *load_limits(config))) as load:
             run.servers.update(raw=raw, fast=fast, paced=paced, load=load)
@@ -214,99 +219,44 @@ async def _max_rate(run: _Run) -> None:
         run.advance(f"max rate {transport}")
 
 
-@dataclass
-class Window:
-    """One measurement window of a sweep point: its streams' traces and the CPU spent meanwhile."""
-
-    traces: list[Trace]
-    server_cpu: float
-    client_cpu: float
+def warmup_chunks(config: BenchConfig) -> int:
+    """Chunks per stream of a sweep point's warm-up windows: a second's worth, at most the point's own."""
+    return max(2, round(config.concurrency_rate * min(1.0, config.concurrency_seconds)))
 
 
 async def _concurrency(run: _Run, streams: int) -> None:
     rate = run.config.concurrency_rate
     n = max(2, round(rate * run.config.concurrency_seconds))
+    kinds = ("raw", *run.config.transports)
+    # Not counted: the first pass of this many streams through a server grows its heap and fills its
+    # caches, and would fall on whichever window came first (raw TCP's).
+    for kind in kinds:
+        await _window(run, kind, streams, warmup_chunks(run.config))
 
-    async def measure(transport: str) -> Window:
-        window = await (_raw_point(run, streams, n) if transport == "raw"
-                        else _concurrency_point(run, transport, streams, n))
-        run.advance(f"{streams} streams {transport}")
+    async def measure(kind: str) -> Window:
+        window = await _window(run, kind, streams, n)
+        run.advance(f"{streams} streams {kind}")
         return window
 
-    windows = await in_rounds(("raw", *run.config.transports), run.config.rounds, measure)
-    for transport, found in windows.items():
-        run.results.add(pool_rounds(transport, found, rate=rate, streams=streams))
+    windows = await in_rounds(kinds, run.config.rounds, measure)
+    for row in pool_point(windows, rate=rate, streams=streams):
+        run.results.add(row)
 
 
-async def in_rounds(transports: Sequence[str], rounds: int,
-                    measure: Callable[[str], Awaitable[Window]]) -> dict[str, list[Window]]:
-    """Each transport's windows of one sweep point, measured in rounds taking them in turn, so that
-    load from elsewhere on the machine falls on all alike (the CPU target compares each round's
-    transport with that round's raw TCP)."""
-    windows: dict[str, list[Window]] = {t: [] for t in transports}
-    for _ in range(rounds):
-        for transport, found in windows.items():
-            found.append(await measure(transport))
-    return windows
-
-
-def pool_rounds(transport: str, windows: Sequence[Window], *, rate: float, streams: int) -> tuple[Row, list[Trace]]:
-    """One sweep row from a transport's rounds: traces pooled, CPU summed, each round's us/chunk kept."""
-    traces = [t for w in windows for t in w.traces]
-    # the rounds' own windows: the span from the first to the last would take in the other transports' windows
-    wall = sum(wall_time(w.traces) for w in windows)
-    rounds = [us_per_chunk(w.server_cpu, sum(t.chunks for t in w.traces)) for w in windows]
-    rates = [r for r in (delivered_rate(w.traces) for w in windows) if not math.isnan(r)]
-    return summarize("concurrency", transport, traces, rate=rate, streams=streams,
-                     server_cpu=sum(w.server_cpu for w in windows), client_cpu=sum(w.client_cpu for w in windows),
-                     wall=wall, server_us_rounds=rounds, total_rate=sum(rates) / len(rates) if rates else math.nan)
-
-
-async def _window(server: Child, streams: Callable[[], Awaitable[list[Trace]]]) -> Window:
-    server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
-    traces = await streams()
-    return Window(traces, server.cpu_seconds() - server_cpu, time.process_time() - client_cpu)
-
-
-async def _raw_point(run: _Run, streams: int, n: int) -> Window:
-    rate = run.config.concurrency_rate
-
-    async def raw_one() -> Trace:
-        await asyncio.sleep(random.uniform(0, 1 / rate))
-        return await run.raw(n, rate)
-
-    async def all_streams() -> list[Trace]:
-        return list(await asyncio.gather(*(raw_one() for _ in range(streams))))
-
-    return await _window(run.servers["raw"], all_streams)
-
-
-async def _concurrency_point(run: _Run, transport: str, streams: int, n: int) -> Window:
-    rate = run.config.concurrency_rate
-    gate = asyncio.Semaphore(CONNECT_AT_ONCE)
-
-    async def one(streamer: Streamer) -> Trace:
-        await asyncio.sleep(random.uniform(0, 1 / rate))
-        sent = time.time()
-        try:
-            return await streamer.turn(echo_message(n))
-        except Exception as exc:  # one stream failing under load is a result (the errors column), not the end
-            return Trace(sent=sent, status=f"error: {exc}")
-
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def connect() -> Streamer:
-            async with gate:  # a bounded connection storm: the sweep measures streaming, not accept()
-                streamer = await stack.enter_async_context(run.streamer("load", transport))
-                await streamer.turn(echo_message(1))
-                return streamer
-
-        ready = await asyncio.gather(*(connect() for _ in range(streams)))
-
-        async def all_streams() -> list[Trace]:
-            return list(await asyncio.gather(*(one(s) for s in ready)))
-
-        return await _window(run.servers["load"], all_streams)
+async def _window(run: _Run, kind: str, streams: int, n: int) -> Window:
+    """One window: ``streams`` streams of ``n`` chunks against raw TCP or the load server, the server's
+    CPU (its whole process tree, from /proc) read over the streaming alone."""
+    server = run.servers["raw" if kind == "raw" else "load"]
+    rate, procs = run.config.concurrency_rate, run.config.load_procs
+    if procs > 1:
+        spec = {"kind": kind, "url": server.url, "token": server.token, "streams": streams, "n": n, "rate": rate,
+                "client": run.config.client}
+        traces, server_cpu, client_cpu = await spread_window(spec, procs, server.cpu_seconds)
+        return Window(traces, server_cpu, client_cpu)
+    async with ready_streams(kind, server.url, server.token, streams, n, rate, run.config.client) as go:
+        server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
+        traces = await go()
+        return Window(traces, server.cpu_seconds() - server_cpu, time.process_time() - client_cpu)
 
 
 async def _model(run: _Run) -> None:

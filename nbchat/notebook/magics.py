@@ -285,7 +285,9 @@ class _ViewSink:
 
 
 def load_ipython_extension(ip: InteractiveShell) -> None:
-    ip.register_magics(ChatMagics(ip))
+    magics = ChatMagics(ip)
+    ip.register_magics(magics)
+    magics.kernel_server.preload()  # the first %%chat then finds the model loaded, or loading
 
 
 def unload_ipython_extension(ip: InteractiveShell) -> None:
