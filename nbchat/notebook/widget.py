@@ -160,7 +160,8 @@ class ChatWidget(anywidget.AnyWidget):
         only when asked), so a notebook opened without a kernel, converted with
         nbconvert or shown on GitHub would lose the conversation; the copy is a
         plain ``text/markdown`` output, updated at each turn end, that they all
-        render. While the widget is live its CSS hides the copy.
+        render. While the widget is live its CSS hides the copy. A turn a direct widget's page streamed
+        updates it when the page reports the turn's end.
         """
         from IPython.display import display
 
@@ -256,6 +257,7 @@ class ChatWidget(anywidget.AnyWidget):
         self.messages = self._history()
         self.stats = str(content.get("stats", ""))
         self._direct.send_context(self._options())
+        self._update_mirror()  # before the caller's future resolves: nbclient saves the notebook after the cell
         self._direct.finished(content)
 
     # ------------------------------------------------------------ a turn

@@ -315,7 +315,11 @@ def test_the_relayed_widget_shows_nothing_while_the_kernel_sleeps(page: Any) -> 
     page.locator(".jp-Notebook .jp-Cell").nth(RELAYED_SHOW).locator(".nbchat-stop").click()
 
 
-def test_direct_answers_join_the_kernels_conversation(page: Any) -> None:
+def test_direct_answers_join_the_kernels_conversation(page: Any, lab: Lab) -> None:
+    import nbformat
+
+    from nbchat.notebook.export import MIRROR_MARKER
+
     run_cell(page, DIRECT_CHECK)
     wait_cell(page, DIRECT_CHECK, 30)
     lines = output(page, DIRECT_CHECK).inner_text().strip().splitlines()
@@ -323,6 +327,14 @@ def test_direct_answers_join_the_kernels_conversation(page: Any) -> None:
     for line in lines:  # e.g. ('ws', 'direct', '[INTERRUPTED]', 312)
         assert "'[INTERRUPTED]'" in line and int(line.rstrip(")").rsplit(",", 1)[1]) > 20, lines
     assert not page.nbchat_errors, page.nbchat_errors
+    # and the notebook keeps them: each direct widget's saved Markdown copy holds its turn
+    page.evaluate("() => jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+    outputs = nbformat.read(lab.root / "chat.ipynb", as_version=4).cells[DIRECT_SHOW].outputs
+    markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    copies = markdown.replace(MIRROR_MARKER, "").split("# ChatWidget conversation")[1:]
+    assert len(copies) == len(TRANSPORTS), markdown[:2000]
+    assert all(c.startswith(" (1 exchange)") and "INTERRUPTED" in c for c in copies), copies
 
 
 # ---------------------------------------------------------------- code and math, saved and reopened
@@ -338,10 +350,12 @@ def total(n: int) -> int:
 
 With \(n = 4\): **10**."""
 
-# The output holding the widget's saved Markdown copy, and whether it is shown.
-MIRROR_SHOWN = ("i => { const m = jupyterapp.shell.currentWidget.content.widgets[i].node"
-                ".querySelector('.nbchat-mirror'); if (!m) return null; const o = m.closest('.jp-OutputArea-child');"
-                " return {shown: getComputedStyle(o).display !== 'none', text: o.innerText}; }")
+# The outputs holding the widget's saved Markdown copy: whether any is shown, and their text.
+MIRROR_SHOWN = ("i => { const os = [...jupyterapp.shell.currentWidget.content.widgets[i].node"
+                ".querySelectorAll('.nbchat-mirror')].map((m) => m.closest('.jp-OutputArea-child'));"
+                " if (!os.length) return null;"
+                " return {shown: os.some((o) => getComputedStyle(o).display !== 'none'), outputs: os.length,"
+                " text: os.map((o) => o.textContent).join('')}; }")
 
 
 def test_widget_streams_code_and_math_and_renders_them_at_the_end(page: Any, docs_img: Path) -> None:

@@ -63,3 +63,14 @@ test("model text stays text: no element comes from the answer's HTML", () => {
   assert.ok(!html.includes("<img") && !html.includes("<script"), html);
   assert.ok(html.includes("&lt;script>x()&lt;/script>") && html.includes("<strong>bold</strong>"), html);
 });
+
+test("finished blocks go into chunks of 16, in order, however the answer streams", () => {
+  const text = Array.from({ length: 40 }, (_, i) => `Paragraph ${i} with $x_${i}$.`).join("\n\n");
+  const whole = oneShot(text);
+  const chunks = whole.match(/<div class="nbchat-chunk">/g) || [];
+  assert.equal(chunks.length, 3, whole); // 16 + 16 + 8 paragraphs, each chunk skipped by the browser out of view
+  assert.ok(whole.indexOf("Paragraph 15") < whole.indexOf('<div class="nbchat-chunk">', 30));
+  const starts = [0, 17, 300, 301, 555, text.length - 3];
+  assert.equal(streamed(text, starts), whole);
+  assert.equal(streamed(text, [...Array(text.length).keys()].filter((i) => i % 7 === 0)), whole);
+});

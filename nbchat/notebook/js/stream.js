@@ -45,14 +45,36 @@ function lineStarts(text) {
   return starts;
 }
 
+// Committed blocks go into chunks of this many: each chunk is skipped by layout and paint while it is out of
+// view (content-visibility, see widget.css), so a frame costs what is on screen, not the whole answer.
+const CHUNK_BLOCKS = 16;
+
 export class MarkdownStream {
   constructor(container) {
     this.container = container;
     this.text = "";
     this.pos = 0; // everything before pos is committed: whole blocks, placed for good
+    this.chunk = null; // the chunk taking committed blocks now, and how many it holds
+    this.chunkBlocks = 0;
     this.tail = document.createElement("div");
     this.tail.className = "nbchat-tail";
     container.append(this.tail);
+  }
+
+  // Places finished blocks for good, in chunks of CHUNK_BLOCKS.
+  commit(blocks) {
+    for (let i = 0; i < blocks.length;) {
+      if (!this.chunk || this.chunkBlocks >= CHUNK_BLOCKS) {
+        this.chunk = document.createElement("div");
+        this.chunk.className = "nbchat-chunk";
+        this.chunkBlocks = 0;
+        this.container.insertBefore(this.chunk, this.tail);
+      }
+      const take = blocks.slice(i, i + CHUNK_BLOCKS - this.chunkBlocks);
+      this.chunk.append(renderTokens(take.flatMap((b) => b.tokens), Infinity));
+      this.chunkBlocks += take.length;
+      i += take.length;
+    }
   }
 
   append(delta) { this.text += delta; }
@@ -72,7 +94,7 @@ export class MarkdownStream {
     }
     if (finished) keep = blocks.length;
     if (keep) {
-      this.container.insertBefore(renderTokens(blocks.slice(0, keep).flatMap((b) => b.tokens), Infinity), this.tail);
+      this.commit(blocks.slice(0, keep));
       this.pos += keep < blocks.length ? starts[blocks[keep].map[0]] : rest.length;
     }
     this.tail.replaceChildren(renderTokens(blocks.slice(keep).flatMap((b) => b.tokens), complete));
