@@ -40,10 +40,12 @@ CELLS = [
     "print(os.environ['JUPYTERHUB_API_TOKEN'])",
 ]
 SHOW, ASK, CHECK, KERNEL_TOKEN = range(len(CELLS))
-# Every direct widget on the page has ended a turn (its page reported the figures of one).
+# Every direct widget on the page has ended a turn (its page reported the figures of one) and the kernel
+# has recorded it (it syncs the history back once it has: the check cell reads what the kernel holds).
 ALL_ENDED = ("n => { const views = [...document.querySelectorAll('.nbchat-widget')].map(e => e.nbchatView)"
              ".filter(v => v && v.model.get('direct'));"
-             " return views.length === n && views.every(v => v.lastMetrics !== null); }")
+             " return views.length === n && views.every(v => v.lastMetrics !== null"
+             " && (v.model.get('messages') || []).length >= 2); }")
 
 
 #: the service's backend: the embedded model (as ``nbchat serve --jupyterhub`` starts), and the echo backend,
