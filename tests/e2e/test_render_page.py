@@ -33,6 +33,11 @@ window.emit = (n, m) => (handlers[n] || []).forEach((f) => f(m));
 window.frame = () => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
 window.view = () => document.querySelector(".nbchat-widget").nbchatView;
 window.last = () => [...document.querySelectorAll(".nbchat-assistant")].pop();
+// The rendered text of a message wherever it is scrolled: a chunk out of view is skipped by
+// content-visibility, and innerText leaves skipped content out.
+window.shownText = (el) => {
+  el.querySelectorAll(".nbchat-chunk").forEach((c) => { c.style.contentVisibility = "visible"; });
+  return el.innerText; };
 mod.default.render({model: window.model, el: document.getElementById("root")});
 window.ready = true;
 </script></body></html>"""
@@ -160,7 +165,7 @@ def test_math_and_code_split_at_every_character_render_like_the_whole(page: Any,
         copy: last().querySelectorAll('.nbchat-code > button.nbchat-copy').length,
         cells: [...last().querySelectorAll('table td')].map((e) => e.textContent.length > 0),
         nested: last().querySelectorAll('ol > li > ul > li em').length,
-        text: last().innerText })""")
+        text: shownText(last()) })""")
     # inline $…$ and \(…\), display $$…$$ and \[…\], and $4$ in the table
     assert counts["katex"] == 5 and counts["display"] == 2 and counts["errors"] == 0, counts
     assert counts["highlighted"] == 2 and counts["copy"] == 2, counts
@@ -214,7 +219,7 @@ def test_hostile_links_images_and_tex_stay_inert(page: Any) -> None:
     found = page.evaluate("""() => ({
         hrefs: [...last().querySelectorAll('a')].map((a) => a.getAttribute('href')),
         loaded: last().querySelectorAll('img, script, iframe, object, embed').length,
-        text: last().innerText })""")
+        text: shownText(last()) })""")
     assert found["hrefs"] == ["https://example.com/x.png", "https://example.com/auto"], found
     assert found["loaded"] == 0 and page.evaluate("() => window.__xss") is None, found
     assert "<script>window.__xss=5</script>" in found["text"] and "[js](javascript:" in found["text"]
