@@ -35,7 +35,7 @@ from .procs import Child, nbchat_server, raw_server
 from .quota import cpu_quota
 from .rawtcp import stream_raw
 from .report import Results, serve_workers, summarize
-from .rounds import Window, in_rounds, pool_point
+from .rounds import Window, in_rounds, pool_point, window_order
 from .stats import Trace
 from .wire import parse_host_port
 
@@ -82,10 +82,7 @@ class BenchConfig:
     def steps(self) -> int:
         """How many measurements a run makes (for the progress bar)."""
         single = (len(self.transports) + 1) * 3
-        # a sweep point's windows (.rounds.window_order): one round, raw TCP once; more, each transport's
-        # between two of raw TCP's
-        per_point = len(self.transports) + 1 if self.rounds == 1 else 2 * self.rounds * len(self.transports) + 1
-        sweep = len(self.concurrency) * per_point
+        sweep = len(self.concurrency) * len(window_order(self.transports, self.rounds))
         return single + sweep + (len(self.transports) if self.model else 0)
 
 

@@ -55,8 +55,7 @@ class ResumeBuffer:
         self._records.append((chunk.content, chunk.seq, chunk.server_time))
         if chunk.trimmed:
             self._notice = (chunk.seq, chunk.trimmed)
-        # record_size, inline: this runs once per chunk of every turn
-        self.nbytes += _FIXED + sys.getsizeof(chunk.content) + (0 if chunk.server_time is None else _FLOAT)
+        self.nbytes += record_size(chunk.content, chunk.server_time)
         if self.nbytes > self.max_bytes:
             self._trim()
 

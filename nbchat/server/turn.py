@@ -237,7 +237,7 @@ class Turn:
 
     def _append(self, content: str) -> None:
         ts = time.time() if self._settings.timestamps else None
-        chunk = Chunk(_as_unicode(content), self._next_seq, ts, 0.0, self._trimmed)  # positional: once per chunk
+        chunk = Chunk(content=_as_unicode(content), seq=self._next_seq, server_time=ts, trimmed=self._trimmed)
         self._trimmed = 0  # said once, on the first chunk after the notice
         self._next_seq += 1
         self.replay.append(chunk)
