@@ -267,3 +267,10 @@ def test_load_ext_loads_the_model_before_the_first_chat(monkeypatch: pytest.Monk
     finally:
         kernel.stop()
         set_kernel_server(old)
+
+
+def test_the_first_chat_benchmark_times_a_fresh_shell() -> None:
+    from nbchat.bench.firstchat import one_run
+
+    marks = one_run(0.0)  # a fresh process: %load_ext, then at once a %%chat on the embedded model
+    assert 0 < marks["first token"] < marks["cell end"], marks

@@ -25,7 +25,7 @@ from typing import Any
 CHILD = r"""
 import contextlib, io, json, sys, time
 from IPython.testing.globalipapp import start_ipython
-import nbchat.notebook.magics as magics
+import nbchat.notebook.live as live
 import nbchat.backends.worker_process as worker
 import nbchat.notebook.kernel_server as kernel
 marks = {}
@@ -40,11 +40,11 @@ def wrap(cls, name, before, after):
         finally:
             mark(after)
     setattr(cls, name, wrapped)
-view_add = magics._ViewSink.add
+view_add = live.StreamView.add
 def add(self, text):
     mark("first token")
     view_add(self, text)
-magics._ViewSink.add = add
+live.StreamView.add = add
 wrap(worker.WorkerProcess, "__init__", "model process started", "model process spawned")
 wrap(worker.WorkerProcess, "wait_ready", "model loading", "model loaded")
 wrap(kernel.KernelServer, "_launch", "server starting", "server started")
