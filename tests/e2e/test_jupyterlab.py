@@ -128,6 +128,10 @@ def test_chat_cell_streams_live_and_ends_as_markdown(page: Any) -> None:
     page.wait_for_function(ANSWER_STARTED, arg=SKY, timeout=120_000)
     first_token = time.monotonic() - began
     lengths = sample_growth(lambda: out.inner_text(), lambda: cell_done(page, SKY))
+    # the cell is done once the kernel has sent the final Markdown; the page renders it a moment later
+    page.wait_for_function("i => { const o = [...jupyterapp.shell.currentWidget.content.widgets[i].node"
+                           ".querySelectorAll('.jp-OutputArea-output')].pop();"
+                           " return !!o && /\\[(DONE|TOKENS)\\]/.test(o.innerText); }", arg=SKY, timeout=30_000)
     text = out.inner_text()
     print(f"\nfirst %%chat in a fresh kernel: first token after {first_token:.2f} s; samples {lengths}")
     assert len({n for n in lengths if 0 < n < len(text)}) >= 3, lengths  # it grew in steps, not all at once
