@@ -75,7 +75,8 @@ SAMPLE = """(cells) => {
   const lengths = {};
   for (const [t, i] of Object.entries(cells)) {
     const a = [...nb.widgets[i].node.querySelectorAll('.nbchat-assistant')].pop();
-    lengths[t] = a ? a.innerText.length : 0;
+    // textContent: innerText leaves out finished blocks content-visibility skips while scrolled away
+    lengths[t] = a ? a.textContent.length : 0;
   }
   const stats = Object.fromEntries(Object.entries(cells).map(([t, i]) => {
     const s = nb.widgets[i].node.querySelector('.nbchat-stats'); return [t, s ? s.innerText : null]; }));

@@ -218,7 +218,7 @@ def widget_texts(page: Any, index: int) -> list[int]:
     lengths: list[int] = page.evaluate(
         "i => [...jupyterapp.shell.currentWidget.content.widgets[i].node.querySelectorAll('.nbchat-widget')]"
         ".map((w) => { const a = [...w.querySelectorAll('.nbchat-assistant')].pop();"
-        " return a ? a.innerText.length : 0; })",
+        " return a ? a.textContent.length : 0; })",  # whether or not content-visibility skips it out of view
         index)
     return lengths
 
