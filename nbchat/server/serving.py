@@ -25,8 +25,9 @@ from ..wire.errors import ServerStartError
 from .app import create_app
 from .config import Settings
 from .context import context_of
+from .direct import direct_protocols
 from .heap import settle_heap
-from .limits import Limits, admit_connections, guarded_protocols, install_token_redaction, listen_backlog
+from .limits import Limits, admit_connections, install_token_redaction, listen_backlog
 from .store import TurnStore
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def make_server(settings: Settings, backend: Backend | None = None, log_level: s
     app = create_app(settings, backend)
     admitted = admit_connections(settings.max_connections)
     limits = Limits.of(settings, max_connections=admitted)
-    http_protocol, ws_protocol = guarded_protocols(limits)
+    http_protocol, ws_protocol = direct_protocols(limits)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, lifespan="on",
         http=http_protocol, ws=ws_protocol, ws_max_size=settings.max_body_bytes + WS_FRAME_SLACK,

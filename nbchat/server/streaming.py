@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from ..wire.events import Event
+from .direct import WriteBody, body_writer
 from .store import Reader
 
 #: the scope key under which :class:`NBChatApp` keeps the server's own ``send`` of a connection
@@ -117,7 +118,7 @@ class EventStreamResponse(Response):
         self.init_headers(headers)  # no body: no content-length, as with StreamingResponse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        stream = asyncio.ensure_future(self._stream(send, server_send(scope, send)))
+        stream = asyncio.ensure_future(self._stream(send, server_send(scope, send), body_writer(scope)))
         listener = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait((stream, listener), return_when=asyncio.FIRST_COMPLETED)
@@ -128,7 +129,7 @@ class EventStreamResponse(Response):
         if not stream.cancelled() and stream.exception() is not None:
             raise stream.exception()  # type: ignore[misc]
 
-    async def _stream(self, start: Send, send: Send) -> None:
+    async def _stream(self, start: Send, send: Send, write: WriteBody | None) -> None:
         await start({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         reader, encode, keepalive = self.reader, self.encode, self.keepalive
 
@@ -140,6 +141,8 @@ class EventStreamResponse(Response):
                 data = b"".join(map(encode, events))
             else:
                 data = self.idle
+            if write is not None and write(data):  # the client keeps up: written, no send to run
+                return None
             return send_message(send, {"type": "http.response.body", "body": data, "more_body": True})
 
         try:

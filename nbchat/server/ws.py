@@ -25,6 +25,7 @@ from ..wire.events import Chunk, End, ErrorInfo, Event, Status
 from ..wire.protocol import encode_chunk_record, encode_ws, parse_json_text, parse_position, parse_turn_request
 from .config import Settings
 from .context import context_of
+from .direct import text_writer
 from .owned import store_for
 from .store import Reader, TurnStore
 from .streaming import send_message, send_now, server_send
@@ -48,6 +49,8 @@ class Session:
         self._deferred: list[str] = []
         #: frames of a turn go past the middleware (see server_send); they act on the handshake only
         self._send = server_send(websocket.scope, websocket.send)
+        #: a live chunk's frame written at once, where the server offers it (see nbchat.server.direct)
+        self._write = text_writer(websocket.scope)
 
     async def handle(self, text: str) -> None:
         if len(text.encode()) > self.settings.max_body_bytes:
@@ -117,9 +120,14 @@ class Session:
         self.pump = asyncio.get_running_loop().create_task(self._pump(sub))
 
     async def _pump(self, sub: Reader) -> None:
+        write = self._write
+
         def frames(events: list[Event]) -> asyncio.Future[None] | None:
             if len(events) == 1 and type(events[0]) is Chunk:  # a live chunk: one frame
-                return send_message(self._send, {"type": "websocket.send", "text": encode_chunk_record(events[0])})
+                text = encode_chunk_record(events[0])
+                if write is not None and write(text):  # the client keeps up: written, no send to run
+                    return None
+                return send_message(self._send, {"type": "websocket.send", "text": text})
             return send_now(self._send, [{"type": "websocket.send", "text": frame}
                                          for event in events for frame in encode_ws(event)])
 
