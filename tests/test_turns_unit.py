@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nbchat.backends.base import Backend, Finish, GenerationRequest
+from nbchat.backends.base import Backend, Finish, GenerationRequest, Trimmed
 from nbchat.server.config import Settings
 from nbchat.server.expiry import Deadlines
 from nbchat.server.turn import Turn
@@ -413,3 +413,43 @@ async def test_at_the_turn_limit_the_oldest_ended_turns_make_room() -> None:
         manager.create(REQ)
     assert refused.value.status == 429 and len(manager) == 6
     await manager.shutdown()
+
+
+class Trimming(Paced):
+    """:class:`Paced`, saying first that the history was trimmed."""
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finish | Trimmed]:
+        yield Trimmed(2)
+        async for piece in super().generate(request):
+            yield piece
+
+
+@pytest.mark.parametrize("listening", [False, True], ids=["memory", "a store listening"])
+async def test_live_chunks_go_out_by_their_fields_and_the_rest_as_chunks(listening: bool) -> None:
+    """A stream that takes live chunks by their fields gets every chunk once, in order, as the buffer
+    holds them; the chunk with the trimmed-history notice (and every chunk, while a store listens to
+    the turn) goes out as a Chunk."""
+    turns = TurnManager(Trimming(count=40, interval=0.002), Settings(backend="echo"),
+                        hooks=Hooks() if listening else None)
+    turn = turns.create(REQ)
+    by_fields: list[Chunk] = []
+    as_events: list[Event] = []
+
+    def direct(events: list[Event]) -> None:
+        as_events.extend(events)
+
+    def live(content: str, seq: int, server_time: float | None) -> None:
+        by_fields.append(Chunk(content, seq, server_time))
+
+    async with asyncio.timeout(10):
+        with turn.subscribe(0) as sub:
+            while not sub.done:
+                as_events.extend(await sub.next_batch(direct=direct, live=live))
+    chunks = sorted(by_fields + [e for e in as_events if isinstance(e, Chunk)], key=lambda c: c.seq)
+    assert chunks == turn.replay.after(0) and len(chunks) == 40
+    assert chunks[0].trimmed == 2 and chunks[0] not in by_fields
+    assert as_events[-1] == End(status=Status.DONE, trimmed=2)
+    if listening:
+        assert by_fields == []
+    else:
+        assert len(by_fields) >= 30  # paced: nearly every chunk comes while the stream waits

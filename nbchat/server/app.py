@@ -43,7 +43,9 @@ from ..wire.errors import RequestError, ResumeError
 from ..wire.events import STATUS_STRINGS, Event
 from ..wire.protocol import (
     encode_ndjson,
+    encode_ndjson_record,
     encode_sse_event,
+    encode_sse_record,
     error_body,
     parse_position,
     parse_turn_request,
@@ -73,10 +75,12 @@ def store_of(request: Request) -> TurnStore:
 
 
 def stream_response(sub: Reader, encode: Callable[[Event], bytes], headers: dict[str, str],
-                    keepalive: float | None = None) -> EventStreamResponse:
-    """Encode a subscription's events as they come; a client that leaves detaches it."""
+                    keepalive: float | None = None,
+                    encode_record: Callable[[str, int, float | None], bytes] | None = None) -> EventStreamResponse:
+    """Encode a subscription's events as they come (a live chunk by its fields with ``encode_record``);
+    a client that leaves detaches it."""
     return EventStreamResponse(sub, encode, {**headers, TURN_HEADER: sub.turn_id}, keepalive=keepalive,
-                               idle=encode_sse_comment("keep-alive"))
+                               idle=encode_sse_comment("keep-alive"), encode_record=encode_record)
 
 
 async def find_turn(store: TurnStore, turn_id: str | None, uid: str | None) -> str | None:
@@ -151,7 +155,8 @@ async def create_sse(request: Request) -> Response:
         if found is None:
             return Response(status_code=204)  # nothing to stream: stops a browser's reconnect loop
         sub = found
-    return stream_response(sub, encode_sse_event, SSE_HEADERS, keepalive=settings.keepalive_seconds)
+    return stream_response(sub, encode_sse_event, SSE_HEADERS, keepalive=settings.keepalive_seconds,
+                           encode_record=encode_sse_record)
 
 
 async def talk_by_stream(request: Request) -> Response:
@@ -164,7 +169,7 @@ async def talk_by_stream(request: Request) -> Response:
         if found is None:
             return Response(status_code=204)
         sub = found
-    return stream_response(sub, encode_ndjson, NDJSON_HEADERS)
+    return stream_response(sub, encode_ndjson, NDJSON_HEADERS, encode_record=encode_ndjson_record)
 
 
 # ---------------------------------------------------------------- errors

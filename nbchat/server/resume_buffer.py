@@ -52,10 +52,14 @@ class ResumeBuffer:
         return len(self._records)
 
     def append(self, chunk: Chunk) -> None:
-        self._records.append((chunk.content, chunk.seq, chunk.server_time))
         if chunk.trimmed:
             self._notice = (chunk.seq, chunk.trimmed)
-        self.nbytes += record_size(chunk.content, chunk.server_time)
+        self.append_record(chunk.content, chunk.seq, chunk.server_time)
+
+    def append_record(self, content: str, seq: int, server_time: float | None) -> None:
+        """Append a chunk given by its fields (a live chunk needs no Chunk object to be kept)."""
+        self._records.append((content, seq, server_time))
+        self.nbytes += record_size(content, server_time)
         if self.nbytes > self.max_bytes:
             self._trim()
 

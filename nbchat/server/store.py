@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..wire.errors import ResumeError
 from ..wire.events import Event, TurnRequest
-from .subscription import Direct
+from .subscription import Direct, Live
 from .turn import Turn, TurnState
 from .turn_manager import TurnManager
 
@@ -50,7 +50,8 @@ class Reader(Protocol):
     @property
     def turn_id(self) -> str: ...
 
-    async def next_batch(self, timeout: float | None = None, direct: Direct | None = None) -> list[Event]: ...
+    async def next_batch(self, timeout: float | None = None, direct: Direct | None = None,
+                         live: Live | None = None) -> list[Event]: ...
 
     async def __aenter__(self) -> Reader: ...
 

@@ -25,6 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ..wire.events import Event
 from .direct import WriteBody, body_writer
 from .store import Reader
+from .subscription import Live
 
 #: the scope key under which :class:`NBChatApp` keeps the server's own ``send`` of a connection
 SERVER_SEND = "nbchat.server_send"
@@ -108,9 +109,12 @@ class EventStreamResponse(Response):
     had nothing to send for that long sends ``idle`` (an SSE comment) so proxies keep it open."""
 
     def __init__(self, reader: Reader, encode: Callable[[Event], bytes], headers: Mapping[str, str],
-                 keepalive: float | None = None, idle: bytes = b"") -> None:
+                 keepalive: float | None = None, idle: bytes = b"",
+                 encode_record: Callable[[str, int, float | None], bytes] | None = None) -> None:
         self.reader = reader
         self.encode = encode
+        #: ``encode`` of a chunk given by its fields (a live chunk, for which the turn makes no Chunk)
+        self.encode_record = encode_record
         self.keepalive = keepalive
         self.idle = idle
         self.status_code = 200
@@ -133,22 +137,29 @@ class EventStreamResponse(Response):
         await start({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         reader, encode, keepalive = self.reader, self.encode, self.keepalive
 
-        def body(events: list[Event]) -> asyncio.Future[None] | None:
-            # many chunks ready at once go out in one write: fewer syscalls at high rates
-            if len(events) == 1:  # the common case at any rate: one chunk, no join
-                data = encode(events[0])
-            elif events:
-                data = b"".join(map(encode, events))
-            else:
-                data = self.idle
+        def part(data: bytes) -> asyncio.Future[None] | None:
             if write is not None and write(data):  # the client keeps up: written, no send to run
                 return None
             return send_message(send, {"type": "http.response.body", "body": data, "more_body": True})
 
+        def body(events: list[Event]) -> asyncio.Future[None] | None:
+            # many chunks ready at once go out in one write: fewer syscalls at high rates
+            if len(events) == 1:  # the common case at any rate: one chunk, no join
+                return part(encode(events[0]))
+            return part(b"".join(map(encode, events)) if events else self.idle)
+
+        encode_record = self.encode_record
+
+        def record(content: str, seq: int, server_time: float | None) -> asyncio.Future[None] | None:
+            assert encode_record is not None  # offered below only when there is one
+            return part(encode_record(content, seq, server_time))
+
+        live: Live | None = None if encode_record is None else record
+
         try:
             async with reader:
                 while not reader.done:
-                    pending = body(await reader.next_batch(keepalive, body))
+                    pending = body(await reader.next_batch(keepalive, body, live))
                     if pending is not None:
                         await pending
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -19,6 +19,9 @@ from ..wire.events import Chunk, End, ErrorInfo, Event, Status
 #: None when they went out, else a future that ends once they have (the client is behind); raises
 #: when the client is gone
 Direct = Callable[[list[Event]], "asyncio.Future[None] | None"]
+#: sends one live chunk given by its content, seq and server time, as :data:`Direct` sends ``[Chunk(...)]``
+#: (the turn then makes no Chunk object for it)
+Live = Callable[[str, int, "float | None"], "asyncio.Future[None] | None"]
 
 
 class Feed(Protocol):
@@ -60,6 +63,8 @@ class Subscription:
         self._timer: asyncio.TimerHandle | None = None
         #: while waiting with a direct sender: how new chunks go out without waking the stream's task
         self._direct: Direct | None = None
+        #: and how a live chunk goes out given by its fields, when the stream has such a sender
+        self._live: Live | None = None
         #: a direct send that had to wait for the client (the stream's task resumes when it ends)
         self._sending: asyncio.Future[None] | None = None
 
@@ -94,13 +99,15 @@ class Subscription:
     async def __aexit__(self, *exc: object) -> None:
         self.__exit__()
 
-    async def next_batch(self, timeout: float | None = None, direct: Direct | None = None) -> list[Event]:
+    async def next_batch(self, timeout: float | None = None, direct: Direct | None = None,
+                         live: Live | None = None) -> list[Event]:
         """The next events (all that are ready, in order); [] when ``timeout`` passes first.
 
         With ``direct``, chunks that come while the stream waits go out through it from the task
         that made them, and this returns only when something else is due (the end, a keep-alive,
         catching up after a send that had to wait): one task wake per chunk instead of two, which
-        was most of what the server added per chunk to a bare socket's cost.
+        was most of what the server added per chunk to a bare socket's cost. With ``live`` too,
+        such a chunk goes out through ``live`` by its fields, with no Chunk object made for it.
         """
         if self.done:
             return []
@@ -122,17 +129,17 @@ class Subscription:
                     else:
                         self.done = True
                 return events
-            if not await self._wait(timeout, direct):
+            if not await self._wait(timeout, direct, live):
                 return []
 
-    async def _wait(self, timeout: float | None, direct: Direct | None = None) -> bool:
+    async def _wait(self, timeout: float | None, direct: Direct | None = None, live: Live | None = None) -> bool:
         """Wait until the turn's buffer changes; False when ``timeout`` passes first."""
         loop = asyncio.get_running_loop()
         if direct is None:
             waiter = self.turn.waiter()
         else:
             waiter = loop.create_future()
-            self._direct = direct
+            self._direct, self._live = direct, live
             self.turn.add_sink(self)
         if timeout is not None:
             self._timeout, self._wait_began = timeout, loop.time()
@@ -150,17 +157,24 @@ class Subscription:
 
     def push(self, chunk: Chunk) -> None:
         """Send a new chunk through the waiting stream's direct sender (called by the turn)."""
+        self.push_record(chunk.content, chunk.seq, chunk.server_time, chunk)
+
+    def push_record(self, content: str, seq: int, server_time: float | None, chunk: Chunk | None = None) -> None:
+        """:meth:`push` of a chunk given by its fields (``chunk``: the Chunk, when the turn made one)."""
         direct, waiter = self._direct, self._waiter
-        if direct is None or waiter is None or waiter.done() or chunk.seq != self.pos + 1:
+        if direct is None or waiter is None or waiter.done() or seq != self.pos + 1:
             self.wake()
             return
         try:
-            pending = direct([chunk])
+            if chunk is None and self._live is not None:
+                pending = self._live(content, seq, server_time)
+            else:
+                pending = direct([chunk if chunk is not None else Chunk(content, seq, server_time)])
         except Exception as exc:  # the client is gone: the stream's task ends with what its send raised
             self._leave_sinks()
             waiter.set_exception(exc)
             return
-        self.pos = chunk.seq
+        self.pos = seq
         self._wait_began = self.turn.last_piece  # the keep-alive counts from the last send
         if pending is not None:  # the client is behind: nothing more goes out until that send is done
             self._leave_sinks()
@@ -176,7 +190,7 @@ class Subscription:
     def _leave_sinks(self) -> None:
         """Take no more chunks directly (at once, not when the stream's task next runs)."""
         self.turn.drop_sink(self)
-        self._direct = None
+        self._direct = self._live = None
 
     def _keepalive_due(self) -> None:
         loop = asyncio.get_running_loop()

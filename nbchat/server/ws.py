@@ -22,7 +22,14 @@ from websockets.frames import CloseCode
 from ..wire.contract import INTERRUPT_FRAME, RESUME_KEY
 from ..wire.errors import RequestError, ResumeError
 from ..wire.events import Chunk, End, ErrorInfo, Event, Status
-from ..wire.protocol import encode_chunk_record, encode_ws, parse_json_text, parse_position, parse_turn_request
+from ..wire.protocol import (
+    encode_chunk_record,
+    encode_record,
+    encode_ws,
+    parse_json_text,
+    parse_position,
+    parse_turn_request,
+)
 from .config import Settings
 from .context import context_of
 from .direct import text_writer
@@ -122,19 +129,24 @@ class Session:
     async def _pump(self, sub: Reader) -> None:
         write = self._write
 
+        def frame(text: str) -> asyncio.Future[None] | None:
+            if write is not None and write(text):  # the client keeps up: written, no send to run
+                return None
+            return send_message(self._send, {"type": "websocket.send", "text": text})
+
         def frames(events: list[Event]) -> asyncio.Future[None] | None:
             if len(events) == 1 and type(events[0]) is Chunk:  # a live chunk: one frame
-                text = encode_chunk_record(events[0])
-                if write is not None and write(text):  # the client keeps up: written, no send to run
-                    return None
-                return send_message(self._send, {"type": "websocket.send", "text": text})
-            return send_now(self._send, [{"type": "websocket.send", "text": frame}
-                                         for event in events for frame in encode_ws(event)])
+                return frame(encode_chunk_record(events[0]))
+            return send_now(self._send, [{"type": "websocket.send", "text": text}
+                                         for event in events for text in encode_ws(event)])
+
+        def record(content: str, seq: int, server_time: float | None) -> asyncio.Future[None] | None:
+            return frame(encode_record(content, seq, server_time))  # a live chunk, from its fields
 
         async with sub:
             try:
                 while not sub.done:
-                    pending = frames(await sub.next_batch(direct=frames))
+                    pending = frames(await sub.next_batch(direct=frames, live=record))
                     if pending is not None:
                         await pending
             except OSError:  # the client went away mid-frame: what Starlette's send would have said

@@ -256,9 +256,16 @@ def encode_chunk_record(chunk: Chunk) -> str:
     up to the float format of ``ts`` (fixed to microseconds here)."""
     if chunk.trimmed:  # once a turn at most: the generic encoder
         return dumps(chunk_record(chunk))
-    if chunk.server_time is None:
-        return f'{{"content":{_dumps_str(chunk.content)},"seq":{chunk.seq:d}}}'
-    return f'{{"content":{_dumps_str(chunk.content)},"seq":{chunk.seq:d},"ts":{chunk.server_time:.6f}}}'
+    return encode_record(chunk.content, chunk.seq, chunk.server_time)
+
+
+def encode_record(content: str, seq: int, server_time: float | None) -> str:
+    """The record of a chunk given by its fields (one without a trimmed-history notice): what
+    :func:`encode_chunk_record` writes for ``Chunk(content, seq, server_time)``, with no Chunk made
+    (a server's live chunks go out this way)."""
+    if server_time is None:
+        return f'{{"content":{_dumps_str(content)},"seq":{seq:d}}}'
+    return f'{{"content":{_dumps_str(content)},"seq":{seq:d},"ts":{server_time:.6f}}}'
 
 
 def record_to_event(rec: Any, received: float) -> Chunk | ErrorInfo:
@@ -344,6 +351,11 @@ def encode_ndjson(event: Event) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def encode_ndjson_record(content: str, seq: int, server_time: float | None) -> bytes:
+    """:func:`encode_ndjson` of ``Chunk(content, seq, server_time)``, with no Chunk made."""
+    return (encode_record(content, seq, server_time) + "\n").encode()
+
+
 class LineDecoder:
     """Splits a byte stream into lines on LF (and CR LF) *bytes*, decoding UTF-8 per whole
     line, so a multi-byte character split across network chunks is never corrupted."""
@@ -395,6 +407,11 @@ def encode_sse_event(event: Event) -> bytes:
         return f"id: {event.seq:d}\ndata: {encode_chunk_record(event)}\n\n".encode()
     out = b"" if event.error is None else encode_sse(SSEMessage(data=dumps({"error": event.error.to_dict()})))
     return out + encode_sse(SSEMessage(data=event.status.value, id=event.status.value))
+
+
+def encode_sse_record(content: str, seq: int, server_time: float | None) -> bytes:
+    """:func:`encode_sse_event` of ``Chunk(content, seq, server_time)``, with no Chunk made."""
+    return f"id: {seq:d}\ndata: {encode_record(content, seq, server_time)}\n\n".encode()
 
 
 def decode_sse_message(msg: SSEMessage, received: float) -> Chunk | ErrorInfo | Status | None:

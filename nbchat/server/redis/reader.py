@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ...wire.events import Chunk, End, ErrorInfo, Event, Status
-from ..subscription import Direct
+from ..subscription import Direct, Live
 from .client import POLL_SECONDS, store_error
 from .schema import decode_entry, first_seq, log_key
 
@@ -53,8 +53,9 @@ class RemoteReader:
     async def __aexit__(self, *exc: object) -> None:
         self.store.count_reader(self._turn_id, -1)
 
-    async def next_batch(self, timeout: float | None = None, direct: Direct | None = None) -> list[Event]:
-        # ``direct`` is for a turn generating here; this one's entries come by reads, in batches.
+    async def next_batch(self, timeout: float | None = None, direct: Direct | None = None,
+                         live: Live | None = None) -> list[Event]:
+        # ``direct`` and ``live`` are for a turn generating here; this one's entries come by reads, in batches.
         if self.done:
             return []
         loop = asyncio.get_running_loop()
