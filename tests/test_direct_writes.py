@@ -16,7 +16,7 @@ from websockets.frames import Frame, Opcode
 
 from nbchat.clients import connect
 from nbchat.server import direct
-from nbchat.server.direct import DIRECT_TEXT, DirectWebSocketProtocol, _cycle_writer, chunked, text_frame
+from nbchat.server.direct import DIRECT_TEXT, DirectWebSocketProtocol, chunked, cycle_writer, text_frame
 from nbchat.server.limits import Limits
 from nbchat.server.serving import ServerHandle
 from nbchat.wire.events import Chunk, End, Status
@@ -84,14 +84,14 @@ async def test_a_body_chunk_is_the_chunk_uvicorn_writes(text: str) -> None:
     fast, fast_out = _cycle()
     await fast.send(START)  # type: ignore[arg-type]
     head = len(fast_out.written)
-    assert _cycle_writer(fast)(body) is True
+    assert cycle_writer(fast)(body) is True
     assert bytes(fast_out.written) == bytes(general_out.written)
     assert bytes(fast_out.written[head:]) == chunked(body)
 
 
 async def test_the_body_writer_steps_aside_where_uvicorns_send_does_more() -> None:
     cycle, out = _cycle()
-    write = _cycle_writer(cycle)
+    write = cycle_writer(cycle)
     assert write(b"early\n") is False  # the response has not started
     await cycle.send(START)  # type: ignore[arg-type]
     written = len(out.written)
@@ -104,10 +104,10 @@ async def test_the_body_writer_steps_aside_where_uvicorns_send_does_more() -> No
     assert len(out.written) == written
     head, _ = _cycle("HEAD")
     await head.send(START)  # type: ignore[arg-type]
-    assert _cycle_writer(head)(b"x\n") is False  # no body on a HEAD: the general send drops it
+    assert cycle_writer(head)(b"x\n") is False  # no body on a HEAD: the general send drops it
     fixed, _ = _cycle()
     await fixed.send({**START, "headers": [(b"content-length", b"2")]})  # type: ignore[arg-type]
-    assert _cycle_writer(fixed)(b"x\n") is False  # a fixed-length body is not chunked
+    assert cycle_writer(fixed)(b"x\n") is False  # a fixed-length body is not chunked
 
 
 HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -170,9 +170,9 @@ def _events(server: ServerHandle, transport: str, text: str) -> list[Any]:
 def test_a_live_stream_goes_out_through_the_direct_writers(make_server: ServerFactory, transport: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     written: list[bytes | str] = []
-    chunk_writer = direct._cycle_writer
+    chunk_writer = direct.cycle_writer
 
-    def counting_cycle_writer(cycle: Any) -> Any:
+    def countingcycle_writer(cycle: Any) -> Any:
         write = chunk_writer(cycle)
 
         def counting(body: bytes) -> bool:
@@ -191,7 +191,7 @@ def test_a_live_stream_goes_out_through_the_direct_writers(make_server: ServerFa
             written.append(text)
         return done
 
-    monkeypatch.setattr(direct, "_cycle_writer", counting_cycle_writer)
+    monkeypatch.setattr(direct, "cycle_writer", countingcycle_writer)
     monkeypatch.setattr(DirectWebSocketProtocol, "write_text", counting_text)
     server = make_server(rate=200.0)
     text = "every chunk of this answer goes out through the direct writer " * 3

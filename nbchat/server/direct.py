@@ -63,7 +63,7 @@ def text_writer(scope: Scope) -> WriteText | None:
     return scope.get(DIRECT_TEXT)
 
 
-def _cycle_writer(cycle: Any) -> WriteBody:
+def cycle_writer(cycle: Any) -> WriteBody:
     """The writer of one request's response (uvicorn's ``RequestResponseCycle``: its state decides)."""
     flow, transport = cycle.flow, cycle.transport
 
@@ -86,7 +86,7 @@ class DirectHttpProtocol(GuardedHttpProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope and not self.refused:  # not on an upgrade
-            self.scope[DIRECT_BODY] = _cycle_writer(cycle)  # type: ignore[literal-required]
+            self.scope[DIRECT_BODY] = cycle_writer(cycle)  # type: ignore[literal-required]
 
 
 class DirectWebSocketProtocol(GuardedWebSocketProtocol):
