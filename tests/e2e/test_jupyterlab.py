@@ -388,8 +388,16 @@ def test_widget_streams_code_and_math_and_renders_them_at_the_end(page: Any, doc
     # so document.fonts.check, which wants every face of the family loaded, is false while one set is unused)
     assert page.evaluate("() => [...document.fonts].some((f) => f.family.replace(/\"/g, '') === 'KaTeX_Main'"
                          " && f.status === 'loaded')")
+    # the turn's copy, which nbchat's extension takes from the transcript: hidden, and nothing of it drawn
+    page.wait_for_function("i => jupyterapp.shell.currentWidget.content.widgets[i].node"
+                           ".querySelector('.nbchat-transcript-title')?.textContent.includes('(1 exchange)')",
+                           arg=RENDER_WIDGET, timeout=30_000)
     mirror = page.evaluate(MIRROR_SHOWN, RENDER_WIDGET)
     assert mirror is not None and mirror["shown"] is False, mirror  # the live widget shows it: the copy is hidden
+    drawn = page.evaluate("i => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() =>"
+                          " done(jupyterapp.shell.currentWidget.content.widgets[i].node"
+                          ".querySelectorAll('.nbchat-transcript .nbchat-msg').length))))", RENDER_WIDGET)
+    assert drawn == 0, drawn
     assert not page.nbchat_errors, page.nbchat_errors
     widget.screenshot(path=str(docs_img / "widget-code-math.png"))
 

@@ -8,19 +8,13 @@
 // so there it costs nothing; it starts (or resumes) when the transcript comes into view.
 
 import CONTRACT from "./contract.js";
+import { el as node } from "./dom.js";
 import { MarkdownStream } from "./stream.js";
 
 // The time one frame spends drawing; the rest of the frame is the page's.
 const FRAME_BUDGET_MS = 8;
 // How many characters of an answer one step feeds to its renderer (cut back to a line's end when one is in it).
 const PIECE = 4000;
-
-function node(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
 
 function piece(text, from) {
   const end = Math.min(text.length, from + PIECE);
