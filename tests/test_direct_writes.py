@@ -200,3 +200,19 @@ def test_a_live_stream_goes_out_through_the_direct_writers(make_server: ServerFa
     assert "".join(c.content for c in chunks) == text
     assert events[-1] == End(status=Status.DONE)
     assert len(written) >= len(chunks) // 2  # paced at 200/s: nearly every chunk written on its own, directly
+
+
+@pytest.mark.parametrize("transport", ["ws", "stream"])
+def test_a_uvicorn_without_the_state_the_writers_read_streams_through_its_own_send(
+        make_server: ServerFactory, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    offered: list[str] = []
+    monkeypatch.setattr(direct, "_CYCLE_STATE", (*direct._CYCLE_STATE, "renamed_in_a_later_uvicorn"))
+    monkeypatch.setattr(direct, "_SOCKET_STATE", (*direct._SOCKET_STATE, "renamed_in_a_later_uvicorn"))
+    monkeypatch.setattr(direct, "cycle_writer", lambda cycle: offered.append("body") or (lambda body: False))
+    monkeypatch.setattr(DirectWebSocketProtocol, "write_text", lambda self, text: offered.append("text") or False)
+    server = make_server(rate=200.0)
+    text = "the general send carries every chunk " * 3
+    events = _events(server, transport, text)
+    assert "".join(e.content for e in events if isinstance(e, Chunk)) == text
+    assert events[-1] == End(status=Status.DONE)
+    assert offered == []
