@@ -12,6 +12,7 @@ import contextlib
 import io
 import socket
 import threading
+import time
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from nbchat.clients import (
     TRANSPORTS,
     AsyncChatClient,
     AsyncTurnStream,
+    ChatClient,
     NDJSONClient,
     acollect,
     aconnect,
@@ -118,6 +120,40 @@ async def test_async_with_stream_stops_the_server_generating(make_server: Server
         async with client.stream("again") as turn:
             pass
         assert turn.end is None
+
+
+def _fill_the_socket_and_drop(client: ChatClient) -> float:
+    """Read one chunk of a fast answer, let the unread frames fill the client's queue, drop the turn:
+    how long the drop took."""
+    turn = client.stream(LONG_MESSAGE * 4)
+    next(iter(turn))
+    time.sleep(0.3)  # the server streams on meanwhile; the client's reader stops once its queue is full
+    began = time.monotonic()
+    turn.close()
+    return time.monotonic() - began
+
+
+def test_dropping_a_websocket_turn_mid_stream_does_not_wait_out_the_close_handshake(
+        make_server: ServerFactory) -> None:
+    server = make_server(rate=2000.0)
+    with connect(server.url, token=TOKEN, transport="ws") as client:
+        took = [_fill_the_socket_and_drop(client) for _ in range(2)]
+        # websockets waits 10 s for a close frame queued behind frames nobody reads; the socket is let go sooner
+        assert max(took) < 3, took
+        again = client.stream("still here")  # the client opens a new socket for the next turn
+        assert next(e for e in again if isinstance(e, End)).status is Status.DONE
+
+
+async def test_the_async_websocket_client_drops_a_turn_mid_stream_without_waiting_out_the_handshake(
+        make_server: ServerFactory) -> None:
+    server = make_server(rate=2000.0)
+    async with aconnect(server.url, token=TOKEN, transport="ws") as client:
+        turn = await client.stream(LONG_MESSAGE * 4)
+        await turn.__anext__()
+        await asyncio.sleep(0.3)
+        began = time.monotonic()
+        await turn.aclose()
+        assert time.monotonic() - began < 3
 
 
 def test_end_ok_and_raise_for_status() -> None:

@@ -33,16 +33,17 @@ def ask(server_url: str, content: str) -> None:
 def test_the_record_directory_stays_under_its_bound_oldest_first(make_server: ServerFactory, tmp_path: Path) -> None:
     cap_mb = 0.1
     server = make_server(record=str(tmp_path), record_max_mb=cap_mb)
-    for i in range(60):
+    turns = 30  # about 8 KB a recording: some twelve fit under the bound
+    for i in range(turns):
         ask(server.url, f"turn {i:03d} " + "x" * 2000)
     server.stop()
     files = sorted(tmp_path.glob("*.jsonl"))
     total = sum(f.stat().st_size for f in files)
     assert 0 < total <= cap_mb * 1024 * 1024, total
-    assert len(files) < 60
+    assert len(files) < turns
     kept = sorted(load_recording(f).text[:8] for f in files)
-    assert kept[-1] == "turn 059" and kept[0] != "turn 000"  # the newest stayed, the oldest went
-    assert [f"turn {i:03d}" for i in range(60 - len(files), 60)] == kept
+    assert kept[-1] == f"turn {turns - 1:03d}" and kept[0] != "turn 000"  # the newest stayed, the oldest went
+    assert [f"turn {i:03d}" for i in range(turns - len(files), turns)] == kept
 
 
 def test_a_chunk_costs_a_few_bytes_beside_its_text(make_server: ServerFactory, tmp_path: Path) -> None:

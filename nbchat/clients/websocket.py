@@ -35,6 +35,11 @@ from ._common import DEFAULT_TIMEOUT, AsyncChatClient, AsyncTurnStream, ChatClie
 from ._errors import broken, cannot_connect, error_from_status, timed_out
 
 MAX_FRAME = 16 * 1024 * 1024
+#: seconds the closing handshake may take while a turn's frames are still coming. The reader stops once
+#: websockets' queue is full (its flow control), so the server's close frame, behind frames nobody will read,
+#: would come only at websockets' own close timeout (10 s); the socket is closed then anyway, and the server
+#: keeps the turn for its grace period whichever way the socket went.
+DROP_CLOSE_TIMEOUT = 0.5
 
 
 def ws_url(base: str, uid: str) -> str:
@@ -130,6 +135,8 @@ class WebSocketClient(ChatClient):
 
     def close(self) -> None:
         with self._lock:
+            if self._ws is not None and self._session.mid_turn:
+                self._ws.close_timeout = DROP_CLOSE_TIMEOUT
             self._stack.close()
             self._ws = None
 
@@ -157,6 +164,7 @@ class WebSocketClient(ChatClient):
             # Mid-turn, dropping the socket is the only way to stop reading without leaving
             # frames to the next turn; the server keeps the turn for its grace period.
             if self._session.is_live(turn):
+                ws.close_timeout = DROP_CLOSE_TIMEOUT
                 ws.close()
 
         reader = _FrameReader(ws, turn, self.url, self.timeout)
@@ -214,6 +222,8 @@ class AsyncWebSocketClient(AsyncChatClient):
         return await self._start(self._session.resume_frame(after, turn_id), after=after, turn_id=turn_id)
 
     async def aclose(self) -> None:
+        if self._ws is not None and self._session.mid_turn:
+            self._ws.close_timeout = DROP_CLOSE_TIMEOUT
         await self._stack.aclose()
         self._ws = None
 
@@ -238,6 +248,7 @@ class AsyncWebSocketClient(AsyncChatClient):
 
         async def close() -> None:
             if self._session.is_live(turn):
+                ws.close_timeout = DROP_CLOSE_TIMEOUT
                 await ws.close()
 
         reader = _AsyncFrameReader(ws, turn, self.url, self.timeout)

@@ -50,6 +50,8 @@ function renderMessage(log, message) {
 
 // Without word from the kernel for this long, the stats line says why nothing happens.
 const SILENT_KERNEL_MS = 4000;
+// A relayed Stop goes to the kernel again this often until the turn ends.
+const STOP_RESEND_MS = 2000;
 // The asks a model's page has started (a second view of the model, or a repeated ask, starts none).
 const STARTED_ASKS = new WeakMap();
 
@@ -66,6 +68,7 @@ class ChatView {
     this.turn = null; // direct mode: the DirectTurn streaming now
     this.lastMetrics = null;
     this.frame = 0;
+    this.stopping = 0; // relayed: the timer that repeats a Stop until the kernel ends the turn
     this.root = node("div", "nbchat-widget");
     this.root.setAttribute("data-lm-suppress-shortcuts", "true"); // typing must not trigger notebook shortcuts
     this.log = node("div", "nbchat-log");
@@ -93,9 +96,15 @@ class ChatView {
     this.frame = 0;
     if (!this.live) return;
     this.live.md.render();
-    const via = this.turn ? ` ${this.turn.where.route}` : "";
-    this.stats.textContent = `${this.model.get("transport")}${via} · streaming… ${this.live.chars} characters`;
+    this.showProgress();
     this.log.scrollTop = this.log.scrollHeight;
+  }
+
+  showProgress() {
+    if (!this.live) return;
+    const via = this.turn ? ` ${this.turn.where.route}` : "";
+    const stopping = this.stopping ? " · stopping…" : "";
+    this.stats.textContent = `${this.model.get("transport")}${via} · streaming… ${this.live.chars} characters${stopping}`;
   }
 
   // The history traitlet changes once per turn; it is drawn only when the view does not show it yet.
@@ -109,8 +118,9 @@ class ChatView {
 
   syncControls() {
     const busy = this.model.get("busy") || this.turn !== null;
+    if (!busy && this.stopping) { clearInterval(this.stopping); this.stopping = 0; }
     this.sendButton.disabled = busy;
-    this.stopButton.disabled = !busy;
+    this.stopButton.disabled = !busy || Boolean(this.stopping);
     this.picker.disabled = busy;
   }
 
@@ -166,9 +176,17 @@ class ChatView {
     else this.model.send({ type: "send", text });
   }
 
+  // Relayed, Stop is a message to the kernel, which interrupts the stream it reads. The button says the click was
+  // taken, and the message goes again every STOP_RESEND_MS until the kernel ends the turn (it is idempotent there),
+  // so a Stop never depends on one message getting through.
   stop() {
-    if (this.turn) this.turn.stop();
-    else this.model.send({ type: "stop" });
+    if (this.turn) { this.turn.stop(); return; }
+    if (!this.model.get("busy") || this.stopping) return;
+    const ask = () => this.model.send({ type: "stop" });
+    this.stopping = setInterval(ask, STOP_RESEND_MS);
+    ask();
+    this.syncControls();
+    this.showProgress();
   }
 
   // The kernel said something: the page is not waiting on a silent kernel.
@@ -273,6 +291,7 @@ class ChatView {
     return () => {
       this.heard();
       if (this.frame) cancelAnimationFrame(this.frame);
+      if (this.stopping) clearInterval(this.stopping);
       if (this.turn) this.turn.stop();
       if (OWNER.get(this.model) === this) OWNER.delete(this.model);
       for (const [name, handler] of Object.entries(handlers)) this.model.off(name, handler);

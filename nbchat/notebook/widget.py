@@ -21,6 +21,7 @@ kernel runs another cell.
 from __future__ import annotations
 
 import asyncio
+import logging
 import pathlib
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
@@ -310,10 +311,24 @@ def _running_loop() -> asyncio.AbstractEventLoop:
         raise RuntimeError("ChatWidget needs a running event loop (a Jupyter kernel, or an async test)") from None
 
 
+#: tasks the widget started and nobody awaits (an interrupt): the loop holds tasks only weakly
+_BACKGROUND: set[asyncio.Task[None]] = set()
+log = logging.getLogger(__name__)
+
+
 def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     try:
         loop = _running_loop()
     except RuntimeError:
         coro.close()
         raise
-    return loop.create_task(coro)
+    task = loop.create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_settled)
+    return task
+
+
+def _settled(task: asyncio.Task[None]) -> None:
+    _BACKGROUND.discard(task)
+    if not task.cancelled() and task.exception() is not None:  # a turn ends its own errors: this is a Stop
+        log.warning("nbchat: a widget task failed: %r", task.exception())

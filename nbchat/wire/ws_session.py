@@ -63,14 +63,18 @@ class WebSocketSession:
 
     def begin(self) -> TurnFrames:
         """A new turn on this socket, about to be requested: it owns the frames from now on."""
-        unfinished = self._current is not None and not self._current.done
-        self._current = TurnFrames(int(unfinished))
+        self._current = TurnFrames(int(self.mid_turn))
         return self._current
 
     def is_live(self, turn: TurnFrames) -> bool:
         """Whether ``turn`` is the socket's current turn and has not ended: only then may an
         interrupt or a close be sent for it (an abandoned turn must not stop the next one)."""
         return self._current is turn and not turn.done
+
+    @property
+    def mid_turn(self) -> bool:
+        """Whether a turn's frames may still be coming on this socket."""
+        return self._current is not None and not self._current.done
 
     def reset(self) -> None:
         """A new socket: no earlier turn's frames can arrive on it."""

@@ -210,6 +210,30 @@ def test_finished_blocks_are_never_rendered_again(page: Any) -> None:
     assert max(made) <= 1.1 * min(made) and max(made) < 2_000, made  # ~2 nodes per new paragraph, flat
 
 
+def test_a_relayed_stop_is_shown_and_repeated_until_the_kernel_ends_the_turn(page: Any) -> None:
+    page.evaluate("() => { model.set('busy', true); emit('change:busy');"
+                  " emit('msg:custom', {type: 'start', user: 'q'});"
+                  " emit('msg:custom', {type: 'delta', text: 'Once upon a time'}); }")
+    page.evaluate("() => frame()")
+    stop = page.locator(".nbchat-stop")
+    assert stop.is_enabled()
+    stop.click()
+    stats = page.locator(".nbchat-stats")
+    assert stop.is_disabled() and stats.inner_text().endswith("stopping…"), stats.inner_text()
+    page.evaluate("() => emit('msg:custom', {type: 'delta', text: ' there was'}) || frame()")
+    page.evaluate("() => frame()")
+    assert stats.inner_text().endswith("stopping…")  # the progress line keeps saying it while the answer ends
+    # the kernel has not ended the turn: the Stop goes again (a lost message cannot keep the turn running)
+    page.wait_for_function("() => model.sent.filter((m) => m.type === 'stop').length >= 2", timeout=5_000)
+    page.evaluate("() => { emit('msg:custom', {type: 'end', status: '[INTERRUPTED]'}); model.set('busy', false);"
+                  " emit('change:busy'); }")
+    sent = page.evaluate("() => model.sent.filter((m) => m.type === 'stop').length")
+    page.wait_for_timeout(2_500)  # one resend period: nothing more once the turn is over
+    assert page.evaluate("() => model.sent.filter((m) => m.type === 'stop').length") == sent
+    assert stop.is_disabled() and page.locator(".nbchat-send").is_enabled()
+    assert page.locator(".nbchat-status").inner_text() == "[INTERRUPTED]"
+
+
 def test_hostile_links_images_and_tex_stay_inert(page: Any) -> None:
     hostile = (r"$\href{javascript:window.__xss=3}{click}$ and $\url{javascript:alert(1)}$ and "
                r"$\htmlClass{x}{y}$ \(\includegraphics{https://example.com/x.png}\)" "\n\n"
