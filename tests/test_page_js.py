@@ -26,7 +26,9 @@ def _npm_ci() -> None:
     npm = shutil.which("npm")
     if npm is None:
         pytest.fail("npm is not installed: apt-get install -y npm (it brings nodejs; .ci/run installs it)")
-    subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS, check=True, timeout=600)
+    # the libraries the modules import; not the build tools (esbuild, @jupyterlab/builder and its webpack)
+    subprocess.run([npm, "ci", "--omit=dev", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS, check=True,
+                   timeout=600)
 
 
 @pytest.mark.node

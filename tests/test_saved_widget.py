@@ -1,9 +1,11 @@
 """A ChatWidget notebook saved and opened without a kernel still shows the conversation:
-the widget keeps a Markdown copy of it in the saved outputs, updated at each turn end.
+the widget keeps a copy of it in the saved outputs, updated at each turn end, as nbchat's
+transcript (the conversation as data, which nbchat's JupyterLab extension draws) beside the
+same conversation as Markdown (which nbconvert, GitHub and a Jupyter without nbchat show).
 
 The notebook runs in a real kernel (nbclient) against a real echo server; it
 is saved as JupyterLab saves by default (no widget state) and converted with
-``jupyter nbconvert --to html``.
+``jupyter nbconvert`` to HTML and to Markdown.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import pytest
 
 from nbchat.notebook.conversation import Conversation
-from nbchat.notebook.export import MIRROR_MARKER, mirror_markdown
+from nbchat.notebook.export import MIRROR_MARKER, TRANSCRIPT_MIME, mirror_markdown, mirror_transcript
 from tests.helpers import TOKEN, ServerFactory, lab_module
 
 QUESTIONS = ["First: is **this** kept?", "Second, with <img src=x onerror=alert(1)> and `code`"]
@@ -54,6 +56,10 @@ def test_saved_widget_notebook_shows_the_conversation_without_a_kernel(
     assert "ChatWidget conversation (2 exchanges)" in markdown
     assert "First: is **this** kept?" in markdown and "&lt;img src=x" in markdown
     assert "echo (echo) · sse to " + server.url in markdown and TOKEN not in path.read_text(encoding="utf-8")
+    assert list(mirror["data"]) == [TRANSCRIPT_MIME, "text/markdown", "text/plain"]  # the transcript first
+    transcript = mirror["data"][TRANSCRIPT_MIME]
+    assert [m["content"] for m in transcript["messages"] if m["role"] == "user"] == QUESTIONS
+    assert transcript["messages"][-1]["status"] == "[DONE]" and server.url in transcript["messages"][-1]["caption"]
 
     jupyter = shutil.which("jupyter")
     assert jupyter is not None, "jupyter is not on PATH: pip install -e '.[lab]'"
@@ -63,6 +69,15 @@ def test_saved_widget_notebook_shows_the_conversation_without_a_kernel(
     assert html.count("First: is <strong>this</strong> kept?") == 2  # the question and its echo, as Markdown
     assert "<img src=x" not in html and "<img src=\"x\"" not in html  # the model's HTML stays text
     assert html.count("&lt;img src=x onerror=alert(1)&gt;") >= 2
+    assert '"role"' not in html  # nbconvert knows no transcript: it shows the Markdown, not the data
+
+    subprocess.run([jupyter, "nbconvert", "--to", "markdown", str(path)], check=True, capture_output=True,
+                   timeout=120)
+    exported = (tmp_path / "widget.md").read_text(encoding="utf-8")
+    assert "# ChatWidget conversation (2 exchanges)" in exported and "## Assistant" in exported
+    assert "## User\n\nFirst: is **this** kept?\n\n## Assistant" in exported  # the conversation, as Markdown
+    assert "&lt;img src=x onerror=alert(1)>" in exported
+    assert '"role"' not in exported and TRANSCRIPT_MIME not in exported
 
 
 def test_mirror_is_markdown_of_the_conversation_with_its_marker() -> None:
@@ -73,6 +88,22 @@ def test_mirror_is_markdown_of_the_conversation_with_its_marker() -> None:
     text = mirror_markdown(conversation)
     assert "(1 exchange)" in text and "hi &lt;b>" in text and "hello **there**" in text and "m (b) · ws to s" in text
     assert json.dumps(text)  # plain JSON-able text, as a saved output must be
+
+
+def test_transcript_is_the_conversation_as_data() -> None:
+    conversation = Conversation()
+    provenance = {"model": "m", "backend": "b", "server": "s", "transport": "ws", "chunks": 2, "status": "[DONE]"}
+    conversation.record("hi <b>", "hello **there**", "[DONE]", provenance)
+    conversation.record("again", "cut sh", "[INTERRUPTED]")
+    transcript = mirror_transcript(conversation)
+    assert transcript["title"] == "ChatWidget conversation (2 exchanges)" and transcript["system"] == ""
+    user, answer, _, cut = transcript["messages"]
+    assert user == {"role": "user", "content": "hi <b>"}  # as typed: the renderer makes it inert, not the data
+    assert answer["content"] == "hello **there**" and answer["provenance"] == provenance
+    assert answer["caption"].startswith("m (b) · ws to s · ")
+    assert cut == {"role": "assistant", "content": "cut sh", "status": "[INTERRUPTED]", "provenance": None,
+                   "caption": ""}
+    assert json.loads(json.dumps(transcript)) == transcript  # JSON, as a saved +json output must be
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ def test_bundle_was_built_from_the_sources_as_they_are() -> None:
     found = header(STATIC / "widget.js")
     paths = found["paths"].split()
     modules = sorted(f"js/{p.name}" for p in (NOTEBOOK / "js").iterdir() if p.suffix in (".js", ".mjs"))
-    assert paths == ["widget.js", "widget.css", "js/package.json", "js/package-lock.json", *modules]
+    assert paths == ["widget.js", "widget.css", "live.css", "js/package.json", "js/package-lock.json", *modules]
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.encode() + b"\0" + (NOTEBOOK / path).read_bytes() + b"\0")

@@ -41,6 +41,8 @@ from . import chromium
 from .procs import free_port
 
 START_TIMEOUT = 120.0
+#: the JupyterLab extension that renders a widget's saved conversation, as built in this nbchat
+LABEXTENSION = Path(__file__).resolve().parents[1] / "notebook" / "labextension"
 #: echo pieces a second: a long answer arriving fast (4,000 characters a second)
 RATE = 1000.0
 #: a frame gap over this many milliseconds counts as a stall
@@ -165,9 +167,26 @@ class Lab:
     root: Path
 
 
+def checkout_labextension(root: Path) -> str:
+    """A Jupyter data directory under ``root`` whose ``labextensions/nbchat`` is the JupyterLab extension built in
+    the nbchat being run, ahead of the rest of ``JUPYTER_PATH``.
+
+    The lab's kernels run this nbchat (a checkout on ``PYTHONPATH`` runs its own code), so its page loads this
+    nbchat's extension too, not one an earlier ``pip install`` copied into the environment's share/jupyter
+    (tests/test_labextension.py checks that the installed one is the same build).
+    """
+    data = root / "jupyter"
+    link = data / "labextensions" / "nbchat"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(LABEXTENSION, target_is_directory=True)
+    return os.pathsep.join([str(data), *filter(None, [os.environ.get("JUPYTER_PATH")])])
+
+
 @contextmanager
 def lab_server(root: Path | None = None, start_timeout: float = START_TIMEOUT) -> Iterator[Lab]:
-    """JupyterLab (and Notebook 7, when installed) on a free loopback port, quiet, serving ``root``."""
+    """JupyterLab (and Notebook 7, when installed) on a free loopback port, quiet, serving ``root``, with the
+    running nbchat's JupyterLab extension."""
     root = root or Path(tempfile.mkdtemp(prefix="nbchat-lab-"))
     settings = root / "settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True, exist_ok=True)  # no news or update check: nothing reaches out
@@ -175,7 +194,8 @@ def lab_server(root: Path | None = None, start_timeout: float = START_TIMEOUT) -
     port, token = free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in ("NBCHAT_URL", "NBCHAT_TOKEN")}
     env.update(JUPYTERLAB_SETTINGS_DIR=str(root / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(root / "ws"),
-               JUPYTER_RUNTIME_DIR=str(root / "runtime"), IPYTHONDIR=str(root / "ipython"))
+               JUPYTER_RUNTIME_DIR=str(root / "runtime"), IPYTHONDIR=str(root / "ipython"),
+               JUPYTER_PATH=checkout_labextension(root))
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--IdentityProvider.token={token}",
          f"--port={port}", "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={root}",

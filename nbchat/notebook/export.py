@@ -97,11 +97,32 @@ def conversation_openai(conversation: Conversation, *, exported: str | None = No
 MIRROR_MARKER = '<div class="nbchat-mirror" hidden></div>'
 
 
+#: the MIME type of the same copy as data, first in its output: nbchat's JupyterLab extension renders it with the
+#: widget's own renderer (nothing while the live widget shows the conversation), so JupyterLab does not typeset the
+#: Markdown after every turn; where the extension is not installed (nbconvert, GitHub) the Markdown shows
+TRANSCRIPT_MIME = "application/vnd.nbchat.transcript+json"
+
+
+def _mirror_title(conversation: Conversation) -> str:
+    count = len(conversation)
+    return f"ChatWidget conversation ({count} exchange{'' if count == 1 else 's'})"
+
+
 def mirror_markdown(conversation: Conversation) -> str:
     """The static copy of a ``ChatWidget``'s conversation that the saved notebook keeps beside it."""
-    count = len(conversation)
-    title = f"ChatWidget conversation ({count} exchange{'' if count == 1 else 's'})"
-    return f"{MIRROR_MARKER}\n\n{conversation_markdown(conversation, title=title)}"
+    return f"{MIRROR_MARKER}\n\n{conversation_markdown(conversation, title=_mirror_title(conversation))}"
+
+
+def mirror_transcript(conversation: Conversation) -> dict[str, Any]:
+    """The same copy as data (:data:`TRANSCRIPT_MIME`): the messages, each answer's status and provenance,
+    and the provenance as the Markdown copy words it (``caption``)."""
+    messages: list[dict[str, Any]] = []
+    for exchange in conversation.exchanges:
+        caption = describe(exchange.provenance) if exchange.provenance is not None else ""
+        messages += [{"role": "user", "content": exchange.user},
+                     {"role": "assistant", "content": exchange.answer, "status": exchange.status,
+                      "provenance": exchange.provenance, "caption": caption}]
+    return {"title": _mirror_title(conversation), "system": conversation.options.system or "", "messages": messages}
 
 
 def write_export(conversation: Conversation, path: str | pathlib.Path) -> pathlib.Path:

@@ -163,6 +163,10 @@ class ChatWidget(anywidget.AnyWidget):
         plain ``text/markdown`` output, updated at each turn end, that they all
         render. While the widget is live its CSS hides the copy. A turn a direct widget's page streamed
         updates it when the page reports the turn's end.
+
+        The copy comes first as nbchat's own MIME type (the conversation as data), which nbchat's JupyterLab
+        extension renders ahead of the Markdown: JupyterLab then does not typeset the whole conversation again
+        after every turn while the widget is live, and draws it with the widget's renderer when it shows.
         """
         from IPython.display import display
 
@@ -177,10 +181,11 @@ class ChatWidget(anywidget.AnyWidget):
     def _mirror_id(self) -> str:
         return f"nbchat-mirror-{self.model_id}"
 
-    def _mirror_bundle(self) -> dict[str, str]:
-        from .export import mirror_markdown
+    def _mirror_bundle(self) -> dict[str, Any]:
+        from .export import TRANSCRIPT_MIME, mirror_markdown, mirror_transcript
 
-        return {"text/markdown": mirror_markdown(self.conversation),
+        return {TRANSCRIPT_MIME: mirror_transcript(self.conversation),
+                "text/markdown": mirror_markdown(self.conversation),
                 "text/plain": self.conversation.transcript()}
 
     def _update_mirror(self) -> None:

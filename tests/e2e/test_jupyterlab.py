@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from nbchat.bench.longpage import CELL_DONE, KERNEL_IDLE, Lab, write_notebook
+from nbchat.notebook.export import TRANSCRIPT_MIME
 from tests.e2e.conftest import START_TIMEOUT
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -383,9 +384,20 @@ def test_widget_streams_code_and_math_and_renders_them_at_the_end(page: Any, doc
     assert {"def", "return"} <= set(done["keywords"]) and done["color"] != "rgb(0, 0, 0)", done
     assert done["copy"] == 1 and done["code"].startswith("def total(n: int) -> int:\n"), done
     assert "KaTeX_Main" in done["font"], done  # KaTeX's CSS (and its inlined fonts) came with the widget
-    assert page.evaluate("() => document.fonts.check('16px KaTeX_Main')")
+    # a KaTeX_Main face is loaded (nbchat's JupyterLab extension declares the same faces from files of its own,
+    # so document.fonts.check, which wants every face of the family loaded, is false while one set is unused)
+    assert page.evaluate("() => [...document.fonts].some((f) => f.family.replace(/\"/g, '') === 'KaTeX_Main'"
+                         " && f.status === 'loaded')")
+    # the turn's copy, which nbchat's extension takes from the transcript: hidden, and nothing of it drawn
+    page.wait_for_function("i => jupyterapp.shell.currentWidget.content.widgets[i].node"
+                           ".querySelector('.nbchat-transcript-title')?.textContent.includes('(1 exchange)')",
+                           arg=RENDER_WIDGET, timeout=30_000)
     mirror = page.evaluate(MIRROR_SHOWN, RENDER_WIDGET)
     assert mirror is not None and mirror["shown"] is False, mirror  # the live widget shows it: the copy is hidden
+    drawn = page.evaluate("i => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() =>"
+                          " done(jupyterapp.shell.currentWidget.content.widgets[i].node"
+                          ".querySelectorAll('.nbchat-transcript .nbchat-msg').length))))", RENDER_WIDGET)
+    assert drawn == 0, drawn
     assert not page.nbchat_errors, page.nbchat_errors
     widget.screenshot(path=str(docs_img / "widget-code-math.png"))
 
@@ -399,6 +411,9 @@ def test_saved_notebook_reopened_without_a_kernel_shows_the_conversation(page: A
     saved = nbformat.read(lab.root / "chat.ipynb", as_version=4)
     outputs = saved.cells[RENDER_WIDGET].outputs
     assert any("Euler's identity" in o.get("data", {}).get("text/markdown", "") for o in outputs), outputs
+    [copy] = [o for o in outputs if TRANSCRIPT_MIME in o.get("data", {})]  # the same copy, as data, first
+    assert list(copy["data"]) == [TRANSCRIPT_MIME, "text/markdown", "text/plain"], list(copy["data"])
+    assert copy["data"][TRANSCRIPT_MIME]["messages"][1]["content"] == CODE_AND_MATH, copy["data"]
     nbformat.write(saved, lab.root / "reopened.ipynb")
     # A fresh page in its own workspace (nothing restored, no widget CSS loaded), the notebook opened with no kernel.
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
@@ -415,11 +430,19 @@ def test_saved_notebook_reopened_without_a_kernel_shows_the_conversation(page: A
                               arg=RENDER_WIDGET, timeout=60_000)
         tab.evaluate("i => jupyterapp.shell.currentWidget.content.widgets[i].node.scrollIntoView()", RENDER_WIDGET)
         assert tab.evaluate("() => jupyterapp.shell.currentWidget.sessionContext.session?.kernel ?? null") is None
+        # nbchat's JupyterLab extension draws the copy from its transcript (the conversation as data), a slice
+        # per frame once it shows, with the widget's renderer; JupyterLab's Markdown renderer is not used
+        tab.wait_for_function("i => jupyterapp.shell.currentWidget.content.widgets[i].node"
+                              ".querySelector('.nbchat-transcript')?.dataset.drawn === 'true'",
+                              arg=RENDER_WIDGET, timeout=30_000)
+        cell = tab.locator(".jp-Notebook .jp-Cell").nth(RENDER_WIDGET)
+        assert cell.locator(".jp-RenderedMarkdown").count() == 0
+        assert cell.locator(".nbchat-transcript .katex").count() == 3
+        assert cell.locator(".nbchat-transcript .tok-keyword").count() >= 2
         mirror = tab.evaluate(MIRROR_SHOWN, RENDER_WIDGET)
         assert mirror is not None and mirror["shown"] is True, mirror
         assert "ChatWidget conversation (1 exchange)" in mirror["text"], mirror
         assert "def total(n: int) -> int:" in mirror["text"] and "Euler's identity" in mirror["text"], mirror
-        cell = tab.locator(".jp-Notebook .jp-Cell").nth(RENDER_WIDGET)
         cell.screenshot(path=str(docs_img / "widget-saved-no-kernel.png"))
     finally:
         context.close()

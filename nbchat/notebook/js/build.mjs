@@ -1,6 +1,6 @@
 // Bundles the ChatWidget's front end into ../static/: widget.js (an ES module with
 // markdown-it, Lezer and KaTeX inside) and widget.css (KaTeX's styles, its fonts
-// inlined as data URLs, then ../widget.css). Nothing is fetched at run time.
+// inlined as data URLs, then ../widget.css and ../live.css). Nothing is fetched at run time.
 //
 // The bundle's first line names the libraries' versions and a digest of its
 // sources; tests/test_widget_bundle.py checks both, so a source edited without
@@ -21,7 +21,7 @@ const out = join(notebook, "static");
 // Paths relative to nbchat/notebook/, in a fixed order.
 export function sources() {
   const js = readdirSync(here).filter((f) => f.endsWith(".js") || f.endsWith(".mjs")).sort().map((f) => `js/${f}`);
-  return ["widget.js", "widget.css", "js/package.json", "js/package-lock.json", ...js];
+  return ["widget.js", "widget.css", "live.css", "js/package.json", "js/package-lock.json", ...js];
 }
 
 function digest(paths) {
@@ -76,5 +76,6 @@ await build({
 const css = katexCss();
 if (/url\(fonts\//.test(css)) throw new Error("a KaTeX font was left as a file reference");
 writeFileSync(join(out, "widget.css"),
-  `/* ${header} */\n/* KaTeX ${versions().match(/katex@(\S+)/)[1]} (MIT): */\n${css}\n${readFileSync(join(notebook, "widget.css"), "utf8")}`);
+  `/* ${header} */\n/* KaTeX ${versions().match(/katex@(\S+)/)[1]} (MIT): */\n${css}\n${readFileSync(join(notebook, "widget.css"), "utf8")}`
+  + readFileSync(join(notebook, "live.css"), "utf8"));
 console.log(header);

@@ -16,7 +16,7 @@ const TAGS = new Set(["p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "ul
 const SAFE_URL = /^(https?:|mailto:)/i;
 const ALIGN = /^text-align:(left|center|right)$/;
 
-function el(tag, cls, text) {
+export function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text;
