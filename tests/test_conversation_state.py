@@ -68,6 +68,20 @@ def test_a_restored_state_lends_its_buffer_to_the_next_save() -> None:
     assert small.buffer(10) is not released.data and small.size == 60
 
 
+def test_a_save_that_extends_a_kept_state_writes_into_its_buffer() -> None:
+    store = StateStore(limit=200 * 1024 * 1024)
+    first = store.buffer(1000, (1, 2, 3))
+    store.put(Saved((1, 2, 3), first, 1000))
+    other = store.buffer(1000, (7, 8))
+    store.put(Saved((7, 8), other, 1000))
+    assert store.touch([1, 2, 3]) and not store.touch([1, 2])  # a state of exactly these tokens is kept
+    assert store.sequences()[-1] == (1, 2, 3)  # touched: the most recent
+    assert store.buffer(1500, (1, 2, 3, 4)) is first  # the kept state it extends gives way
+    assert store.sequences() == [(7, 8)] and store.size == len(other)
+    assert store.buffer(len(other) + 1, (7, 8, 9)) is not other  # too small: a new buffer, the kept state stays
+    assert store.sequences() == [(7, 8)]
+
+
 def words(messages: list[dict[str, str]]) -> tuple[list[int], list[str]]:
     """A tokenizer of one token per word, plus two per message."""
     return [0] * sum(len(m["content"].split()) + 2 for m in messages), ["<end>"]

@@ -6,6 +6,7 @@ asked for, and a conversation longer than the context is trimmed (and says so in
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -49,14 +50,18 @@ async def backend() -> AsyncIterator[SmolLM2Backend]:
 
 
 async def test_alternating_conversations_keep_their_own_state(backend: SmolLM2Backend) -> None:
+    """Each conversation's history is not read again, and (kept between turns) not copied out
+    when the other one's turn comes: the turn waits only for its own state to be copied in."""
     histories: dict[str, list[Message]] = {"A": [], "B": []}
     seen: dict[str, dict[str, int]] = {}
+    copied_out: list[int] = []
     for turn in (1, 2, 3):
         for name, offset in (("A", 0), ("B", 7)):
             text = question(turn, offset)
             messages = [*histories[name], Message("user", text)]
             reply, _ = await answer(backend, messages)
             stats = backend.model.last_prompt
+            copied_out.append(stats["copied_out"])
             if turn > 1:
                 # the other conversation ran in between, yet this one's history (its last prompt
                 # and the answer's tokens) is not read again: only the new message is
@@ -64,21 +69,57 @@ async def test_alternating_conversations_keep_their_own_state(backend: SmolLM2Ba
                 assert stats["prompt"] - stats["reused"] <= NEW_TURN_TOKENS, (name, turn, stats)
             seen[name] = stats
             histories[name] += [Message("user", text), Message("assistant", reply)]
+    # B's first turn copies A out (nothing else was kept then, so A was not); from then on the state
+    # that a turn leaves was copied out while the process waited for the next job
+    assert copied_out == [0, 1, 0, 0, 0, 0]
 
 
-async def test_a_continued_turn_reads_only_its_own_message_and_what_follows_it(backend: SmolLM2Backend) -> None:
-    from llama_cpp import Llama
+def test_the_work_between_turns_gives_way_to_a_waiting_job() -> None:
+    from nbchat.backends.llama_worker import Model, between_turns
+    from nbchat.backends.smollm2 import find_gguf
 
-    vocab = Llama(model_path=str(backend.gguf_path()), vocab_only=True, verbose=False)
-    first = [Message("user", question(1))]
-    reply, _ = await answer(backend, first)
+    model = Model(str(find_gguf()), 1, 1024, cache_mb=16)
+    model.prefill(model.prompt([{"role": "user", "content": question(1, 7)}])[0], lambda: False)
+    first = [{"role": "user", "content": question(1)}]
+    model.prefill(model.prompt(first)[0], lambda: False)  # the other conversation's state goes to the kept ones
+    model.llama.eval(model.llama.tokenize(b"Water moves.", add_bos=False))  # as if generated
+    model.answered()
+    evaluated = model.llama.n_tokens
+    follow = [*first, {"role": "assistant", "content": "Water moves."}]
+    between_turns(model, follow, lambda: True)  # a job is waiting: the state is kept, nothing is read ahead
+    assert model.kept.touch(model.llama.input_ids[:evaluated].tolist()) and model.llama.n_tokens == evaluated
+    calls = itertools.count()
+    between_turns(model, follow, lambda: next(calls) > 3)  # a job comes while the read-ahead is computed
+    assert next(calls) > 5  # llama.cpp asked between graph nodes, and gave up
+    assert model.llama.n_tokens == evaluated
+    between_turns(model, follow, lambda: False)  # nobody waits: the template's tokens are read, then kept
+    assert model.llama.n_tokens > evaluated and model.kept.touch(model.llama.input_ids[:model.llama.n_tokens].tolist())
+    primed = model.llama.n_tokens
+    follow_up, _ = model.prompt([*follow, {"role": "user", "content": question(2)}])
+    model.prefill(follow_up, lambda: False)
+    assert model.last_prompt == (len(follow_up), primed)  # the next turn continues from what was read ahead
+
+
+def test_a_continued_turn_reads_only_its_own_message_and_what_follows_it() -> None:
+    from nbchat.backends.llama_worker import Control, Model, run_job
+    from nbchat.backends.model_messages import End, Generate, Piece, Reply
+    from nbchat.backends.smollm2 import find_gguf
+
+    model = Model(str(find_gguf()), 1, 1024, cache_mb=16)
+    replies: list[Reply] = []
+    first = [{"role": "user", "content": question(1)}]
+    # run_job returns once the process would wait for the next job: nobody came meanwhile
+    run_job(model, Generate(1, first, 48, {"temperature": 0.0}), Control(), replies.append)
+    reply = "".join(r.text for r in replies if isinstance(r, Piece))
     text = question(2)
-    await answer(backend, [*first, Message("assistant", reply), Message("user", text)], max_tokens=4)
-    stats = backend.model.last_prompt
+    follow = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": text}]
+    run_job(model, Generate(2, follow, 4, {"temperature": 0.0}), Control(), replies.append)
+    end = replies[-1]
+    assert isinstance(end, End) and end.prompt is not None and end.reused is not None
     # the template's tokens between the answer and the new message were read after the answer,
     # so only the message and "<|im_end|>\n<|im_start|>assistant\n" (6 tokens) are left, not also the
     # 5 of "<|im_end|>\n<|im_start|>user\n" before it
-    assert stats["prompt"] - stats["reused"] <= len(vocab.tokenize(text.encode(), add_bos=False)) + 6, stats
+    assert end.prompt - end.reused <= len(model.llama.tokenize(text.encode(), add_bos=False)) + 6, end
 
 
 async def test_exact_reuse_gives_the_greedy_text_of_a_fresh_evaluation() -> None:

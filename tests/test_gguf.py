@@ -41,7 +41,7 @@ def test_a_command_decodes_to_what_was_encoded(command: msg.Command) -> None:
     msg.Ready(msg.ModelInfo(version="0.3", system_info="AVX2 = 1", threads=1, n_ctx=4096, model="/m.gguf", pid=12)),
     msg.Fatal("ValueError: not a GGUF"), msg.HistoryTrimmed(1, 2), msg.Piece(1, "Paris 🚀\n", 5), msg.Length(1),
     msg.Failure(1, "too long", "context_length_exceeded"), msg.Failure(2, "the model failed"),
-    msg.End(1, 9, 30, 8), msg.End(2, 9),
+    msg.End(1, 9, 30, 8), msg.End(2, 9), msg.End(3, 9, 30, 8, 0), msg.End(4, 9, 30, 8, 1),
 ])
 def test_a_reply_decodes_to_what_was_encoded(reply: msg.Reply) -> None:
     assert msg.decode_reply(msg.encode(reply)) == reply

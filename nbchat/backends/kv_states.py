@@ -21,7 +21,8 @@ it was fresh memory: a new buffer per save, zeroed and faulted in page by page
 (measured in the model process: 2 ms of CPU at 40 tokens, 19 ms at 1,000,
 where copying into memory already mapped takes 5). So buffers are reused: the
 one a restored state came in is kept as a spare, and the next save (usually
-that same conversation's, a turn longer) writes into it; each buffer is made
+that same conversation's, a turn longer) writes into it, as does a save of a
+state that extends a kept one (which it replaces); each buffer is made
 with room for a few more turns (half as much again as the state it is made
 for, counted in the store's bound).
 """
@@ -106,6 +107,14 @@ class StateStore:
                 found, longest = saved, shared
         return found, longest
 
+    def touch(self, tokens: Sequence[int]) -> bool:
+        """Whether a state of exactly ``tokens`` is kept; if so it becomes the most recent."""
+        key = tuple(tokens)
+        if key not in self._entries:
+            return False
+        self._entries.move_to_end(key)
+        return True
+
     def take(self, saved: Saved) -> None:
         """Remove ``saved`` (it becomes the context's current state)."""
         if saved.tokens in self._entries:
@@ -116,9 +125,14 @@ class StateStore:
         if self.size + capacity(saved) <= self.limit:
             self._spare = saved.data
 
-    def buffer(self, size: int) -> Any:
-        """A buffer for a state of ``size`` bytes: the spare when it is big enough, else a new one
+    def buffer(self, size: int, tokens: Sequence[int] = ()) -> Any:
+        """A buffer for a state of ``size`` bytes and ``tokens``: that of a kept state ``tokens``
+        extend (the new one replaces it), else the spare, when big enough; else a new one
         (uninitialised: llama.cpp writes every byte a state uses) with room to grow."""
+        for key, kept in self._entries.items():
+            if len(kept.data) >= size and tuple(tokens[:len(key)]) == key:
+                self._drop(key)
+                return kept.data
         spare, self._spare = self._spare, None
         if spare is not None and len(spare) >= size:
             return spare
@@ -140,7 +154,7 @@ def _pointer(buffer: Any) -> Any:
 def save_sequence(llama_cpp: Any, ctx: Any, tokens: Sequence[int], store: StateStore) -> Saved:
     """Copy sequence 0's KV entries out of the context, into a buffer from ``store``."""
     size = llama_cpp.llama_state_seq_get_size(ctx, 0)
-    buffer = store.buffer(size)
+    buffer = store.buffer(size, tokens)
     written = llama_cpp.llama_state_seq_get_data(ctx, _pointer(buffer), size, 0)
     return Saved(tuple(tokens), buffer, int(written))
 

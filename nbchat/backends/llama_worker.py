@@ -71,6 +71,10 @@ class Control:
         with self.lock:
             return job_id in self.stopped
 
+    def waiting(self) -> bool:
+        """Whether a job is queued (work between turns gives way to it)."""
+        return not self.jobs.empty()
+
     def read_commands(self, stream: IO[bytes]) -> None:
         """Reader thread: queue jobs, record stops; exit the process when the parent is gone."""
         for line in stream:
@@ -165,6 +169,8 @@ class Model:
         #: keep only KV entries a fresh evaluation would make (greedy answers independent of the cache)
         self.exact = exact
         self.tokens_sampled = 0
+        #: states copied out of the context so far (a job reports how many it waited for)
+        self.copies_out = 0
         #: the last prompt's length in tokens and how many of them were reused (reported with its End)
         self.last_prompt: tuple[int | None, int | None] = (None, None)
         self._abort: Callable[[], bool] = lambda: False
@@ -311,40 +317,64 @@ class Model:
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.llama.ctx), -1, position, -1)
 
     def _stash(self) -> None:
-        """Copy the current state into the kept ones (only its trusted tokens' entries)."""
+        """Copy the current state into the kept ones (only its trusted tokens' entries), unless
+        they hold it already (it was kept between turns, :meth:`keep_current`)."""
         import llama_cpp
 
-        if len(self._cached) < KEEP_MIN_TOKENS or self.kept.limit <= 0:
+        if len(self._cached) < KEEP_MIN_TOKENS or self.kept.limit <= 0 or self.kept.touch(self._cached):
             return
         self._drop_entries_from(len(self._cached))
         self.llama.n_tokens = len(self._cached)
         self.kept.put(save_sequence(llama_cpp, self.llama.ctx, self._cached, self.kept))
+        self.copies_out += 1
+
+    def keep_current(self) -> None:
+        """Between turns, while another conversation's state is kept: copy the current state into
+        the kept ones now, so that a turn of another conversation only copies its own state in.
+
+        The copy grows with the conversation (5-13 ms at 1,000 tokens, 23 KB a token), and a
+        turn that switches conversations waited for it before its prompt was read. A job that
+        arrives meanwhile waits for one copy at most. One conversation alone is never copied
+        (nothing would ever load it back).
+        """
+        current = tuple(self._cached)
+        if any(current[:len(kept)] != kept for kept in self.kept.sequences()):
+            self._stash()
 
     def answered(self) -> None:
         """After a generation: unless ``exact``, its prompt and answer tokens are evaluated state."""
         if not self.exact:
             self._cached = self.llama.input_ids[:self.llama.n_tokens].tolist()
 
-    def prime(self, messages: list[dict[str, str]]) -> None:
+    def prime(self, messages: list[dict[str, str]], waiting: Callable[[], bool] = lambda: False) -> bool:
         """Read ahead, after an answer and its End: the tokens the chat template puts between the
         answer (the last of ``messages``) and the next user message's text.
 
         A continued turn then reads only its own message and the template after it: on
         SmolLM2, 5 of its 20-30 new tokens (``<|im_end|>``, ``\\n``, ``<|im_start|>user\\n``)
         are read while the process would be idle. Not with ``exact`` (only whole blocks are
-        kept), and never more than :data:`PRIME_MAX` tokens, so that a turn of another
-        conversation, which waits for this, is not held up.
+        kept), and never more than :data:`PRIME_MAX` tokens. A job that arrives meanwhile (in a
+        benchmark or a notebook's Run All, a few milliseconds after the End) does not wait for it:
+        ``waiting`` aborts the evaluation, as a stop aborts a prompt's. Whether it read tokens.
         """
         if self.exact:
-            return
+            return False
         probes = [self.prompt([*messages, {"role": "user", "content": text}])[0] for text in ("a", "1")]
         opening = common_prefix(*probes)  # the tokens every next user message starts with
         shared = min(common_prefix(self._cached, probes[0]), opening)
-        if not 0 < opening - shared <= PRIME_MAX:
-            return
+        if not 0 < opening - shared <= PRIME_MAX or waiting():
+            return False
         self._truncate(probes[0], shared)
-        self.llama.eval(probes[0][shared:opening])
+        with self.abortable(waiting):
+            try:
+                self.llama.eval(probes[0][shared:opening])
+            except RuntimeError:
+                if not waiting():
+                    raise
+                self._truncate(probes[0], shared)  # what the aborted batch left is not to be trusted
+                return False
         self._cached = probes[0][:opening]
+        return True
 
     def forget(self) -> None:
         """Drop the current state (after a failure left it unknown)."""
@@ -369,6 +399,7 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
         return stop()
 
     model.last_prompt = (None, None)  # a job that ends before its prefill reports no counts, not the last job's
+    copies_out: int | None = None
     answer: list[str] = []
     follow: list[dict[str, str]] | None = None  # the conversation with its answer, once it completed
     try:
@@ -384,7 +415,9 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
             return
         if trimmed:
             send(HistoryTrimmed(job_id, trimmed))
+        copies_before = model.copies_out
         model.prefill(tokens, stop)
+        copies_out = model.copies_out - copies_before
         room = model.n_ctx - len(tokens)
         sampling: dict[str, Any] = dict(job.sampling)  # keyword arguments of create_completion
         stream = model.llama.create_completion(
@@ -412,12 +445,21 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
     finally:
         with control.lock:
             control.stopped.discard(job_id)
-        send(End(job_id, model.tokens_sampled, *model.last_prompt))
-    if follow is not None:
-        try:
-            model.prime(follow)
-        except Exception:  # reading ahead is an optimisation: a failure leaves nothing to trust
-            model.forget()
+        send(End(job_id, model.tokens_sampled, *model.last_prompt, copies_out))
+    between_turns(model, follow, control.waiting)
+
+
+def between_turns(model: Model, follow: list[dict[str, str]] | None, waiting: Callable[[], bool]) -> None:
+    """After a job's End, while the process would wait for the next one: keep the current state
+    (:meth:`Model.keep_current`) and read ahead in ``follow``, the conversation that was answered
+    (:meth:`Model.prime`); a read-ahead that completed is kept too, so that the kept state is the
+    one the conversation's next turn continues."""
+    try:
+        model.keep_current()
+        if follow is not None and model.prime(follow, waiting):
+            model.keep_current()
+    except Exception:  # both are optimisations: a failure leaves nothing to trust
+        model.forget()
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -33,6 +33,7 @@ CODE = "code"
 END = "end"
 PROMPT = "prompt"
 REUSED = "reused"
+COPIED_OUT = "copied_out"
 
 # The values of OP.
 GENERATE = "generate"
@@ -124,16 +125,19 @@ class Failure:
 
 @dataclass(frozen=True)
 class End:
-    """The job is over; ``prompt`` is its length in tokens, ``reused`` how many were not evaluated again."""
+    """The job is over; ``prompt`` is its length in tokens, ``reused`` how many were not evaluated again,
+    ``copied_out`` how many evaluated states were copied out of the context before its prompt was read."""
 
     id: int
     sampled: int
     prompt: int | None = None
     reused: int | None = None
+    copied_out: int | None = None
 
     def prompt_counts(self) -> dict[str, int]:
-        """``prompt`` and ``reused`` under their keys, those that were reported."""
-        return {k: v for k, v in ((PROMPT, self.prompt), (REUSED, self.reused)) if v is not None}
+        """``prompt``, ``reused`` and ``copied_out`` under their keys, those that were reported."""
+        counts = ((PROMPT, self.prompt), (REUSED, self.reused), (COPIED_OUT, self.copied_out))
+        return {k: v for k, v in counts if v is not None}
 
 
 Command = Generate | Stop
@@ -215,5 +219,5 @@ def _reply(data: dict[str, Any]) -> Reply:
     if ERROR in data:
         return Failure(job, str(data[ERROR]), data.get(CODE) or None)
     if data.get(END):
-        return End(job, int(data[SAMPLED]), data.get(PROMPT), data.get(REUSED))
+        return End(job, int(data[SAMPLED]), data.get(PROMPT), data.get(REUSED), data.get(COPIED_OUT))
     raise KeyError(END)
