@@ -1,3 +1,4 @@
-// The extension's styles: KaTeX's (its fonts as files beside the extension) and the widget's own.
-import "katex/dist/katex.min.css";
+// The extension's styles: KaTeX's, with the same inlined fonts as the widget's bundle (katex-inline.css, written
+// by build.mjs), and the widget's own.
+import "./katex-inline.css";
 import "../widget.css";
