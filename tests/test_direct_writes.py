@@ -206,8 +206,8 @@ def test_a_live_stream_goes_out_through_the_direct_writers(make_server: ServerFa
 def test_a_uvicorn_without_the_state_the_writers_read_streams_through_its_own_send(
         make_server: ServerFactory, transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
     offered: list[str] = []
-    monkeypatch.setattr(direct, "_CYCLE_STATE", (*direct._CYCLE_STATE, "renamed_in_a_later_uvicorn"))
-    monkeypatch.setattr(direct, "_SOCKET_STATE", (*direct._SOCKET_STATE, "renamed_in_a_later_uvicorn"))
+    monkeypatch.setattr(direct, "CYCLE_STATE", (*direct.CYCLE_STATE, "renamed_in_a_later_uvicorn"))
+    monkeypatch.setattr(direct, "SOCKET_STATE", (*direct.SOCKET_STATE, "renamed_in_a_later_uvicorn"))
     monkeypatch.setattr(direct, "cycle_writer", lambda cycle: offered.append("body") or (lambda body: False))
     monkeypatch.setattr(DirectWebSocketProtocol, "write_text", lambda self, text: offered.append("text") or False)
     server = make_server(rate=200.0)

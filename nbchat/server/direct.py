@@ -81,8 +81,8 @@ def cycle_writer(cycle: Any) -> WriteBody:
 
 #: what the writers read of uvicorn's response cycle and WebSocket protocol: their private state, so a
 #: uvicorn without any of it gets no direct writer (the general send runs) rather than a broken one
-_CYCLE_STATE = ("flow", "transport", "disconnected", "response_started", "response_complete", "chunked_encoding")
-_SOCKET_STATE = ("conn", "writable", "disconnected", "close_sent", "handshake_complete", "initial_response",
+CYCLE_STATE = ("flow", "transport", "disconnected", "response_started", "response_complete", "chunked_encoding")
+SOCKET_STATE = ("conn", "writable", "disconnected", "close_sent", "handshake_complete", "initial_response",
                  "transport")
 
 
@@ -97,7 +97,7 @@ class DirectHttpProtocol(GuardedHttpProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if (cycle is not None and cycle.scope is self.scope and not self.refused  # not on an upgrade
-                and _has_state(cycle, _CYCLE_STATE) and hasattr(cycle.flow, "write_paused")):
+                and _has_state(cycle, CYCLE_STATE) and hasattr(cycle.flow, "write_paused")):
             self.scope[DIRECT_BODY] = cycle_writer(cycle)  # type: ignore[literal-required]
 
 
@@ -107,7 +107,7 @@ class DirectWebSocketProtocol(GuardedWebSocketProtocol):
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
-        if scope is not None and scope.get("type") == "websocket" and _has_state(self, _SOCKET_STATE):
+        if scope is not None and scope.get("type") == "websocket" and _has_state(self, SOCKET_STATE):
             scope[DIRECT_TEXT] = self.write_text  # read by the app's task, which has not run yet
 
     def write_text(self, text: str) -> bool:
