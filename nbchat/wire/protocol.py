@@ -401,17 +401,21 @@ def encode_sse_event(event: Event) -> bytes:
     ``data: <status>``. An error record goes as a data-only message (no id, so a
     browser's Last-Event-ID stays at the last seq) right before the status."""
     if isinstance(event, Chunk):
-        # A template, as for the record itself: the id is digits and the record is one line of
-        # JSON (it escapes every CR and LF), so the generic framing's line splitting finds
-        # nothing to split. Same bytes as ``encode_sse(SSEMessage(data=record, id=str(seq)))``.
-        return f"id: {event.seq:d}\ndata: {encode_chunk_record(event)}\n\n".encode()
+        return _sse_chunk(event.seq, encode_chunk_record(event))
     out = b"" if event.error is None else encode_sse(SSEMessage(data=dumps({"error": event.error.to_dict()})))
     return out + encode_sse(SSEMessage(data=event.status.value, id=event.status.value))
 
 
 def encode_sse_record(content: str, seq: int, server_time: float | None) -> bytes:
     """:func:`encode_sse_event` of ``Chunk(content, seq, server_time)``, with no Chunk made."""
-    return f"id: {seq:d}\ndata: {encode_record(content, seq, server_time)}\n\n".encode()
+    return _sse_chunk(seq, encode_record(content, seq, server_time))
+
+
+def _sse_chunk(seq: int, record: str) -> bytes:
+    # A template, as for the record itself: the id is digits and the record is one line of
+    # JSON (it escapes every CR and LF), so the generic framing's line splitting finds
+    # nothing to split. Same bytes as ``encode_sse(SSEMessage(data=record, id=str(seq)))``.
+    return f"id: {seq:d}\ndata: {record}\n\n".encode()
 
 
 def decode_sse_message(msg: SSEMessage, received: float) -> Chunk | ErrorInfo | Status | None:
