@@ -53,12 +53,35 @@ _TOOLS: dict[str, tuple[Callable[[], bool], str]] = {
 }
 
 
+#: the most worker processes a run of the whole suite (or a tier of it) uses
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: a worker a core (at most :data:`MAX_WORKERS`) for a run of the suite or a tier of
+    it; none (this process) for a run that names its tests, where starting workers costs more."""
+    if any("::" in arg or arg.endswith(".py") for arg in config.args):
+        return 0
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def _share_a_worker(item: pytest.Item) -> None:
+    """Which tests one worker runs, in their order (``--dist loadgroup``): every test that drives
+    JupyterLab, JupyterHub or the browser together (they share the session's Hubs and would compete
+    for the CPU their timings need), every other module's tests together (its fixtures are made once)."""
+    if item.get_closest_marker("xdist_group") is None:
+        jupyter = item.get_closest_marker("e2e") or item.get_closest_marker("hub")
+        item.add_marker(pytest.mark.xdist_group("jupyter" if jupyter else item.nodeid.split("::")[0]))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     missing: dict[str, bool] = {}
     for item in items:
         for marker, tier in _IMPLIED.items():
             if item.get_closest_marker(marker) is not None and item.get_closest_marker(tier) is None:
                 item.add_marker(getattr(pytest.mark, tier))
+        _share_a_worker(item)
         for marker, (present, what) in _TOOLS.items():
             if item.get_closest_marker(marker) is None:
                 continue

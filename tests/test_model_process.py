@@ -106,6 +106,14 @@ def test_a_segmentation_fault_is_named(model_server: ServerHandle) -> None:
     assert answer(model_server.url, "ws", SHORT)[1].status in (Status.DONE, Status.TOKENS)
 
 
+def busy_for(pid: int, seconds: float, within: float) -> float:
+    """The CPU seconds ``pid``'s tree uses from now until it has used ``seconds`` or ``within`` passed."""
+    cpu0, deadline = tree_cpu_seconds(pid), time.monotonic() + within
+    while (busy := tree_cpu_seconds(pid) - cpu0) < seconds and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return busy
+
+
 def test_a_stop_during_prompt_processing_stops_the_computation(model_server: ServerHandle) -> None:
     answer(model_server.url, "stream", SHORT)  # the model process is loaded and idle
     # ~3,500 tokens (the context holds 4,096): seconds of prompt processing on two cores
@@ -117,16 +125,14 @@ def test_a_stop_during_prompt_processing_stops_the_computation(model_server: Ser
         events: queue.Queue[Any] = queue.Queue()
         reader = threading.Thread(target=lambda: [events.put(e) for e in turn], daemon=True)
         reader.start()
-        cpu0 = tree_cpu_seconds(server)
-        time.sleep(0.6)
-        busy = tree_cpu_seconds(server) - cpu0
+        busy = busy_for(server, 0.3, within=3.0)  # less than a core each while other work runs beside
         assert events.empty(), f"{events.queue[0]} came before the interrupt"
         turn.interrupt()
         reader.join(30)
     seen = list(events.queue)
     assert isinstance(seen[-1], End) and seen[-1].status is Status.INTERRUPTED
     assert not any(isinstance(e, Chunk) for e in seen)
-    assert busy > 0.3, f"the model was not processing the prompt ({busy:.2f} s CPU in 0.6 s)"
+    assert busy >= 0.3, f"the model was not processing the prompt ({busy:.2f} s CPU in 3 s)"
     windows = quiet_after(server)  # a prompt still in evaluation keeps every window busy
     assert min(windows) < 0.05 and windows[-1] < 0.1, f"CPU per half second after the interrupt: {windows}"
     assert answer(model_server.url, "stream", SHORT)[1].status in (Status.DONE, Status.TOKENS)

@@ -29,9 +29,10 @@ from tests.helpers import TOKEN, ServerFactory, stop_process
 GAPS = [0.15, 0.02, 0.09, 0.005, 0.005, 0.12, 0.03, 0.2, 0.01, 0.06, 0.04, 0.11]
 PIECES = ["Le", "t's", " see", ": ", "`x", " = ", "1`", " — ", "déjà", " 🚀", "\n\n", "done."]
 #: how far a replayed chunk may be from its recorded time: the typical chunk (the median) and the
-#: worst one, which a machine busy with other work can delay by a scheduler tick or two
+#: worst one, which a machine busy with other work (the suite's other process) can delay by a few
+#: scheduler ticks; a replay at any fixed rate is off by far more at the median
 GAP_TOLERANCE = 0.010
-WORST_TOLERANCE = 0.050
+WORST_TOLERANCE = 0.120
 
 
 class IrregularBackend(Backend):
@@ -72,12 +73,13 @@ def gaps(times: list[float]) -> list[float]:
 
 
 def timeline_off(times: list[float], recorded: list[float]) -> list[float]:
-    """How far each chunk is from its recorded time, both measured from the first chunk.
+    """How far each chunk is from its recorded time, the two timelines aligned where they agree best.
 
-    A replay keeps the recorded schedule rather than each gap, so one late chunk is off
-    by its own delay only; a replay at any fixed rate is off by tens of milliseconds.
+    A replay keeps the recorded schedule rather than each gap, so one late chunk (the first one
+    included) is off by its own delay only; a replay at any fixed rate is off by tens of milliseconds.
     """
-    return [abs((t - times[0]) - (r - recorded[0])) for t, r in zip(times, recorded, strict=True)]
+    shift = statistics.median(t - r for t, r in zip(times, recorded, strict=True))
+    return [abs(t - r - shift) for t, r in zip(times, recorded, strict=True)]
 
 
 def assert_on_schedule(off: list[float]) -> None:
