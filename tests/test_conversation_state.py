@@ -8,7 +8,7 @@ import pytest
 
 from nbchat.backends.kv_states import GROWTH, Saved, StateStore, common_prefix
 from nbchat.backends.trim import TRIM_STEP, fit
-from nbchat.bench.conversations import Answer, full_report, growth, report, run_schedules
+from nbchat.bench.conversations import Answer, full_report, growth, report, run_repeated, run_schedules
 from nbchat.notebook.options import ChatOptions
 from nbchat.notebook.provenance import provenance
 from nbchat.notebook.render import TurnStats
@@ -157,3 +157,19 @@ def test_the_conversation_benchmark_alternates_and_reports_growth() -> None:
     assert result["C cpu"] == pytest.approx([0.0, 0.02, 0.04, 0.06])
     text = full_report({"nbchat/ws": result, "fresh": {k: result[k] for k in "ABC"}})
     assert text.count("nbchat/ws") == 2 and text.count("fresh") == 1  # a CPU row only where measured
+
+
+def test_repeated_schedules_ask_other_questions_and_keep_each_turns_median() -> None:
+    firsts: list[str] = []
+    slow = iter([0.9, 0.1, 0.2])  # the first run's A1 is slow, the others are not
+
+    def ask(history: list[Message], text: str) -> Answer:
+        if not history:
+            firsts.append(text)
+        wait = next(slow) if not history and len(firsts) in (1, 4, 7) else 0.1 * (len(history) // 2 + 1)
+        return Answer(wait, f"answer to {text}")
+
+    result = run_repeated(ask, turns=2, long_turns=2, repeat=3)
+    assert len(firsts) == 9 and len(set(firsts)) == 9  # no run repeats a conversation another run had
+    assert result["A"] == pytest.approx([0.2, 0.2])  # the median of 0.9, 0.1, 0.2, then of three 0.2
+    assert result["C"] == pytest.approx([0.1, 0.2])

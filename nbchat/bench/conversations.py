@@ -75,10 +75,10 @@ class Conversation:
         self.history += [Message("user", text), Message("assistant", answer.text)]
 
 
-def run_schedules(ask: Ask, turns: int = 10, long_turns: int = 20) -> dict[str, list[float]]:
+def run_schedules(ask: Ask, turns: int = 10, long_turns: int = 20, topic_offset: int = 0) -> dict[str, list[float]]:
     """TTFT per turn: ``A`` and ``B`` alternating, then ``C`` alone; the server's CPU to the first
     token under ``A cpu``, ``B cpu``, ``C cpu`` where the path measures it."""
-    a, b, c = Conversation(0), Conversation(7), Conversation(3)
+    a, b, c = Conversation(0 + topic_offset), Conversation(7 + topic_offset), Conversation(3 + topic_offset)
     for _ in range(turns):
         a.turn(ask)
         b.turn(ask)
@@ -88,6 +88,16 @@ def run_schedules(ask: Ask, turns: int = 10, long_turns: int = 20) -> dict[str, 
     if a.cpu and len(a.cpu) == len(a.ttft):
         result.update({"A cpu": a.cpu, "B cpu": b.cpu, "C cpu": c.cpu})
     return result
+
+
+def run_repeated(ask: Ask, turns: int = 10, long_turns: int = 20, repeat: int = 1) -> dict[str, list[float]]:
+    """:func:`run_schedules` ``repeat`` times, each run's conversations on topics shifted by one (so
+    that no run finds an earlier run's conversation kept), and per turn the median over the runs:
+    one run gives one sample a turn, and a 150 ms turn moves by tens of milliseconds with the
+    machine's other work."""
+    runs = [run_schedules(ask, turns, long_turns, topic_offset=r) for r in range(repeat)]
+    return {key: [statistics.median(turn) for turn in zip(*(run[key] for run in runs), strict=True)]
+            for key in runs[0]}
 
 
 def cpu_view(result: dict[str, list[float]]) -> dict[str, list[float]] | None:

@@ -289,10 +289,11 @@ def run_conversations(args: argparse.Namespace, threads: int) -> None:
         if not args.no_fresh:
             asks["fresh"] = fresh_ask(threads, args.max_tokens)
         print(f"conversations: 2 x {args.turns} turns alternating, 1 x {args.long_turns} turns; "
-              f"{args.max_tokens} tokens an answer, greedy, {threads} model threads", flush=True)
+              f"{args.max_tokens} tokens an answer, greedy, {threads} model threads; "
+              f"per turn the median of {args.repeat} run{'s' if args.repeat > 1 else ''}", flush=True)
         for name, ask in asks.items():
             ask([], "Say hello.")  # warm-up: loads what a path loads lazily
-            results[name] = conversations.run_schedules(ask, args.turns, args.long_turns)
+            results[name] = conversations.run_repeated(ask, args.turns, args.long_turns, args.repeat)
             print(conversations.row(name, results[name]), flush=True)  # a path's figures as soon as they are in
     print(conversations.full_report(results))
 
@@ -306,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="time to first token per turn as conversations grow (see nbchat.bench.conversations)")
     parser.add_argument("--turns", type=int, default=10, help="--conversations: turns of each alternating one")
     parser.add_argument("--long-turns", type=int, default=20, help="--conversations: turns of the long one")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="--conversations: run the schedules N times, on other topics each time, and "
+                             "take each turn's median")
     parser.add_argument("--no-fresh", action="store_true", help="--conversations: skip the fresh evaluation")
     parser.add_argument("--transports", nargs="+", default=list(TRANSPORTS), choices=TRANSPORTS,
                         help="--conversations: the nbchat transports to run (default: all)")
