@@ -173,7 +173,13 @@ def test_widget_streams_and_stop_interrupts(page: Any) -> None:
 
     shown = len(answer.inner_text())
     clicked = time.monotonic()
-    widget.locator(".nbchat-stop").click()  # the kernel is idle: the click reaches it while the task streams
+    # The kernel is idle: the Stop reaches it while the task streams. Pressed from the keyboard: until the answer
+    # fills the log, each new line moves the button down, and a pointer click aimed while it moves can land on the
+    # text above it (the page then never heard a Stop: the button stays enabled, the stats line never says
+    # "stopping…"), which a busy machine makes likely.
+    stop = widget.locator(".nbchat-stop")
+    stop.focus()
+    stop.press("Enter")
     status = widget.locator(".nbchat-status").last
     try:
         status.wait_for(timeout=30_000)
