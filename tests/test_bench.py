@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nbchat.bench.buffering import BufferingProxy, assess, detect_buffering
+from nbchat.bench.buffering import MIN_EMIT_SPREAD, BufferingProxy, BufferingReport, assess, detect_buffering
 from nbchat.bench.command import add_bench_parser, config_from_args
 from nbchat.bench.loadgen import shares, spread_window, trace_from_json, trace_to_json
 from nbchat.bench.measure import ClientStreamer, echo_message, open_streamer, wire_bytes
@@ -345,11 +345,23 @@ async def test_raw_tcp_floor_in_several_processes_ends_with_its_parent() -> None
     assert not any(alive(pid) for pid in forked)
 
 
+async def paced_report(url: str) -> BufferingReport:
+    """The report of a turn the server did pace. A server thread starved of the CPU (by the suite's other
+    worker) sends the chunks that fell due meanwhile at once, and the detector rightly cannot judge such a
+    turn: it is asked again, three times at most."""
+    for _ in range(3):
+        report = await detect_buffering(url, TOKEN, "stream", chunks=16)
+        if report.emit_interval_ms / 1000 >= MIN_EMIT_SPREAD:
+            break
+    return report
+
+
 async def test_buffering_proxy_is_detected(paced: ServerHandle) -> None:
-    assert not (await detect_buffering(paced.url, TOKEN, "stream", chunks=16)).buffered
+    direct = await paced_report(paced.url)
+    assert direct.emit_interval_ms / 1000 >= MIN_EMIT_SPREAD and not direct.buffered, direct
     async with BufferingProxy(parse_host_port(paced.url)[1], flush_after=0.06) as proxy:
-        report = await detect_buffering(proxy.url, TOKEN, "stream", chunks=16)
-    assert report.buffered and report.arrivals <= 8
+        report = await paced_report(proxy.url)
+    assert report.buffered and report.arrivals <= 8, report
 
 
 # ---------------------------------------------------------------- command
