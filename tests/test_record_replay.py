@@ -28,11 +28,11 @@ from tests.helpers import TOKEN, ServerFactory, stop_process
 #: irregular gaps, as a model's are: a long first-token wait, bursts and pauses
 GAPS = [0.15, 0.02, 0.09, 0.005, 0.005, 0.12, 0.03, 0.2, 0.01, 0.06, 0.04, 0.11]
 PIECES = ["Le", "t's", " see", ": ", "`x", " = ", "1`", " — ", "déjà", " 🚀", "\n\n", "done."]
-#: how far a replayed chunk may be from its recorded time: the typical chunk (the median) and the
-#: worst one, which a machine busy with other work (the suite's other process) can delay by a few
-#: scheduler ticks; a replay at any fixed rate is off by far more at the median
+#: how far a replayed chunk may be from its recorded time: the typical chunk (the median), and nine in
+#: ten of them; the rest a machine busy with other work (the suite's other process) can delay by a
+#: scheduler hiccup of any length. A replay at any fixed rate is off by far more at the median.
 GAP_TOLERANCE = 0.010
-WORST_TOLERANCE = 0.120
+MOST_TOLERANCE = 0.050
 
 
 class IrregularBackend(Backend):
@@ -83,7 +83,8 @@ def timeline_off(times: list[float], recorded: list[float]) -> list[float]:
 
 
 def assert_on_schedule(off: list[float]) -> None:
-    assert statistics.median(off) <= GAP_TOLERANCE and max(off) <= WORST_TOLERANCE, off
+    ninth_decile = statistics.quantiles(off, n=10, method="inclusive")[-1]
+    assert statistics.median(off) <= GAP_TOLERANCE and ninth_decile <= MOST_TOLERANCE, off
 
 
 def test_record_writes_chunks_request_and_provenance(make_server: ServerFactory, tmp_path: Path) -> None:
