@@ -77,6 +77,11 @@ def open_without_kernel(tab: Any, lab: Lab, path: str, ui: str) -> None:
                           timeout=START_TIMEOUT * 1000)
 
 
+def widget_manager_race(error: str) -> bool:
+    """An error of ipywidgets' JupyterLab manager reading the kernel of a session that has none."""
+    return "reading 'kernel'" in error and "/@jupyter-widgets/jupyterlab-manager/" in error
+
+
 @pytest.mark.parametrize("ui", ["lab", "nb7"])
 def test_a_saved_conversation_is_drawn_by_the_extension_and_stays_inert(lab: Lab, browser: Any, ui: str) -> None:
     if ui == "nb7":
@@ -97,8 +102,10 @@ def test_a_saved_conversation_is_drawn_by_the_extension_and_stays_inert(lab: Lab
         assert seen["katex"] == 1 and "def" in seen["keywords"] and seen["strong"] == ["bold"], seen
         assert seen["text"].count("<script>window.__xss=2</script>") == 2, seen  # the question and the answer
         assert seen["img"] == 0 and seen["script"] == 0 and seen["xss"] is None, seen
-        # Notebook 7 (7.6) raises one error of its own while it opens any notebook, with or without nbchat
-        assert not [e for e in errors if ui == "lab" or "/extensions/nbchat/" in e], errors
+        # Notebook 7 (7.6) raises one error of its own while it opens any notebook, with or without nbchat;
+        # ipywidgets' manager now and then reads the kernel of a notebook opened without one (its own race)
+        assert not [e for e in errors if (ui == "lab" and not widget_manager_race(e)) or "/extensions/nbchat/" in e], \
+            errors
     finally:
         context.close()
 
