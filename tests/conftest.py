@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from nbchat.backends import Backend
+from nbchat.backends.cpu import available_cores
 from nbchat.backends.smollm2 import GGUF_PACKAGE
 from nbchat.bench.procs import free_port
 from nbchat.server.config import Settings
@@ -62,7 +63,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     it; none (this process) for a run that names its tests, where starting workers costs more."""
     if any("::" in arg or arg.endswith(".py") for arg in config.args):
         return 0
-    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    return min(MAX_WORKERS, available_cores())
 
 
 def _share_a_worker(item: pytest.Item) -> None:

@@ -66,6 +66,12 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def prompt_threads(n_threads: int) -> int:
+    """llama.cpp's threads for a prompt's batches: every core (big batches pay for the threads'
+    wake-ups), and never fewer than the ``n_threads`` that decode."""
+    return max(n_threads, available_cores())
+
+
 def is_x86() -> bool:
     return platform.machine().lower() in {"x86_64", "amd64", "i686", "i386"}
 

@@ -141,7 +141,7 @@ class Model:
         from llama_cpp import Llama
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        from .cpu import available_cores, check_library
+        from .cpu import check_library, prompt_threads
 
         self.system_info = llama_cpp.llama_print_system_info().decode()
         # A library that carries AMX code (a -march=native build on an AMX CPU) runs safely
@@ -151,7 +151,7 @@ class Model:
         with load:
             # Decoding uses n_threads; a prompt's big batches use every core.
             self.llama: Llama = Llama(model_path=path, n_ctx=n_ctx, n_threads=n_threads,
-                                      n_threads_batch=max(n_threads, available_cores()), verbose=False)
+                                      n_threads_batch=prompt_threads(n_threads), verbose=False)
         self.version = llama_cpp.__version__
         self.n_ctx, self.n_threads, self.path = n_ctx, n_threads, path
         llama = self.llama

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from ..wire.errors import BackendError
-from .cpu import available_cores
+from .cpu import prompt_threads
 from .kv_states import DEFAULT_CACHE_MB
 from .model_messages import Command, Fatal, ModelInfo, Ready, Reply, decode_reply, encode
 
@@ -163,5 +163,5 @@ def worker_environment(n_threads: int) -> dict[str, str]:
     """
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.setdefault("OMP_NUM_THREADS", str(max(n_threads, available_cores())))  # prompts use every core
+    env.setdefault("OMP_NUM_THREADS", str(prompt_threads(n_threads)))  # prompts use every core
     return env

@@ -18,7 +18,7 @@ import statistics
 import time
 from typing import Any
 
-from ..backends.cpu import available_cores
+from ..backends.cpu import prompt_threads
 from ..backends.gguf import DEFAULT_N_CTX, default_threads
 from ..backends.worker_process import worker_environment
 
@@ -43,7 +43,7 @@ def load(options: dict[str, Any]) -> Any:
 
     threads = default_threads()
     return Llama(model_path=str(find_gguf()), n_ctx=DEFAULT_N_CTX, n_threads=threads,
-                 n_threads_batch=max(threads, available_cores()), verbose=False, **options)
+                 n_threads_batch=prompt_threads(threads), verbose=False, **options)
 
 
 def read_after(llama: Any, history: list[int], question: list[int]) -> float:
