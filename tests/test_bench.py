@@ -15,9 +15,9 @@ import pytest
 
 from nbchat.bench.buffering import MIN_EMIT_SPREAD, BufferingProxy, BufferingReport, assess, detect_buffering
 from nbchat.bench.command import add_bench_parser, config_from_args
-from nbchat.bench.loadgen import shares, spread_window, trace_from_json, trace_to_json
+from nbchat.bench.loadgen import child_loop, shares, spread_window, trace_from_json, trace_to_json
 from nbchat.bench.measure import ClientStreamer, echo_message, open_streamer, wire_bytes
-from nbchat.bench.procs import alive, descendants, raw_server
+from nbchat.bench.procs import alive, descendants, python_child, raw_server
 from nbchat.bench.rawtcp import _serve_stream, stream_raw
 from nbchat.bench.report import Results, Row, Target, round_ratios, summarize, wall_time
 from nbchat.bench.rounds import Window, floor_around, in_rounds, pool_point, window_order
@@ -328,6 +328,21 @@ async def test_a_window_spread_over_load_generator_processes(echo: ServerHandle,
     assert {t.status for t in traces} == {"eof" if kind == "raw" else "[DONE]"}
     assert all(0 < lat < 1 for t in traces for lat in t.latencies())  # one clock across the processes
     assert server_cpu == 0.5 and client_cpu > 0  # read once every child was ready and once all were done
+
+
+@pytest.mark.slow  # starts a load generator process
+async def test_a_load_generator_process_runs_on_uvloop() -> None:
+    server = await asyncio.start_server(_serve_stream, "127.0.0.1", 0)
+    spec = {"kind": "raw", "url": f"tcp://127.0.0.1:{server.sockets[0].getsockname()[1]}", "token": TOKEN,
+            "streams": 2, "n": 3, "rate": 0.0}
+    async with server, python_child(["-m", "nbchat.bench.loadgen"], limit=1 << 20) as child:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write((json.dumps(spec) + "\n").encode())
+        ready = (await asyncio.wait_for(child.stdout.readline(), 60)).decode().split()
+        child.stdin.write(b"go\n")
+        done = (await asyncio.wait_for(child.stdout.readline(), 60)).decode()
+    assert child_loop() == "uvloop"  # the bench extra installs it
+    assert ready == ["ready", "uvloop"] and done.startswith("done ")
 
 
 @pytest.mark.slow  # starts the raw TCP floor's processes

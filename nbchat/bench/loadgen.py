@@ -11,14 +11,20 @@ server's CPU is read over the streaming alone, as in one process. Each child
 sends its traces back (same host, same clock: the latencies mean what they
 mean in one process) and the CPU it spent streaming.
 
-The child's protocol, one line each way: a JSON spec on stdin, ``ready``,
-``go`` on stdin, ``done CPU_SECONDS``, then the traces as one JSON line.
+The child's protocol, one line each way: a JSON spec on stdin, ``ready LOOP``
+(the module of the event loop it runs on), ``go`` on stdin, ``done CPU_SECONDS``, then the traces as one JSON line.
+
+A child runs on uvloop where it is installed (the ``bench`` extra): it reads
+the same bytes and decodes them with the same code for less CPU, which the
+servers measured beside it on the same cores then have. The servers (nbchat's
+and the raw TCP floor) keep asyncio's own loop, as ``nbchat serve`` runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import random
 import sys
@@ -148,7 +154,7 @@ async def _child() -> None:
     spec = json.loads(await stdin.readline())
     async with ready_streams(spec["kind"], spec["url"], spec["token"], int(spec["streams"]), int(spec["n"]),
                              float(spec["rate"]), spec.get("client", "wire")) as go:
-        print("ready", flush=True)
+        print(f"ready {type(loop).__module__.split('.')[0]}", flush=True)
         await stdin.readline()
         cpu = time.process_time()
         traces = await go()
@@ -157,5 +163,19 @@ async def _child() -> None:
     sys.stdout.flush()
 
 
+def child_loop() -> str:
+    """The event loop a load generator process runs on: uvloop where installed, else asyncio's."""
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def _main() -> None:
+    if child_loop() == "uvloop":
+        import uvloop
+
+        uvloop.run(_child())
+    else:
+        asyncio.run(_child())
+
+
 if __name__ == "__main__":
-    asyncio.run(_child())
+    _main()

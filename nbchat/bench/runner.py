@@ -29,7 +29,7 @@ from typing import Any
 
 from ..server.config import Settings
 from ..wire.contract import TRANSPORTS
-from .loadgen import ready_streams, spread_window
+from .loadgen import child_loop, ready_streams, spread_window
 from .measure import Streamer, echo_message, open_streamer
 from .procs import Child, nbchat_server, raw_server
 from .quota import cpu_quota
@@ -157,7 +157,9 @@ def run(config: BenchConfig | None = None) -> Results:
 
 
 def _config_dict(config: BenchConfig) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+    found = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()}
+    # what the sweep's streams were read on: this process's asyncio loop, or children on child_loop()'s
+    return {**found, "load_loop": child_loop() if config.load_procs > 1 else "asyncio"}
 
 
 def _progress(config: BenchConfig) -> Any:
