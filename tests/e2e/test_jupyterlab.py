@@ -155,6 +155,13 @@ def test_kernel_interrupt_stops_a_chat_cell_and_keeps_the_partial_answer(page: A
     assert len(text.split("[INTERRUPTED]")[0]) > 80  # the partial answer stays
 
 
+def assert_same_place(before: dict[str, float] | None, after: dict[str, float] | None) -> None:
+    """Two bounding boxes of one element are the same place on the page (to a pixel)."""
+    assert before is not None and after is not None, (before, after)
+    moved = {k: after[k] - before[k] for k in ("x", "y", "width", "height") if abs(after[k] - before[k]) > 1}
+    assert not moved, f"Stop moved while the answer streamed: {moved} (from {before})"
+
+
 def test_widget_streams_and_stop_interrupts(page: Any) -> None:
     run_cell(page, WIDGET)
     wait_cell(page, WIDGET)
@@ -164,22 +171,19 @@ def test_widget_streams_and_stop_interrupts(page: Any) -> None:
     answer = widget.locator(".nbchat-assistant").last
     page.wait_for_function("() => { const a = [...document.querySelectorAll('.nbchat-assistant')].pop();"
                            " return !!a && a.innerText.length > 10; }", timeout=120_000)
-    send = widget.locator(".nbchat-send")
+    send, stop = widget.locator(".nbchat-send"), widget.locator(".nbchat-stop")
+    aimed = stop.bounding_box()
     lengths = sample_growth(lambda: answer.inner_text(),
                             lambda: len(answer.inner_text()) > 150 or not send.is_disabled(), timeout=90)
     assert send.is_disabled(), "the answer ended before Stop could be clicked"
     assert len(set(lengths)) >= 3, lengths
+    # A person aims at Stop while the answer grows: the button must be where it was when the answer began.
+    assert_same_place(aimed, stop.bounding_box())
     from playwright.sync_api import TimeoutError as PlaywrightTimeout  # the e2e extra, imported where used
 
     shown = len(answer.inner_text())
     clicked = time.monotonic()
-    # The kernel is idle: the Stop reaches it while the task streams. Pressed from the keyboard: until the answer
-    # fills the log, each new line moves the button down, and a pointer click aimed while it moves can land on the
-    # text above it (the page then never heard a Stop: the button stays enabled, the stats line never says
-    # "stopping…"), which a busy machine makes likely.
-    stop = widget.locator(".nbchat-stop")
-    stop.focus()
-    stop.press("Enter")
+    stop.click()  # the kernel is idle: the Stop reaches it while the task streams
     status = widget.locator(".nbchat-status").last
     try:
         status.wait_for(timeout=30_000)
