@@ -100,6 +100,50 @@ def test_the_work_between_turns_gives_way_to_a_waiting_job() -> None:
     assert model.last_prompt == (len(follow_up), primed)  # the next turn continues from what was read ahead
 
 
+def test_a_conversation_that_goes_on_at_once_is_not_copied_between_turns() -> None:
+    """A notebook's Run All: the same conversation's next question is there when the answer ends,
+    while another conversation is kept. The state the answer leaves is not copied out for it (the
+    copy grows with the conversation and the question would wait for it); a switch to the other
+    conversation copies it then, and with nobody asking, it is copied while the process waits."""
+    from nbchat.backends.llama_worker import Control, Model, run_job
+    from nbchat.backends.model_messages import End, Generate, Piece, Reply
+    from nbchat.backends.smollm2 import find_gguf
+
+    model = Model(str(find_gguf()), 1, 1024, cache_mb=16)
+    replies: list[Reply] = []
+
+    def ask(job_id: int, messages: list[dict[str, str]], control: Control) -> tuple[str, End]:
+        start = len(replies)
+        run_job(model, Generate(job_id, messages, 24, {"temperature": 0.0}), control, replies.append)
+        end = replies[-1]
+        assert isinstance(end, End)
+        return "".join(r.text for r in replies[start:] if isinstance(r, Piece)), end
+
+    def asked_next() -> Control:
+        control = Control()
+        control.queue(Generate(99, [{"role": "user", "content": "next"}], 1, {}))
+        return control
+
+    other = [{"role": "user", "content": question(1, 7)}]
+    other_reply, _ = ask(1, other, Control())
+    first = [{"role": "user", "content": question(1)}]
+    reply, _ = ask(2, first, asked_next())  # a switch: the state is kept at once, a job waiting or not
+    assert not model.continued and len(model.kept) == 2
+    copies = model.copies_out
+    second = [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": question(2)}]
+    _, end = ask(3, second, asked_next())
+    assert model.continued and end.copied_out == 0
+    assert model.copies_out == copies, "the answer's state was copied out though its conversation went on"
+    back = [*other, {"role": "assistant", "content": other_reply}, {"role": "user", "content": question(2, 7)}]
+    back_reply, end = ask(4, back, Control())
+    assert end.copied_out == 1  # the switch kept the conversation that had gone on
+    assert end.reused is not None and end.reused > len(model.prompt(other)[0])  # the other one's state came back
+    third = [*back, {"role": "assistant", "content": back_reply}, {"role": "user", "content": question(3, 7)}]
+    copies = model.copies_out
+    ask(5, third, Control())  # nobody asks next: the state is kept while the process waits
+    assert model.continued and model.copies_out > copies
+
+
 def test_a_continued_turn_reads_only_its_own_message_and_what_follows_it() -> None:
     from nbchat.backends.llama_worker import Control, Model, run_job
     from nbchat.backends.model_messages import End, Generate, Piece, Reply

@@ -23,6 +23,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -52,6 +53,9 @@ KEEP_MIN_TOKENS = 8
 DEFAULT_RESERVE = 512
 #: the most tokens read ahead for the next turn after an answer (:meth:`Model.prime`)
 PRIME_MAX = 16
+#: after an answer that continued the current conversation, how long the process waits for a next job before
+#: it keeps the state and reads ahead: a notebook's Run All asks the next question within milliseconds
+HANDOFF_SECONDS = 0.05
 
 
 class Stopped(Exception):
@@ -66,6 +70,8 @@ class Control:
     running: int | None = None
     stopped: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: set when a job is queued: wakes :meth:`job_within` (the queue stays the truth)
+    arrived: threading.Event = field(default_factory=threading.Event)
 
     def stop_requested(self, job_id: int) -> bool:
         with self.lock:
@@ -75,6 +81,21 @@ class Control:
         """Whether a job is queued (work between turns gives way to it)."""
         return not self.jobs.empty()
 
+    def queue(self, job: Generate) -> None:
+        """Queue ``job`` for the generating thread (from the reader thread)."""
+        self.jobs.put(job)
+        self.arrived.set()
+
+    def job_within(self, seconds: float) -> bool:
+        """Whether a job is queued now or comes within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while not self.waiting():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.arrived.wait(left):
+                return self.waiting()
+            self.arrived.clear()
+        return True
+
     def read_commands(self, stream: IO[bytes]) -> None:
         """Reader thread: queue jobs, record stops; exit the process when the parent is gone."""
         for line in stream:
@@ -83,7 +104,7 @@ class Control:
             except ValueError:
                 continue  # not from the supervisor, which writes only commands
             if isinstance(command, Generate):
-                self.jobs.put(command)
+                self.queue(command)
             else:
                 with self.lock:
                     self.stopped.add(command.id)
@@ -173,6 +194,8 @@ class Model:
         self.copies_out = 0
         #: the last prompt's length in tokens and how many of them were reused (reported with its End)
         self.last_prompt: tuple[int | None, int | None] = (None, None)
+        #: whether the last prompt continued the current state (neither kept it for another nor restored one)
+        self.continued = False
         self._abort: Callable[[], bool] = lambda: False
         # Kept on the instance: llama.cpp holds only the C pointer.
         self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort())
@@ -293,9 +316,12 @@ class Model:
 
         current = self._usable(common_prefix(self._cached, tokens), len(tokens))
         saved, shared = self.kept.best(tokens)
+        self.continued = False
         if saved is None or (usable := self._usable(shared, len(tokens))) <= current:
             if len(self._cached) - current >= KEEP_MIN_TOKENS:
                 self._stash()
+            else:
+                self.continued = True
             return current
         self._stash()
         self.kept.take(saved)
@@ -380,6 +406,7 @@ class Model:
         """Drop the current state (after a failure left it unknown)."""
         self._cached = []
         self.llama.n_tokens = 0
+        self.continued = False
 
 
 Send = Callable[["Reply"], None]
@@ -399,6 +426,7 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
         return stop()
 
     model.last_prompt = (None, None)  # a job that ends before its prefill reports no counts, not the last job's
+    model.continued = False
     copies_out: int | None = None
     answer: list[str] = []
     follow: list[dict[str, str]] | None = None  # the conversation with its answer, once it completed
@@ -446,14 +474,25 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
         with control.lock:
             control.stopped.discard(job_id)
         send(End(job_id, model.tokens_sampled, *model.last_prompt, copies_out))
-    between_turns(model, follow, control.waiting)
+    between_turns(model, follow, control.waiting, control.job_within)
 
 
-def between_turns(model: Model, follow: list[dict[str, str]] | None, waiting: Callable[[], bool]) -> None:
+def between_turns(model: Model, follow: list[dict[str, str]] | None, waiting: Callable[[], bool],
+                  job_within: Callable[[float], bool] | None = None) -> None:
     """After a job's End, while the process would wait for the next one: keep the current state
     (:meth:`Model.keep_current`) and read ahead in ``follow``, the conversation that was answered
     (:meth:`Model.prime`); a read-ahead that completed is kept too, so that the kept state is the
-    one the conversation's next turn continues."""
+    one the conversation's next turn continues.
+
+    After a turn that continued its conversation, a job that comes within :data:`HANDOFF_SECONDS`
+    (``job_within``) most likely continues it again (a notebook's Run All): nothing is kept for it,
+    since that copy grows with the conversation (5-20 ms) and the job would wait for it. Should the
+    job be another conversation's, its prompt keeps the state first (:meth:`Model._restore`). After
+    a turn that switched conversations, the state is kept at once: alternating conversations switch
+    again, and the copy then runs while the client sends its next question.
+    """
+    if model.continued and job_within is not None and job_within(HANDOFF_SECONDS):
+        return
     try:
         model.keep_current()
         if follow is not None and model.prime(follow, waiting):
