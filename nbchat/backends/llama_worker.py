@@ -316,13 +316,12 @@ class Model:
 
         current = self._usable(common_prefix(self._cached, tokens), len(tokens))
         saved, shared = self.kept.best(tokens)
-        self.continued = False
         if saved is None or (usable := self._usable(shared, len(tokens))) <= current:
-            if len(self._cached) - current >= KEEP_MIN_TOKENS:
+            self.continued = len(self._cached) - current < KEEP_MIN_TOKENS
+            if not self.continued:
                 self._stash()
-            else:
-                self.continued = True
             return current
+        self.continued = False
         self._stash()
         self.kept.take(saved)
         self._truncate([], 0)
