@@ -13,7 +13,7 @@ from nbchat.bench.capacity import Capacity, capacities, holds
 from nbchat.bench.report import Results, Row, summarize
 from nbchat.bench.scaling import main as scaling_main
 from nbchat.bench.scaling import saturation, verdict
-from nbchat.bench.stats import Trace
+from nbchat.bench.stats import Trace, delivered_rate, span_rate
 
 RATE = 20.0
 
@@ -90,6 +90,19 @@ def test_sweep_rows_report_delivered_against_asked() -> None:
     assert row.latency_p99_ms == pytest.approx(2.0)  # latency alone sees nothing wrong
     unpaced, _ = summarize("max_rate", "stream", [paced(21, 0.001)])
     assert math.isnan(unpaced.asked_rate) and math.isnan(unpaced.delivered)
+
+
+def test_delivered_rate_counts_the_streaming_not_the_turns_start() -> None:
+    # ten streams of 30 chunks at 10/s whose turns a slow server started 0.1 s apart: each keeps its pace
+    staggered = [paced(30, 0.1, 100 + 0.1 * i) for i in range(10)]
+    assert delivered_rate(staggered) == pytest.approx(100, rel=0.05)
+    assert span_rate(staggered) == pytest.approx(300 / 3.8, rel=0.01)  # the start counted as missed chunks
+    # the same streams at half their pace (a server short of CPU for the streaming): half the rate
+    assert delivered_rate([paced(30, 0.2, 100 + 0.1 * i) for i in range(10)]) == pytest.approx(50, rel=0.05)
+    # streams that overlap for less than a quarter of the span: the span's rate
+    apart = [paced(30, 0.1), paced(30, 0.1, 102.0)]
+    assert delivered_rate(apart) == pytest.approx(span_rate(apart)) == pytest.approx(60 / 4.9, rel=0.01)
+    assert math.isnan(delivered_rate([Trace(sent=0.0)]))
 
 
 def sweep_results() -> Results:
