@@ -111,7 +111,7 @@ def parse_json_text(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     never be encoded back to UTF-8: caught here, once, rather than when an
     answer is half streamed)."""
     try:
-        obj = json.loads(text, parse_constant=_not_json)
+        obj = _DECODER.decode(text)
     except RecursionError as exc:
         raise RequestError(f"the JSON is nested deeper than {max_depth} levels", code="invalid_json") from exc
     except ValueError as exc:
@@ -123,6 +123,10 @@ def parse_json_text(text: str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
 def _not_json(name: str) -> None:
     # Python's decoder reads NaN, Infinity and -Infinity, which JSON (RFC 8259) does not have.
     raise ValueError(f"{name} is not a JSON value")
+
+
+#: made once: ``json.loads`` with an argument builds a decoder per call
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
 
 
 def _check_tree(obj: Any, max_depth: int) -> None:
