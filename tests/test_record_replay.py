@@ -119,7 +119,9 @@ def test_replay_has_the_recorded_text_and_gaps(make_server: ServerFactory, tmp_p
     assert end.status is Status.DONE
     assert "".join(c.content for c in chunks) == recorded.text == replayed.text
     assert [c.content for c in chunks] == [c.content for c in recorded.chunks]
-    assert abs(replayed.chunks[0].t - recorded.chunks[0].t) <= GAP_TOLERANCE  # the first-token wait too
+    # the first-token wait too: one sample, where a hiccup in either server's run shows whole, so it is
+    # held to the bound of nine chunks in ten (a replay that skipped the wait is off by GAPS[0], 150 ms)
+    assert abs(replayed.chunks[0].t - recorded.chunks[0].t) <= MOST_TOLERANCE < GAPS[0]
     recorded_times = [c.t for c in recorded.chunks]
     assert_on_schedule(timeline_off([c.t for c in replayed.chunks], recorded_times))
     assert_on_schedule(timeline_off([c.received for c in chunks], recorded_times))
