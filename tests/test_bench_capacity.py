@@ -85,8 +85,8 @@ def test_sweep_rows_report_delivered_against_asked() -> None:
     # 4 streams asked for 20/s each; the server, short of CPU, paced them at 10/s
     row, _ = summarize("concurrency", "stream", [paced(21, 0.1) for _ in range(4)], rate=RATE, streams=4)
     assert row.asked_rate == 80.0
-    assert row.total_rate == pytest.approx(84 / 2.0)
-    assert row.delivered == pytest.approx(0.525)
+    assert row.total_rate == pytest.approx(40.0)  # 4 streams x 10/s
+    assert row.delivered == pytest.approx(0.5)
     assert row.latency_p99_ms == pytest.approx(2.0)  # latency alone sees nothing wrong
     unpaced, _ = summarize("max_rate", "stream", [paced(21, 0.001)])
     assert math.isnan(unpaced.asked_rate) and math.isnan(unpaced.delivered)

@@ -105,7 +105,9 @@ def delivered_rate(traces: Sequence[Trace]) -> float:
     if window is None:
         return span_rate(traces)
     start, end = window
-    count = sum(bisect.bisect_right(t.received, end) - bisect.bisect_left(t.received, start)
+    # chunks in [start, end): a stream at one chunk per p seconds has L/p of them in any span of L,
+    # where a closed span would count one more for each stream whose chunks fall on both ends
+    count = sum(bisect.bisect_left(t.received, end) - bisect.bisect_left(t.received, start)
                 for t in traces if t.received)
     return count / (end - start)
 
