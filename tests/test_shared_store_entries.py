@@ -135,6 +135,7 @@ async def test_calls_made_together_go_in_one_pipeline_each_with_its_own_answer(r
         pipelines += 1
         return pipeline(*args, **kwargs)  # type: ignore[arg-type]
 
+    await client.script_load(script.script)  # a process's first batch loads it (the test below)
     client.pipeline = counting  # type: ignore[method-assign]
     try:
         calls = [batched(["nbchat-test:n"], ["bad" if i == 7 else "ok"]) for i in range(200)]
@@ -145,4 +146,26 @@ async def test_calls_made_together_go_in_one_pipeline_each_with_its_own_answer(r
         assert await batched(["nbchat-test:n"], ["ok"]) == 200 and pipelines == 2
     finally:
         await client.delete("nbchat-test:n")
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_a_batch_sends_only_its_calls_and_outlives_a_script_flush(redis_server: RedisProcess) -> None:
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    script = client.register_script("return redis.call('INCR', KEYS[1])")
+    batched = Batched(client, script)
+    try:
+        await client.config_resetstat()
+        assert await asyncio.gather(*(batched(["nbchat-test:m"], []) for _ in range(3))) == [1, 2, 3]
+        for _ in range(5):
+            await batched(["nbchat-test:m"], [])
+        stats = await client.info("commandstats")
+        assert "cmdstat_script|exists" not in stats  # no question to Redis before each batch
+        assert stats["cmdstat_script|load"]["calls"] == 1  # the first batch found it unknown and loaded it
+        assert stats["cmdstat_evalsha"]["calls"] == 3 + 3 + 5
+        await client.script_flush()  # as after a Redis restart
+        assert await asyncio.gather(*(batched(["nbchat-test:m"], []) for _ in range(2))) == [9, 10]
+        assert (await client.info("commandstats"))["cmdstat_script|load"]["calls"] == 2
+    finally:
+        await client.delete("nbchat-test:m")
         await client.aclose()

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT
 
 from ...wire.errors import RequestError
@@ -81,11 +81,14 @@ class Batched:
         task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
 
     async def _execute(self, calls: list[tuple[Sequence[str], Sequence[EncodableT], asyncio.Future[Any]]]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for keys, args, _ in calls:
-            await self._script(keys=keys, args=args, client=pipe)
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._pipeline(calls)
+            unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if unknown:  # Redis restarted or flushed its scripts since this process loaded it
+                self._script.sha = await self._client.script_load(self._script.script)
+                again = await self._pipeline([calls[i] for i in unknown])
+                for i, result in zip(unknown, again, strict=True):
+                    results[i] = result
         except BaseException as exc:
             for _, _, future in calls:
                 if not future.done():
@@ -98,3 +101,15 @@ class Batched:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def _pipeline(self, calls: Sequence[tuple[Sequence[str], Sequence[EncodableT], Any]]) -> list[Any]:
+        """The calls by the script's hash, in one pipeline. Not through ``AsyncScript.__call__`` with the
+        pipeline as its client: that registers the script with the pipeline, whose ``execute`` then asks
+        Redis whether it knows the script (a round trip of its own before every batch), and it checks
+        its client against redis-py's pipeline classes (Protocol subclasses: slow ``isinstance``)."""
+        pipe = self._client.pipeline(transaction=False)
+        sha = self._script.sha
+        for keys, args, _ in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
