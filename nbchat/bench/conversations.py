@@ -6,7 +6,7 @@ going at once. Three schedules, greedy, each answer carried into its history:
 - ``A/B``: two 10-turn conversations asked alternately (A1, B1, A2, B2, ...);
 - ``C``: one 20-turn conversation alone.
 
-Paths: ``nbchat/<transport>`` (one ``nbchat serve`` child, every transport),
+Paths: ``nbchat/<transport>`` (an ``nbchat serve`` child of its own each),
 ``llama_cpp.server`` on the same model file and threads, and ``fresh``: llama.cpp
 in this process re-reading the whole prompt every turn (what no cache costs).
 Each path carries its own answers, as a user of it would. The ratio that

@@ -47,7 +47,7 @@ from ..backends.model_messages import Generate, Piece, Reply
 from ..backends.smollm2 import SmolLM2Backend, find_gguf
 from ..backends.worker_process import worker_environment
 from ..clients import ChatClient, collect, connect
-from ..wire.contract import OPENAI_MODELS_PATH, TRANSPORTS
+from ..wire.contract import OPENAI_MODELS_PATH, TRANSPORTS, Transport
 from ..wire.errors import ServerStartError
 from ..wire.events import Message
 from . import conversations
@@ -59,6 +59,10 @@ PROMPTS = (
     "List five tips for writing clear Python code.",
 )
 LLAMA_MODEL = "smollm2"  # the alias llama_cpp.server serves the model file under
+
+
+#: opens one path of the conversation benchmark, its servers and clients closed with the stack
+PathOpener = Callable[[ExitStack], "conversations.Ask"]
 
 
 @dataclass
@@ -272,29 +276,47 @@ def greedy_pairs(threads: int, pairs: int, max_tokens: int) -> str:
     return f"{differ} of {pairs} follow-up answers differ from a fresh evaluation's (greedy, {max_tokens} tokens)"
 
 
+def conversation_paths(args: argparse.Namespace, threads: int) -> dict[str, PathOpener]:
+    """The paths of the conversation benchmark, each opened on its own when its turn comes.
+
+    Every nbchat transport gets a server of its own: the model process keeps the conversations
+    it evaluated, and a second transport asking the same questions of the same server would find
+    the first one's histories kept and read almost nothing.
+    """
+
+    def nbchat_path(transport: Transport) -> PathOpener:
+        def open_path(stack: ExitStack) -> conversations.Ask:
+            server = stack.enter_context(in_background(nbchat_server("smollm2")))
+            client = stack.enter_context(connect(server.url, token=server.token, transport=transport,
+                                                 timeout=START_TIMEOUT))
+            return client_ask(client, args.max_tokens, server)
+        return open_path
+
+    def llama_path(stack: ExitStack) -> conversations.Ask:
+        server = stack.enter_context(in_background(llama_server(threads)))
+        llama = stack.enter_context(connect(server.url, transport="openai", timeout=START_TIMEOUT))
+        return client_ask(llama, args.max_tokens, server, model=LLAMA_MODEL)
+
+    paths = {f"nbchat/{transport}": nbchat_path(transport) for transport in args.transports}
+    if not args.no_llama_server:
+        paths["llama_cpp.server"] = llama_path
+    if not args.no_fresh:
+        paths["fresh"] = lambda _stack: fresh_ask(threads, args.max_tokens)
+    return paths
+
+
 def run_conversations(args: argparse.Namespace, threads: int) -> None:
     """The conversation benchmark (:mod:`nbchat.bench.conversations`): every path in turn, one table."""
     results: dict[str, dict[str, list[float]]] = {}
-    with ExitStack() as stack:
-        asks: dict[str, conversations.Ask] = {}
-        server = stack.enter_context(in_background(nbchat_server("smollm2")))
-        for transport in args.transports:
-            client = stack.enter_context(connect(server.url, token=server.token, transport=transport,
-                                                 timeout=START_TIMEOUT))
-            asks[f"nbchat/{transport}"] = client_ask(client, args.max_tokens, server)
-        if not args.no_llama_server:
-            llama_server_ = stack.enter_context(in_background(llama_server(threads)))
-            llama = stack.enter_context(connect(llama_server_.url, transport="openai", timeout=START_TIMEOUT))
-            asks["llama_cpp.server"] = client_ask(llama, args.max_tokens, llama_server_, model=LLAMA_MODEL)
-        if not args.no_fresh:
-            asks["fresh"] = fresh_ask(threads, args.max_tokens)
-        print(f"conversations: 2 x {args.turns} turns alternating, 1 x {args.long_turns} turns; "
-              f"{args.max_tokens} tokens an answer, greedy, {threads} model threads; "
-              f"per turn the median of {args.repeat} run{'s' if args.repeat > 1 else ''}", flush=True)
-        for name, ask in asks.items():
+    print(f"conversations: 2 x {args.turns} turns alternating, 1 x {args.long_turns} turns; "
+          f"{args.max_tokens} tokens an answer, greedy, {threads} model threads; "
+          f"per turn the median of {args.repeat} run{'s' if args.repeat > 1 else ''}", flush=True)
+    for name, open_path in conversation_paths(args, threads).items():
+        with ExitStack() as stack:  # one path's server runs only while that path is measured
+            ask = open_path(stack)
             ask([], "Say hello.")  # warm-up: loads what a path loads lazily
             results[name] = conversations.run_repeated(ask, args.turns, args.long_turns, args.repeat)
-            print(conversations.row(name, results[name]), flush=True)  # a path's figures as soon as they are in
+        print(conversations.row(name, results[name]), flush=True)  # a path's figures as soon as they are in
     print(conversations.full_report(results))
 
 
