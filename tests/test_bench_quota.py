@@ -40,6 +40,8 @@ def writable_controller() -> CpuController:
 
 
 def groups(controller: CpuController) -> set[str]:
+    """The benchmark's groups now. A test holds that none was added (``<=`` what it saw before): a
+    benchmark running beside it on the machine may remove its own group meanwhile."""
     return {p.name for p in controller.path.glob(f"{quota.PREFIX}*")}
 
 
@@ -86,7 +88,7 @@ async def test_a_capped_process_tree_stays_within_its_cores() -> None:
     # 0.4 cores for three spinning processes (uncapped they would take the machine); 10 ms /proc
     # ticks and the one CFS period a burst may overrun are the tolerance
     assert 0.05 < share <= 0.4 * 1.1, share
-    assert not path.exists() and groups(controller) == before
+    assert not path.exists() and groups(controller) <= before
 
 
 def test_the_group_goes_also_when_the_run_fails() -> None:
@@ -97,7 +99,7 @@ def test_the_group_goes_also_when_the_run_fails() -> None:
         time.sleep(0.3)
         assert held.pids() == [spinner.pid]
         raise KeyboardInterrupt  # Ctrl-C with a process still in the group: it is killed, the group removed
-    assert spinner.wait(5) == -9 and groups(controller) == before
+    assert spinner.wait(5) == -9 and groups(controller) <= before
 
 
 def group_of(pid: int, controller: CpuController) -> Path:
@@ -145,7 +147,7 @@ def test_server_cpus_runs_the_benchmark_capped_and_leaves_no_group(tmp_path: Pat
     assert "the load generator's ceiling" in proc.stdout
     data = json.loads(out.read_text())
     assert data["config"]["server_cpus"] == 0.5 and {c["transport"] for c in data["capacity"]} == {"raw", "stream"}
-    assert groups(controller) == before
+    assert groups(controller) <= before
 
 
 # ---------------------------------------------------------------- where quotas cannot be set
@@ -245,4 +247,4 @@ def test_ctrl_c_mid_run_removes_the_groups() -> None:
     bench.send_signal(signal.SIGINT)
     _, err = bench.communicate(timeout=60)
     assert bench.returncode == 130 and "nbchat bench: interrupted" in err
-    assert groups(controller) == before
+    assert groups(controller) <= before
