@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from nbchat.backends import LENGTH, Finish, GenerationRequest, create_backend
-from nbchat.backends.llama_worker import block_cuts
+from nbchat.backends.llama_model import block_cuts
 from nbchat.backends.smollm2 import SmolLM2Backend, find_gguf
 from nbchat.bench.procs import cpu_seconds
 from nbchat.wire.errors import BackendError, QueueFull

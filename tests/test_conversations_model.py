@@ -75,7 +75,8 @@ async def test_alternating_conversations_keep_their_own_state(backend: SmolLM2Ba
 
 
 def test_the_work_between_turns_gives_way_to_a_waiting_job() -> None:
-    from nbchat.backends.llama_worker import Model, between_turns
+    from nbchat.backends.llama_model import Model
+    from nbchat.backends.llama_worker import between_turns
     from nbchat.backends.smollm2 import find_gguf
 
     model = Model(str(find_gguf()), 1, 1024, cache_mb=16)
@@ -105,7 +106,8 @@ def test_a_conversation_that_goes_on_at_once_is_not_copied_between_turns() -> No
     while another conversation is kept. The state the answer leaves is not copied out for it (the
     copy grows with the conversation and the question would wait for it); a switch to the other
     conversation copies it then, and with nobody asking, it is copied while the process waits."""
-    from nbchat.backends.llama_worker import Control, Model, run_job
+    from nbchat.backends.llama_model import Model
+    from nbchat.backends.llama_worker import Control, run_job
     from nbchat.backends.model_messages import End, Generate, Piece, Reply
     from nbchat.backends.smollm2 import find_gguf
 
@@ -145,7 +147,8 @@ def test_a_conversation_that_goes_on_at_once_is_not_copied_between_turns() -> No
 
 
 def test_a_continued_turn_reads_only_its_own_message_and_what_follows_it() -> None:
-    from nbchat.backends.llama_worker import Control, Model, run_job
+    from nbchat.backends.llama_model import Model
+    from nbchat.backends.llama_worker import Control, run_job
     from nbchat.backends.model_messages import End, Generate, Piece, Reply
     from nbchat.backends.smollm2 import find_gguf
 
@@ -270,7 +273,7 @@ async def test_widget_stats_line_shows_the_trimmed_history(model_server: ServerH
 
 @pytest.mark.parametrize("exact", [False, True])
 def test_an_answer_that_tokenises_otherwise_is_not_read_again(exact: bool) -> None:
-    from nbchat.backends.llama_worker import Model
+    from nbchat.backends.llama_model import Model
     from nbchat.backends.smollm2 import find_gguf
 
     model = Model(str(find_gguf()), 1, 1024, cache_mb=16, exact=exact)

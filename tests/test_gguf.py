@@ -66,7 +66,7 @@ def test_the_worker_imports_no_heavy_library_before_it_loads_the_model() -> None
     assert json.loads(out.stdout) == []
 
 
-@pytest.mark.parametrize("module", ["llama_worker.py", "model_process.py", "worker_process.py"])
+@pytest.mark.parametrize("module", ["llama_worker.py", "llama_model.py", "model_process.py", "worker_process.py"])
 def test_the_supervisor_and_the_worker_name_no_message_key_themselves(module: str) -> None:
     keys = {value for name, value in vars(msg).items()
             if name.isupper() and isinstance(value, str)}

@@ -235,7 +235,7 @@ def test_the_runtime_switch_reaches_llama_cpp_model_params() -> None:
     # The guard for libraries with AMX code: the model is loaded with use_extra_bufts off.
     import llama_cpp
 
-    from nbchat.backends.llama_worker import model_params_without_extra_buffers
+    from nbchat.backends.llama_model import model_params_without_extra_buffers
     from nbchat.backends.smollm2 import find_gguf
 
     with model_params_without_extra_buffers(llama_cpp):

@@ -42,7 +42,8 @@ import httpx
 
 from ..backends.base import GenerationRequest
 from ..backends.gguf import DEFAULT_N_CTX, default_threads
-from ..backends.llama_worker import Control, Model, run_job
+from ..backends.llama_model import Model
+from ..backends.llama_worker import Control, run_job
 from ..backends.model_messages import Generate, Piece, Reply
 from ..backends.smollm2 import SmolLM2Backend, find_gguf
 from ..backends.worker_process import worker_environment
