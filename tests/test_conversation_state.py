@@ -20,10 +20,9 @@ from nbchat.wire.protocol import (
     decode_ws,
     encode_ndjson,
     encode_sse_event,
-    encode_turn_request,
     encode_ws,
-    parse_turn_request,
 )
+from nbchat.wire.requests import encode_turn_request, parse_turn_request
 from nbchat.wire.sse import SSEDecoder
 
 

@@ -28,7 +28,8 @@ from ..wire.contract import NDJSON_PATH, OPENAI_COMPLETIONS_PATH, SSE_PATH, WEBS
 from ..wire.decoders import ItemDecoder, NDJSONItemDecoder, SSEItemDecoder
 from ..wire.events import Chunk, ErrorInfo, Item, Message, Status, TurnRequest
 from ..wire.openai import OpenAIItemDecoder, completion_body
-from ..wire.protocol import decode_ws, dumps, encode_turn_request
+from ..wire.protocol import decode_ws, dumps
+from ..wire.requests import encode_turn_request
 from .stats import Trace
 
 READ_SIZE = 65536

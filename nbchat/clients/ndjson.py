@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..wire.contract import NDJSON_PATH
 from ..wire.decoders import NDJSONItemDecoder
 from ..wire.events import TurnRequest
-from ..wire.protocol import encode_turn_request
+from ..wire.requests import encode_turn_request
 from ._http import AsyncHTTPChatClient, HTTPChatClient, HTTPTransport, Target
 
 

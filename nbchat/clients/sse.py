@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..wire.contract import SSE_PATH
 from ..wire.decoders import SSEItemDecoder
 from ..wire.events import TurnRequest
-from ..wire.protocol import encode_turn_request
+from ..wire.requests import encode_turn_request
 from ._http import AsyncHTTPChatClient, HTTPChatClient, HTTPTransport, Target
 
 

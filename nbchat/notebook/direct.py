@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..wire.contract import DIRECT_TRANSPORTS, Transport, transport_name
-from ..wire.protocol import encode_turn_request
+from ..wire.requests import encode_turn_request
 from .conversation import Conversation
 from .kernel_server import Endpoint, KernelServer, resolve_endpoint, starts_kernel_server
 from .options import ChatOptions

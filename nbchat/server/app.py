@@ -41,15 +41,8 @@ from ..wire.contract import (
 )
 from ..wire.errors import RequestError, ResumeError
 from ..wire.events import STATUS_STRINGS, Event
-from ..wire.protocol import (
-    encode_ndjson,
-    encode_ndjson_record,
-    encode_sse_event,
-    encode_sse_record,
-    error_body,
-    parse_position,
-    parse_turn_request,
-)
+from ..wire.protocol import encode_ndjson, encode_ndjson_record, encode_sse_event, encode_sse_record
+from ..wire.requests import error_body, parse_position, parse_turn_request
 from ..wire.sse import encode_sse_comment
 from .auth import SecurityMiddleware, public_bind_refusal
 from .config import Settings

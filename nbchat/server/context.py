@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection, Request
 
 from ..backends import Backend
 from ..wire.errors import PayloadTooLarge
-from ..wire.protocol import parse_json_body
+from ..wire.requests import parse_json_body
 from .config import Settings
 from .fairshare import FairShare
 from .store import TurnStore

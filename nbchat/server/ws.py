@@ -22,14 +22,8 @@ from websockets.frames import CloseCode
 from ..wire.contract import INTERRUPT_FRAME, RESUME_KEY
 from ..wire.errors import RequestError, ResumeError
 from ..wire.events import Chunk, End, ErrorInfo, Event, Status
-from ..wire.protocol import (
-    encode_chunk_record,
-    encode_record,
-    encode_ws,
-    parse_json_text,
-    parse_position,
-    parse_turn_request,
-)
+from ..wire.protocol import encode_chunk_record, encode_record, encode_ws
+from ..wire.requests import parse_json_text, parse_position, parse_turn_request
 from .config import Settings
 from .context import context_of
 from .direct import text_writer

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeAlias
 
 from .errors import ProtocolError, RequestError
 from .events import Chunk, End, ErrorInfo, Item, Message, Role, Status, TurnRequest
-from .protocol import bounded_number, parse_max_tokens, parse_stop
+from .requests import bounded_number, parse_max_tokens, parse_stop
 from .sse import SSEDecoder
 
 FINISH_REASONS = {Status.DONE: "stop", Status.TOKENS: "length"}

@@ -18,7 +18,8 @@ from typing import Any
 from .contract import INTERRUPT_FRAME, RESUME_KEY
 from .errors import ProtocolError
 from .events import Item, Status, TurnRequest
-from .protocol import decode_ws, dumps, encode_turn_request
+from .protocol import decode_ws, dumps
+from .requests import encode_turn_request
 
 
 class TurnFrames:

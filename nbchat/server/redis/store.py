@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from ...backends import Backend
 from ...wire.errors import RequestError, ResumeError
 from ...wire.events import End, ErrorInfo, Status, TurnRequest
-from ...wire.protocol import encode_turn_request, parse_turn_request
+from ...wire.requests import encode_turn_request, parse_turn_request
 from ..config import Settings
 from ..fairshare import UserQuota
 from ..recording import Recorder
