@@ -100,10 +100,13 @@ def test_record_writes_chunks_request_and_provenance(make_server: ServerFactory,
     assert recording.provenance["backend"] == "irregular" and recording.provenance["model"] == "irregular-1"
     assert recording.provenance["started"].endswith("Z")
     assert recording.turn_id and recording.turn_id in next(tmp_path.glob("*.jsonl")).name
-    # The recorded times are the server's: each gap at least the backend's sleep, and not far above it.
+    # The recorded times are the server's: each gap at least the backend's sleep, and not far above it
+    # (the typical gap, and nine in ten: the server's loop shares the machine with the suite's other
+    # worker, which once held one gap of eleven back by 130 ms in CI).
     assert recording.chunks[0].t >= GAPS[0]
-    for recorded, slept in zip(recording.gaps, GAPS[1:], strict=True):
-        assert slept - 0.002 <= recorded <= slept + 0.05
+    excess = [recorded - slept for recorded, slept in zip(recording.gaps, GAPS[1:], strict=True)]
+    assert min(excess) >= -0.002, excess
+    assert_on_schedule(excess)
     assert TOKEN not in next(tmp_path.glob("*.jsonl")).read_text(encoding="utf-8")
 
 
