@@ -199,14 +199,19 @@ def quiet_after(pid: int, windows: int = 6, seconds: float = 0.5) -> list[float]
 
 
 
-def model_processes(pid: int) -> list[int]:
-    """The nbchat model processes started by ``pid`` or its descendants."""
+def processes_running(pid: int, module: bytes) -> list[int]:
+    """The processes started by ``pid`` or its descendants whose command line names ``module``."""
     out = []
     for child in descendants(pid):
         try:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"nbchat.backends.llama_worker" in command:
+        if module in command:
             out.append(child)
     return out
+
+
+def model_processes(pid: int) -> list[int]:
+    """The nbchat model processes started by ``pid`` or its descendants."""
+    return processes_running(pid, b"nbchat.backends.llama_worker")

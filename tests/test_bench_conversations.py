@@ -6,30 +6,18 @@ from __future__ import annotations
 import argparse
 import os
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 
 from nbchat.bench.model import conversation_paths
+from tests.helpers import processes_running
 
 pytestmark = pytest.mark.model
 
 
 def serve_children() -> set[int]:
     """The ``nbchat serve`` processes this process started (the benchmark starts them as its children)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-            status = (entry / "status").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        parent = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), 0)
-        if parent == os.getpid() and b"nbchat.cli.main" in command and b"serve" in command:
-            found.add(int(entry.name))
-    return found
+    return set(processes_running(os.getpid(), b"nbchat.cli.main"))
 
 
 def test_each_transport_is_measured_on_a_server_of_its_own() -> None:
