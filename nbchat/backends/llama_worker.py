@@ -33,7 +33,7 @@ from .model_messages import End, Failure, Fatal, Generate, HistoryTrimmed, Lengt
 from .trim import fit
 
 if TYPE_CHECKING:
-    from .model_messages import Reply
+    from .model_messages import Command, Reply
 
 
 #: tokens left for the answer when a request sets no max_tokens (at most a quarter of the context)
@@ -53,6 +53,11 @@ class Control:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: set when a job is queued: wakes :meth:`job_within` (the queue stays the truth)
     arrived: threading.Event = field(default_factory=threading.Event)
+    #: the process's count of sampled tokens, read when a Stop arrives
+    sampled: Callable[[], int] = lambda: 0
+    #: per stopped job, that count when its Stop arrived: the stop's delay is counted where it acts,
+    #: not from a parent whose reading of the pipe may lag behind the model
+    stop_sampled: dict[int, int] = field(default_factory=dict)
 
     def stop_requested(self, job_id: int) -> bool:
         with self.lock:
@@ -77,18 +82,31 @@ class Control:
             self.arrived.clear()
         return True
 
+    def take(self, command: Command) -> None:
+        """Queue a job, or record a stop and the count of sampled tokens it came at."""
+        if isinstance(command, Generate):
+            self.queue(command)
+            return
+        with self.lock:
+            self.stopped.add(command.id)
+            self.stop_sampled.setdefault(command.id, self.sampled())
+
+    def after_stop(self, job_id: int, started: int, sampled: int) -> int | None:
+        """Forget ``job_id``'s stop; the tokens sampled after it came (None: it never came). A stop
+        that came while an earlier job ran counts from ``started``, this job's own first count."""
+        with self.lock:
+            self.stopped.discard(job_id)
+            at_stop = self.stop_sampled.pop(job_id, None)
+        return None if at_stop is None else sampled - max(at_stop, started)
+
     def read_commands(self, stream: IO[bytes]) -> None:
-        """Reader thread: queue jobs, record stops; exit the process when the parent is gone."""
+        """Reader thread: take each command; exit the process when the parent is gone."""
         for line in stream:
             try:
                 command = decode_command(line)
             except ValueError:
                 continue  # not from the supervisor, which writes only commands
-            if isinstance(command, Generate):
-                self.queue(command)
-            else:
-                with self.lock:
-                    self.stopped.add(command.id)
+            self.take(command)
         os._exit(0)  # standard input closed: nobody will read an answer
 
 
@@ -121,6 +139,7 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
     from llama_cpp import StoppingCriteriaList
 
     job_id = job.id
+    started = model.tokens_sampled
 
     def stop() -> bool:
         return control.stop_requested(job_id)
@@ -175,9 +194,8 @@ def run_job(model: Model, job: Generate, control: Control, send: Send) -> None:
         model.forget()
         send(Failure(job_id, f"the model failed: {type(exc).__name__}: {exc}"))
     finally:
-        with control.lock:
-            control.stopped.discard(job_id)
-        send(End(job_id, model.tokens_sampled, *model.last_prompt, copies_out))
+        after_stop = control.after_stop(job_id, started, model.tokens_sampled)
+        send(End(job_id, model.tokens_sampled, *model.last_prompt, copies_out, after_stop))
     between_turns(model, follow, control.waiting, control.job_within)
 
 
@@ -226,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.send(Fatal(f"{type(exc).__name__}: {exc}"))
         return 1
     out.send(Ready(model.info()))
-    control = Control()
+    control = Control(sampled=lambda: model.tokens_sampled)
     threading.Thread(target=control.read_commands, args=(sys.stdin.buffer,), daemon=True).start()
     while True:
         run_job(model, control.jobs.get(), control, out.send)

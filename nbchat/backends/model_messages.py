@@ -34,6 +34,8 @@ END = "end"
 PROMPT = "prompt"
 REUSED = "reused"
 COPIED_OUT = "copied_out"
+#: on an End: tokens sampled after the job's Stop reached the process (absent when none did)
+AFTER_STOP = "after_stop"
 
 # The values of OP.
 GENERATE = "generate"
@@ -126,13 +128,15 @@ class Failure:
 @dataclass(frozen=True)
 class End:
     """The job is over; ``prompt`` is its length in tokens, ``reused`` how many were not evaluated again,
-    ``copied_out`` how many evaluated states were copied out of the context before its prompt was read."""
+    ``copied_out`` how many evaluated states were copied out of the context before its prompt was read,
+    ``after_stop`` how many tokens were sampled after a Stop for it reached the process (None: no Stop did)."""
 
     id: int
     sampled: int
     prompt: int | None = None
     reused: int | None = None
     copied_out: int | None = None
+    after_stop: int | None = None
 
     def prompt_counts(self) -> dict[str, int]:
         """``prompt``, ``reused`` and ``copied_out`` under their keys, those that were reported."""
@@ -162,7 +166,8 @@ def _fields(message: Command | Reply) -> dict[str, Any]:
         return {ID: message.id, LENGTH: True}
     if isinstance(message, Failure):
         return {ID: message.id, ERROR: message.message, CODE: message.code}
-    return {ID: message.id, END: True, SAMPLED: message.sampled, **message.prompt_counts()}
+    stopped = {} if message.after_stop is None else {AFTER_STOP: message.after_stop}
+    return {ID: message.id, END: True, SAMPLED: message.sampled, **message.prompt_counts(), **stopped}
 
 
 def encode(message: Command | Reply) -> bytes:
@@ -219,5 +224,6 @@ def _reply(data: dict[str, Any]) -> Reply:
     if ERROR in data:
         return Failure(job, str(data[ERROR]), data.get(CODE) or None)
     if data.get(END):
-        return End(job, int(data[SAMPLED]), data.get(PROMPT), data.get(REUSED), data.get(COPIED_OUT))
+        return End(job, int(data[SAMPLED]), data.get(PROMPT), data.get(REUSED), data.get(COPIED_OUT),
+                   data.get(AFTER_STOP))
     raise KeyError(END)

@@ -83,6 +83,8 @@ class ModelProcess:
         self.tokens_sampled = 0
         #: the last job's prompt length and how many of its tokens the process reused (tests, benchmarks)
         self.last_prompt: dict[str, int] = {}
+        #: tokens the last job sampled after its Stop reached the model process (None: it was not stopped)
+        self.after_stop: int | None = None
         # A daemon thread: one waiting on a model must never hold up the interpreter's exit.
         threading.Thread(target=self._run, daemon=True, name="nbchat-model").start()
         atexit.register(self.close)
@@ -170,6 +172,7 @@ class ModelProcess:
             else:
                 self.tokens_sampled = message.sampled
                 self.last_prompt = message.prompt_counts()
+                self.after_stop = message.after_stop
                 job.emit(Done())
                 return
         self._process = None
