@@ -212,11 +212,17 @@ def test_a_recorded_model_turn_replays_with_its_cadence(make_server: ServerFacto
     chunks, end = stream(model.url, question)
     recorded = only_recording(tmp_path / "model")
     assert recorded.text == "".join(c.content for c in chunks) and len(recorded.chunks) > 5
-    replay = make_server(ReplayBackend(next((tmp_path / "model").glob("*.jsonl"))))
+    # the replay server records too: its own times are the replay's cadence at the source
+    replay = make_server(ReplayBackend(next((tmp_path / "model").glob("*.jsonl"))), record=str(tmp_path / "replay"))
     replayed, replay_end = stream(replay.url, question)
     assert [c.content for c in replayed] == [c.content for c in recorded.chunks]
     assert replay_end.status is end.status
-    off = timeline_off([c.received for c in replayed], [c.t for c in recorded.chunks])
+    recorded_times = [c.t for c in recorded.chunks]
+    off = timeline_off([c.t for c in only_recording(tmp_path / "replay").chunks], recorded_times)
     assert_on_schedule(off)
+    # as the client received them, the typical chunk (see test_replay_has_the_recorded_text_and_gaps): in CI
+    # the suite's other worker once held a tenth of them back by 67 ms
+    received = timeline_off([c.received for c in replayed], recorded_times)
+    assert statistics.median(received) <= GAP_TOLERANCE, received
     print(f"model turn: {len(recorded.chunks)} chunks, recorded gaps {min(recorded.gaps) * 1000:.1f}–"
-          f"{max(recorded.gaps) * 1000:.1f} ms, replay off by at most {max(off) * 1000:.2f} ms", file=sys.stderr)
+          f"{max(recorded.gaps) * 1000:.1f} ms, replay's server off by {max(off) * 1000:.2f} ms", file=sys.stderr)
