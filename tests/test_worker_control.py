@@ -68,3 +68,13 @@ def test_the_end_carries_the_tokens_after_the_stop_only_when_there_was_one() -> 
     plain = End(5, 91, prompt=30, reused=12, copied_out=0)
     assert b"after_stop" not in encode(plain)
     assert decode_reply(encode(plain)) == plain
+
+
+def test_a_stop_that_came_after_its_jobs_end_is_forgotten_with_the_next_job() -> None:
+    control = Control(sampled=lambda: 5)
+    assert control.after_stop(1, started=0, sampled=5) is None  # job 1 ends unstopped
+    control.take(Stop(1))  # its stop crossed the End on the pipe
+    control.take(Stop(3))  # a queued job's stop stays
+    assert control.after_stop(2, started=5, sampled=9) is None
+    assert not control.stop_requested(1) and control.stop_requested(3)
+    assert control.stop_sampled == {3: 5}

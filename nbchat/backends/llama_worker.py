@@ -95,8 +95,10 @@ class Control:
         """Forget ``job_id``'s stop; the tokens sampled after it came (None: it never came). A stop
         that came while an earlier job ran counts from ``started``, this job's own first count."""
         with self.lock:
-            self.stopped.discard(job_id)
             at_stop = self.stop_sampled.pop(job_id, None)
+            # jobs run in the order of their ids: a stop for an earlier one came after its end
+            self.stopped = {j for j in self.stopped if j > job_id}
+            self.stop_sampled = {j: n for j, n in self.stop_sampled.items() if j > job_id}
         return None if at_stop is None else sampled - max(at_stop, started)
 
     def read_commands(self, stream: IO[bytes]) -> None:
