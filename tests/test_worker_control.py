@@ -77,4 +77,4 @@ def test_a_stop_that_came_after_its_jobs_end_is_forgotten_with_the_next_job() ->
     control.take(Stop(3))  # a queued job's stop stays
     assert control.after_stop(2, started=5, sampled=9) is None
     assert not control.stop_requested(1) and control.stop_requested(3)
-    assert control.stop_sampled == {3: 5}
+    assert control.stopped == {3: 5}

@@ -48,16 +48,14 @@ class Control:
     """What the reader thread shares with the generating thread: the job queue and stop requests."""
 
     jobs: queue.Queue[Generate] = field(default_factory=queue.Queue)
-    running: int | None = None
-    stopped: set[int] = field(default_factory=set)
+    #: the stopped jobs, each with the process's count of sampled tokens when its Stop arrived: the
+    #: stop's delay is counted where it acts, not from a parent whose reading of the pipe may lag
+    stopped: dict[int, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: set when a job is queued: wakes :meth:`job_within` (the queue stays the truth)
     arrived: threading.Event = field(default_factory=threading.Event)
     #: the process's count of sampled tokens, read when a Stop arrives
     sampled: Callable[[], int] = lambda: 0
-    #: per stopped job, that count when its Stop arrived: the stop's delay is counted where it acts,
-    #: not from a parent whose reading of the pipe may lag behind the model
-    stop_sampled: dict[int, int] = field(default_factory=dict)
 
     def stop_requested(self, job_id: int) -> bool:
         with self.lock:
@@ -88,17 +86,15 @@ class Control:
             self.queue(command)
             return
         with self.lock:
-            self.stopped.add(command.id)
-            self.stop_sampled.setdefault(command.id, self.sampled())
+            self.stopped.setdefault(command.id, self.sampled())
 
     def after_stop(self, job_id: int, started: int, sampled: int) -> int | None:
         """Forget ``job_id``'s stop; the tokens sampled after it came (None: it never came). A stop
         that came while an earlier job ran counts from ``started``, this job's own first count."""
         with self.lock:
-            at_stop = self.stop_sampled.pop(job_id, None)
+            at_stop = self.stopped.get(job_id)
             # jobs run in the order of their ids: a stop for an earlier one came after its end
-            self.stopped = {j for j in self.stopped if j > job_id}
-            self.stop_sampled = {j: n for j, n in self.stop_sampled.items() if j > job_id}
+            self.stopped = {j: n for j, n in self.stopped.items() if j > job_id}
         return None if at_stop is None else sampled - max(at_stop, started)
 
     def read_commands(self, stream: IO[bytes]) -> None:
