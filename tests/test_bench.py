@@ -20,7 +20,7 @@ from nbchat.bench.measure import ClientStreamer, echo_message, open_streamer, wi
 from nbchat.bench.procs import alive, descendants, python_child, raw_server
 from nbchat.bench.rawtcp import _serve_stream, stream_raw
 from nbchat.bench.report import Results, Row, Target, round_ratios, summarize, wall_time
-from nbchat.bench.rounds import Window, floor_around, in_rounds, pool_point, window_order
+from nbchat.bench.rounds import Window, floor_around, floor_beside, in_pairs, in_rounds, pool_point, window_order
 from nbchat.bench.runner import BenchConfig, load_limits, warmup_chunks
 from nbchat.bench.stats import Trace, delivered_rate, percentile
 from nbchat.bench.wire import ChunkedDecoder, parse_host_port
@@ -203,6 +203,37 @@ async def test_sweep_rounds_take_turns_and_pool_into_one_row() -> None:
     # every round's window has the same span here: over their sum, not the span of all rounds
     assert ws.server_cpu_pct == pytest.approx(100 * 1.2 / (2 * wall_time([synthetic()])))
     assert ws.client_cpu_pct == pytest.approx(100 * 0.02 / (2 * wall_time([synthetic()])))
+
+
+async def test_paired_rounds_compare_each_window_with_the_raw_window_beside_it() -> None:
+    order: list[str] = []
+    cpu = iter([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+
+    async def measure(transport: str) -> tuple[Window, Window]:
+        order.append(transport)
+        ours = Window([synthetic() for _ in range(4)], server_cpu=next(cpu), client_cpu=0.01)
+        return ours, Window([synthetic() for _ in range(4)], server_cpu=next(cpu), client_cpu=0.01)
+
+    windows = await in_pairs(("raw", "ws", "sse"), 2, measure)
+    assert order == ["ws", "sse", "ws", "sse"]  # no raw TCP window of its own: each runs beside a transport's
+    rows = [row for row, _ in pool_point(windows, rate=20.0, streams=4, paired=True)]
+    raw, ws, sse = rows
+    assert [r.transport for r in rows] == ["raw", "ws", "sse"]
+    us = [1e6 * x / 20 for x in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)]
+    assert ws.server_us_rounds == pytest.approx([us[0], us[4]]) and ws.raw_us_rounds == pytest.approx([us[1], us[5]])
+    assert sse.server_us_rounds == pytest.approx([us[2], us[6]]) and sse.raw_us_rounds == pytest.approx([us[3], us[7]])
+    assert raw.server_us_rounds == pytest.approx([us[1], us[3], us[5], us[7]]) and raw.raw_us_rounds == []
+    assert round_ratios(ws, raw) == pytest.approx([0.3 / 0.4, 0.7 / 0.8])
+    assert floor_beside([], 0, 0) == []
+
+
+def test_paired_rounds_refuse_what_they_cannot_compare() -> None:
+    config = config_from_args(bench_args("--quick", "--paired", "--rounds", "3"))
+    single, transports = (len(config.transports) + 1) * 3, len(config.transports)
+    assert config.paired and config.steps() == single + len(config.concurrency) * transports * 3  # no raw windows
+    for other in (("--load-procs", "2"), ("--server-cpus", "0.5")):
+        with pytest.raises(ValueError, match="without --load-procs and --server-cpus"):
+            config_from_args(bench_args("--paired", *other))
 
 
 def test_window_order_puts_raw_tcp_around_every_transport() -> None:
@@ -423,6 +454,25 @@ def test_bench_quick_command(tmp_path: Path) -> None:
     cpu = [t for t in data["targets"] if t["name"].startswith("server us/chunk")]
     assert {t["transport"] for t in cpu} == {"ws", "stream"}
     assert all(t["passed"] is None for t in cpu)  # no 500-stream point in this run
+
+
+@pytest.mark.slow  # a whole benchmark run, servers and all
+def test_bench_paired_command(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = bench_command("--transports", "sse,stream", "--concurrency", "3", "--seconds", "0.3", "--rounds", "2",
+                         "--paired", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    sweep = {r["transport"]: r for r in data["rows"] if r["section"] == "concurrency"}
+    assert data["config"]["paired"] is True and set(sweep) == {"raw", "sse", "stream"}
+    assert all(r["errors"] == 0 for r in sweep.values())
+    # two rounds of each transport, each beside a raw TCP window of its own: four raw TCP windows
+    assert len(sweep["raw"]["server_us_rounds"]) == 4
+    for transport in ("sse", "stream"):
+        assert len(sweep[transport]["server_us_rounds"]) == 2
+        assert len(sweep[transport]["raw_us_rounds"]) == 2
+        assert set(sweep[transport]["raw_us_rounds"]) <= set(sweep["raw"]["server_us_rounds"])
+    assert bench_command("--paired", "--load-procs", "2").returncode == 2
 
 
 # ---------------------------------------------------------------- notebook

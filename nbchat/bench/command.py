@@ -81,6 +81,11 @@ def add_bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="the concurrency sweep measures each point N times, taking raw TCP and the transports in "
                         "turn (each transport between two raw TCP windows), so that load from elsewhere falls on all "
                         "alike; figures pooled, the CPU ratio is the median of the rounds' ratios (default 1)")
+    p.add_argument("--paired", action="store_true",
+                   help="each transport's window of the concurrency sweep streams at the same time as a raw TCP "
+                        "window of as many streams, the two servers sharing one core and the load generator on the "
+                        "others; the CPU ratio is taken window by window, so load that comes and goes falls on both "
+                        "(not with --load-procs or --server-cpus)")
     p.add_argument("--model", action="store_true",
                    help="also measure the embedded smollm2 model's real cadence (skipped if unavailable)")
     p.add_argument("--client", choices=["wire", "nbchat"], default="wire",
@@ -110,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                                                                      if args.workers > 1 else ())
     overrides: dict[str, Any] = {"model": args.model, "client": args.client, "progress": not args.no_progress,
                                  "serve_args": serve_args, "server_cpus": args.server_cpus,
-                                 "load_procs": args.load_procs}
+                                 "load_procs": args.load_procs, "paired": args.paired}
     for key, value in (("transports", args.transports), ("concurrency", args.concurrency),
                        ("concurrency_seconds", args.seconds), ("concurrency_rate", args.rate),
                        ("rounds", args.rounds)):
@@ -124,7 +129,12 @@ def run_bench(args: argparse.Namespace) -> int:
     from .runner import run
 
     try:
-        results = run(config_from_args(args))
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"nbchat bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        results = run(config)
     except KeyboardInterrupt:
         print("nbchat bench: interrupted", file=sys.stderr)
         return 130

@@ -8,8 +8,14 @@ figure is compared with the mean of those two: a burst of load from
 elsewhere that lasts a window or two falls on the transport and on its own
 floor alike, and load that rises or falls steadily across a round is
 averaged out on the floor's side (with two rounds or more: one round takes
-raw TCP once). Pure but for awaiting the ``measure``
-callback: the tests drive it with made-up windows.
+raw TCP once).
+
+Paired rounds (``nbchat bench --paired``) go further: each transport's window
+runs at the same time as a raw TCP window of as many streams, and is compared
+with that one. Load from elsewhere that comes and goes within seconds then
+falls on both, where windows in turn still see it on one and not the other.
+Pure but for awaiting the ``measure`` callbacks: the tests drive them with
+made-up windows.
 """
 
 from __future__ import annotations
@@ -76,6 +82,27 @@ def floor_around(floor: Sequence[float], transports: int, index: int) -> list[fl
     return out
 
 
+async def in_pairs(transports: Sequence[str], rounds: int,
+                   measure: Callable[[str], Awaitable[tuple[Window, Window]]]) -> dict[str, list[Window]]:
+    """Each transport's windows, the floor's first, from ``measure(transport)``: a transport's window
+    and the raw TCP window measured beside it. Round after round, each transport once; the floor's list
+    holds the raw TCP windows in that order."""
+    others = [t for t in transports if t != FLOOR]
+    windows: dict[str, list[Window]] = {FLOOR: [], **{t: [] for t in others}}
+    for _ in range(rounds):
+        for transport in others:
+            window, floor = await measure(transport)
+            windows[transport].append(window)
+            windows[FLOOR].append(floor)
+    return windows
+
+
+def floor_beside(floor: Sequence[float], transports: int, index: int) -> list[float]:
+    """For the transport at ``index`` (of ``transports``), the floor's us/chunk of the raw TCP windows
+    measured beside its windows (see :func:`in_pairs`), one a round."""
+    return list(floor[index::transports]) if transports else []
+
+
 def pool_rounds(transport: str, windows: Sequence[Window], *, rate: float, streams: int,
                 floor: Sequence[float] = ()) -> tuple[Row, list[Trace]]:
     """One sweep row from a transport's rounds: traces pooled, CPU summed, each round's us/chunk kept,
@@ -93,12 +120,15 @@ def pool_rounds(transport: str, windows: Sequence[Window], *, rate: float, strea
     return row, traces
 
 
-def pool_point(windows: dict[str, list[Window]], *, rate: float, streams: int) -> list[tuple[Row, list[Trace]]]:
-    """The rows of one sweep point from :func:`in_rounds`' windows, the floor's first."""
+def pool_point(windows: dict[str, list[Window]], *, rate: float, streams: int,
+               paired: bool = False) -> list[tuple[Row, list[Trace]]]:
+    """The rows of one sweep point from :func:`in_rounds`' windows (:func:`in_pairs`' with ``paired``),
+    the floor's first."""
     floor = [w.us_per_chunk() for w in windows[FLOOR]]
     others = [t for t in windows if t != FLOOR]
+    floor_of = floor_beside if paired else floor_around
     rows = [pool_rounds(FLOOR, windows[FLOOR], rate=rate, streams=streams)]
     for index, transport in enumerate(others):
         rows.append(pool_rounds(transport, windows[transport], rate=rate, streams=streams,
-                                floor=floor_around(floor, len(others), index)))
+                                floor=floor_of(floor, len(others), index)))
     return rows

@@ -9,7 +9,9 @@
   random offsets within one interval (independent users do not start in step),
   in rounds taking the transports in turn, each between two raw TCP windows
   (:mod:`.rounds`), after a warm-up that is not counted; the streams in this
-  process or spread over several (:mod:`.loadgen`);
+  process or spread over several (:mod:`.loadgen`); with ``paired``, each
+  transport's window streams at the same time as a raw TCP window, the two
+  servers sharing one core (:mod:`.affinity`);
 - ``model``: the embedded model's real cadence (optional).
 
 Every scenario runs the raw TCP floor (:mod:`.rawtcp`) in the same run. The
@@ -29,13 +31,14 @@ from typing import Any
 
 from ..server.config import Settings
 from ..wire.contract import TRANSPORTS
+from .affinity import servers_on_one_core
 from .loadgen import child_loop, ready_streams, spread_window
 from .measure import Streamer, echo_message, open_streamer
-from .procs import Child, nbchat_server, raw_server
+from .procs import Child, descendants, nbchat_server, raw_server
 from .quota import cpu_quota
 from .rawtcp import stream_raw
 from .report import Results, serve_workers, summarize
-from .rounds import Window, in_rounds, pool_point, window_order
+from .rounds import Window, in_pairs, in_rounds, pool_point, window_order
 from .stats import Trace
 from .wire import parse_host_port
 
@@ -68,6 +71,14 @@ class BenchConfig:
     server_cpus: float = 0.0
     #: processes the concurrency sweep's streams are spread over (:mod:`.loadgen`); 1: this one
     load_procs: int = 1
+    #: each transport's sweep windows run at the same time as a raw TCP window of as many streams,
+    #: the two servers on one core (:func:`.rounds.in_pairs`): the CPU ratio against load that comes and goes
+    paired: bool = False
+
+    def __post_init__(self) -> None:
+        if self.paired and (self.load_procs > 1 or self.server_cpus > 0):
+            raise ValueError("paired rounds compare one uncapped server with raw TCP, read by this process: "
+                             "run them without --load-procs and --server-cpus")
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
@@ -82,7 +93,9 @@ class BenchConfig:
     def steps(self) -> int:
         """How many measurements a run makes (for the progress bar)."""
         single = (len(self.transports) + 1) * 3
-        sweep = len(self.concurrency) * len(window_order(self.transports, self.rounds))
+        windows = len(self.transports) * self.rounds if self.paired else len(window_order(self.transports,
+                                                                                            self.rounds))
+        sweep = len(self.concurrency) * windows
         return single + sweep + (len(self.transports) if self.model else 0)
 
 
@@ -128,8 +141,9 @@ async def run_benchmark(config: BenchConfig | None = None) -> Results:
             await _ttft(run)
             await _latency(run)
             await _max_rate(run)
-            for streams in config.concurrency:
-                await _concurrency(run, streams)
+            with _sweep_cores(config, raw, load):
+                for streams in config.concurrency:
+                    await _concurrency(run, streams)
         if config.model:
             await _model(run)
     finally:
@@ -149,6 +163,14 @@ async def measured_server(config: BenchConfig, rate: float, extra: tuple[str, ..
             prefix = stack.enter_context(cpu_quota(config.server_cpus * workers, processes=workers)).prefix()
         async with nbchat_server(rate=rate, extra=extra, prefix=prefix) as child:
             yield child
+
+
+def _sweep_cores(config: BenchConfig, *servers: Child) -> contextlib.AbstractContextManager[int | None]:
+    """Paired rounds: the servers of the sweep on one core and this process on the others."""
+    if not config.paired:
+        return contextlib.nullcontext()
+    return servers_on_one_core(pid for child in servers if child.process is not None
+                               for pid in (child.process.pid, *descendants(child.process.pid)))
 
 
 def run(config: BenchConfig | None = None) -> Results:
@@ -241,8 +263,16 @@ async def _concurrency(run: _Run, streams: int) -> None:
         run.advance(f"{streams} streams {kind}")
         return window
 
-    windows = await in_rounds(kinds, run.config.rounds, measure)
-    for row in pool_point(windows, rate=rate, streams=streams):
+    async def measure_pair(kind: str) -> tuple[Window, Window]:
+        pair = await _paired_window(run, kind, streams, n)
+        run.advance(f"{streams} streams {kind} beside raw")
+        return pair
+
+    if run.config.paired:
+        windows = await in_pairs(kinds, run.config.rounds, measure_pair)
+    else:
+        windows = await in_rounds(kinds, run.config.rounds, measure)
+    for row in pool_point(windows, rate=rate, streams=streams, paired=run.config.paired):
         run.results.add(row)
 
 
@@ -260,6 +290,23 @@ async def _window(run: _Run, kind: str, streams: int, n: int) -> Window:
         server_cpu, client_cpu = server.cpu_seconds(), time.process_time()
         traces = await go()
         return Window(traces, server.cpu_seconds() - server_cpu, time.process_time() - client_cpu)
+
+
+async def _paired_window(run: _Run, kind: str, streams: int, n: int) -> tuple[Window, Window]:
+    """One paired window: ``streams`` streams of ``n`` chunks against the load server over ``kind`` and
+    as many against raw TCP, all at once; each server's CPU read over the streaming alone, this
+    process's shared by the two windows in proportion to the chunks each read."""
+    raw, load = run.servers["raw"], run.servers["load"]
+    rate, client = run.config.concurrency_rate, run.config.client
+    async with ready_streams("raw", raw.url, raw.token, streams, n, rate, client) as go_raw, \
+            ready_streams(kind, load.url, load.token, streams, n, rate, client) as go:
+        raw_cpu, load_cpu, client_cpu = raw.cpu_seconds(), load.cpu_seconds(), time.process_time()
+        floor, traces = await asyncio.gather(go_raw(), go())
+        raw_cpu, load_cpu = raw.cpu_seconds() - raw_cpu, load.cpu_seconds() - load_cpu
+        client_cpu = time.process_time() - client_cpu
+    ours, theirs = sum(t.chunks for t in traces), sum(t.chunks for t in floor)
+    share = ours / (ours + theirs) if ours + theirs else 0.5
+    return (Window(traces, load_cpu, client_cpu * share), Window(floor, raw_cpu, client_cpu * (1 - share)))
 
 
 async def _model(run: _Run) -> None:
