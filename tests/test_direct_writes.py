@@ -16,7 +16,7 @@ from websockets.frames import Frame, Opcode
 
 from nbchat.clients import connect
 from nbchat.server import direct
-from nbchat.server.direct import DIRECT_TEXT, DirectWebSocketProtocol, chunked, cycle_writer, text_frame
+from nbchat.server.direct import DIRECT_TEXT, DirectWebSocketProtocol, cycle_writer, text_frame
 from nbchat.server.limits import Limits
 from nbchat.server.serving import ServerHandle
 from nbchat.wire.events import Chunk, End, Status
@@ -86,7 +86,7 @@ async def test_a_body_chunk_is_the_chunk_uvicorn_writes(text: str) -> None:
     head = len(fast_out.written)
     assert cycle_writer(fast)(body) is True
     assert bytes(fast_out.written) == bytes(general_out.written)
-    assert bytes(fast_out.written[head:]) == chunked(body)
+    assert bytes(fast_out.written[head:]) == b"%x\r\n%b\r\n" % (len(body), body)
 
 
 async def test_the_body_writer_steps_aside_where_uvicorns_send_does_more() -> None:

@@ -8,8 +8,9 @@ plain function for the common case: a chunk of a response already under way, or 
 an open WebSocket whose client keeps up (framed by hand when uncompressed, by websockets when
 compressed). It writes the same bytes the general path would and says True; in every other case
 (the client is behind, the connection is closing, a HEAD request, a fixed-length body) it writes
-nothing and says False, and the app sends as before. The framing functions below are pure (bytes
-in, bytes out) and tested against uvicorn's and websockets' own.
+nothing and says False, and the app sends as before. The bytes are tested against uvicorn's and
+websockets' own: the WebSocket frame is a pure function below, the body chunk's framing one line
+of the body writer.
 """
 
 from __future__ import annotations
@@ -47,12 +48,6 @@ def text_frame(payload: bytes) -> bytes:
     return _HEAD_64.pack(_FIN_TEXT, 127, length) + payload
 
 
-def chunked(body: bytes) -> bytes:
-    """One chunk of an HTTP/1.1 chunked body (RFC 9112 §7.1): what uvicorn writes for a body message
-    with ``more_body`` set."""
-    return b"%x\r\n%b\r\n" % (len(body), body)
-
-
 def body_writer(scope: Scope) -> WriteBody | None:
     """The direct writer of an HTTP response's body chunks, when its server offers one."""
     return scope.get(DIRECT_BODY)
@@ -73,7 +68,7 @@ def cycle_writer(cycle: Any) -> WriteBody:
         if (flow.write_paused or cycle.disconnected or not cycle.response_started or cycle.response_complete
                 or not cycle.chunked_encoding or not body):
             return False
-        transport.write(chunked(body))
+        transport.write(b"%x\r\n%b\r\n" % (len(body), body))  # one chunk of a chunked body (RFC 9112 §7.1)
         return True
 
     return write

@@ -28,9 +28,8 @@ class Feed(Protocol):
     """What a subscription reads and tells of its turn (:class:`~nbchat.server.turn.Turn`)."""
 
     id: str
-
-    @property
-    def last_piece(self) -> float: ...
+    #: the loop time of the turn's latest piece
+    last_piece: float
 
     def attach(self) -> None: ...
 

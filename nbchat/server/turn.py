@@ -101,7 +101,8 @@ class Turn:
         self._elsewhere = 0
         self._grace: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
-        self._last_piece = 0.0
+        #: the loop time the backend's latest piece came at (a plain attribute: streams read it per chunk)
+        self.last_piece = 0.0
         self._record: TurnRecord | None = None
         #: called with the turn when generation is cancelled (tests observe it)
         self.on_cancel: Callable[[Turn], None] | None = None
@@ -111,11 +112,6 @@ class Turn:
     @property
     def last_seq(self) -> int:
         return self._next_seq - 1
-
-    @property
-    def last_piece(self) -> float:
-        """The loop time the backend's latest piece came at."""
-        return self._last_piece
 
     @property
     def attached(self) -> int:
@@ -185,10 +181,13 @@ class Turn:
         """Append the backend's pieces; with stop sequences the answer ends before the first one
         (the backend is closed there, as on an interrupt)."""
         scanner = StopScanner(self.request.stop) if self.request.stop else None
-        now = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
+        # asyncio's own loop keeps time with time.monotonic: called directly, one call a piece instead of two
+        # (any other clock, another loop's or one a test set, is asked through the loop)
+        now = time.monotonic if getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time else loop.time
         status = Status.DONE
         async for piece in pieces:
-            self._last_piece = now()
+            self.last_piece = now()
             if piece is LENGTH:
                 status = Status.TOKENS
                 break
@@ -216,12 +215,12 @@ class Turn:
         if timeout <= 0:
             return
         loop = asyncio.get_running_loop()
-        self._last_piece = loop.time()
+        self.last_piece = loop.time()
         self._watchdog = loop.call_later(timeout, self._check_watchdog)
 
     def _check_watchdog(self) -> None:
         loop = asyncio.get_running_loop()
-        left = self._last_piece + self._settings.model_timeout - loop.time()
+        left = self.last_piece + self._settings.model_timeout - loop.time()
         if left > 0:
             self._watchdog = loop.call_later(left, self._check_watchdog)
         else:
@@ -237,7 +236,9 @@ class Turn:
 
     def _append(self, content: str) -> None:
         ts = time.time() if self._settings.timestamps else None
-        content, seq = _as_unicode(content), self._next_seq
+        if not content.isascii():  # the common ASCII piece costs a method call here, no more
+            content = _as_unicode(content)
+        seq = self._next_seq
         self._next_seq = seq + 1
         if self._trimmed or self._record is not None or self._hooks is not None:
             self._append_chunk(Chunk(content=content, seq=seq, server_time=ts, trimmed=self._trimmed))
@@ -378,8 +379,6 @@ class Turn:
 def _as_unicode(text: str) -> str:
     """Text that can be encoded as UTF-8: a backend's lone surrogate becomes U+FFFD
     here, once, instead of breaking every stream that later encodes the chunk."""
-    if text.isascii():
-        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
