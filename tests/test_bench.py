@@ -392,6 +392,37 @@ async def test_raw_tcp_floor_in_several_processes_ends_with_its_parent() -> None
     assert not any(alive(pid) for pid in forked)
 
 
+#: a child that starts a grandchild on its own stdout, one that outlives a SIGTERM (a worker its
+#: supervisor did not stop), says so, and waits
+LEAVES_A_WORKER = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                  "print('worker', flush=True); time.sleep(120)"])
+time.sleep(120)
+"""
+
+
+async def test_a_child_that_leaves_a_worker_behind_ends_with_it() -> None:
+    workers: list[int] = []
+
+    async def run() -> asyncio.subprocess.Process:
+        async with python_child(["-c", LEAVES_A_WORKER], grace=0.5) as child:
+            assert child.stdout is not None
+            assert await asyncio.wait_for(child.stdout.readline(), 30) == b"worker\n"
+            workers.extend(descendants(child.pid))
+        # on the way out the child ends on SIGTERM and its worker, keeping the pipe open, does not:
+        # asyncio's wait() returns only once the pipe is closed
+        return child
+
+    child = await asyncio.wait_for(run(), 30)
+    assert child.returncode is not None and len(workers) == 1
+    for _ in range(100):
+        if not alive(workers[0]):
+            break
+        await asyncio.sleep(0.05)
+    assert not alive(workers[0])
+
+
 async def paced_report(url: str) -> BufferingReport:
     """The report of a turn the server did pace. A server thread starved of the CPU (by the suite's other
     worker) sends the chunks that fell due meanwhile at once, and the detector rightly cannot judge such a

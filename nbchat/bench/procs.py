@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -112,9 +113,10 @@ async def _announced(proc: asyncio.subprocess.Process, pattern: re.Pattern[bytes
 
 
 @contextlib.asynccontextmanager
-async def python_child(args: list[str], prefix: tuple[str, ...] = (), *,
-                       limit: int = 0) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``python ARGS`` with its output (stdout and stderr) piped; terminated, then killed, on exit.
+async def python_child(args: list[str], prefix: tuple[str, ...] = (), *, limit: int = 0,
+                       grace: float = 10.0) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python ARGS`` with its output (stdout and stderr) piped; terminated on exit, and past ``grace``
+    seconds killed with every process it started.
     With ``limit`` (the longest line its stdout may send), a child that talks both ways instead:
     stdin piped too, stderr left on the parent's (a traceback must not be read as a reply)."""
     pipe = asyncio.subprocess.PIPE
@@ -124,13 +126,28 @@ async def python_child(args: list[str], prefix: tuple[str, ...] = (), *,
     try:
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await _end(proc, grace)
+
+
+async def _end(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """Terminate ``proc``; past ``grace`` seconds kill it and every process it started.
+
+    Its children are listed first: once it has gone they belong to init, and a worker it left behind
+    (a supervisor killed before it stopped its workers) holds the pipes asyncio waits to see closed
+    before ``wait()`` returns, which it then never would."""
+    if proc.returncode is not None:
+        return
+    tree = descendants(proc.pid)
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+        return
+    except TimeoutError:
+        pass
+    for pid in (proc.pid, *tree, *descendants(proc.pid)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    await proc.wait()
 
 
 @contextlib.asynccontextmanager
