@@ -16,7 +16,6 @@ pause the server for ~100 ms and cost more CPU per chunk than the stream itself.
 from __future__ import annotations
 
 import sys
-from sys import getsizeof
 
 from ..wire.errors import ResumeError
 from ..wire.events import Chunk
@@ -34,7 +33,7 @@ _FIXED = _SLOT + sys.getsizeof(("", 1, None)) + sys.getsizeof(2**29)
 
 def record_size(content: str, server_time: float | None) -> int:
     """The bytes a buffered chunk keeps alive."""
-    return _FIXED + getsizeof(content) + (_FLOAT if server_time is not None else 0)
+    return _FIXED + sys.getsizeof(content) + (_FLOAT if server_time is not None else 0)
 
 
 class ResumeBuffer:
@@ -60,8 +59,7 @@ class ResumeBuffer:
     def append_record(self, content: str, seq: int, server_time: float | None) -> None:
         """Append a chunk given by its fields (a live chunk needs no Chunk object to be kept)."""
         self._records.append((content, seq, server_time))
-        # record_size, written out: this runs once per live chunk
-        self.nbytes += _FIXED + getsizeof(content) + (_FLOAT if server_time is not None else 0)
+        self.nbytes += record_size(content, server_time)
         if self.nbytes > self.max_bytes:
             self._trim()
 

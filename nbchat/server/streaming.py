@@ -151,12 +151,8 @@ class EventStreamResponse(Response):
         encode_record = self.encode_record
 
         def record(content: str, seq: int, server_time: float | None) -> asyncio.Future[None] | None:
-            # what part() does, written out: this runs once per live chunk
             assert encode_record is not None  # offered below only when there is one
-            data = encode_record(content, seq, server_time)
-            if write is not None and write(data):
-                return None
-            return send_message(send, {"type": "http.response.body", "body": data, "more_body": True})
+            return part(encode_record(content, seq, server_time))
 
         live: Live | None = None if encode_record is None else record
 

@@ -143,11 +143,8 @@ def encode_ndjson(event: Event) -> bytes:
 
 
 def encode_ndjson_record(content: str, seq: int, server_time: float | None) -> bytes:
-    """:func:`encode_ndjson` of ``Chunk(content, seq, server_time)``, with no Chunk made (the
-    template of :func:`encode_record`, written out: a server encodes each live chunk this way)."""
-    if server_time is None:
-        return f'{{"content":{_dumps_str(content)},"seq":{seq:d}}}\n'.encode()
-    return f'{{"content":{_dumps_str(content)},"seq":{seq:d},"ts":{server_time:.6f}}}\n'.encode()
+    """:func:`encode_ndjson` of ``Chunk(content, seq, server_time)``, with no Chunk made."""
+    return (encode_record(content, seq, server_time) + "\n").encode()
 
 
 class LineDecoder:
@@ -201,11 +198,8 @@ def encode_sse_event(event: Event) -> bytes:
 
 
 def encode_sse_record(content: str, seq: int, server_time: float | None) -> bytes:
-    """:func:`encode_sse_event` of ``Chunk(content, seq, server_time)``, with no Chunk made (the
-    templates of :func:`encode_record` and :func:`_sse_chunk` in one: as for NDJSON, once per live chunk)."""
-    if server_time is None:
-        return f'id: {seq:d}\ndata: {{"content":{_dumps_str(content)},"seq":{seq:d}}}\n\n'.encode()
-    return f'id: {seq:d}\ndata: {{"content":{_dumps_str(content)},"seq":{seq:d},"ts":{server_time:.6f}}}\n\n'.encode()
+    """:func:`encode_sse_event` of ``Chunk(content, seq, server_time)``, with no Chunk made."""
+    return _sse_chunk(seq, encode_record(content, seq, server_time))
 
 
 def _sse_chunk(seq: int, record: str) -> bytes:
