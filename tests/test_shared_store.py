@@ -369,11 +369,11 @@ async def test_one_command_writes_a_batch_and_a_failing_turn_alone_ends(
     good, bad, other = (store.manager.create(question, start=False, turn_id=name) for name in ("g", "b", "o"))
     await direct.set(log_key("b"), "not a stream")  # XADD on it fails with WRONGTYPE
     for seq in (1, 2, 3):
-        store.writer.published(good, Chunk(content=f"g{seq}", seq=seq, server_time=1000.125 + seq))
-        store.writer.published(bad, Chunk(content=f"b{seq}", seq=seq))
-    store.writer.published(other, Chunk(content="o1 \u00e9 🚀 \"x\"\n", seq=1, trimmed=2))
+        store.writer.appended(good, f"g{seq}", seq, 1000.125 + seq, 0)
+        store.writer.appended(bad, f"b{seq}", seq, None, 0)
+    store.writer.appended(other, "o1 \u00e9 🚀 \"x\"\n", 1, None, 2)
     await store.writer.drain()
-    store.writer.published(good, Chunk(content="g4", seq=4, server_time=1004.5))
+    store.writer.appended(good, "g4", 4, 1004.5, 0)
     await store.writer.drain()
     entries = await direct.xrange(log_key("g"))
     assert [i for i, _ in entries] == ["3-0", "4-0"]

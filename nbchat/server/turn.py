@@ -43,8 +43,12 @@ class TurnHooks(Protocol):
     #: the grace period waits this much longer before it believes that nobody came back
     counting_delay: float
 
-    def published(self, turn: Turn, event: Event) -> None:
-        """Each chunk and then the end, in order, as the turn makes them."""
+    def appended(self, turn: Turn, content: str, seq: int, server_time: float | None, trimmed: int) -> None:
+        """Each chunk's fields, in order, as the turn makes them (most chunks are never a
+        :class:`~nbchat.wire.events.Chunk` object: the memory store's streams take the fields too)."""
+
+    def ended(self, turn: Turn, end: End) -> None:
+        """The turn's end, after its last chunk."""
 
 
 class TurnRegistry(Protocol):
@@ -240,12 +244,15 @@ class Turn:
             content = _as_unicode(content)
         seq = self._next_seq
         self._next_seq = seq + 1
-        if self._trimmed or self._record is not None or self._hooks is not None:
+        if self._trimmed or self._record is not None:
             self._append_chunk(Chunk(content=content, seq=seq, server_time=ts, trimmed=self._trimmed))
             return
         # The common case makes no Chunk: the buffer keeps the fields and the streams taking chunks
-        # directly encode them (a frozen Chunk cost about a microsecond a chunk, 3 % of the server's CPU).
+        # directly encode them (a frozen Chunk cost about a microsecond a chunk, 3 % of the server's CPU;
+        # the shared store hears the fields too: its chunks made Chunks, and their streams' encoding, cost 4 %).
         self.replay.append_record(content, seq, ts)
+        if self._hooks is not None:
+            self._hooks.appended(self, content, seq, ts, 0)
         if self._sinks:
             for sub in tuple(self._sinks):  # a push may drop its sink from the list
                 sub.push_record(content, seq, ts)
@@ -253,13 +260,13 @@ class Turn:
             self._pulse()
 
     def _append_chunk(self, chunk: Chunk) -> None:
-        """Append a chunk that a recording or the shared store hears of, or that carries the notice."""
+        """Append a chunk that a recording hears of, or that carries the notice."""
         self._trimmed = 0  # said once, on the first chunk after the notice
         self.replay.append(chunk)
         if self._record is not None:
             self._record.chunk(chunk)
         if self._hooks is not None:
-            self._hooks.published(self, chunk)
+            self._hooks.appended(self, chunk.content, chunk.seq, chunk.server_time, chunk.trimmed)
         if self._sinks:
             for sub in tuple(self._sinks):  # a push may drop its sink from the list
                 sub.push(chunk)
@@ -276,7 +283,7 @@ class Turn:
             self._record.end(end)
         self._cancel_grace()
         if self._hooks is not None:
-            self._hooks.published(self, end)
+            self._hooks.ended(self, end)
         self._pulse(sinks=True)
         self._manager.turn_ended(self)
 

@@ -95,11 +95,12 @@ class Batch:
         self.times: list[float | None] = []
         self.notice = ""
 
-    def add(self, chunk: Chunk) -> None:
-        self.contents.append(chunk.content)
-        self.times.append(chunk.server_time)
-        if chunk.trimmed:
-            self.notice = json.dumps([chunk.seq, chunk.trimmed])
+    def add(self, content: str, seq: int, server_time: float | None, trimmed: int = 0) -> None:
+        """The next chunk's fields (``seq`` follows the last one added)."""
+        self.contents.append(content)
+        self.times.append(server_time)
+        if trimmed:
+            self.notice = json.dumps([seq, trimmed])
 
     def args(self) -> list[int | str]:
         """The entry's slots: ``[last, first, contents, times or "", notice or ""]`` (JSON encoded here,

@@ -10,7 +10,7 @@ import time
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
-from ...wire.events import Chunk, End, Event
+from ...wire.events import End
 from ..config import Settings
 from ..turn import Turn
 from .client import store_error
@@ -50,18 +50,36 @@ class Writer:
         self._next_all = 0.0
         self._task: asyncio.Task[None] | None = None
 
-    def published(self, turn: Turn, event: Event) -> None:
+    def appended(self, turn: Turn, content: str, seq: int, server_time: float | None, trimmed: int) -> None:
         pending = self._pending.get(turn)
         if pending is None:
-            pending = self._pending[turn] = Pending(event.seq if isinstance(event, Chunk) else turn.last_seq + 1)
-            self._pending_ids[turn.id] = turn
-        if type(event) is Chunk:
-            pending.add(event)
-        elif type(event) is End:
-            pending.end = event
-        if pending.end is not None or turn.id in self._watched:
-            self._now.add(turn)
-            self._urgent.set()
+            pending = self._track(turn, seq)
+        pending.add(content, seq, server_time, trimmed)
+        if turn.id in self._watched:
+            self._soon(turn)
+
+    def ended(self, turn: Turn, end: End) -> None:
+        pending = self._pending.get(turn)
+        if pending is None:
+            pending = self._track(turn, turn.last_seq + 1)
+        pending.end = end
+        self._soon(turn)
+
+    def _track(self, turn: Turn, first: int) -> Pending:
+        """A turn with events to write from ``first`` on; the writing task started if it is not running."""
+        pending = self._pending[turn] = Pending(first)
+        self._pending_ids[turn.id] = turn
+        self._running()
+        return pending
+
+    def _soon(self, turn: Turn) -> None:
+        """Write the turn's pending events with the next command (it ended, or another process reads it)."""
+        self._now.add(turn)
+        self._urgent.set()
+        self._running()
+
+    def _running(self) -> None:
+        # checked where a turn comes and where one must be written soon, not per chunk
         if self._task is None or self._task.done():
             self._next_all = time.monotonic() + LAZY_SECONDS
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -71,8 +89,7 @@ class Writer:
         self._watched[turn_id] = max(self._watched.get(turn_id, 0.0), time.monotonic() + seconds)
         turn = self._pending_ids.get(turn_id)
         if turn is not None:
-            self._now.add(turn)
-            self._urgent.set()
+            self._soon(turn)
 
     def forget_watches(self) -> None:
         """Drop the watches that ran out (the heartbeat renews those of turns still read elsewhere)."""
