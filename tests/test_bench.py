@@ -8,6 +8,8 @@ import asyncio
 import csv
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -421,6 +423,15 @@ async def test_a_child_that_leaves_a_worker_behind_ends_with_it() -> None:
             break
         await asyncio.sleep(0.05)
     assert not alive(workers[0])
+
+
+def test_the_tree_of_a_process_already_reaped_is_empty() -> None:
+    """A child that ended on its own can be reaped between a look at its return code and the look at its
+    tree (a load generator that read its last chunk): its tree is then empty, not an error."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    pid = int(done.stdout)
+    assert not Path(f"/proc/{pid}").exists() and descendants(pid) == []
 
 
 async def paced_report(url: str) -> BufferingReport:

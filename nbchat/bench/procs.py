@@ -63,7 +63,11 @@ def free_port() -> int:
 def descendants(pid: int) -> list[int]:
     """The live children of ``pid``, their children and so on (from /proc)."""
     found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:  # it ended and was reaped meanwhile (a load generator that finished, say)
+        return found
+    for task in tasks:
         try:
             children = [int(c) for c in (task / "children").read_text().split()]
         except OSError:  # the thread or process ended meanwhile
